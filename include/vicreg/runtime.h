@@ -1,0 +1,40 @@
+// Process-wide runtime settings and accounting: intra-op threads, peak memory.
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <string>
+
+namespace vicreg {
+
+/// Sets LibTorch's intra-op thread count and, when LibTorch's BLAS is OpenBLAS, OpenBLAS's own
+/// thread count (Debian's LibTorch starts with one thread, OpenBLAS with one per core).
+/// threads <= 0 means one per available core. Returns the count that was set.
+int set_threads(int threads);
+
+/// Cores available to this process (sched affinity), at least 1.
+int available_cores();
+
+/// One line: LibTorch version, intra-op threads, BLAS, CUDA devices.
+std::string describe_runtime();
+
+/// Bytes of tensor memory on `device`: in use now and the peak since the last reset.
+struct MemoryStats {
+  int64_t current_bytes = 0;
+  int64_t peak_bytes = 0;
+};
+
+/// Starts counting CPU tensor allocations (installs a counting CPU allocator, once per process;
+/// a no-op after the first call). CUDA memory is always counted by LibTorch's caching allocator.
+void enable_memory_tracking();
+/// Current and peak bytes on `device` (CPU: since enable_memory_tracking()).
+/// Throws if CPU tracking was never enabled, or for a device type that cannot be measured.
+MemoryStats memory_stats(const torch::Device& device);
+/// Sets the peak on `device` to the current use.
+void reset_peak_memory(const torch::Device& device);
+
+/// Waits for all work queued on `device` (a no-op on CPU), so that timings are honest.
+void synchronize(const torch::Device& device);
+
+}  // namespace vicreg

@@ -1,0 +1,308 @@
+// The fused VICReg loss: forward and closed-form backward side by side, then the reference
+// formulation, then the checks and the module. Derivations: DESIGN.md 1.2.
+#include "vicreg/loss.h"
+
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/nn/functional/activation.h>
+#include <torch/nn/functional/loss.h>
+
+#include <algorithm>
+#include <cmath>
+#include <ostream>
+#include <sstream>
+
+namespace vicreg {
+
+std::string to_string(LossPreset preset) {
+  return preset == LossPreset::Official ? "official" : "paper";
+}
+
+LossPreset loss_preset_from_string(const std::string& name) {
+  if (name == "official") return LossPreset::Official;
+  if (name == "paper") return LossPreset::Paper;
+  TORCH_CHECK(false, "unknown loss preset '", name,
+              "': expected 'official' (facebookresearch/vicreg's weighting) or 'paper'");
+}
+
+namespace {
+
+using torch::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+std::string shape_of(const Tensor& t) {
+  std::ostringstream s;
+  s << t.dim() << "-D tensor of shape " << t.sizes();
+  return s.str();
+}
+
+/// Weight of the variance term in the total: the reference code halves it.
+double variance_weight(LossPreset preset) { return preset == LossPreset::Official ? 0.5 : 1.0; }
+
+/// Accumulation dtype: fp64 for fp64 inputs, fp32 for everything else (never half precision).
+torch::ScalarType accumulation_dtype(torch::ScalarType t) {
+  return t == torch::kDouble ? torch::kDouble : torch::kFloat;
+}
+
+/// sum_i ||x[i, :]||^2 as a 0-dim fp64 tensor: rows reduced in x's dtype, rows summed in fp64.
+/// x: [r, c]
+Tensor sum_of_squares(const Tensor& x) {
+  return torch::linalg_vector_norm(x, 2, torch::IntArrayRef{1}).to(torch::kDouble).square().sum();
+}
+
+/// Throws a message naming which input holds NaN/Inf, and how many.
+void check_finite_inputs(const Tensor& z_a, const Tensor& z_b) {
+  for (const auto& [name, z] : {std::pair<const char*, const Tensor&>{"z_a", z_a}, {"z_b", z_b}}) {
+    const int64_t bad = (~torch::isfinite(z)).sum().item<int64_t>();
+    TORCH_CHECK(bad == 0, "vicreg_loss: ", name, " contains ", bad,
+                " NaN or Inf value(s) out of ", z.numel(),
+                "; the embeddings must be finite (a diverged model or corrupt input upstream)");
+  }
+}
+
+/// Statistics of one view that the forward pass computes and the backward pass reuses.
+struct ViewStats {
+  Tensor mean;    // [1, d]   column means
+  Tensor zc;      // [n, d]   centred embeddings
+  Tensor sigma2;  // [d]      ||zc[:, j]||^2 = (n - 1) Var_j
+  Tensor stdev;   // [d]      sqrt(Var_j + eps)
+  Tensor m;       // Gram form (n < d): G = zc zc^T [n, n]; else zc^T zc with zeroed diagonal [d, d]
+  Tensor v;       // 0-dim fp64  v(Z)
+  Tensor c;       // 0-dim fp64  c(Z)
+};
+
+/// Forward statistics of one view. z: [n, d] in the accumulation dtype.
+ViewStats view_forward(const Tensor& z, double gamma, double eps) {
+  const int64_t n = z.size(0), d = z.size(1);
+  const double nm1 = static_cast<double>(n - 1);
+  ViewStats s;
+  s.mean = z.mean(0, /*keepdim=*/true);
+  s.zc = z - s.mean;
+  s.sigma2 = torch::linalg_vector_norm(s.zc, 2, torch::IntArrayRef{0}).square();
+  s.stdev = (s.sigma2 / nm1 + eps).sqrt();
+  s.v = torch::relu(gamma - s.stdev).to(torch::kDouble).sum() / static_cast<double>(d);
+  if (n < d) {
+    // sum_{i != j} (Zc^T Zc)_ij^2 = ||Zc Zc^T||_F^2 - sum_j sigma_j^4: no d x d matrix.
+    s.m = torch::mm(s.zc, s.zc.t());
+    const Tensor diag4 = s.sigma2.to(torch::kDouble).square().sum();
+    s.c = (sum_of_squares(s.m) - diag4) / (nm1 * nm1 * static_cast<double>(d));
+  } else {
+    // d <= n: the d x d matrix is the small one. Zeroing its diagonal makes the off-diagonal sum
+    // exact (no cancellation) and leaves the matrix the backward pass needs.
+    s.m = torch::mm(s.zc.t(), s.zc);
+    s.m.diagonal().zero_();
+    s.c = sum_of_squares(s.m) / (nm1 * nm1 * static_cast<double>(d));
+  }
+  return s;
+}
+
+/// Gradient of  inv_coef * ||Z - Z'||^2-part + var_coef * v(Z) + cov_coef * c(Z)  w.r.t. Z, for
+/// one view. Coefficients are 0-dim tensors (so no host synchronisation on accelerators).
+/// diff: [n, d] = Z - Z' for this view (sign included), already scaled by the invariance factor.
+/// Returns [n, d] in the accumulation dtype.
+///
+/// variance:   dv/dZ_ij = -(1/d) [gamma > std_j] zc_ij / ((n - 1) std_j)
+/// covariance: dc/dZ    = 4 / ((n - 1)^2 d) (G zc - zc diag(sigma^2))      (Gram form)
+///                      = 4 / ((n - 1)^2 d) zc (Zc^T Zc - diag(sigma^2))   (covariance form)
+/// Both already have zero column sums, so the centring needs no projection.
+Tensor view_backward(const ViewStats& s, const Tensor& scaled_diff, const Tensor& var_coef,
+                     const Tensor& cov_coef, double gamma) {
+  const int64_t n = s.zc.size(0), d = s.zc.size(1);
+  const double nm1 = static_cast<double>(n - 1);
+  const Tensor active = (s.stdev < gamma).to(s.zc.scalar_type());
+  const Tensor col = -var_coef * active / (s.stdev * (static_cast<double>(d) * nm1));  // [d]
+  const Tensor k = cov_coef * (4.0 / (nm1 * nm1 * static_cast<double>(d)));           // 0-dim
+  if (n < d) {
+    // k G zc + zc diag(col - k sigma^2) + diff; the scaling goes on the small n x n matrix.
+    return torch::addmm(torch::addcmul(scaled_diff, s.zc, col - k * s.sigma2), s.m * k, s.zc);
+  }
+  return torch::addmm(torch::addcmul(scaled_diff, s.zc, col), s.zc, s.m * k);
+}
+
+class FusedVICRegLoss : public torch::autograd::Function<FusedVICRegLoss> {
+ public:
+  /// z_a: [n, d], z_b: [n, d] -> {total, invariance, variance, covariance}, 0-dim.
+  static variable_list forward(AutogradContext* ctx, const Tensor& z_a, const Tensor& z_b,
+                               const VICRegLossOptions& o) {
+    const int64_t n = z_a.size(0), d = z_a.size(1);
+    const auto acc = accumulation_dtype(z_a.scalar_type());
+    const Tensor a = z_a.to(acc), b = z_b.to(acc);
+
+    // Invariance: sum_i ||z_a[i] - z_b[i]||^2, normalised per preset.
+    const double inv_norm = static_cast<double>(n) *
+                            (o.preset() == LossPreset::Official ? static_cast<double>(d) : 1.0);
+    const Tensor invariance = sum_of_squares(a - b) / inv_norm;
+
+    ViewStats sa = view_forward(a, o.gamma(), o.eps());
+    ViewStats sb = view_forward(b, o.gamma(), o.eps());
+    const Tensor variance = sa.v + sb.v;
+    const Tensor covariance = sa.c + sb.c;
+    const Tensor total = o.sim_coeff() * invariance +
+                         (variance_weight(o.preset()) * o.std_coeff()) * variance +
+                         o.cov_coeff() * covariance;
+
+    if (o.check_finite() && !torch::isfinite(total).item<bool>()) {
+      // Any NaN/Inf in the inputs makes the invariance sum non-finite, so a finite total proves
+      // the inputs finite at the cost of one scalar read. Otherwise find out why.
+      check_finite_inputs(z_a, z_b);
+      TORCH_CHECK(false, "vicreg_loss: the loss overflowed (invariance ", invariance.item<double>(),
+                  ", variance ", variance.item<double>(), ", covariance ",
+                  covariance.item<double>(), ") although the embeddings are finite; their ",
+                  "magnitude is too large for ", acc, " (normalise the embeddings or lower the lr)");
+    }
+
+    ctx->saved_data["mean_a"] = sa.mean;
+    ctx->saved_data["zc_a"] = sa.zc;
+    ctx->saved_data["sigma2_a"] = sa.sigma2;
+    ctx->saved_data["std_a"] = sa.stdev;
+    ctx->saved_data["m_a"] = sa.m;
+    ctx->saved_data["mean_b"] = sb.mean;
+    ctx->saved_data["zc_b"] = sb.zc;
+    ctx->saved_data["sigma2_b"] = sb.sigma2;
+    ctx->saved_data["std_b"] = sb.stdev;
+    ctx->saved_data["m_b"] = sb.m;
+    ctx->saved_data["inv_norm"] = inv_norm;
+    ctx->saved_data["sim_coeff"] = o.sim_coeff();
+    ctx->saved_data["std_coeff"] = variance_weight(o.preset()) * o.std_coeff();
+    ctx->saved_data["cov_coeff"] = o.cov_coeff();
+    ctx->saved_data["gamma"] = o.gamma();
+    ctx->saved_data["in_dtype"] = z_a.scalar_type();
+
+    return {total.to(acc), invariance.to(acc), variance.to(acc), covariance.to(acc)};
+  }
+
+  /// grads: d(out)/d{total, invariance, variance, covariance}, 0-dim -> {dz_a [n, d], dz_b, -}.
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto& sd = ctx->saved_data;
+    auto stats = [&](const char* v) {
+      const std::string s(v);
+      ViewStats st;
+      st.mean = sd["mean_" + s].toTensor();
+      st.zc = sd["zc_" + s].toTensor();
+      st.sigma2 = sd["sigma2_" + s].toTensor();
+      st.stdev = sd["std_" + s].toTensor();
+      st.m = sd["m_" + s].toTensor();
+      return st;
+    };
+    const ViewStats sa = stats("a"), sb = stats("b");
+    const auto in_dtype = sd["in_dtype"].toScalarType();
+    const double gamma = sd["gamma"].toDouble();
+
+    // Effective coefficient of each term: through the total and directly.
+    const Tensor& g_total = grads[0];
+    const Tensor inv_coef = g_total * sd["sim_coeff"].toDouble() + grads[1];
+    const Tensor var_coef = g_total * sd["std_coeff"].toDouble() + grads[2];
+    const Tensor cov_coef = g_total * sd["cov_coeff"].toDouble() + grads[3];
+
+    // d/dz_a sum_i ||z_a[i] - z_b[i]||^2 / inv_norm = 2 (z_a - z_b) / inv_norm; z_a - z_b is
+    // rebuilt from the centred views rather than kept alive since the forward pass.
+    const Tensor diff = (sa.zc - sb.zc) + (sa.mean - sb.mean);
+    const Tensor scaled_diff = diff * (inv_coef * (2.0 / sd["inv_norm"].toDouble()));
+
+    Tensor ga, gb;
+    if (ctx->needs_input_grad(0)) {
+      ga = view_backward(sa, scaled_diff, var_coef, cov_coef, gamma).to(in_dtype);
+    }
+    if (ctx->needs_input_grad(1)) {
+      gb = view_backward(sb, -scaled_diff, var_coef, cov_coef, gamma).to(in_dtype);
+    }
+    return {ga, gb, Tensor()};
+  }
+};
+
+}  // namespace
+
+void check_loss_inputs(const Tensor& z_a, const Tensor& z_b, const VICRegLossOptions& o) {
+  TORCH_CHECK(z_a.defined() && z_b.defined(), "vicreg_loss: z_a and z_b must be defined tensors");
+  TORCH_CHECK(z_a.dim() == 2, "vicreg_loss: z_a must be a 2-D tensor [n, d] of embeddings, got a ",
+              shape_of(z_a), " (flatten the expander output to [batch, features])");
+  TORCH_CHECK(z_b.dim() == 2, "vicreg_loss: z_b must be a 2-D tensor [n, d] of embeddings, got a ",
+              shape_of(z_b), " (flatten the expander output to [batch, features])");
+  TORCH_CHECK(z_a.sizes() == z_b.sizes(), "vicreg_loss: z_a and z_b must have the same shape, got ",
+              z_a.sizes(), " and ", z_b.sizes(), " (the two views of one batch, row i of each ",
+              "from the same sample)");
+  TORCH_CHECK(z_a.size(0) >= 2, "vicreg_loss: needs at least 2 rows (the variance is unbiased, ",
+              "1/(n-1)), got n = ", z_a.size(0));
+  TORCH_CHECK(z_a.size(1) >= 1, "vicreg_loss: needs at least 1 column, got d = 0");
+  TORCH_CHECK(z_a.is_floating_point(), "vicreg_loss: z_a must be floating point (float, double, ",
+              "half or bfloat16), got ", z_a.scalar_type());
+  TORCH_CHECK(z_b.is_floating_point(), "vicreg_loss: z_b must be floating point (float, double, ",
+              "half or bfloat16), got ", z_b.scalar_type());
+  TORCH_CHECK(z_a.scalar_type() == z_b.scalar_type(),
+              "vicreg_loss: z_a and z_b must have the same dtype, got ", z_a.scalar_type(), " and ",
+              z_b.scalar_type());
+  TORCH_CHECK(z_a.device() == z_b.device(), "vicreg_loss: z_a and z_b must be on the same device, ",
+              "got ", z_a.device(), " and ", z_b.device());
+  const std::pair<const char*, double> nonneg[] = {{"sim_coeff", o.sim_coeff()},
+                                                   {"std_coeff", o.std_coeff()},
+                                                   {"cov_coeff", o.cov_coeff()},
+                                                   {"gamma", o.gamma()},
+                                                   {"eps", o.eps()}};
+  for (const auto& [name, value] : nonneg) {
+    TORCH_CHECK(std::isfinite(value) && value >= 0.0, "vicreg_loss: ", name,
+                " must be a finite number >= 0, got ", value);
+  }
+}
+
+VICRegLossTerms vicreg_loss(const Tensor& z_a, const Tensor& z_b, const VICRegLossOptions& o) {
+  check_loss_inputs(z_a, z_b, o);
+  const variable_list out = FusedVICRegLoss::apply(z_a, z_b, o);
+  return {out[0], out[1], out[2], out[3]};
+}
+
+VICRegLossTerms vicreg_loss_reference(const Tensor& z_a, const Tensor& z_b,
+                                      const VICRegLossOptions& o) {
+  namespace F = torch::nn::functional;
+  check_loss_inputs(z_a, z_b, o);
+  if (o.check_finite()) check_finite_inputs(z_a, z_b);
+  const int64_t n = z_a.size(0), d = z_a.size(1);
+
+  const Tensor invariance = o.preset() == LossPreset::Official
+                                ? F::mse_loss(z_a, z_b)
+                                : (z_a - z_b).pow(2).sum(1).mean();
+
+  const Tensor eye = torch::eye(d, z_a.options().dtype(torch::kBool));
+  auto variance_of = [&](const Tensor& z) {
+    const Tensor stdev = torch::sqrt(z.var(0) + o.eps());
+    return F::relu(o.gamma() - stdev).mean();
+  };
+  auto covariance_of = [&](const Tensor& z) {
+    const Tensor zc = z - z.mean(0);
+    const Tensor cov = zc.t().mm(zc) / static_cast<double>(n - 1);
+    return cov.masked_select(~eye).pow(2).sum() / static_cast<double>(d);
+  };
+  const Tensor variance = variance_of(z_a) + variance_of(z_b);
+  const Tensor covariance = covariance_of(z_a) + covariance_of(z_b);
+  const Tensor total = o.sim_coeff() * invariance +
+                       variance_weight(o.preset()) * o.std_coeff() * variance +
+                       o.cov_coeff() * covariance;
+  return {total, invariance, variance, covariance};
+}
+
+double vicreg_loss_flops(int64_t n, int64_t d) {
+  return 8.0 * static_cast<double>(n) * static_cast<double>(d) *
+         static_cast<double>(std::min(n, d));
+}
+
+double vicreg_loss_reference_flops(int64_t n, int64_t d) {
+  return 12.0 * static_cast<double>(n) * static_cast<double>(d) * static_cast<double>(d);
+}
+
+VICRegLossImpl::VICRegLossImpl(VICRegLossOptions options_) : options(std::move(options_)) {
+  reset();
+}
+
+void VICRegLossImpl::reset() {}
+
+void VICRegLossImpl::pretty_print(std::ostream& stream) const {
+  stream << "vicreg::VICRegLoss(sim_coeff=" << options.sim_coeff()
+         << ", std_coeff=" << options.std_coeff() << ", cov_coeff=" << options.cov_coeff()
+         << ", gamma=" << options.gamma() << ", eps=" << options.eps()
+         << ", preset=" << to_string(options.preset()) << ")";
+}
+
+VICRegLossTerms VICRegLossImpl::forward(const Tensor& z_a, const Tensor& z_b) {
+  return vicreg_loss(z_a, z_b, options);
+}
+
+}  // namespace vicreg
