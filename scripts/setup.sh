@@ -7,8 +7,9 @@ set -euo pipefail
 packages=(
   # toolchain
   build-essential cmake ninja-build ccache pkg-config
-  # LibTorch (CPU) and the BLAS it should use
-  libtorch-dev libopenblas0-pthread
+  # LibTorch (CPU) and the BLAS it should use: OpenBLAS's OpenMP build shares LibTorch's OpenMP
+  # threads (the pthread build fights them: DESIGN.md 4); CMake points our programs at it
+  libtorch-dev libopenblas0-openmp
   # tests, benchmarks, CLI, config files
   libgtest-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev
 )

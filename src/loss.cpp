@@ -78,7 +78,7 @@ ViewStats view_forward(const Tensor& z, double gamma, double eps) {
   ViewStats s;
   s.mean = z.mean(0, /*keepdim=*/true);
   s.zc = z - s.mean;
-  s.sigma2 = torch::linalg_vector_norm(s.zc, 2, torch::IntArrayRef{0}).square();
+  s.sigma2 = s.zc.square().sum(0);  // (a column norm is ~30x slower on CPU)
   s.stdev = (s.sigma2 / nm1 + eps).sqrt();
   s.v = torch::relu(gamma - s.stdev).to(torch::kDouble).sum() / static_cast<double>(d);
   if (n < d) {
@@ -96,27 +96,27 @@ ViewStats view_forward(const Tensor& z, double gamma, double eps) {
   return s;
 }
 
-/// Gradient of  inv_coef * ||Z - Z'||^2-part + var_coef * v(Z) + cov_coef * c(Z)  w.r.t. Z, for
-/// one view. Coefficients are 0-dim tensors (so no host synchronisation on accelerators).
-/// diff: [n, d] = Z - Z' for this view (sign included), already scaled by the invariance factor.
-/// Returns [n, d] in the accumulation dtype.
+/// Gradient of  invariance-part + var_coef * v(Z) + cov_coef * c(Z)  w.r.t. Z, for one view,
+/// accumulated in place into `grad`, which holds the invariance part on entry ([n, d], the
+/// accumulation dtype). Coefficients are 0-dim tensors (no host synchronisation on accelerators).
 ///
 /// variance:   dv/dZ_ij = -(1/d) [gamma > std_j] zc_ij / ((n - 1) std_j)
 /// covariance: dc/dZ    = 4 / ((n - 1)^2 d) (G zc - zc diag(sigma^2))      (Gram form)
 ///                      = 4 / ((n - 1)^2 d) zc (Zc^T Zc - diag(sigma^2))   (covariance form)
 /// Both already have zero column sums, so the centring needs no projection.
-Tensor view_backward(const ViewStats& s, const Tensor& scaled_diff, const Tensor& var_coef,
-                     const Tensor& cov_coef, double gamma) {
+void view_backward(const ViewStats& s, Tensor& grad, const Tensor& var_coef,
+                   const Tensor& cov_coef, double gamma) {
   const int64_t n = s.zc.size(0), d = s.zc.size(1);
   const double nm1 = static_cast<double>(n - 1);
   const Tensor active = (s.stdev < gamma).to(s.zc.scalar_type());
   const Tensor col = -var_coef * active / (s.stdev * (static_cast<double>(d) * nm1));  // [d]
   const Tensor k = cov_coef * (4.0 / (nm1 * nm1 * static_cast<double>(d)));           // 0-dim
   if (n < d) {
-    // k G zc + zc diag(col - k sigma^2) + diff; the scaling goes on the small n x n matrix.
-    return torch::addmm(torch::addcmul(scaled_diff, s.zc, col - k * s.sigma2), s.m * k, s.zc);
+    // grad += zc diag(col - k sigma^2) + k G zc; the scaling goes on the small n x n matrix.
+    grad.addcmul_(s.zc, col - k * s.sigma2).addmm_(s.m * k, s.zc);
+  } else {
+    grad.addcmul_(s.zc, col).addmm_(s.zc, s.m * k);
   }
-  return torch::addmm(torch::addcmul(scaled_diff, s.zc, col), s.zc, s.m * k);
 }
 
 class FusedVICRegLoss : public torch::autograd::Function<FusedVICRegLoss> {
@@ -194,17 +194,23 @@ class FusedVICRegLoss : public torch::autograd::Function<FusedVICRegLoss> {
     const Tensor var_coef = g_total * sd["std_coeff"].toDouble() + grads[2];
     const Tensor cov_coef = g_total * sd["cov_coeff"].toDouble() + grads[3];
 
-    // d/dz_a sum_i ||z_a[i] - z_b[i]||^2 / inv_norm = 2 (z_a - z_b) / inv_norm; z_a - z_b is
-    // rebuilt from the centred views rather than kept alive since the forward pass.
-    const Tensor diff = (sa.zc - sb.zc) + (sa.mean - sb.mean);
-    const Tensor scaled_diff = diff * (inv_coef * (2.0 / sd["inv_norm"].toDouble()));
-
+    // d/dz_a sum_i ||z_a[i] - z_b[i]||^2 / inv_norm = 2 (z_a - z_b) / inv_norm, and the
+    // negative for z_b. z_a - z_b is rebuilt from the centred views rather than kept alive since
+    // the forward pass; each gradient then accumulates in place in one [n, d] buffer.
+    const Tensor inv_grad = (sa.zc - sb.zc)
+                                .add_(sa.mean - sb.mean)
+                                .mul_(inv_coef * (2.0 / sd["inv_norm"].toDouble()));
+    const bool need_a = ctx->needs_input_grad(0), need_b = ctx->needs_input_grad(1);
     Tensor ga, gb;
-    if (ctx->needs_input_grad(0)) {
-      ga = view_backward(sa, scaled_diff, var_coef, cov_coef, gamma).to(in_dtype);
+    if (need_a) {
+      ga = need_b ? inv_grad.clone() : inv_grad;
+      view_backward(sa, ga, var_coef, cov_coef, gamma);
+      ga = ga.to(in_dtype);
     }
-    if (ctx->needs_input_grad(1)) {
-      gb = view_backward(sb, -scaled_diff, var_coef, cov_coef, gamma).to(in_dtype);
+    if (need_b) {
+      gb = inv_grad.neg_();
+      view_backward(sb, gb, var_coef, cov_coef, gamma);
+      gb = gb.to(in_dtype);
     }
     return {ga, gb, Tensor()};
   }

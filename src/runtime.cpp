@@ -25,6 +25,7 @@ namespace {
 
 using OpenBlasSetThreads = void (*)(int);
 using OpenBlasGetConfig = char* (*)();
+using OpenBlasGetParallel = int (*)();
 
 template <typename Fn>
 Fn find_symbol(const char* name) {
@@ -91,7 +92,13 @@ std::string describe_runtime() {
   s << "LibTorch " << TORCH_VERSION << ", " << at::get_num_threads() << " intra-op thread(s) of "
     << available_cores() << " core(s)";
   if (auto cfg = find_symbol<OpenBlasGetConfig>("openblas_get_config")) {
-    s << ", BLAS: OpenBLAS " << cfg();
+    s << ", BLAS: " << cfg();
+    if (auto par = find_symbol<OpenBlasGetParallel>("openblas_get_parallel")) {
+      const int mode = par();
+      s << (mode == 2 ? " (OpenMP threads)" : mode == 1 ? " (pthreads: slow next to LibTorch's "
+                                                          "OpenMP, see DESIGN.md 4)"
+                                                        : " (single-threaded)");
+    }
   }
   s << ", CUDA: ";
   if (torch::cuda::is_available()) {
