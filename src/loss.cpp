@@ -63,7 +63,7 @@ void check_finite_inputs(const Tensor& z_a, const Tensor& z_b) {
 /// Statistics of one view that the forward pass computes and the backward pass reuses.
 struct ViewStats {
   Tensor mean;    // [1, d]   column means
-  Tensor zc;      // [n, d]   centred embeddings
+  Tensor zc;      // [n, d]   centred embeddings (forward only; not kept for the backward)
   Tensor sigma2;  // [d]      ||zc[:, j]||^2 = (n - 1) Var_j
   Tensor stdev;   // [d]      sqrt(Var_j + eps)
   Tensor m;       // Gram form (n < d): G = zc zc^T [n, n]; else zc^T zc with zeroed diagonal [d, d]
@@ -93,30 +93,39 @@ ViewStats view_forward(const Tensor& z, double gamma, double eps) {
     s.m.diagonal().zero_();
     s.c = sum_of_squares(s.m) / (nm1 * nm1 * static_cast<double>(d));
   }
+  s.zc = Tensor();  // the backward pass rebuilds it: one [n, d] buffer alive at a time
   return s;
 }
 
-/// Gradient of  invariance-part + var_coef * v(Z) + cov_coef * c(Z)  w.r.t. Z, for one view,
-/// accumulated in place into `grad`, which holds the invariance part on entry ([n, d], the
-/// accumulation dtype). Coefficients are 0-dim tensors (no host synchronisation on accelerators).
+/// Gradient of  inv_coef * invariance + var_coef * v(Z) + cov_coef * c(Z)  w.r.t. Z, for one
+/// view. z, other: [n, d] this view and the other, in the accumulation dtype. inv_scale: 0-dim,
+/// the invariance gradient's factor (d/dZ = inv_scale (Z - Z')). Coefficients are 0-dim tensors,
+/// so there is no host synchronisation on accelerators. Returns [n, d].
 ///
 /// variance:   dv/dZ_ij = -(1/d) [gamma > std_j] zc_ij / ((n - 1) std_j)
 /// covariance: dc/dZ    = 4 / ((n - 1)^2 d) (G zc - zc diag(sigma^2))      (Gram form)
 ///                      = 4 / ((n - 1)^2 d) zc (Zc^T Zc - diag(sigma^2))   (covariance form)
-/// Both already have zero column sums, so the centring needs no projection.
-void view_backward(const ViewStats& s, Tensor& grad, const Tensor& var_coef,
-                   const Tensor& cov_coef, double gamma) {
-  const int64_t n = s.zc.size(0), d = s.zc.size(1);
+/// Both already have zero column sums, so the centring needs no projection. Memory: the result
+/// and one scratch [n, d] buffer (zc, then Z - Z').
+Tensor view_backward(const ViewStats& s, const Tensor& z, const Tensor& other,
+                     const Tensor& inv_scale, const Tensor& var_coef, const Tensor& cov_coef,
+                     double gamma) {
+  const int64_t n = z.size(0), d = z.size(1);
   const double nm1 = static_cast<double>(n - 1);
-  const Tensor active = (s.stdev < gamma).to(s.zc.scalar_type());
+  const Tensor active = (s.stdev < gamma).to(z.scalar_type());
   const Tensor col = -var_coef * active / (s.stdev * (static_cast<double>(d) * nm1));  // [d]
   const Tensor k = cov_coef * (4.0 / (nm1 * nm1 * static_cast<double>(d)));           // 0-dim
+  Tensor scratch = z - s.mean;  // zc
+  Tensor grad;
   if (n < d) {
-    // grad += zc diag(col - k sigma^2) + k G zc; the scaling goes on the small n x n matrix.
-    grad.addcmul_(s.zc, col - k * s.sigma2).addmm_(s.m * k, s.zc);
+    // k G zc + zc diag(col - k sigma^2)
+    grad = torch::mm(s.m, scratch).mul_(k).addcmul_(scratch, col - k * s.sigma2);
   } else {
-    grad.addcmul_(s.zc, col).addmm_(s.zc, s.m * k);
+    // k zc (Zc^T Zc - diag(sigma^2)) + zc diag(col); s.m has its diagonal zeroed already
+    grad = torch::mm(scratch, s.m).mul_(k).addcmul_(scratch, col);
   }
+  torch::sub_out(scratch, z, other);  // Z - Z', exact, in the buffer zc no longer needs
+  return grad.addcmul_(scratch, inv_scale);
 }
 
 class FusedVICRegLoss : public torch::autograd::Function<FusedVICRegLoss> {
@@ -151,13 +160,14 @@ class FusedVICRegLoss : public torch::autograd::Function<FusedVICRegLoss> {
                   "magnitude is too large for ", acc, " (normalise the embeddings or lower the lr)");
     }
 
+    // Saved: the inputs (autograd holds them anyway), d-vectors, and the small square matrices;
+    // no [n, d] buffer outlives the forward pass.
+    ctx->save_for_backward({z_a, z_b});
     ctx->saved_data["mean_a"] = sa.mean;
-    ctx->saved_data["zc_a"] = sa.zc;
     ctx->saved_data["sigma2_a"] = sa.sigma2;
     ctx->saved_data["std_a"] = sa.stdev;
     ctx->saved_data["m_a"] = sa.m;
     ctx->saved_data["mean_b"] = sb.mean;
-    ctx->saved_data["zc_b"] = sb.zc;
     ctx->saved_data["sigma2_b"] = sb.sigma2;
     ctx->saved_data["std_b"] = sb.stdev;
     ctx->saved_data["m_b"] = sb.m;
@@ -166,7 +176,6 @@ class FusedVICRegLoss : public torch::autograd::Function<FusedVICRegLoss> {
     ctx->saved_data["std_coeff"] = variance_weight(o.preset()) * o.std_coeff();
     ctx->saved_data["cov_coeff"] = o.cov_coeff();
     ctx->saved_data["gamma"] = o.gamma();
-    ctx->saved_data["in_dtype"] = z_a.scalar_type();
 
     return {total.to(acc), invariance.to(acc), variance.to(acc), covariance.to(acc)};
   }
@@ -174,18 +183,18 @@ class FusedVICRegLoss : public torch::autograd::Function<FusedVICRegLoss> {
   /// grads: d(out)/d{total, invariance, variance, covariance}, 0-dim -> {dz_a [n, d], dz_b, -}.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto& sd = ctx->saved_data;
-    auto stats = [&](const char* v) {
-      const std::string s(v);
+    auto stats = [&](const std::string& v) {
       ViewStats st;
-      st.mean = sd["mean_" + s].toTensor();
-      st.zc = sd["zc_" + s].toTensor();
-      st.sigma2 = sd["sigma2_" + s].toTensor();
-      st.stdev = sd["std_" + s].toTensor();
-      st.m = sd["m_" + s].toTensor();
+      st.mean = sd["mean_" + v].toTensor();
+      st.sigma2 = sd["sigma2_" + v].toTensor();
+      st.stdev = sd["std_" + v].toTensor();
+      st.m = sd["m_" + v].toTensor();
       return st;
     };
-    const ViewStats sa = stats("a"), sb = stats("b");
-    const auto in_dtype = sd["in_dtype"].toScalarType();
+    const variable_list inputs = ctx->get_saved_variables();
+    const auto in_dtype = inputs[0].scalar_type();
+    const auto acc = accumulation_dtype(in_dtype);
+    const Tensor a = inputs[0].to(acc), b = inputs[1].to(acc);
     const double gamma = sd["gamma"].toDouble();
 
     // Effective coefficient of each term: through the total and directly.
@@ -193,24 +202,15 @@ class FusedVICRegLoss : public torch::autograd::Function<FusedVICRegLoss> {
     const Tensor inv_coef = g_total * sd["sim_coeff"].toDouble() + grads[1];
     const Tensor var_coef = g_total * sd["std_coeff"].toDouble() + grads[2];
     const Tensor cov_coef = g_total * sd["cov_coeff"].toDouble() + grads[3];
+    // d/dz_a sum_i ||z_a[i] - z_b[i]||^2 / inv_norm = 2 (z_a - z_b) / inv_norm.
+    const Tensor inv_scale = inv_coef * (2.0 / sd["inv_norm"].toDouble());
 
-    // d/dz_a sum_i ||z_a[i] - z_b[i]||^2 / inv_norm = 2 (z_a - z_b) / inv_norm, and the
-    // negative for z_b. z_a - z_b is rebuilt from the centred views rather than kept alive since
-    // the forward pass; each gradient then accumulates in place in one [n, d] buffer.
-    const Tensor inv_grad = (sa.zc - sb.zc)
-                                .add_(sa.mean - sb.mean)
-                                .mul_(inv_coef * (2.0 / sd["inv_norm"].toDouble()));
-    const bool need_a = ctx->needs_input_grad(0), need_b = ctx->needs_input_grad(1);
     Tensor ga, gb;
-    if (need_a) {
-      ga = need_b ? inv_grad.clone() : inv_grad;
-      view_backward(sa, ga, var_coef, cov_coef, gamma);
-      ga = ga.to(in_dtype);
+    if (ctx->needs_input_grad(0)) {
+      ga = view_backward(stats("a"), a, b, inv_scale, var_coef, cov_coef, gamma).to(in_dtype);
     }
-    if (need_b) {
-      gb = inv_grad.neg_();
-      view_backward(sb, gb, var_coef, cov_coef, gamma);
-      gb = gb.to(in_dtype);
+    if (ctx->needs_input_grad(1)) {
+      gb = view_backward(stats("b"), b, a, inv_scale, var_coef, cov_coef, gamma).to(in_dtype);
     }
     return {ga, gb, Tensor()};
   }
