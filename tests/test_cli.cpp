@@ -111,10 +111,12 @@ TEST_F(Cli, BenchLossWritesTableAndJson) {
 }
 
 TEST_F(Cli, BenchLossWithoutReference) {
-  const Result r = run("bench-loss --threads 1 --shapes 8x32 --min-time 0 --no-reference "
-                       "--dtype double");
-  ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_NE(r.out.find("double on cpu"), std::string::npos) << r.out;
+  for (const char* dtype : {"double", "half", "bfloat16"}) {
+    const Result r = run(std::string("bench-loss --threads 1 --shapes 8x32 --min-time 0 "
+                                     "--no-reference --dtype ") + dtype);
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_NE(r.out.find(std::string(dtype) + " on cpu"), std::string::npos) << r.out;
+  }
 }
 
 TEST_F(Cli, BenchLossRejectsBadArguments) {
@@ -133,6 +135,7 @@ TEST_F(Cli, BenchLossRejectsBadArguments) {
       {"bench-loss --min-time -1", "--min-time"},
       {"bench-loss --device tpu --shapes 4x4", "tpu"},
       {"bench-loss --shapes 4x4 --min-time 0 --json /nonexistent/dir/x.json", "cannot write"},
+      {"bench-loss --shapes 4x4 --dtype half", "--no-reference"},
   };
   for (const Case& c : cases) {
     const Result r = run(c.args);

@@ -77,6 +77,13 @@ int run_bench_loss(const BenchLossArgs& args) {
   const torch::Device device = parse_device(args.device);
   const torch::Dtype dtype = parse_dtype(args.dtype);
   const vicreg::LossPreset preset = vicreg::loss_preset_from_string(args.preset);
+  if (device.is_cpu() && (dtype == torch::kHalf || dtype == torch::kBFloat16) &&
+      !args.no_reference) {
+    throw std::invalid_argument(
+        "--dtype " + args.dtype + " on cpu: the reference formulation computes in the input "
+        "dtype, and LibTorch lacks " + args.dtype + " CPU kernels for it; add --no-reference to "
+        "time the fused loss alone (it accumulates in float)");
+  }
   vicreg::set_threads(args.threads);
   std::printf("%s\n", vicreg::describe_runtime().c_str());
   std::printf("forward + backward of the VICReg loss, %s preset, %s on %s; reference: d x d "
