@@ -1,0 +1,100 @@
+// Optimisation for pretraining: LARS (DESIGN.md 1.3), AdamW and SGD with the reference's
+// parameter grouping, and the reference's learning-rate schedule (linear warm-up per step, then
+// cosine decay to a fraction of the peak).
+#pragma once
+
+#include <torch/arg.h>
+#include <torch/optim/optimizer.h>
+#include <torch/optim/serialize.h>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace vicreg {
+
+/// LARS as in facebookresearch/vicreg (main_vicreg.py), for each parameter p with gradient g:
+///   u = g + weight_decay * p                       (not for 1-D p when exclude_1d)
+///   q = eta ||p|| / ||u||, 1 if either norm is 0   (not for 1-D p when exclude_1d)
+///   q = min(q / lr, 1)                             (only when clip_lr: solo-learn's variant)
+///   mu = momentum * mu + q u;   p -= lr * mu
+struct LARSOptions : public torch::optim::OptimizerCloneableOptions<LARSOptions> {
+  LARSOptions(double lr = 0.0);  // NOLINT(google-explicit-constructor): like torch's SGDOptions
+  TORCH_ARG(double, lr);
+  TORCH_ARG(double, momentum) = 0.9;
+  TORCH_ARG(double, weight_decay) = 1e-6;
+  /// Trust coefficient: 1e-3 in the reference, 0.02 in solo-learn (with clip_lr).
+  TORCH_ARG(double, eta) = 1e-3;
+  /// Parameters with one dimension (biases, norm layers) get neither weight decay nor the trust
+  /// ratio, as in the reference.
+  TORCH_ARG(bool, exclude_1d) = true;
+  /// solo-learn's clipping of the adapted rate: q = min(q / lr, 1).
+  TORCH_ARG(bool, clip_lr) = false;
+
+ public:
+  void serialize(torch::serialize::InputArchive& archive) override;
+  void serialize(torch::serialize::OutputArchive& archive) const override;
+  double get_lr() const override;
+  void set_lr(const double lr) override;
+};
+
+struct LARSParamState : public torch::optim::OptimizerCloneableParamState<LARSParamState> {
+  TORCH_ARG(torch::Tensor, momentum_buffer);
+
+ public:
+  void serialize(torch::serialize::InputArchive& archive) override;
+  void serialize(torch::serialize::OutputArchive& archive) const override;
+};
+
+class LARS : public torch::optim::Optimizer {
+ public:
+  LARS(std::vector<torch::optim::OptimizerParamGroup> param_groups, LARSOptions defaults);
+  LARS(std::vector<torch::Tensor> params, LARSOptions defaults);
+
+  torch::Tensor step(LossClosure closure = nullptr) override;
+  void save(torch::serialize::OutputArchive& archive) const override;
+  /// Restores the momentum buffers and, unlike LibTorch 1.13's optimizers, each group's options.
+  void load(torch::serialize::InputArchive& archive) override;
+};
+
+/// lr = base_lr * batch_size / 256 (the reference's scaling rule).
+double scaled_lr(double base_lr, int64_t batch_size);
+
+/// The reference schedule, per optimizer step: linear warm-up from 0 to peak_lr over
+/// warmup_steps, then cosine decay to end_ratio * peak_lr at total_steps (and after).
+struct WarmupCosineSchedule {
+  double peak_lr = 0.0;
+  int64_t warmup_steps = 0;
+  int64_t total_steps = 0;
+  double end_ratio = 0.001;
+
+  /// Throws unless 0 <= warmup_steps <= total_steps, total_steps > 0, peak_lr >= 0 and
+  /// 0 <= end_ratio <= 1.
+  void validate() const;
+  double lr_at(int64_t step) const;
+};
+
+/// Sets the learning rate of every parameter group.
+void set_learning_rate(torch::optim::Optimizer& optimizer, double lr);
+
+/// What make_optimizer() builds.
+struct OptimizerConfig {
+  std::string name = "lars";  ///< "lars", "adamw" or "sgd"
+  double lr = 0.0;            ///< initial rate (the schedule sets it every step)
+  double weight_decay = 1e-6;
+  double momentum = 0.9;      ///< LARS and SGD
+  double eta = 1e-3;          ///< LARS
+  bool clip_lr = false;       ///< LARS
+  double beta1 = 0.9, beta2 = 0.999;  ///< AdamW
+};
+
+/// The optimizer named in `config` over `params`. As in the reference (and solo-learn's
+/// exclude_bias_n_norm), parameters with one dimension get no weight decay: LARS does this
+/// itself; for AdamW and SGD they go into a second group with weight_decay 0.
+/// Throws for an unknown name or a negative setting.
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::vector<torch::Tensor>& params,
+                                                        const OptimizerConfig& config);
+
+}  // namespace vicreg

@@ -1,0 +1,235 @@
+// LARS against steps computed by hand, its exclusions, state save/load; the lr schedule; the
+// optimizer factory's parameter groups.
+#include "vicreg/optim.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <sstream>
+#include <vector>
+
+namespace {
+
+using vicreg::LARS;
+using vicreg::LARSOptions;
+
+double norm(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x * x;
+  return std::sqrt(s);
+}
+
+/// One LARS step by hand (facebookresearch/vicreg's algorithm) on flat vectors.
+void lars_by_hand(std::vector<double>& p, std::vector<double>& mu, const std::vector<double>& g,
+                  double lr, double momentum, double wd, double eta, bool adapt) {
+  std::vector<double> u(p.size());
+  for (size_t i = 0; i < p.size(); ++i) u[i] = g[i] + (adapt ? wd * p[i] : 0.0);
+  double q = 1.0;
+  if (adapt && norm(p) > 0 && norm(u) > 0) q = eta * norm(p) / norm(u);
+  for (size_t i = 0; i < p.size(); ++i) {
+    mu[i] = momentum * mu[i] + q * u[i];
+    p[i] -= lr * mu[i];
+  }
+}
+
+std::vector<double> flat(const torch::Tensor& t) {
+  auto c = t.to(torch::kDouble).contiguous();
+  return {c.data_ptr<double>(), c.data_ptr<double>() + c.numel()};
+}
+
+void expect_equal(const torch::Tensor& got, const std::vector<double>& want, double tol) {
+  const auto g = flat(got);
+  ASSERT_EQ(g.size(), want.size());
+  for (size_t i = 0; i < g.size(); ++i) EXPECT_NEAR(g[i], want[i], tol) << "element " << i;
+}
+
+TEST(Lars, TwoStepsMatchHandComputation) {
+  const std::vector<double> p0 = {1, 2, 3, 4}, g = {0.1, 0.2, -0.1, 0.3};
+  const std::vector<double> b0 = {1, -2}, gb = {0.5, 0.5};
+  auto w = torch::tensor(p0, torch::kDouble).view({2, 2}).requires_grad_(true);
+  auto b = torch::tensor(b0, torch::kDouble).requires_grad_(true);
+  LARS opt({w, b}, LARSOptions(0.5).momentum(0.9).weight_decay(0.1).eta(0.01));
+  std::vector<double> pw = p0, mw(4, 0.0), pb = b0, mb(2, 0.0);
+  for (int step = 0; step < 2; ++step) {
+    w.mutable_grad() = torch::tensor(g, torch::kDouble).view({2, 2});
+    b.mutable_grad() = torch::tensor(gb, torch::kDouble);
+    opt.step();
+    lars_by_hand(pw, mw, g, 0.5, 0.9, 0.1, 0.01, /*adapt=*/true);
+    lars_by_hand(pb, mb, gb, 0.5, 0.9, 0.1, 0.01, /*adapt=*/false);  // 1-D: excluded
+    expect_equal(w, pw, 1e-14);
+    expect_equal(b, pb, 1e-14);
+  }
+}
+
+TEST(Lars, FirstStepAsNumbers) {
+  // u = g + 0.1 p = (0.2, 0.4, 0.2, 0.7); q = 0.01 sqrt(30) / sqrt(0.73) = 0.064105...;
+  // p1 = p - 0.5 q u.
+  auto w = torch::tensor({1.0, 2.0, 3.0, 4.0}, torch::kDouble).view({2, 2}).requires_grad_(true);
+  LARS opt({w}, LARSOptions(0.5).momentum(0.9).weight_decay(0.1).eta(0.01));
+  w.mutable_grad() = torch::tensor({0.1, 0.2, -0.1, 0.3}, torch::kDouble).view({2, 2});
+  opt.step();
+  const double q = 0.064105;
+  expect_equal(w, {1 - 0.5 * q * 0.2, 2 - 0.5 * q * 0.4, 3 - 0.5 * q * 0.2, 4 - 0.5 * q * 0.7},
+               1e-6);
+}
+
+TEST(Lars, OneDimensionalParametersAdaptedWhenNotExcluded) {
+  auto b = torch::tensor({3.0, 4.0}, torch::kDouble).requires_grad_(true);
+  LARS opt({b}, LARSOptions(0.1).momentum(0).weight_decay(0).eta(0.5).exclude_1d(false));
+  b.mutable_grad() = torch::tensor({1.0, 0.0}, torch::kDouble);
+  opt.step();
+  // q = 0.5 * 5 / 1 = 2.5: b = (3, 4) - 0.1 * 2.5 * (1, 0)
+  expect_equal(b, {3.0 - 0.25, 4.0}, 1e-15);
+}
+
+TEST(Lars, ZeroNormsGiveTrustRatioOne) {
+  auto w = torch::zeros({2, 2}, torch::kDouble).requires_grad_(true);
+  LARS opt({w}, LARSOptions(0.1).momentum(0).eta(1e-3));
+  w.mutable_grad() = torch::ones({2, 2}, torch::kDouble);
+  opt.step();  // ||p|| = 0: q = 1, plain SGD step
+  expect_equal(w, {-0.1, -0.1, -0.1, -0.1}, 1e-15);
+  auto v = torch::ones({2, 2}, torch::kDouble).requires_grad_(true);
+  LARS opt2({v}, LARSOptions(0.1).momentum(0).weight_decay(0));
+  v.mutable_grad() = torch::zeros({2, 2}, torch::kDouble);
+  opt2.step();  // ||u|| = 0: no movement, no NaN
+  expect_equal(v, {1, 1, 1, 1}, 0.0);
+}
+
+TEST(Lars, ClipLrCapsTheAdaptedRate) {
+  // q = eta ||p|| / ||g|| = 0.02 * 5 / 0.001 = 100; clipped: min(100 / lr, 1) = 1.
+  auto w = torch::tensor({3.0, 4.0}, torch::kDouble).view({1, 2}).requires_grad_(true);
+  LARS opt({w}, LARSOptions(0.3).momentum(0).weight_decay(0).eta(0.02).clip_lr(true));
+  w.mutable_grad() = torch::tensor({0.001, 0.0}, torch::kDouble).view({1, 2});
+  opt.step();
+  expect_equal(w, {3.0 - 0.3 * 0.001, 4.0}, 1e-15);
+}
+
+TEST(Lars, SaveAndLoadContinueIdentically) {
+  torch::manual_seed(0);
+  auto make = [] { return torch::randn({3, 4}, torch::kDouble); };
+  const auto w0 = make();
+  const std::vector<torch::Tensor> grads = {make(), make(), make()};
+  auto w = w0.clone().requires_grad_(true);
+  LARS opt({w}, LARSOptions(0.2).weight_decay(1e-2).eta(0.05));
+  for (int i = 0; i < 2; ++i) {
+    w.mutable_grad() = grads[i];
+    opt.step();
+  }
+  std::stringstream buffer;
+  {
+    torch::serialize::OutputArchive out;
+    opt.save(out);
+    out.save_to(buffer);
+  }
+  auto w2 = w.detach().clone().requires_grad_(true);
+  LARS restored({w2}, LARSOptions(0.0));
+  torch::serialize::InputArchive in;
+  in.load_from(buffer);
+  restored.load(in);
+  EXPECT_DOUBLE_EQ(static_cast<LARSOptions&>(restored.param_groups()[0].options()).eta(), 0.05);
+  w.mutable_grad() = grads[2];
+  w2.mutable_grad() = grads[2];
+  opt.step();
+  restored.step();
+  EXPECT_TRUE(torch::equal(w, w2));  // momentum buffer and options came back
+}
+
+TEST(Lars, RejectsBadOptions) {
+  auto w = torch::zeros({2, 2}).requires_grad_(true);
+  EXPECT_THROW(LARS({w}, LARSOptions(-1)), c10::Error);
+  EXPECT_THROW(LARS({w}, LARSOptions(0.1).momentum(1.0)), c10::Error);
+  EXPECT_THROW(LARS({w}, LARSOptions(0.1).eta(0)), c10::Error);
+  EXPECT_THROW(LARS({w}, LARSOptions(0.1).weight_decay(-1e-6)), c10::Error);
+}
+
+TEST(Schedule, WarmupThenCosineToEndRatio) {
+  const vicreg::WarmupCosineSchedule s{/*peak_lr=*/2.0, /*warmup_steps=*/10, /*total_steps=*/110,
+                                       /*end_ratio=*/0.001};
+  s.validate();
+  EXPECT_DOUBLE_EQ(s.lr_at(0), 0.0);
+  EXPECT_DOUBLE_EQ(s.lr_at(5), 1.0);
+  EXPECT_DOUBLE_EQ(s.lr_at(10), 2.0);                  // end of warm-up: the peak
+  EXPECT_NEAR(s.lr_at(60), 0.5 * 2.0 + 0.5 * 0.002, 1e-15);  // half-way through the cosine
+  EXPECT_NEAR(s.lr_at(110), 0.002, 1e-15);             // the end: end_ratio * peak
+  EXPECT_NEAR(s.lr_at(500), 0.002, 1e-15);             // and after
+  for (int64_t t = 11; t <= 110; ++t) EXPECT_LE(s.lr_at(t), s.lr_at(t - 1)) << t;
+}
+
+TEST(Schedule, NoWarmupAndValidation) {
+  const vicreg::WarmupCosineSchedule s{1.0, 0, 4, 0.0};
+  EXPECT_DOUBLE_EQ(s.lr_at(0), 1.0);
+  EXPECT_NEAR(s.lr_at(2), 0.5, 1e-15);
+  EXPECT_NEAR(s.lr_at(4), 0.0, 1e-15);
+  EXPECT_THROW((vicreg::WarmupCosineSchedule{1.0, 5, 4, 0.001}.validate()), c10::Error);
+  EXPECT_THROW((vicreg::WarmupCosineSchedule{1.0, 0, 0, 0.001}.validate()), c10::Error);
+  EXPECT_THROW((vicreg::WarmupCosineSchedule{-1.0, 0, 4, 0.001}.validate()), c10::Error);
+  EXPECT_THROW((vicreg::WarmupCosineSchedule{1.0, 0, 4, 1.5}.validate()), c10::Error);
+  EXPECT_DOUBLE_EQ(vicreg::scaled_lr(0.2, 2048), 1.6);
+  EXPECT_DOUBLE_EQ(vicreg::scaled_lr(0.3, 256), 0.3);
+  EXPECT_THROW(vicreg::scaled_lr(0.3, 0), c10::Error);
+}
+
+TEST(MakeOptimizer, GroupsAndWeightDecay) {
+  auto w = torch::randn({4, 3}).requires_grad_(true);
+  auto b = torch::randn({4}).requires_grad_(true);
+  vicreg::OptimizerConfig c;
+  c.lr = 0.1;
+  c.weight_decay = 0.05;
+
+  c.name = "lars";
+  auto lars = vicreg::make_optimizer({w, b}, c);
+  EXPECT_NE(dynamic_cast<LARS*>(lars.get()), nullptr);
+
+  c.name = "adamw";
+  auto adamw = vicreg::make_optimizer({w, b}, c);
+  ASSERT_EQ(adamw->param_groups().size(), 2u);
+  auto wd_of = [](torch::optim::Optimizer& o, size_t g) {
+    return static_cast<torch::optim::AdamWOptions&>(o.param_groups()[g].options()).weight_decay();
+  };
+  EXPECT_DOUBLE_EQ(wd_of(*adamw, 0), 0.05);
+  EXPECT_TRUE(adamw->param_groups()[0].params()[0].is_same(w));
+  EXPECT_DOUBLE_EQ(wd_of(*adamw, 1), 0.0);
+  EXPECT_TRUE(adamw->param_groups()[1].params()[0].is_same(b));
+
+  c.name = "sgd";
+  auto sgd = vicreg::make_optimizer({w}, c);  // no 1-D parameter: one group
+  ASSERT_EQ(sgd->param_groups().size(), 1u);
+  auto& so = static_cast<torch::optim::SGDOptions&>(sgd->param_groups()[0].options());
+  EXPECT_DOUBLE_EQ(so.weight_decay(), 0.05);
+  EXPECT_DOUBLE_EQ(so.momentum(), 0.9);
+
+  vicreg::set_learning_rate(*adamw, 0.25);
+  for (auto& g : adamw->param_groups()) EXPECT_DOUBLE_EQ(g.options().get_lr(), 0.25);
+
+  c.name = "adam";
+  try {
+    vicreg::make_optimizer({w}, c);
+    FAIL() << "expected an error";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("expected lars, adamw or sgd"), std::string::npos);
+  }
+}
+
+TEST(MakeOptimizer, LarsTrainsALeastSquaresProblem) {
+  // A real use: LARS with the schedule drives a linear least-squares loss down.
+  torch::manual_seed(3);
+  const auto x = torch::randn({64, 8}), target = x.mm(torch::randn({8, 2}));
+  auto w = (0.1 * torch::randn({8, 2})).requires_grad_(true);
+  vicreg::OptimizerConfig c;
+  c.eta = 0.02;
+  auto opt = vicreg::make_optimizer({w}, c);
+  const vicreg::WarmupCosineSchedule s{1.0, 5, 200, 0.001};
+  double first = 0, last = 0;
+  for (int64_t t = 0; t < 200; ++t) {
+    vicreg::set_learning_rate(*opt, s.lr_at(t));
+    opt->zero_grad();
+    auto loss = (x.mm(w) - target).pow(2).mean();
+    loss.backward();
+    opt->step();
+    (t == 0 ? first : last) = loss.item<double>();
+  }
+  EXPECT_LT(last, 0.05 * first) << first << " -> " << last;
+}
+
+}  // namespace
