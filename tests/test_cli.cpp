@@ -1,4 +1,6 @@
 // The vicreg CLI, run as a user runs it: exit codes, output, files, and every rejected argument.
+#include "temp_dir.h"
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <torch/cuda.h>
@@ -30,15 +32,8 @@ std::string slurp(const fs::path& p) {
   return s.str();
 }
 
-class Cli : public ::testing::Test {
+class Cli : public vicreg::testing::TempDirTest {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/vicreg_cli_XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   /// Runs `vicreg <args>` with one thread (tests run in parallel), capturing both streams.
   Result run(const std::string& args) {
     const fs::path err = dir_ / "stderr.txt";
@@ -56,7 +51,6 @@ class Cli : public ::testing::Test {
     return r;
   }
 
-  fs::path dir_;
 };
 
 TEST_F(Cli, HelpListsTheSubcommands) {

@@ -2,6 +2,8 @@
 // Fashion-MNIST test split when Debian's dataset-fashion-mnist is installed.
 #include "vicreg/data.h"
 
+#include "temp_dir.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 #include <zlib.h>
@@ -27,15 +29,8 @@ Bytes idx(const std::vector<uint32_t>& sizes, const Bytes& data, uint8_t type = 
   return b;
 }
 
-class Idx : public ::testing::Test {
+class Idx : public vicreg::testing::TempDirTest {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/vicreg_idx_XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   std::string write(const std::string& name, const Bytes& bytes, bool gzip = false) {
     const std::string path = (dir_ / name).string();
     if (gzip) {
@@ -62,7 +57,6 @@ class Idx : public ::testing::Test {
     }
   }
 
-  fs::path dir_;
 };
 
 // Three 2x3 images with pixel value 10 * image + position.
@@ -105,7 +99,7 @@ TEST_F(Idx, RejectsCorruptFiles) {
   // A gzip stream cut in the middle.
   const std::string gz = write("cut.gz", idx({3, 2, 3}, kPixels), true);
   fs::resize_file(gz, fs::file_size(gz) - 12);
-  expect_error(gz, "");
+  expect_error(gz, "truncated: the header declares 18 bytes of data, the file holds 15");
 }
 
 TEST_F(Idx, RejectsMismatchedSplits) {
