@@ -1,0 +1,223 @@
+// Encoders (ResNet, ConvNet, MLP), the expander, and the two-branch VICReg model.
+//
+// Module names follow the reference so that weights move both ways (issue 6): a ResNet's
+// parameters are named like torchvision's (conv1, bn1, layer1.0.conv1, layer1.0.downsample.0, ...;
+// no fc), the expander's like facebookresearch/vicreg's nn.Sequential ("0.weight", "1.weight",
+// ...), and the VICReg model holds them as "backbone" and "projector" like main_vicreg.py.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/batchnorm.h>
+#include <torch/nn/modules/container/any.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/pimpl.h>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace vicreg {
+
+/// What every encoder (backbone) is: a module from inputs to representations [N, output_dim].
+class EncoderImpl : public torch::nn::Module {
+ public:
+  /// x: images [N, C, H, W] (ResNet, ConvNet) or vectors [N, F] (MLP).
+  virtual torch::Tensor forward(torch::Tensor x) = 0;
+  /// Size of the representation.
+  virtual int64_t output_dim() const = 0;
+};
+using Encoder = std::shared_ptr<EncoderImpl>;
+
+/// Parses a layer-size spec such as "8192-8192-8192" (the reference's --mlp). Throws
+/// std::invalid_argument naming the spec unless it is one or more positive integers joined by '-'.
+std::vector<int64_t> parse_layer_spec(const std::string& spec);
+
+// ---------------------------------------------------------------------------------------------
+// ResNet (torchvision's v1.5: stride in the 3x3 conv of the bottleneck)
+
+struct ResNetOptions {
+  /// 18, 34 or 50.
+  TORCH_ARG(int64_t, depth) = 50;
+  TORCH_ARG(int64_t, in_channels) = 3;
+  /// 3x3 stride-1 first conv and no max-pool (solo-learn's CIFAR stem), for inputs up to 64 px.
+  TORCH_ARG(bool, small_stem) = false;
+  /// Zero the last BatchNorm weight of each residual block (the reference does this for ResNet-50).
+  TORCH_ARG(bool, zero_init_residual) = true;
+};
+
+/// A residual block: BasicBlock (conv1, bn1, conv2, bn2) or Bottleneck (conv1 1x1, bn1, conv2 3x3
+/// with the stride, bn2, conv3 1x1, bn3), plus `downsample` (0: 1x1 conv, 1: BatchNorm) when the
+/// shape changes. Names as in torchvision.
+class ResidualBlockImpl : public torch::nn::Module {
+ public:
+  ResidualBlockImpl(int64_t in_planes, int64_t planes, int64_t stride, bool bottleneck);
+  /// x: [N, in_planes, H, W] -> [N, planes * expansion, H / stride, W / stride]
+  torch::Tensor forward(torch::Tensor x);
+  /// The BatchNorm whose weight zero_init_residual zeroes.
+  torch::nn::BatchNorm2d last_bn() const { return bottleneck_ ? bn3 : bn2; }
+
+  torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv3{nullptr};
+  torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
+  torch::nn::Sequential downsample{nullptr};
+
+ private:
+  bool bottleneck_;
+};
+TORCH_MODULE(ResidualBlock);
+
+class ResNetImpl : public EncoderImpl {
+ public:
+  explicit ResNetImpl(const ResNetOptions& options);
+  /// x: [N, in_channels, H, W] -> [N, output_dim] (after global average pooling; no fc)
+  torch::Tensor forward(torch::Tensor x) override;
+  /// 512 for ResNet-18/34, 2048 for ResNet-50.
+  int64_t output_dim() const override { return output_dim_; }
+
+  ResNetOptions options;
+  torch::nn::Conv2d conv1{nullptr};
+  torch::nn::BatchNorm2d bn1{nullptr};
+  torch::nn::Sequential layer1{nullptr}, layer2{nullptr}, layer3{nullptr}, layer4{nullptr};
+
+ private:
+  int64_t output_dim_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
+// ConvNet: a compact encoder for 28x28 inputs that trains in minutes on two cores
+
+struct ConvNetOptions {
+  TORCH_ARG(int64_t, in_channels) = 1;
+  /// Channels of the first stage; stage k has width * 2^k.
+  TORCH_ARG(int64_t, width) = 32;
+  /// Number of stages. The first keeps the resolution, each later one halves it.
+  TORCH_ARG(int64_t, stages) = 4;
+  /// 3x3 conv + BatchNorm + ReLU layers per stage (the first of a stage carries the stride).
+  TORCH_ARG(int64_t, convs_per_stage) = 2;
+};
+
+/// stage1 .. stageK, each a Sequential of (Conv2d 3x3 without bias, BatchNorm2d, ReLU) x
+/// convs_per_stage, then global average pooling. Representation: width * 2^(stages-1).
+class ConvNetImpl : public EncoderImpl {
+ public:
+  explicit ConvNetImpl(const ConvNetOptions& options);
+  /// x: [N, in_channels, H, W] -> [N, output_dim]
+  torch::Tensor forward(torch::Tensor x) override;
+  int64_t output_dim() const override { return output_dim_; }
+
+  ConvNetOptions options;
+  std::vector<torch::nn::Sequential> stages;
+
+ private:
+  int64_t output_dim_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
+// MLP encoder for vector data
+
+struct MLPOptions {
+  MLPOptions(int64_t in_features, std::string hidden) : in_features_(in_features),
+                                                        hidden_(std::move(hidden)) {}
+  TORCH_ARG(int64_t, in_features);
+  /// Sizes of the layers, e.g. "512-512": Linear -> BatchNorm1d -> ReLU each.
+  TORCH_ARG(std::string, hidden);
+};
+
+class MLPImpl : public EncoderImpl {
+ public:
+  explicit MLPImpl(const MLPOptions& options);
+  /// x: [N, in_features] -> [N, output_dim] (the last hidden size)
+  torch::Tensor forward(torch::Tensor x) override;
+  int64_t output_dim() const override { return output_dim_; }
+
+  MLPOptions options;
+  torch::nn::Sequential layers{nullptr};
+
+ private:
+  int64_t output_dim_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Expander (the reference's projector)
+
+/// From a spec such as "8192-8192-8192" and the representation size: Linear -> BatchNorm1d ->
+/// ReLU for each layer but the last, which is a Linear without bias. Submodules are named "0",
+/// "1", ... as in the reference's nn.Sequential.
+class ExpanderImpl : public torch::nn::Module {
+ public:
+  ExpanderImpl(int64_t in_features, const std::string& spec);
+  /// y: [N, in_features] -> [N, output_dim]
+  torch::Tensor forward(torch::Tensor y);
+  int64_t output_dim() const { return output_dim_; }
+
+ private:
+  std::vector<torch::nn::AnyModule> layers_;
+  int64_t output_dim_ = 0;
+};
+TORCH_MODULE(Expander);
+
+// ---------------------------------------------------------------------------------------------
+// Building encoders by name, and the two-branch model
+
+/// What make_encoder() builds.
+struct EncoderConfig {
+  /// resnet18, resnet34, resnet50, convnet, mlp.
+  std::string arch = "convnet";
+  /// Image channels (1 for Fashion-MNIST, 3 for RGB); ignored by mlp.
+  int64_t in_channels = 1;
+  /// Image side; ResNets use the small stem when it is at most 64. Ignored by mlp.
+  int64_t image_size = 28;
+  /// Input features of the mlp encoder (the columns of the .npy matrix).
+  int64_t in_features = 0;
+  /// ConvNet: base width and stages.
+  int64_t width = 32;
+  int64_t stages = 4;
+  /// mlp: hidden layers.
+  std::string mlp_hidden = "1024-1024";
+  bool zero_init_residual = true;
+};
+
+/// The names make_encoder() accepts.
+const std::vector<std::string>& encoder_archs();
+
+/// Throws std::invalid_argument for an unknown arch (listing the valid ones) or settings that
+/// cannot work (e.g. convnet with more stages than the image can halve, mlp without features).
+Encoder make_encoder(const EncoderConfig& config);
+
+/// Representations and embeddings of both views.
+struct VICRegOutput {
+  torch::Tensor y_a, y_b;  ///< [N, backbone output_dim]
+  torch::Tensor z_a, z_b;  ///< [N, expander output_dim]
+};
+
+struct VICRegModelConfig {
+  EncoderConfig encoder;
+  /// The expander spec, like the reference's --mlp.
+  std::string mlp = "8192-8192-8192";
+  /// false: each view gets its own backbone and expander ("backbone_b", "projector_b").
+  bool shared_weights = true;
+  /// The second branch's encoder when shared_weights is false (arch may differ from the first;
+  /// the embeddings must have the same size, which the expander spec guarantees).
+  EncoderConfig encoder_b;
+};
+
+class VICRegImpl : public torch::nn::Module {
+ public:
+  explicit VICRegImpl(const VICRegModelConfig& config);
+  /// x_a, x_b: the two views, [N, ...] each.
+  VICRegOutput forward(torch::Tensor x_a, torch::Tensor x_b);
+  /// The first branch's representation only (what downstream tasks use).
+  torch::Tensor represent(torch::Tensor x) { return backbone->forward(x); }
+
+  VICRegModelConfig config;
+  Encoder backbone, backbone_b;
+  Expander projector{nullptr}, projector_b{nullptr};
+};
+TORCH_MODULE(VICReg);
+
+/// Number of elements in all parameters of a module.
+int64_t count_parameters(const torch::nn::Module& module);
+
+}  // namespace vicreg

@@ -1,0 +1,306 @@
+#include "vicreg/models.h"
+
+#include <torch/nn/functional/activation.h>
+#include <torch/nn/functional/pooling.h>
+#include <torch/nn/init.h>
+#include <torch/nn/modules/activation.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/pooling.h>
+
+#include <algorithm>
+#include <sstream>
+#include <stdexcept>
+
+namespace vicreg {
+
+namespace F = torch::nn::functional;
+
+std::vector<int64_t> parse_layer_spec(const std::string& spec) {
+  std::vector<int64_t> sizes;
+  const auto fail = [&spec]() {
+    throw std::invalid_argument("invalid layer spec '" + spec +
+                                "': expected positive integers joined by '-', e.g. 8192-8192-8192");
+  };
+  if (spec.empty()) fail();
+  size_t start = 0;
+  while (start <= spec.size()) {
+    const size_t end = std::min(spec.find('-', start), spec.size());
+    const std::string part = spec.substr(start, end - start);
+    if (part.empty() || part.size() > 9 ||
+        !std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      fail();
+    }
+    const int64_t size = std::stoll(part);
+    if (size <= 0) fail();
+    sizes.push_back(size);
+    start = end + 1;
+  }
+  return sizes;
+}
+
+namespace {
+
+torch::nn::Conv2d conv(int64_t in, int64_t out, int64_t kernel, int64_t stride) {
+  return torch::nn::Conv2d(
+      torch::nn::Conv2dOptions(in, out, kernel).stride(stride).padding(kernel / 2).bias(false));
+}
+
+/// torchvision's ResNet initialisation: Kaiming normal (fan_out, relu) for convs, BN (1, 0).
+void init_conv_bn(torch::nn::Module& module) {
+  torch::NoGradGuard no_grad;
+  for (auto& m : module.modules(/*include_self=*/false)) {
+    if (auto* c = m->as<torch::nn::Conv2d>()) {
+      torch::nn::init::kaiming_normal_(c->weight, 0.0, torch::kFanOut, torch::kReLU);
+    } else if (auto* b = m->as<torch::nn::BatchNorm2d>()) {
+      torch::nn::init::ones_(b->weight);
+      torch::nn::init::zeros_(b->bias);
+    }
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// ResNet
+
+ResidualBlockImpl::ResidualBlockImpl(int64_t in_planes, int64_t planes, int64_t stride,
+                                     bool bottleneck)
+    : bottleneck_(bottleneck) {
+  const int64_t expansion = bottleneck ? 4 : 1;
+  if (bottleneck) {
+    conv1 = register_module("conv1", conv(in_planes, planes, 1, 1));
+    bn1 = register_module("bn1", torch::nn::BatchNorm2d(planes));
+    conv2 = register_module("conv2", conv(planes, planes, 3, stride));
+    bn2 = register_module("bn2", torch::nn::BatchNorm2d(planes));
+    conv3 = register_module("conv3", conv(planes, planes * expansion, 1, 1));
+    bn3 = register_module("bn3", torch::nn::BatchNorm2d(planes * expansion));
+  } else {
+    conv1 = register_module("conv1", conv(in_planes, planes, 3, stride));
+    bn1 = register_module("bn1", torch::nn::BatchNorm2d(planes));
+    conv2 = register_module("conv2", conv(planes, planes, 3, 1));
+    bn2 = register_module("bn2", torch::nn::BatchNorm2d(planes));
+  }
+  if (stride != 1 || in_planes != planes * expansion) {
+    downsample = register_module(
+        "downsample", torch::nn::Sequential(conv(in_planes, planes * expansion, 1, stride),
+                                            torch::nn::BatchNorm2d(planes * expansion)));
+  }
+}
+
+torch::Tensor ResidualBlockImpl::forward(torch::Tensor x) {
+  torch::Tensor out = torch::relu(bn1(conv1(x)));
+  if (bottleneck_) {
+    out = torch::relu(bn2(conv2(out)));
+    out = bn3(conv3(out));
+  } else {
+    out = bn2(conv2(out));
+  }
+  const torch::Tensor identity = downsample ? downsample->forward(x) : x;
+  return torch::relu(out + identity);
+}
+
+ResNetImpl::ResNetImpl(const ResNetOptions& options_) : options(options_) {
+  static const std::vector<int64_t> kBlocks18 = {2, 2, 2, 2}, kBlocks34 = {3, 4, 6, 3};
+  const int64_t depth = options.depth();
+  if (depth != 18 && depth != 34 && depth != 50) {
+    throw std::invalid_argument("ResNet depth " + std::to_string(depth) +
+                                " is not supported: use 18, 34 or 50");
+  }
+  TORCH_CHECK(options.in_channels() >= 1, "ResNet: in_channels must be >= 1, got ",
+              options.in_channels());
+  const bool bottleneck = depth == 50;
+  const std::vector<int64_t>& blocks = depth == 18 ? kBlocks18 : kBlocks34;  // 50 as 34
+  const int64_t expansion = bottleneck ? 4 : 1;
+
+  conv1 = register_module("conv1", options.small_stem() ? conv(options.in_channels(), 64, 3, 1)
+                                                        : conv(options.in_channels(), 64, 7, 2));
+  bn1 = register_module("bn1", torch::nn::BatchNorm2d(64));
+  int64_t in_planes = 64;
+  torch::nn::Sequential* layers[] = {&layer1, &layer2, &layer3, &layer4};
+  for (int stage = 0; stage < 4; ++stage) {
+    const int64_t planes = int64_t{64} << stage;
+    torch::nn::Sequential layer;
+    for (int64_t b = 0; b < blocks[stage]; ++b) {
+      const int64_t stride = (b == 0 && stage > 0) ? 2 : 1;
+      layer->push_back(ResidualBlock(in_planes, planes, stride, bottleneck));
+      in_planes = planes * expansion;
+    }
+    *layers[stage] = register_module("layer" + std::to_string(stage + 1), layer);
+  }
+  output_dim_ = in_planes;
+  init_conv_bn(*this);
+  if (options.zero_init_residual()) {
+    torch::NoGradGuard no_grad;
+    for (auto& m : modules(false)) {
+      if (auto* block = m->as<ResidualBlockImpl>()) block->last_bn()->weight.zero_();
+    }
+  }
+}
+
+torch::Tensor ResNetImpl::forward(torch::Tensor x) {
+  TORCH_CHECK(x.dim() == 4 && x.size(1) == options.in_channels(), "ResNet expects [N, ",
+              options.in_channels(), ", H, W] images, got ", x.sizes());
+  x = torch::relu(bn1(conv1(x)));
+  if (!options.small_stem()) x = F::max_pool2d(x, F::MaxPool2dFuncOptions(3).stride(2).padding(1));
+  x = layer4->forward(layer3->forward(layer2->forward(layer1->forward(x))));
+  return x.mean({2, 3});
+}
+
+// ---------------------------------------------------------------------------------------------
+// ConvNet
+
+ConvNetImpl::ConvNetImpl(const ConvNetOptions& options_) : options(options_) {
+  TORCH_CHECK(options.in_channels() >= 1 && options.width() >= 1 && options.stages() >= 1 &&
+                  options.convs_per_stage() >= 1,
+              "ConvNet: in_channels, width, stages and convs_per_stage must be >= 1");
+  int64_t in = options.in_channels();
+  for (int64_t s = 0; s < options.stages(); ++s) {
+    const int64_t out = options.width() << s;
+    torch::nn::Sequential stage;
+    for (int64_t c = 0; c < options.convs_per_stage(); ++c) {
+      stage->push_back(conv(c == 0 ? in : out, out, 3, (c == 0 && s > 0) ? 2 : 1));
+      stage->push_back(torch::nn::BatchNorm2d(out));
+      stage->push_back(torch::nn::ReLU(torch::nn::ReLUOptions(/*inplace=*/true)));
+    }
+    stages.push_back(register_module("stage" + std::to_string(s + 1), stage));
+    in = out;
+  }
+  output_dim_ = in;
+  init_conv_bn(*this);
+}
+
+torch::Tensor ConvNetImpl::forward(torch::Tensor x) {
+  TORCH_CHECK(x.dim() == 4 && x.size(1) == options.in_channels(), "ConvNet expects [N, ",
+              options.in_channels(), ", H, W] images, got ", x.sizes());
+  for (auto& stage : stages) x = stage->forward(x);
+  return x.mean({2, 3});
+}
+
+// ---------------------------------------------------------------------------------------------
+// MLP
+
+MLPImpl::MLPImpl(const MLPOptions& options_) : options(options_) {
+  TORCH_CHECK(options.in_features() >= 1, "MLP encoder: in_features must be >= 1, got ",
+              options.in_features());
+  layers = torch::nn::Sequential();
+  int64_t in = options.in_features();
+  for (const int64_t size : parse_layer_spec(options.hidden())) {
+    layers->push_back(torch::nn::Linear(in, size));
+    layers->push_back(torch::nn::BatchNorm1d(size));
+    layers->push_back(torch::nn::ReLU(torch::nn::ReLUOptions(true)));
+    in = size;
+  }
+  register_module("layers", layers);
+  output_dim_ = in;
+}
+
+torch::Tensor MLPImpl::forward(torch::Tensor x) {
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == options.in_features(), "MLP encoder expects [N, ",
+              options.in_features(), "] vectors, got ", x.sizes());
+  return layers->forward(x);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Expander
+
+ExpanderImpl::ExpanderImpl(int64_t in_features, const std::string& spec) {
+  TORCH_CHECK(in_features >= 1, "Expander: in_features must be >= 1, got ", in_features);
+  const std::vector<int64_t> sizes = parse_layer_spec(spec);
+  int64_t in = in_features;
+  const auto add = [this](auto module) {
+    register_module(std::to_string(layers_.size()), module.ptr());
+    layers_.emplace_back(module);
+  };
+  for (size_t i = 0; i + 1 < sizes.size(); ++i) {
+    add(torch::nn::Linear(in, sizes[i]));
+    add(torch::nn::BatchNorm1d(sizes[i]));
+    add(torch::nn::ReLU(torch::nn::ReLUOptions(true)));
+    in = sizes[i];
+  }
+  add(torch::nn::Linear(torch::nn::LinearOptions(in, sizes.back()).bias(false)));
+  output_dim_ = sizes.back();
+}
+
+torch::Tensor ExpanderImpl::forward(torch::Tensor y) {
+  for (auto& layer : layers_) y = layer.forward(y);
+  return y;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Factory and the two-branch model
+
+const std::vector<std::string>& encoder_archs() {
+  static const std::vector<std::string> kArchs = {"resnet18", "resnet34", "resnet50", "convnet",
+                                                  "mlp"};
+  return kArchs;
+}
+
+Encoder make_encoder(const EncoderConfig& config) {
+  if (config.arch == "mlp") {
+    if (config.in_features < 1) {
+      throw std::invalid_argument("--arch mlp needs vector data (--dataset npy): no input size");
+    }
+    return std::make_shared<MLPImpl>(MLPOptions(config.in_features, config.mlp_hidden));
+  }
+  if (config.arch != "mlp" && config.in_features > 0 && config.image_size <= 0) {
+    throw std::invalid_argument("--arch " + config.arch +
+                                " needs images; for vector data (.npy) use --arch mlp");
+  }
+  if (config.arch == "convnet") {
+    const int64_t min_side = int64_t{1} << std::max<int64_t>(0, config.stages - 1);
+    if (config.stages < 1 || config.stages > 8 || config.image_size < min_side) {
+      throw std::invalid_argument("--arch convnet: " + std::to_string(config.stages) +
+                                  " stages need images of at least " + std::to_string(min_side) +
+                                  " px, got " + std::to_string(config.image_size));
+    }
+    return std::make_shared<ConvNetImpl>(ConvNetOptions()
+                                             .in_channels(config.in_channels)
+                                             .width(config.width)
+                                             .stages(config.stages));
+  }
+  for (const int depth : {18, 34, 50}) {
+    if (config.arch == "resnet" + std::to_string(depth)) {
+      return std::make_shared<ResNetImpl>(ResNetOptions()
+                                              .depth(depth)
+                                              .in_channels(config.in_channels)
+                                              .small_stem(config.image_size <= 64)
+                                              .zero_init_residual(config.zero_init_residual));
+    }
+  }
+  std::ostringstream valid;
+  for (const auto& a : encoder_archs()) valid << (valid.tellp() > 0 ? ", " : "") << a;
+  throw std::invalid_argument("unknown --arch '" + config.arch + "': use one of " + valid.str());
+}
+
+VICRegImpl::VICRegImpl(const VICRegModelConfig& config_) : config(config_) {
+  backbone = register_module("backbone", make_encoder(config.encoder));
+  projector = register_module("projector", Expander(backbone->output_dim(), config.mlp));
+  if (!config.shared_weights) {
+    backbone_b = register_module("backbone_b", make_encoder(config.encoder_b));
+    projector_b = register_module("projector_b", Expander(backbone_b->output_dim(), config.mlp));
+  }
+}
+
+VICRegOutput VICRegImpl::forward(torch::Tensor x_a, torch::Tensor x_b) {
+  VICRegOutput out;
+  // The views go through the network separately, as in the reference: BatchNorm statistics are
+  // those of each view's batch.
+  out.y_a = backbone->forward(x_a);
+  out.z_a = projector->forward(out.y_a);
+  if (config.shared_weights) {
+    out.y_b = backbone->forward(x_b);
+    out.z_b = projector->forward(out.y_b);
+  } else {
+    out.y_b = backbone_b->forward(x_b);
+    out.z_b = projector_b->forward(out.y_b);
+  }
+  return out;
+}
+
+int64_t count_parameters(const torch::nn::Module& module) {
+  int64_t n = 0;
+  for (const auto& p : module.parameters()) n += p.numel();
+  return n;
+}
+
+}  // namespace vicreg

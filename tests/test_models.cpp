@@ -1,0 +1,142 @@
+#include "vicreg/models.h"
+
+#include <gtest/gtest.h>
+
+#include <set>
+#include <stdexcept>
+
+namespace {
+
+using vicreg::EncoderConfig;
+
+std::set<std::string> names(const torch::nn::Module& m) {
+  std::set<std::string> out;
+  for (const auto& p : m.named_parameters()) out.insert(p.key());
+  for (const auto& b : m.named_buffers()) out.insert(b.key());
+  return out;
+}
+
+TEST(Models, ResNetParameterCountsMatchTorchvisionWithoutFc) {
+  // torchvision's totals minus the 1000-class fc (512*1000+1000, 2048*1000+1000).
+  const std::pair<int, int64_t> expected[] = {
+      {18, 11689512 - 513000}, {34, 21797672 - 513000}, {50, 25557032 - 2049000}};
+  for (const auto& [depth, count] : expected) {
+    vicreg::ResNetImpl net(vicreg::ResNetOptions().depth(depth));
+    EXPECT_EQ(vicreg::count_parameters(net), count) << "resnet" << depth;
+    EXPECT_EQ(net.output_dim(), depth == 50 ? 2048 : 512);
+  }
+}
+
+TEST(Models, ResNetNamesMatchTorchvision) {
+  vicreg::ResNetImpl net(vicreg::ResNetOptions().depth(50));
+  const auto n = names(net);
+  for (const char* key : {"conv1.weight", "bn1.weight", "bn1.running_mean", "bn1.num_batches_tracked",
+                          "layer1.0.conv1.weight", "layer1.0.conv3.weight", "layer1.0.bn3.bias",
+                          "layer1.0.downsample.0.weight", "layer1.0.downsample.1.running_var",
+                          "layer4.2.conv2.weight"}) {
+    EXPECT_TRUE(n.count(key)) << key;
+  }
+  EXPECT_FALSE(n.count("fc.weight"));
+  EXPECT_EQ(net.named_parameters()["layer2.0.conv2.weight"].sizes(),
+            torch::IntArrayRef({128, 128, 3, 3}));  // v1.5: the stride sits in the 3x3 conv
+  vicreg::ResNetImpl r18(vicreg::ResNetOptions().depth(18));
+  const auto n18 = names(r18);
+  EXPECT_TRUE(n18.count("layer2.1.bn2.weight"));
+  EXPECT_FALSE(n18.count("layer1.0.downsample.0.weight"));  // same shape: no projection
+  EXPECT_TRUE(n18.count("layer2.0.downsample.0.weight"));
+}
+
+TEST(Models, ZeroInitResidualZeroesTheLastNormOfEachBlock) {
+  vicreg::ResNetImpl zeroed(vicreg::ResNetOptions().depth(18));
+  vicreg::ResNetImpl plain(vicreg::ResNetOptions().depth(18).zero_init_residual(false));
+  const auto pz = zeroed.named_parameters(), pp = plain.named_parameters();
+  EXPECT_EQ(pz["layer3.1.bn2.weight"].abs().sum().item<float>(), 0.f);
+  EXPECT_EQ(pz["layer3.1.bn1.weight"].min().item<float>(), 1.f);
+  EXPECT_EQ(pp["layer3.1.bn2.weight"].min().item<float>(), 1.f);
+  // With zeroed residual branches every block starts as the identity (plus ReLU).
+  vicreg::ResNetImpl z50(vicreg::ResNetOptions().depth(50));
+  EXPECT_EQ(z50.named_parameters()["layer1.1.bn3.weight"].abs().sum().item<float>(), 0.f);
+}
+
+TEST(Models, SmallStemKeepsResolutionAndFollowsChannels) {
+  torch::manual_seed(0);
+  auto small = vicreg::make_encoder({"resnet18", /*in_channels=*/1, /*image_size=*/28});
+  auto large = vicreg::make_encoder({"resnet18", 3, 224});
+  auto* rs = dynamic_cast<vicreg::ResNetImpl*>(small.get());
+  ASSERT_NE(rs, nullptr);
+  EXPECT_TRUE(rs->options.small_stem());
+  EXPECT_EQ(rs->conv1->weight.sizes(), torch::IntArrayRef({64, 1, 3, 3}));
+  EXPECT_FALSE(dynamic_cast<vicreg::ResNetImpl*>(large.get())->options.small_stem());
+  EXPECT_EQ(small->forward(torch::randn({2, 1, 28, 28})).sizes(), torch::IntArrayRef({2, 512}));
+  EXPECT_EQ(large->forward(torch::randn({2, 3, 64, 64})).sizes(), torch::IntArrayRef({2, 512}));
+  EXPECT_THROW(small->forward(torch::randn({2, 3, 28, 28})), c10::Error);
+}
+
+TEST(Models, ConvNetShapesAndNames) {
+  auto net = vicreg::make_encoder({"convnet", 1, 28});
+  EXPECT_EQ(net->output_dim(), 256);
+  EXPECT_EQ(net->forward(torch::randn({3, 1, 28, 28})).sizes(), torch::IntArrayRef({3, 256}));
+  EXPECT_TRUE(names(*net).count("stage4.0.weight"));
+  EncoderConfig too_deep{"convnet", 1, 4};
+  too_deep.stages = 4;
+  EXPECT_THROW(vicreg::make_encoder(too_deep), std::invalid_argument);
+}
+
+TEST(Models, MLPEncoder) {
+  EncoderConfig c{"mlp"};
+  c.in_features = 10;
+  c.mlp_hidden = "32-16";
+  auto net = vicreg::make_encoder(c);
+  EXPECT_EQ(net->output_dim(), 16);
+  EXPECT_EQ(net->forward(torch::randn({4, 10})).sizes(), torch::IntArrayRef({4, 16}));
+  EXPECT_THROW(vicreg::make_encoder(EncoderConfig{"mlp"}), std::invalid_argument);
+}
+
+TEST(Models, LayerSpecParsing) {
+  EXPECT_EQ(vicreg::parse_layer_spec("8192-8192-8192"), (std::vector<int64_t>{8192, 8192, 8192}));
+  EXPECT_EQ(vicreg::parse_layer_spec("7"), (std::vector<int64_t>{7}));
+  for (const char* bad : {"", "-", "8192-", "-8", "8192--8192", "12a", "0-5", "8192 8192",
+                          "99999999999"}) {
+    EXPECT_THROW(vicreg::parse_layer_spec(bad), std::invalid_argument) << bad;
+  }
+  EXPECT_THROW(vicreg::make_encoder(EncoderConfig{"vgg16"}), std::invalid_argument);
+}
+
+TEST(Models, ExpanderMatchesTheReferenceSequential) {
+  vicreg::Expander e(512, "64-64-32");
+  const auto n = names(*e);
+  for (const char* key : {"0.weight", "0.bias", "1.weight", "1.running_mean", "3.weight",
+                          "4.bias", "6.weight"}) {
+    EXPECT_TRUE(n.count(key)) << key;
+  }
+  EXPECT_FALSE(n.count("6.bias"));  // last Linear without bias
+  EXPECT_EQ(e->named_parameters()["6.weight"].sizes(), torch::IntArrayRef({32, 64}));
+  EXPECT_EQ(e->output_dim(), 32);
+  EXPECT_EQ(e->forward(torch::randn({5, 512})).sizes(), torch::IntArrayRef({5, 32}));
+}
+
+TEST(Models, VICRegSharedAndSeparateBranches) {
+  vicreg::VICRegModelConfig config;
+  config.encoder = {"convnet", 1, 28};
+  config.encoder.width = 8;
+  config.mlp = "64-64";
+  vicreg::VICReg shared(config);
+  EXPECT_TRUE(names(*shared).count("backbone.stage1.0.weight"));
+  EXPECT_TRUE(names(*shared).count("projector.0.weight"));
+  const auto x = torch::randn({4, 1, 28, 28});
+  auto out = shared->forward(x, x);
+  EXPECT_EQ(out.z_a.sizes(), torch::IntArrayRef({4, 64}));
+  EXPECT_TRUE(torch::allclose(out.z_a, out.z_b));  // same weights, same input
+
+  config.shared_weights = false;
+  config.encoder_b = {"resnet18", 1, 28};  // a different architecture on the second branch
+  vicreg::VICReg separate(config);
+  EXPECT_TRUE(names(*separate).count("backbone_b.layer1.0.conv1.weight"));
+  out = separate->forward(x, x);
+  EXPECT_EQ(out.y_b.sizes(), torch::IntArrayRef({4, 512}));
+  EXPECT_EQ(out.z_b.sizes(), torch::IntArrayRef({4, 64}));
+  EXPECT_FALSE(torch::allclose(out.z_a, out.z_b));
+  EXPECT_GT(vicreg::count_parameters(*separate), vicreg::count_parameters(*shared));
+}
+
+}  // namespace
