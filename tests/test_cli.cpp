@@ -1,11 +1,14 @@
 // The vicreg CLI, run as a user runs it: exit codes, output, files, and every rejected argument.
+#include "synthetic_data.h"
 #include "temp_dir.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <torch/cuda.h>
 
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>
@@ -142,6 +145,144 @@ TEST_F(Cli, BenchLossRejectsBadArguments) {
     EXPECT_NE(r.code, 0);
     EXPECT_NE(r.err.find("no CUDA device"), std::string::npos) << r.err;
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// train
+
+class CliTrain : public Cli {
+ protected:
+  void SetUp() override {
+    Cli::SetUp();
+    vicreg::testing::write_idx_dataset(dir_ / "data", 96, 16);
+  }
+  /// A small run on the synthetic data; `extra` adds or overrides flags.
+  std::string small(const std::string& exp, const std::string& extra = "") {
+    return "train --dataset mnist --data-dir " + (dir_ / "data").string() +
+           " --image-size 16 --width 8 --stages 3 --mlp 32-32 --batch-size 16 --epochs 2 "
+           "--threads 1 --workers 1 --log-every 3 --exp-dir " + (dir_ / exp).string() + " " +
+           extra;
+  }
+};
+
+TEST_F(CliTrain, HelpNamesTheReferenceFlags) {
+  const Result r = run("train --help");
+  ASSERT_EQ(r.code, 0);
+  for (const char* flag : {"--arch", "--mlp", "--epochs", "--batch-size", "--base-lr", "--wd",
+                           "--sim-coeff", "--std-coeff", "--cov-coeff", "--exp-dir", "--dataset",
+                           "--data-dir", "--recipe", "--optimizer", "--loss-preset", "--device",
+                           "--threads", "--workers", "--seed", "--config", "--resume",
+                           "--max-steps", "--no-shared-weights"}) {
+    EXPECT_NE(r.out.find(flag), std::string::npos) << flag;
+  }
+}
+
+TEST_F(CliTrain, TrainsWritesTheExperimentDirAndResumes) {
+  Result r = run(small("exp", "--max-steps 4 --progress plain"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("step 3/12"), std::string::npos) << r.err;  // plain log lines
+  EXPECT_NE(r.err.find("stopped (--max-steps) at step 4/12"), std::string::npos) << r.err;
+  const auto config = nlohmann::json::parse(slurp(dir_ / "exp" / "config.json"));
+  EXPECT_EQ(config["mlp"], "32-32");
+  EXPECT_EQ(config["batch_size"], 16);
+  EXPECT_EQ(config["max_steps"], 4);
+  // The same command without --max-steps continues from the checkpoint to the end.
+  r = run(small("exp", "--progress plain"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("resuming at step 4"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("finished at step 12/12"), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::exists(dir_ / "exp" / "backbone.pt"));
+}
+
+TEST_F(CliTrain, ConfigFileWithFlagOverrides) {
+  std::ofstream(dir_ / "c.json") << R"({"mlp": "48-48", "epochs": 1, "seed": 7, "wd": 0.0001})";
+  const Result r = run(small("cfg", "--config " + (dir_ / "c.json").string() + " --seed 9"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto config = nlohmann::json::parse(slurp(dir_ / "cfg" / "config.json"));
+  EXPECT_EQ(config["seed"], 9);      // the flag wins
+  EXPECT_EQ(config["wd"], 0.0001);   // from the file
+  EXPECT_EQ(config["mlp"], "32-32"); // small() passes --mlp, which wins over the file
+  // A run's own config.json is a valid --config.
+  const Result again = run("train --config " + (dir_ / "cfg" / "config.json").string() +
+                           " --exp-dir " + (dir_ / "cfg2").string() + " --max-steps 1");
+  EXPECT_EQ(again.code, 0) << again.err;
+}
+
+TEST_F(CliTrain, SigintSavesACheckpointAndTheRunResumes) {
+  const std::string cmd = std::string(VICREG_CLI) + " " +
+                          small("sig", "--epochs 200 --progress plain") + " 2>" +
+                          (dir_ / "sig.err").string();
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // Wait for the first metrics line, then interrupt.
+  const fs::path metrics = dir_ / "sig" / "metrics.jsonl";
+  int status = 0;
+  bool exited = false;
+  for (int i = 0; i < 600 && (!fs::exists(metrics) || fs::file_size(metrics) == 0); ++i) {
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      exited = true;
+      break;
+    }
+    usleep(50000);
+  }
+  ASSERT_FALSE(exited) << "the run ended before it was interrupted: " << slurp(dir_ / "sig.err");
+  ASSERT_EQ(kill(pid, SIGINT), 0);
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 130) << slurp(dir_ / "sig.err");
+  EXPECT_NE(slurp(dir_ / "sig.err").find("checkpoint saved"), std::string::npos);
+  EXPECT_TRUE(fs::exists(dir_ / "sig" / "checkpoint.pt"));
+  // Already past step 1: resumes and stops at once.
+  const Result r = run(small("sig", "--epochs 200 --max-steps 1 --progress plain"));
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("resuming at step"), std::string::npos) << r.err;
+}
+
+TEST_F(CliTrain, RejectsBadInput) {
+  struct Case {
+    std::string args;
+    const char* message;
+  };
+  const std::string data = (dir_ / "data").string();
+  const Case cases[] = {
+      {"train --data-dir /nonexistent/fm --exp-dir " + (dir_ / "a").string(),
+       "apt-get install dataset-fashion-mnist"},
+      {small("b", "--batch-size 1"), "--batch-size must be at least 2"},
+      {small("c", "--batch-size 500"), "larger than the data set"},
+      {small("d", "--mlp 8192-x"), "invalid layer spec '8192-x'"},
+      {small("e", "--arch vgg"), "unknown --arch 'vgg'"},
+      {small("f", "--frobnicate 3"), "--frobnicate"},
+      {small("g", "--optimizer adam"), "unknown --optimizer 'adam'"},
+      {small("h", "--dataset imagenet"), "unknown --dataset 'imagenet'"},
+      {small("i", "--recipe simclr"), "unknown --recipe 'simclr'"},
+      {small("j", "--loss-preset solo"), "solo"},
+      {small("k", "--device cuda:0"), torch::cuda::is_available() ? "" : "no CUDA device"},
+      {small("l", "--config /nonexistent.json"), "cannot read '/nonexistent.json'"},
+      {small("m", "--arch-b resnet18"), "--arch-b needs --no-shared-weights"},
+      {small("n", "--resume /nonexistent/checkpoint.pt"), "no such file"},
+  };
+  for (const Case& c : cases) {
+    if (std::string(c.message).empty()) continue;
+    const Result r = run(c.args);
+    EXPECT_NE(r.code, 0) << c.args;
+    EXPECT_NE(r.err.find(c.message), std::string::npos)
+        << c.args << ": expected '" << c.message << "' in stderr:\n" << r.err;
+  }
+  std::ofstream(dir_ / "bad.json") << R"({"epochs": 2, "nope": 1})";
+  const Result r = run(small("o", "--config " + (dir_ / "bad.json").string()));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("unknown key 'nope'"), std::string::npos) << r.err;
+}
+
+TEST_F(CliTrain, DivergenceExitsNonZeroNamingTheStep) {
+  const Result r = run(small("nan", "--optimizer sgd --base-lr 1e12 --warmup-epochs 0"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("diverged at step"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("last good checkpoint is kept"), std::string::npos) << r.err;
 }
 
 }  // namespace

@@ -1,18 +1,23 @@
 // vicreg: the command-line front end. Parses arguments, calls the library, turns errors into
 // messages and exit codes; nothing else.
 //
+//   vicreg train [--config FILE.json] [--dataset ...] [--arch ...] [--epochs N] ... (--help)
 //   vicreg bench-loss [--shapes NxD,...] [--threads N] [--device cpu|cuda] [--dtype float|...]
 //                     [--preset official|paper] [--min-time S] [--no-reference] [--json FILE]
 #include "vicreg/loss.h"
 #include "vicreg/profile.h"
 #include "vicreg/runtime.h"
+#include "vicreg/train.h"
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <torch/cuda.h>
 #include <torch/version.h>
 
+#include <atomic>
+#include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <fstream>
 #include <iostream>
@@ -147,6 +152,144 @@ int run_bench_loss(const BenchLossArgs& args) {
   return 0;
 }
 
+// ---------------------------------------------------------------------------------------------
+// train
+
+std::atomic<bool> g_stop{false};
+std::atomic<int> g_signal{0};
+
+extern "C" void on_stop_signal(int sig) {
+  g_signal.store(sig);
+  g_stop.store(true);
+  std::signal(sig, SIG_DFL);  // a second signal ends the process at once
+}
+
+/// The --config file named on the command line, read before CLI11 parses the flags, so that the
+/// file's values become the defaults that flags override.
+vicreg::TrainConfig config_from_argv(int argc, char** argv) {
+  vicreg::TrainConfig config;
+  for (int i = 1; i < argc; ++i) {
+    std::string path;
+    if (std::strcmp(argv[i], "--config") == 0 && i + 1 < argc) path = argv[i + 1];
+    if (std::strncmp(argv[i], "--config=", 9) == 0) path = argv[i] + 9;
+    if (path.empty()) continue;
+    std::ifstream in(path);
+    if (!in) throw std::invalid_argument("--config: cannot read '" + path + "'");
+    nlohmann::json json;
+    try {
+      in >> json;
+    } catch (const nlohmann::json::exception& e) {
+      throw std::invalid_argument("--config '" + path + "' is not valid JSON: " + e.what());
+    }
+    try {
+      vicreg::update_from_json(config, json);
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument("--config '" + path + "': " + e.what());
+    }
+  }
+  return config;
+}
+
+struct TrainArgs {
+  std::string config_file, resume, progress = "auto";
+};
+
+void add_train_options(CLI::App* cmd, vicreg::TrainConfig& c, TrainArgs& a) {
+  // A flag given twice takes its last value (so a script's flags can be overridden by appending).
+  cmd->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  cmd->add_option("--config", a.config_file,
+                  "JSON file of settings (keys as the flags, '_' for '-', e.g. a run's "
+                  "config.json); flags given on the command line override it");
+  // data
+  cmd->add_option("--dataset", c.dataset, "fashion-mnist, mnist, cifar10, cifar100, "
+                                          "image-folder, npy")->capture_default_str();
+  cmd->add_option("--data-dir", c.data_dir,
+                  "Folder of the data (fashion-mnist: /usr/share/datasets/fashion-mnist; npy: a "
+                  "folder with train.npy [+ train_labels.npy], or the .npy file)");
+  cmd->add_option("--recipe", c.recipe, "Augmentation recipe: imagenet, cifar, fashion-mnist "
+                                        "(default: the data set's)");
+  cmd->add_option("--image-size", c.image_size, "Crop size (0: the recipe's)")->capture_default_str();
+  cmd->add_option("--channels", c.channels, "image-folder: decode to 3 (RGB) or 1 channel")
+      ->capture_default_str();
+  // model
+  cmd->add_option("--arch", c.arch, "Backbone: resnet18, resnet34, resnet50, convnet, mlp")
+      ->capture_default_str();
+  cmd->add_option("--width", c.width, "convnet: channels of the first stage")->capture_default_str();
+  cmd->add_option("--stages", c.stages, "convnet: stages")->capture_default_str();
+  cmd->add_option("--encoder-mlp", c.encoder_mlp, "mlp backbone: hidden layers")
+      ->capture_default_str();
+  cmd->add_option("--mlp", c.mlp, "Expander layer sizes, e.g. 8192-8192-8192")
+      ->capture_default_str();
+  cmd->add_flag("--shared-weights,!--no-shared-weights", c.shared_weights,
+                "Both views through the same backbone and expander (default), or one each");
+  cmd->add_option("--arch-b", c.arch_b, "Second branch's backbone with --no-shared-weights");
+  // optimisation
+  cmd->add_option("--epochs", c.epochs, "Epochs (the schedule's length)")->capture_default_str();
+  cmd->add_option("--batch-size", c.batch_size, "Batch size")->capture_default_str();
+  cmd->add_option("--base-lr", c.base_lr,
+                  "Base learning rate; lars/sgd use base-lr * batch-size / 256")
+      ->capture_default_str();
+  cmd->add_option("--wd", c.wd, "Weight decay")->capture_default_str();
+  cmd->add_option("--optimizer", c.optimizer, "lars, adamw, sgd")->capture_default_str();
+  cmd->add_option("--momentum", c.momentum, "LARS/SGD momentum")->capture_default_str();
+  cmd->add_option("--eta", c.eta, "LARS trust coefficient")->capture_default_str();
+  cmd->add_flag("--clip-lr,!--no-clip-lr", c.clip_lr, "LARS: solo-learn's lr clipping");
+  cmd->add_option("--warmup-epochs", c.warmup_epochs, "Linear warm-up (epochs, per step)")
+      ->capture_default_str();
+  cmd->add_option("--end-lr-ratio", c.end_lr_ratio, "Cosine decay ends at this fraction of the peak")
+      ->capture_default_str();
+  // loss
+  cmd->add_option("--sim-coeff", c.sim_coeff, "Invariance weight (lambda)")->capture_default_str();
+  cmd->add_option("--std-coeff", c.std_coeff, "Variance weight (mu)")->capture_default_str();
+  cmd->add_option("--cov-coeff", c.cov_coeff, "Covariance weight (nu)")->capture_default_str();
+  cmd->add_option("--loss-preset", c.loss_preset, "official or paper")->capture_default_str();
+  // runtime
+  cmd->add_option("--device", c.device, "cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--threads", c.threads, "Intra-op threads (0: one per core)")
+      ->capture_default_str();
+  cmd->add_option("--workers", c.workers, "Data loader threads")->capture_default_str();
+  cmd->add_option("--prefetch", c.prefetch, "Batches prepared ahead")->capture_default_str();
+  cmd->add_option("--seed", c.seed, "Seed of initialisation, data order and augmentation")
+      ->capture_default_str();
+  cmd->add_option("--exp-dir", c.exp_dir, "Experiment directory (config.json, metrics.jsonl, "
+                                          "checkpoint.pt, backbone.pt)")->capture_default_str();
+  cmd->add_option("--log-every", c.log_every, "Steps per metrics line")->capture_default_str();
+  cmd->add_option("--max-steps", c.max_steps,
+                  "Stop after this many optimizer steps in all (the schedule still follows "
+                  "--epochs; 0: no limit)")->capture_default_str();
+  cmd->add_option("--resume", a.resume,
+                  "Continue from this checkpoint (by default, from EXP_DIR/checkpoint.pt if it "
+                  "exists)");
+  cmd->add_option("--progress", a.progress, "auto (bar on a terminal), bar, plain, none")
+      ->check(CLI::IsMember({"auto", "bar", "plain", "none"}))
+      ->capture_default_str();
+}
+
+int run_train(const vicreg::TrainConfig& config, const TrainArgs& args) {
+  vicreg::Trainer trainer(config, args.resume);
+  std::signal(SIGINT, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
+  vicreg::TrainHooks hooks;
+  hooks.progress = args.progress;
+  hooks.stop_requested = &g_stop;
+  const vicreg::TrainResult r = trainer.run(hooks);
+  const std::string dir = trainer.config().exp_dir;
+  if (g_signal.load() != 0) {
+    std::fprintf(stderr,
+                 "vicreg: stopped by signal %d at step %lld; checkpoint saved in %s/checkpoint.pt "
+                 "(run the same command again to resume)\n",
+                 g_signal.load(), static_cast<long long>(r.step), dir.c_str());
+    return 128 + g_signal.load();
+  }
+  std::fprintf(stderr,
+               "vicreg: %s at step %lld/%lld, loss %.4f, %.0f images/s, data wait %.1f%%; "
+               "checkpoint %s/checkpoint.pt, backbone %s/backbone.pt\n",
+               r.finished ? "finished" : "stopped (--max-steps)", static_cast<long long>(r.step),
+               static_cast<long long>(trainer.total_steps()), r.last_loss, r.images_per_second,
+               100.0 * r.data_wait_fraction, dir.c_str(), dir.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -182,6 +325,20 @@ int main(int argc, char** argv) {
   bench_cmd->add_flag("--no-reference", bench.no_reference, "Time the fused loss only");
   bench_cmd->add_option("--json", bench.json, "Also write the results to this JSON file");
 
+  vicreg::TrainConfig train_config;
+  try {
+    train_config = config_from_argv(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "vicreg: error: %s\n", e.what());
+    return 1;
+  }
+  TrainArgs train_args;
+  CLI::App* train_cmd = app.add_subcommand(
+      "train", "Pretrain a backbone with VICReg (default: Fashion-MNIST, ConvNet, about 30 "
+               "minutes on 2 cores); resumable, writes EXP_DIR/{config.json, metrics.jsonl, "
+               "checkpoint.pt, backbone.pt}");
+  add_train_options(train_cmd, train_config, train_args);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -189,6 +346,11 @@ int main(int argc, char** argv) {
   }
   try {
     if (bench_cmd->parsed()) return run_bench_loss(bench);
+    if (train_cmd->parsed()) return run_train(train_config, train_args);
+  } catch (const vicreg::TrainingDiverged& e) {
+    std::fprintf(stderr, "vicreg: error: %s; the last good checkpoint is kept (lower --base-lr, "
+                         "or check the data)\n", e.what());
+    return 1;
   } catch (const c10::Error& e) {
     std::fprintf(stderr, "vicreg: error: %s\n", e.what_without_backtrace());
     return 1;

@@ -1,0 +1,157 @@
+// Pretraining: the configuration of a run, its experiment directory, and the training loop.
+//
+// An experiment directory (--exp-dir) holds:
+//   config.json     the fully resolved TrainConfig (readable again with --config)
+//   metrics.jsonl   one JSON object per log interval
+//   checkpoint.pt   model, optimizer, step, epoch, RNG state, config; written atomically
+//                   (temporary file, fsync, rename) every epoch, at the end, and on a stop request
+//   backbone.pt     the final backbone alone (torch::save of the encoder module), for downstream use
+#pragma once
+
+#include "vicreg/loader.h"
+#include "vicreg/loss.h"
+#include "vicreg/models.h"
+#include "vicreg/optim.h"
+
+#include <nlohmann/json.hpp>
+#include <torch/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <stdexcept>
+#include <string>
+
+namespace vicreg {
+
+/// Everything a run depends on. JSON keys are the CLI flags with '_' for '-' (base_lr for
+/// --base-lr); defaults are the default Fashion-MNIST configuration (README).
+struct TrainConfig {
+  // data
+  std::string dataset = "fashion-mnist";
+  std::string data_dir;          ///< empty: the data set's default
+  std::string recipe;            ///< empty: the data set's natural recipe
+  int64_t image_size = 0;        ///< crop size; 0: the recipe's
+  int64_t channels = 3;          ///< image-folder only: 3 (RGB) or 1
+  // model
+  std::string arch = "convnet";
+  int64_t width = 32;            ///< convnet
+  int64_t stages = 4;            ///< convnet
+  std::string encoder_mlp = "1024-1024";  ///< mlp encoder
+  std::string mlp = "1024-1024-1024";     ///< expander (--mlp)
+  bool shared_weights = true;
+  std::string arch_b;            ///< second branch's arch without shared weights (empty: arch)
+  // optimisation
+  int64_t epochs = 12;
+  int64_t batch_size = 256;
+  double base_lr = 0.3;          ///< lr = base_lr * batch / 256 (LARS, SGD); AdamW: lr = base_lr
+  double wd = 1e-6;
+  std::string optimizer = "lars";
+  double momentum = 0.9;
+  double eta = 1e-3;
+  bool clip_lr = false;
+  double warmup_epochs = 1.0;
+  double end_lr_ratio = 0.001;
+  // loss
+  double sim_coeff = 25.0, std_coeff = 25.0, cov_coeff = 1.0;
+  std::string loss_preset = "official";
+  // runtime
+  std::string device = "cpu";
+  int threads = 0;               ///< 0: all cores
+  int workers = 2;
+  int prefetch = 6;
+  uint64_t seed = 0;
+  std::string exp_dir = "runs/fashion-mnist";
+  int64_t log_every = 20;        ///< steps per metrics line
+  int64_t max_steps = 0;         ///< stop after this many steps in all (0: no limit)
+
+  /// Throws std::invalid_argument naming the field for impossible values (unknown names,
+  /// batch < 2, epochs < 1, negative rates, ...). Data-dependent checks happen in Trainer.
+  void validate() const;
+  /// The recipe used: `recipe`, or the data set's natural one.
+  std::string resolved_recipe() const;
+};
+
+nlohmann::json to_json(const TrainConfig& config);
+/// Reads the keys present in `json` over `config`. Throws std::invalid_argument for an unknown
+/// key or a value of the wrong type, naming the key.
+void update_from_json(TrainConfig& config, const nlohmann::json& json);
+
+/// Thrown when the loss stops being finite; carries the step. The last good checkpoint is kept.
+class TrainingDiverged : public std::runtime_error {
+ public:
+  TrainingDiverged(int64_t at_step, const std::string& what)
+      : std::runtime_error(what), step(at_step) {}
+  int64_t step;
+};
+
+/// One optimizer step's numbers.
+struct StepStats {
+  double loss = 0, invariance = 0, variance = 0, covariance = 0, std_z = 0, lr = 0;
+};
+
+struct TrainResult {
+  int64_t step = 0;         ///< optimizer steps done in all
+  int64_t epoch = 0;        ///< epochs completed
+  bool finished = false;    ///< all epochs done
+  bool stopped = false;     ///< stopped on request (signal) or by max_steps
+  double last_loss = 0;
+  double data_wait_fraction = 0;  ///< of this session's wall time spent waiting for batches
+  double images_per_second = 0;   ///< this session, two views counted as two images
+};
+
+/// Where progress goes: "auto" (a bar on a terminal, log lines otherwise), "bar", "plain", "none".
+struct TrainHooks {
+  std::string progress = "auto";
+  /// Checked after every step; when it becomes true the run writes a checkpoint and returns.
+  const std::atomic<bool>* stop_requested = nullptr;
+};
+
+/// Builds the model, data and optimizer of `config`, resumes from `resume` (a checkpoint path)
+/// or from exp_dir/checkpoint.pt when it exists, and trains.
+class Trainer {
+ public:
+  /// Throws for a bad config, missing/corrupt data, or a checkpoint that does not match.
+  Trainer(TrainConfig config, std::string resume = "");
+  TrainResult run(const TrainHooks& hooks = {});
+
+  const TrainConfig& config() const { return config_; }
+  VICReg model() const { return model_; }
+  int64_t step() const { return step_; }
+  int64_t steps_per_epoch() const { return loader_->batches_per_epoch(); }
+  int64_t total_steps() const { return schedule_.total_steps; }
+  /// One optimizer step on a batch; returns its numbers. Throws TrainingDiverged.
+  StepStats train_step(const TwoViewBatch& batch);
+  /// Writes checkpoint.pt atomically.
+  void save_checkpoint() const;
+
+ private:
+  void load_checkpoint(const std::string& path);
+
+  TrainConfig config_;
+  torch::Device device_;
+  std::shared_ptr<Dataset> data_;
+  std::unique_ptr<TwoViewLoader> loader_;
+  VICReg model_{nullptr};
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  WarmupCosineSchedule schedule_;
+  VICRegLossOptions loss_options_;
+  int64_t step_ = 0;
+  double elapsed_before_ = 0;  ///< wall seconds of earlier sessions (resume)
+};
+
+/// Writes `archive` to `path` atomically: path.tmp, fsync, rename, fsync of the directory.
+void save_atomically(torch::serialize::OutputArchive& archive, const std::string& path);
+
+/// Reads the config stored in a checkpoint.
+TrainConfig read_checkpoint_config(const std::string& path);
+
+/// The encoder settings of a run on data of this shape (channels, crop size, features).
+EncoderConfig encoder_config(const TrainConfig& config, const std::string& arch,
+                             int64_t in_channels, int64_t image_size, int64_t in_features);
+
+/// A backbone.pt: the encoder rebuilt from the settings stored with it, weights loaded, in eval
+/// mode. Throws naming the file if it is missing or not a vicreg backbone.
+Encoder load_backbone(const std::string& path);
+
+}  // namespace vicreg

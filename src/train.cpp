@@ -1,0 +1,552 @@
+#include "vicreg/train.h"
+
+#include "vicreg/runtime.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/cuda.h>
+#include <torch/serialize.h>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+namespace vicreg {
+
+namespace fs = std::filesystem;
+
+// ---------------------------------------------------------------------------------------------
+// Config
+
+namespace {
+
+bool one_of(const std::string& value, const std::vector<std::string>& valid) {
+  return std::find(valid.begin(), valid.end(), value) != valid.end();
+}
+
+std::string joined(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& s : v) out += (out.empty() ? "" : ", ") + s;
+  return out;
+}
+
+}  // namespace
+
+std::string TrainConfig::resolved_recipe() const {
+  if (!recipe.empty() || dataset == "npy") return recipe;
+  if (dataset == "fashion-mnist" || dataset == "mnist") return "fashion-mnist";
+  if (dataset == "cifar10" || dataset == "cifar100") return "cifar";
+  return "imagenet";
+}
+
+void TrainConfig::validate() const {
+  const auto check = [](bool ok, const std::string& what) {
+    if (!ok) throw std::invalid_argument(what);
+  };
+  check(one_of(dataset, dataset_names()),
+        "unknown --dataset '" + dataset + "': use one of " + joined(dataset_names()));
+  check(dataset == "npy" || recipe.empty() || one_of(recipe, recipe_names()),
+        "unknown --recipe '" + recipe + "': use one of " + joined(recipe_names()));
+  check(dataset != "npy" || recipe.empty() || recipe == "vector",
+        "--dataset npy uses the vector augmentations: leave --recipe out (or say vector)");
+  check(image_size >= 0 && image_size <= 4096, "--image-size must be in [0, 4096]");
+  check(channels == 1 || channels == 3, "--channels must be 1 or 3");
+  check(one_of(arch, encoder_archs()),
+        "unknown --arch '" + arch + "': use one of " + joined(encoder_archs()));
+  check(arch_b.empty() || one_of(arch_b, encoder_archs()),
+        "unknown --arch-b '" + arch_b + "': use one of " + joined(encoder_archs()));
+  check(arch_b.empty() || !shared_weights, "--arch-b needs --no-shared-weights");
+  check((arch == "mlp") == (dataset == "npy") && (arch_b.empty() || (arch_b == "mlp") == (arch == "mlp")),
+        "--arch mlp is for vector data (--dataset npy), and vector data need --arch mlp");
+  parse_layer_spec(mlp);          // throws with the spec in the message
+  parse_layer_spec(encoder_mlp);
+  check(width >= 1 && width <= 4096, "--width must be in [1, 4096]");
+  check(stages >= 1 && stages <= 8, "--stages must be in [1, 8]");
+  check(epochs >= 1, "--epochs must be at least 1");
+  check(batch_size >= 2, "--batch-size must be at least 2 (the variance and covariance terms "
+                         "need two samples), got " + std::to_string(batch_size));
+  check(std::isfinite(base_lr) && base_lr > 0, "--base-lr must be > 0");
+  check(std::isfinite(wd) && wd >= 0, "--wd must be >= 0");
+  check(one_of(optimizer, {"lars", "adamw", "sgd"}),
+        "unknown --optimizer '" + optimizer + "': use lars, adamw or sgd");
+  check(momentum >= 0 && momentum < 1, "--momentum must be in [0, 1)");
+  check(eta > 0, "--eta must be > 0");
+  check(warmup_epochs >= 0 && warmup_epochs <= static_cast<double>(epochs),
+        "--warmup-epochs must be in [0, --epochs]");
+  check(end_lr_ratio >= 0 && end_lr_ratio <= 1, "--end-lr-ratio must be in [0, 1]");
+  check(sim_coeff >= 0 && std_coeff >= 0 && cov_coeff >= 0 &&
+            std::isfinite(sim_coeff + std_coeff + cov_coeff),
+        "--sim-coeff, --std-coeff and --cov-coeff must be finite and >= 0");
+  loss_preset_from_string(loss_preset);
+  check(device == "cpu" || device.rfind("cuda", 0) == 0, "--device must be cpu or cuda[:N]");
+  check(threads >= 0, "--threads must be >= 0 (0: all cores)");
+  check(workers >= 1 && workers <= 256, "--workers must be in [1, 256]");
+  check(prefetch >= 1, "--prefetch must be at least 1");
+  check(!exp_dir.empty(), "--exp-dir must not be empty");
+  check(log_every >= 1, "--log-every must be at least 1");
+  check(max_steps >= 0, "--max-steps must be >= 0");
+}
+
+#define VICREG_CONFIG_FIELDS(X)                                                                 \
+  X(dataset) X(data_dir) X(recipe) X(image_size) X(channels) X(arch) X(width) X(stages)         \
+  X(encoder_mlp) X(mlp) X(shared_weights) X(arch_b) X(epochs) X(batch_size) X(base_lr) X(wd)    \
+  X(optimizer) X(momentum) X(eta) X(clip_lr) X(warmup_epochs) X(end_lr_ratio) X(sim_coeff)      \
+  X(std_coeff) X(cov_coeff) X(loss_preset) X(device) X(threads) X(workers) X(prefetch) X(seed)  \
+  X(exp_dir) X(log_every) X(max_steps)
+
+nlohmann::json to_json(const TrainConfig& config) {
+  nlohmann::json j;
+#define X(field) j[#field] = config.field;
+  VICREG_CONFIG_FIELDS(X)
+#undef X
+  return j;
+}
+
+void update_from_json(TrainConfig& config, const nlohmann::json& json) {
+  if (!json.is_object()) throw std::invalid_argument("config: expected a JSON object");
+  for (const auto& [key, value] : json.items()) {
+    bool known = false;
+#define X(field)                                                                          \
+  if (key == #field) {                                                                    \
+    known = true;                                                                         \
+    try {                                                                                 \
+      config.field = value.get<decltype(config.field)>();                                 \
+    } catch (const nlohmann::json::exception&) {                                         \
+      throw std::invalid_argument("config: key '" + key + "' has the wrong type (" +      \
+                                  value.dump() + ")");                                    \
+    }                                                                                     \
+  }
+    VICREG_CONFIG_FIELDS(X)
+#undef X
+    if (!known) throw std::invalid_argument("config: unknown key '" + key + "'");
+  }
+}
+
+EncoderConfig encoder_config(const TrainConfig& config, const std::string& arch,
+                             int64_t in_channels, int64_t image_size, int64_t in_features) {
+  EncoderConfig e;
+  e.arch = arch;
+  e.in_channels = in_channels;
+  e.image_size = image_size;
+  e.in_features = in_features;
+  e.width = config.width;
+  e.stages = config.stages;
+  e.mlp_hidden = config.encoder_mlp;
+  return e;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files
+
+void save_atomically(torch::serialize::OutputArchive& archive, const std::string& path) {
+  const std::string tmp = path + ".tmp";
+  archive.save_to(tmp);
+  const int fd = ::open(tmp.c_str(), O_RDONLY);
+  if (fd < 0 || ::fsync(fd) != 0) {
+    if (fd >= 0) ::close(fd);
+    throw std::runtime_error("cannot flush '" + tmp + "' to disk");
+  }
+  ::close(fd);
+  fs::rename(tmp, path);
+  const std::string dir = fs::path(path).parent_path().empty()
+                              ? std::string(".")
+                              : fs::path(path).parent_path().string();
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
+namespace {
+
+std::string read_string(torch::serialize::InputArchive& archive, const std::string& key) {
+  c10::IValue v;
+  archive.read(key, v);
+  return v.toStringRef();
+}
+
+int64_t read_int(torch::serialize::InputArchive& archive, const std::string& key) {
+  c10::IValue v;
+  archive.read(key, v);
+  return v.toInt();
+}
+
+double read_double(torch::serialize::InputArchive& archive, const std::string& key) {
+  c10::IValue v;
+  archive.read(key, v);
+  return v.toDouble();
+}
+
+void load_archive(torch::serialize::InputArchive& archive, const std::string& path,
+                  const char* what) {
+  if (!fs::is_regular_file(path)) {
+    throw std::runtime_error(std::string(what) + " '" + path + "': no such file");
+  }
+  try {
+    archive.load_from(path);
+  } catch (const c10::Error& e) {
+    throw std::runtime_error(std::string(what) + " '" + path +
+                             "' cannot be read (truncated or not a vicreg file): " +
+                             e.what_without_backtrace());
+  }
+}
+
+std::string iso_duration(double seconds) {
+  const auto s = static_cast<int64_t>(std::max(0.0, seconds));
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%d:%02d:%02d", static_cast<int>(s / 3600),
+                static_cast<int>((s / 60) % 60), static_cast<int>(s % 60));
+  return buf;
+}
+
+}  // namespace
+
+TrainConfig read_checkpoint_config(const std::string& path) {
+  torch::serialize::InputArchive archive;
+  load_archive(archive, path, "checkpoint");
+  TrainConfig config;
+  try {
+    update_from_json(config, nlohmann::json::parse(read_string(archive, "config")));
+  } catch (const std::exception& e) {
+    throw std::runtime_error("checkpoint '" + path + "' has no valid config: " + e.what());
+  }
+  return config;
+}
+
+Encoder load_backbone(const std::string& path) {
+  torch::serialize::InputArchive archive;
+  load_archive(archive, path, "backbone");
+  TrainConfig config;
+  Encoder encoder;
+  try {
+    update_from_json(config, nlohmann::json::parse(read_string(archive, "config")));
+    encoder = make_encoder(encoder_config(config, config.arch, read_int(archive, "in_channels"),
+                                          read_int(archive, "image_size"),
+                                          read_int(archive, "in_features")));
+    torch::serialize::InputArchive weights;
+    archive.read("backbone", weights);
+    encoder->load(weights);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("backbone '" + path + "' is not a vicreg backbone: " + e.what());
+  }
+  encoder->eval();
+  return encoder;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Trainer
+
+Trainer::Trainer(TrainConfig config, std::string resume)
+    : config_(std::move(config)), device_(torch::kCPU) {
+  config_.validate();
+  device_ = torch::Device(config_.device);
+  if (device_.is_cuda() && !torch::cuda::is_available()) {
+    throw std::invalid_argument("--device " + config_.device +
+                                ": no CUDA device is available to this LibTorch build");
+  }
+  set_threads(config_.threads);
+
+  const std::string checkpoint = (fs::path(config_.exp_dir) / "checkpoint.pt").string();
+  if (resume.empty() && fs::exists(checkpoint)) resume = checkpoint;
+  if (!resume.empty()) {
+    // The stored config decides everything that shapes the run (model, data order, schedule);
+    // the new one may change only where and how fast it runs, where the data are, and max_steps.
+    const TrainConfig stored = read_checkpoint_config(resume);
+    TrainConfig merged = stored;
+    merged.device = config_.device;
+    merged.threads = config_.threads;
+    merged.workers = config_.workers;
+    merged.prefetch = config_.prefetch;
+    merged.exp_dir = config_.exp_dir;
+    merged.log_every = config_.log_every;
+    merged.max_steps = config_.max_steps;
+    if (!config_.data_dir.empty()) merged.data_dir = config_.data_dir;
+    config_ = merged;
+  }
+
+  DatasetConfig dc;
+  dc.name = config_.dataset;
+  dc.data_dir = config_.data_dir;
+  dc.channels = config_.channels;
+  data_ = std::make_shared<Dataset>(load_dataset(dc));
+
+  std::shared_ptr<TwoViewTransform> transform;
+  int64_t image_size = 0;
+  if (data_->is_vector()) {
+    transform = std::make_shared<VectorTwoViewTransform>(VectorAugment{});
+  } else {
+    const Recipe recipe = make_recipe(config_.resolved_recipe(), static_cast<int>(data_->channels),
+                                      static_cast<int>(config_.image_size));
+    image_size = recipe.view_a.crop.size;
+    transform = std::make_shared<ImageTwoViewTransform>(recipe);
+  }
+  LoaderOptions lo;
+  lo.batch_size = config_.batch_size;
+  lo.workers = config_.workers;
+  lo.prefetch = config_.prefetch;
+  lo.seed = config_.seed;
+  loader_ = std::make_unique<TwoViewLoader>(data_, transform, lo);
+
+  torch::manual_seed(config_.seed);
+  VICRegModelConfig mc;
+  mc.encoder = encoder_config(config_, config_.arch, data_->channels, image_size, data_->features());
+  mc.encoder_b = encoder_config(config_, config_.arch_b.empty() ? config_.arch : config_.arch_b,
+                                data_->channels, image_size, data_->features());
+  mc.mlp = config_.mlp;
+  mc.shared_weights = config_.shared_weights;
+  model_ = VICReg(mc);
+  model_->to(device_);
+
+  OptimizerConfig oc;
+  oc.name = config_.optimizer;
+  oc.weight_decay = config_.wd;
+  oc.momentum = config_.momentum;
+  oc.eta = config_.eta;
+  oc.clip_lr = config_.clip_lr;
+  optimizer_ = make_optimizer(model_->parameters(), oc);
+
+  const int64_t per_epoch = loader_->batches_per_epoch();
+  schedule_.peak_lr = config_.optimizer == "adamw" ? config_.base_lr
+                                                   : scaled_lr(config_.base_lr, config_.batch_size);
+  schedule_.total_steps = config_.epochs * per_epoch;
+  schedule_.warmup_steps = std::min<int64_t>(
+      schedule_.total_steps, static_cast<int64_t>(std::llround(config_.warmup_epochs * per_epoch)));
+  schedule_.end_ratio = config_.end_lr_ratio;
+  schedule_.validate();
+
+  loss_options_.sim_coeff(config_.sim_coeff)
+      .std_coeff(config_.std_coeff)
+      .cov_coeff(config_.cov_coeff)
+      .preset(loss_preset_from_string(config_.loss_preset));
+
+  if (!resume.empty()) load_checkpoint(resume);
+}
+
+void Trainer::load_checkpoint(const std::string& path) {
+  torch::serialize::InputArchive archive;
+  load_archive(archive, path, "checkpoint");
+  try {
+    torch::serialize::InputArchive model_archive, optimizer_archive;
+    archive.read("model", model_archive);
+    model_->load(model_archive);
+    archive.read("optimizer", optimizer_archive);
+    optimizer_->load(optimizer_archive);
+    step_ = read_int(archive, "step");
+    elapsed_before_ = read_double(archive, "elapsed_s");
+    torch::Tensor rng_state;
+    archive.read("rng_state", rng_state);
+    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    generator.set_state(rng_state);
+  } catch (const c10::Error& e) {
+    throw std::runtime_error("checkpoint '" + path + "' does not match this model or is corrupt: " +
+                             e.what_without_backtrace());
+  }
+  model_->to(device_);
+}
+
+void Trainer::save_checkpoint() const {
+  torch::serialize::OutputArchive archive, model_archive, optimizer_archive;
+  model_->save(model_archive);
+  optimizer_->save(optimizer_archive);
+  archive.write("model", model_archive);
+  archive.write("optimizer", optimizer_archive);
+  archive.write("step", c10::IValue(step_));
+  archive.write("epoch", c10::IValue(step_ / loader_->batches_per_epoch()));
+  archive.write("elapsed_s", c10::IValue(elapsed_before_));
+  archive.write("rng_state", at::detail::getDefaultCPUGenerator().get_state());
+  archive.write("config", c10::IValue(to_json(config_).dump()));
+  save_atomically(archive, (fs::path(config_.exp_dir) / "checkpoint.pt").string());
+}
+
+StepStats Trainer::train_step(const TwoViewBatch& batch) {
+  StepStats s;
+  s.lr = schedule_.lr_at(step_);
+  set_learning_rate(*optimizer_, s.lr);
+  const torch::Tensor x_a = batch.view_a.to(device_, /*non_blocking=*/true);
+  const torch::Tensor x_b = batch.view_b.to(device_, /*non_blocking=*/true);
+  optimizer_->zero_grad();
+  const VICRegOutput out = model_->forward(x_a, x_b);
+  VICRegLossTerms terms;
+  try {
+    terms = vicreg_loss(out.z_a, out.z_b, loss_options_);
+  } catch (const c10::Error& e) {
+    throw TrainingDiverged(step_, "training diverged at step " + std::to_string(step_) + ": " +
+                                      e.what_without_backtrace());
+  }
+  terms.total.backward();
+  const torch::Tensor numbers =
+      torch::stack({terms.total.detach().to(torch::kDouble), terms.invariance.detach().to(torch::kDouble),
+                    terms.variance.detach().to(torch::kDouble), terms.covariance.detach().to(torch::kDouble),
+                    out.z_a.detach().std(0).mean().to(torch::kDouble)})
+          .cpu();
+  const double* n = numbers.data_ptr<double>();
+  s.loss = n[0];
+  s.invariance = n[1];
+  s.variance = n[2];
+  s.covariance = n[3];
+  s.std_z = n[4];
+  if (!std::isfinite(s.loss)) {
+    throw TrainingDiverged(step_, "training diverged at step " + std::to_string(step_) +
+                                      ": the loss is " + std::to_string(s.loss));
+  }
+  optimizer_->step();
+  ++step_;
+  return s;
+}
+
+namespace {
+
+struct Interval {
+  int64_t steps = 0;
+  StepStats sum;
+  void add(const StepStats& s) {
+    ++steps;
+    sum.loss += s.loss;
+    sum.invariance += s.invariance;
+    sum.variance += s.variance;
+    sum.covariance += s.covariance;
+    sum.std_z += s.std_z;
+  }
+};
+
+}  // namespace
+
+TrainResult Trainer::run(const TrainHooks& hooks) {
+  fs::create_directories(config_.exp_dir);
+  {
+    std::ofstream out(fs::path(config_.exp_dir) / "config.json");
+    out << to_json(config_).dump(2) << "\n";
+    if (!out) throw std::runtime_error("cannot write config.json in '" + config_.exp_dir + "'");
+  }
+  std::ofstream metrics(fs::path(config_.exp_dir) / "metrics.jsonl", std::ios::app);
+  if (!metrics) throw std::runtime_error("cannot write metrics.jsonl in '" + config_.exp_dir + "'");
+
+  const bool bar = hooks.progress == "bar" || (hooks.progress == "auto" && isatty(STDERR_FILENO));
+  const bool plain = hooks.progress == "plain" || (hooks.progress == "auto" && !bar);
+  const int64_t per_epoch = loader_->batches_per_epoch();
+  const int64_t total = schedule_.total_steps;
+  const int64_t batch = config_.batch_size;
+  const int64_t start_step = step_;
+  TrainResult result;
+  result.step = step_;
+
+  if (plain || bar) {
+    std::fprintf(stderr, "vicreg train: %s, %lld samples, %lld steps/epoch, %lld epochs, %s; %s\n",
+                 config_.dataset.c_str(), static_cast<long long>(data_->size()),
+                 static_cast<long long>(per_epoch), static_cast<long long>(config_.epochs),
+                 start_step > 0 ? ("resuming at step " + std::to_string(start_step)).c_str()
+                                : "from scratch",
+                 describe_runtime().c_str());
+  }
+
+  model_->train();
+  loader_->start(step_);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto t_interval = t0;
+  Interval interval;
+  double wait_at_interval = 0.0;
+  const auto seconds_since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  };
+  const int64_t stop_at = config_.max_steps > 0 ? std::min(total, config_.max_steps) : total;
+
+  while (step_ < stop_at) {
+    const TwoViewBatch b = loader_->next();
+    StepStats s;
+    try {
+      s = train_step(b);
+    } catch (const TrainingDiverged&) {
+      if (bar) std::fprintf(stderr, "\n");
+      throw;  // checkpoint.pt still holds the last good state
+    }
+    interval.add(s);
+    result.last_loss = s.loss;
+    const bool epoch_end = step_ % per_epoch == 0;
+    const bool stop = hooks.stop_requested != nullptr && hooks.stop_requested->load();
+    if (step_ % config_.log_every == 0 || epoch_end || step_ == stop_at || stop) {
+      const double dt = seconds_since(t_interval);
+      const double wait = loader_->wait_seconds() - wait_at_interval;
+      const double elapsed = elapsed_before_ + seconds_since(t0);
+      const double k = 1.0 / static_cast<double>(interval.steps);
+      const double ips = 2.0 * batch * interval.steps / std::max(dt, 1e-9);
+      nlohmann::json line = {{"epoch", static_cast<double>(step_) / per_epoch},
+                             {"step", step_},
+                             {"lr", s.lr},
+                             {"loss", interval.sum.loss * k},
+                             {"invariance", interval.sum.invariance * k},
+                             {"variance", interval.sum.variance * k},
+                             {"covariance", interval.sum.covariance * k},
+                             {"std_z", interval.sum.std_z * k},
+                             {"images_per_s", ips},
+                             {"data_wait_fraction", wait / std::max(dt, 1e-9)},
+                             {"elapsed_s", elapsed}};
+      metrics << line.dump() << "\n" << std::flush;
+      const double eta_s = (stop_at - step_) * dt / interval.steps;
+      if (bar) {
+        const int width = 24;
+        const int filled = static_cast<int>(width * step_ / std::max<int64_t>(total, 1));
+        std::fprintf(stderr, "\r[%s%s] epoch %lld/%lld step %lld/%lld loss %.4f %.0f img/s ETA %s ",
+                     std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(),
+                     static_cast<long long>((step_ - 1) / per_epoch + 1),
+                     static_cast<long long>(config_.epochs), static_cast<long long>(step_),
+                     static_cast<long long>(total), interval.sum.loss * k, ips,
+                     iso_duration(eta_s).c_str());
+      } else if (plain) {
+        std::fprintf(stderr,
+                     "epoch %lld/%lld step %lld/%lld lr %.4g loss %.4f (inv %.4f var %.4f cov %.4f) "
+                     "std(z) %.3f %.0f img/s data wait %.1f%% elapsed %s ETA %s\n",
+                     static_cast<long long>((step_ - 1) / per_epoch + 1),
+                     static_cast<long long>(config_.epochs), static_cast<long long>(step_),
+                     static_cast<long long>(total), s.lr, interval.sum.loss * k,
+                     interval.sum.invariance * k, interval.sum.variance * k,
+                     interval.sum.covariance * k, interval.sum.std_z * k, ips,
+                     100.0 * wait / std::max(dt, 1e-9), iso_duration(elapsed).c_str(),
+                     iso_duration(eta_s).c_str());
+      }
+      interval = {};
+      t_interval = std::chrono::steady_clock::now();
+      wait_at_interval = loader_->wait_seconds();
+    }
+    if (epoch_end || stop || step_ == stop_at) {
+      const double session = seconds_since(t0);
+      elapsed_before_ += session;
+      save_checkpoint();
+      elapsed_before_ -= session;  // keep counting this session from t0
+    }
+    if (stop) {
+      result.stopped = true;
+      break;
+    }
+  }
+  const double session = seconds_since(t0);
+  elapsed_before_ += session;
+  if (bar) std::fprintf(stderr, "\n");
+  result.step = step_;
+  result.epoch = step_ / per_epoch;
+  result.finished = step_ >= total;
+  result.stopped = result.stopped || !result.finished;
+  result.data_wait_fraction = loader_->wait_seconds() / std::max(session, 1e-9);
+  result.images_per_second = 2.0 * batch * (step_ - start_step) / std::max(session, 1e-9);
+
+  // The backbone alone, with what is needed to rebuild it.
+  torch::serialize::OutputArchive out, weights;
+  model_->backbone->save(weights);
+  out.write("backbone", weights);
+  out.write("config", c10::IValue(to_json(config_).dump()));
+  out.write("in_channels", c10::IValue(data_->channels));
+  out.write("image_size", c10::IValue(static_cast<int64_t>(
+                              data_->is_vector() ? 0 : model_->config.encoder.image_size)));
+  out.write("in_features", c10::IValue(data_->features()));
+  save_atomically(out, (fs::path(config_.exp_dir) / "backbone.pt").string());
+  return result;
+}
+
+}  // namespace vicreg

@@ -1,0 +1,200 @@
+// The training loop on a small synthetic data set: the loss falls, a stopped and resumed run
+// ends with the same parameters as an uninterrupted one, checkpoints and the backbone file, the
+// config file, and divergence.
+#include "vicreg/train.h"
+
+#include "synthetic_data.h"
+#include "temp_dir.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+
+namespace {
+
+namespace fs = std::filesystem;
+
+class Train : public vicreg::testing::TempDirTest {
+ protected:
+  void SetUp() override {
+    TempDirTest::SetUp();
+    vicreg::testing::write_idx_dataset(dir_ / "data", 96, 16);
+  }
+
+  vicreg::TrainConfig small(const std::string& name) {
+    vicreg::TrainConfig c;
+    c.dataset = "mnist";
+    c.data_dir = (dir_ / "data").string();
+    c.image_size = 16;
+    c.width = 8;
+    c.stages = 3;
+    c.mlp = "64-64";
+    c.batch_size = 16;  // 6 steps per epoch
+    c.epochs = 3;
+    c.warmup_epochs = 1;
+    c.threads = 1;
+    c.workers = 2;
+    c.log_every = 2;
+    c.exp_dir = (dir_ / name).string();
+    return c;
+  }
+
+  static void expect_same_parameters(vicreg::VICReg a, vicreg::VICReg b) {
+    const auto pa = a->named_parameters(), pb = b->named_parameters();
+    ASSERT_EQ(pa.size(), pb.size());
+    for (const auto& p : pa) {
+      EXPECT_TRUE(torch::equal(p.value(), pb[p.key()])) << p.key();
+    }
+    const auto ba = a->named_buffers(), bb = b->named_buffers();
+    for (const auto& p : ba) EXPECT_TRUE(torch::equal(p.value(), bb[p.key()])) << p.key();
+  }
+};
+
+std::vector<nlohmann::json> read_metrics(const fs::path& path) {
+  std::vector<nlohmann::json> lines;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) lines.push_back(nlohmann::json::parse(line));
+  return lines;
+}
+
+TEST_F(Train, LossFallsAndTheExperimentDirIsComplete) {
+  auto c = small("run");
+  c.epochs = 20;
+  c.log_every = 6;
+  c.optimizer = "adamw";
+  c.base_lr = 2e-3;
+  vicreg::Trainer trainer(c);
+  EXPECT_EQ(trainer.steps_per_epoch(), 6);
+  const auto r = trainer.run({"none"});
+  EXPECT_TRUE(r.finished);
+  EXPECT_EQ(r.step, 120);
+  const auto metrics = read_metrics(fs::path(c.exp_dir) / "metrics.jsonl");
+  ASSERT_EQ(metrics.size(), 20u);
+  for (const char* key : {"epoch", "step", "lr", "loss", "invariance", "variance", "covariance",
+                          "std_z", "images_per_s", "elapsed_s"}) {
+    EXPECT_TRUE(metrics[0].contains(key)) << key;
+  }
+  // Mean of the first and last three intervals (18 steps each).
+  const auto mean_of = [&](const char* key, size_t from) {
+    double s = 0;
+    for (size_t i = from; i < from + 3; ++i) s += metrics[i][key].get<double>();
+    return s / 3;
+  };
+  EXPECT_LT(mean_of("loss", 17), 0.93 * mean_of("loss", 0));
+  EXPECT_LT(mean_of("invariance", 17), mean_of("invariance", 0));
+  EXPECT_NEAR(metrics.back()["lr"].get<double>(), 2e-3 * 0.001, 1e-5);  // cosine end
+  for (const char* f : {"config.json", "checkpoint.pt", "backbone.pt"}) {
+    EXPECT_TRUE(fs::exists(fs::path(c.exp_dir) / f)) << f;
+  }
+  EXPECT_FALSE(fs::exists(fs::path(c.exp_dir) / "checkpoint.pt.tmp"));
+
+  // config.json holds everything and reads back into the same config.
+  std::ifstream in(fs::path(c.exp_dir) / "config.json");
+  nlohmann::json j;
+  in >> j;
+  vicreg::TrainConfig back;
+  vicreg::update_from_json(back, j);
+  EXPECT_EQ(vicreg::to_json(back), vicreg::to_json(c));
+
+  // The backbone alone, rebuilt from its file, gives the trained model's representations.
+  auto backbone = vicreg::load_backbone((fs::path(c.exp_dir) / "backbone.pt").string());
+  auto model = trainer.model();
+  model->eval();
+  const auto x = torch::randn({4, 1, 16, 16});
+  EXPECT_TRUE(torch::allclose(backbone->forward(x), model->represent(x)));
+}
+
+TEST_F(Train, StopAndResumeGivesTheSameParametersAsOneRun) {
+  auto c = small("straight");
+  vicreg::Trainer straight(c);
+  straight.run({"none"});
+
+  auto c2 = small("resumed");
+  c2.max_steps = 8;  // mid-epoch 2
+  {
+    vicreg::Trainer first(c2);
+    const auto r = first.run({"none"});
+    EXPECT_EQ(r.step, 8);
+    EXPECT_TRUE(r.stopped);
+  }
+  {
+    // A stop request (as from SIGINT) after the next step.
+    auto c3 = c2;
+    c3.max_steps = 0;
+    std::atomic<bool> stop{true};
+    vicreg::Trainer second(c3);
+    EXPECT_EQ(second.step(), 8);
+    vicreg::TrainHooks hooks{"none", &stop};
+    EXPECT_EQ(second.run(hooks).step, 9);
+  }
+  auto c4 = c2;
+  c4.max_steps = 0;
+  c4.workers = 1;  // the data do not depend on the number of workers
+  vicreg::Trainer last(c4);
+  EXPECT_EQ(last.step(), 9);
+  const auto r = last.run({"none"});
+  EXPECT_TRUE(r.finished);
+  EXPECT_EQ(r.step, 18);
+  expect_same_parameters(straight.model(), last.model());
+  const auto m = read_metrics(fs::path(c2.exp_dir) / "metrics.jsonl");
+  EXPECT_EQ(m.back()["step"].get<int64_t>(), 18);
+}
+
+TEST_F(Train, ResumeKeepsTheStoredModelSettings) {
+  auto c = small("keep");
+  c.max_steps = 2;
+  vicreg::Trainer(c).run({"none"});
+  auto changed = c;
+  changed.mlp = "32-32";  // ignored: the checkpoint's model is the one that continues
+  changed.max_steps = 3;
+  vicreg::Trainer t(changed);
+  EXPECT_EQ(t.config().mlp, "64-64");
+  EXPECT_EQ(t.step(), 2);
+}
+
+TEST_F(Train, DivergenceStopsWithTheStepAndKeepsTheCheckpoint) {
+  auto c = small("diverge");
+  c.optimizer = "sgd";
+  c.base_lr = 1e12;
+  c.warmup_epochs = 0;
+  try {
+    vicreg::Trainer(c).run({"none"});
+    FAIL() << "expected TrainingDiverged";
+  } catch (const vicreg::TrainingDiverged& e) {
+    EXPECT_GE(e.step, 1);
+    EXPECT_NE(std::string(e.what()).find("diverged at step " + std::to_string(e.step)),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_FALSE(fs::exists(fs::path(c.exp_dir) / "checkpoint.pt"));  // never a bad one
+}
+
+TEST_F(Train, RejectsBadConfigs) {
+  auto c = small("bad");
+  c.batch_size = 200;  // more than the 96 images
+  EXPECT_THROW(vicreg::Trainer{c}, std::invalid_argument);
+  c = small("bad");
+  c.batch_size = 1;
+  EXPECT_THROW(c.validate(), std::invalid_argument);
+  c = small("bad");
+  c.mlp = "64-x";
+  EXPECT_THROW(c.validate(), std::invalid_argument);
+  c = small("bad");
+  c.arch = "resnet101";
+  EXPECT_THROW(c.validate(), std::invalid_argument);
+  c = small("bad");
+  c.data_dir = (dir_ / "nowhere").string();
+  EXPECT_THROW(vicreg::Trainer{c}, std::runtime_error);
+  vicreg::TrainConfig j;
+  EXPECT_THROW(vicreg::update_from_json(j, {{"epochz", 3}}), std::invalid_argument);
+  EXPECT_THROW(vicreg::update_from_json(j, {{"epochs", "three"}}), std::invalid_argument);
+  std::ofstream(dir_ / "junk.pt") << "not a checkpoint";
+  EXPECT_THROW(vicreg::Trainer(small("bad"), (dir_ / "junk.pt").string()), std::runtime_error);
+  EXPECT_THROW(vicreg::load_backbone((dir_ / "junk.pt").string()), std::runtime_error);
+}
+
+}  // namespace
