@@ -44,7 +44,7 @@ struct TrainConfig {
   // optimisation
   int64_t epochs = 12;
   int64_t batch_size = 256;
-  double base_lr = 0.3;          ///< lr = base_lr * batch / 256 (LARS, SGD); AdamW: lr = base_lr
+  double base_lr = 1.0;          ///< lr = base_lr * batch / 256 (LARS, SGD); AdamW: lr = base_lr
   double wd = 1e-6;
   std::string optimizer = "lars";
   double momentum = 0.9;

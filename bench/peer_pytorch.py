@@ -1,0 +1,191 @@
+#!/usr/bin/python3
+"""The PyTorch peers of bench/train_bench.cpp, run by scripts/bench-train.sh on the same machine.
+
+  train:    the default vicreg configuration as a plain PyTorch loop (ConvNet 4x2 convs width 32,
+            expander 1024-1024-1024, batch 256, the facebookresearch/vicreg loss and LARS,
+            torchvision augmentations of the fashion-mnist recipe, DataLoader with 2 workers).
+  augment:  facebookresearch/vicreg's per-image ImageNet pipeline (PIL decode + two 224-px views,
+            torchvision transforms) on one core, over the JPEGs train_bench writes.
+Prints one JSON object.
+"""
+import argparse, glob, gzip, json, os, random, time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image, ImageFilter, ImageOps
+import torchvision.transforms as T
+
+
+def fashion_mnist(path="/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"):
+    with gzip.open(path) as f:
+        return np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+
+
+class ConvNet(nn.Module):
+    def __init__(self, width=32, stages=4):
+        super().__init__()
+        layers, cin = [], 1
+        for s in range(stages):
+            cout = width << s
+            for c in range(2):
+                layers += [nn.Conv2d(cin if c == 0 else cout, cout, 3, 2 if (c == 0 and s > 0) else 1, 1, bias=False),
+                           nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            cin = cout
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x).mean((2, 3))
+
+
+def projector(d_in, spec="1024-1024-1024"):
+    sizes = [d_in] + [int(s) for s in spec.split("-")]
+    layers = []
+    for i in range(len(sizes) - 2):
+        layers += [nn.Linear(sizes[i], sizes[i + 1]), nn.BatchNorm1d(sizes[i + 1]), nn.ReLU(True)]
+    layers.append(nn.Linear(sizes[-2], sizes[-1], bias=False))
+    return nn.Sequential(*layers)
+
+
+def off_diagonal(x):
+    n, m = x.shape
+    return x.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
+
+
+def vicreg_loss(x, y, sim=25.0, std=25.0, cov=1.0):  # facebookresearch/vicreg main_vicreg.py
+    repr_loss = F.mse_loss(x, y)
+    x = x - x.mean(dim=0)
+    y = y - y.mean(dim=0)
+    std_x = torch.sqrt(x.var(dim=0) + 0.0001)
+    std_y = torch.sqrt(y.var(dim=0) + 0.0001)
+    std_loss = torch.mean(F.relu(1 - std_x)) / 2 + torch.mean(F.relu(1 - std_y)) / 2
+    n, d = x.shape
+    cov_x = (x.T @ x) / (n - 1)
+    cov_y = (y.T @ y) / (n - 1)
+    cov_loss = off_diagonal(cov_x).pow_(2).sum().div(d) + off_diagonal(cov_y).pow_(2).sum().div(d)
+    return sim * repr_loss + std * std_loss + cov * cov_loss
+
+
+class LARS(torch.optim.Optimizer):  # facebookresearch/vicreg main_vicreg.py
+    def __init__(self, params, lr, weight_decay=0, momentum=0.9, eta=0.001):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta))
+
+    @torch.no_grad()
+    def step(self):
+        for g in self.param_groups:
+            for p in g["params"]:
+                dp = p.grad
+                if dp is None:
+                    continue
+                if p.ndim != 1:
+                    dp = dp.add(p, alpha=g["weight_decay"])
+                    param_norm, update_norm = torch.norm(p), torch.norm(dp)
+                    one = torch.ones_like(param_norm)
+                    q = torch.where(param_norm > 0.0,
+                                    torch.where(update_norm > 0, (g["eta"] * param_norm / update_norm), one), one)
+                    dp = dp.mul(q)
+                state = self.state[p]
+                if "mu" not in state:
+                    state["mu"] = torch.zeros_like(p)
+                mu = state["mu"]
+                mu.mul_(g["momentum"]).add_(dp)
+                p.add_(mu, alpha=-g["lr"])
+
+
+class FashionPairs(torch.utils.data.Dataset):
+    def __init__(self):
+        self.images = fashion_mnist()
+        norm = [T.ToTensor(), T.Normalize((0.2860,), (0.3530,))]
+        base = [T.RandomResizedCrop(28, scale=(0.25, 1.0)), T.RandomHorizontalFlip(),
+                T.RandomApply([T.ColorJitter(0.4, 0.4)], p=0.8)]
+        self.a = T.Compose(base + norm)
+        self.b = T.Compose(base + [T.RandomSolarize(128, p=0.2)] + norm)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        img = Image.fromarray(self.images[i], mode="L")
+        return self.a(img), self.b(img)
+
+
+def bench_train(args):
+    torch.set_num_threads(args.threads)
+    backbone = ConvNet()
+    proj = projector(256)
+    params = list(backbone.parameters()) + list(proj.parameters())
+    opt = LARS(params, lr=1.0, weight_decay=1e-6)
+    loader = torch.utils.data.DataLoader(FashionPairs(), batch_size=256, shuffle=True, drop_last=True,
+                                         num_workers=args.workers, persistent_workers=True)
+    it = iter(loader)
+    def step():
+        x, y = next(it)
+        opt.zero_grad()
+        loss = vicreg_loss(proj(backbone(x)), proj(backbone(y)))
+        loss.backward()
+        opt.step()
+    for _ in range(3):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    dt = time.perf_counter() - t0
+    return {"peer": "pytorch-train", "threads": args.threads, "workers": args.workers,
+            "steps": args.steps, "images_per_s": 2 * 256 * args.steps / dt,
+            "torch": torch.__version__}
+
+
+class GaussianBlur:
+    def __init__(self, p):
+        self.p = p
+
+    def __call__(self, img):
+        if random.random() < self.p:
+            return img.filter(ImageFilter.GaussianBlur(radius=random.random() * 1.9 + 0.1))
+        return img
+
+
+class Solarization:
+    def __init__(self, p):
+        self.p = p
+
+    def __call__(self, img):
+        return ImageOps.solarize(img) if random.random() < self.p else img
+
+
+def bench_augment(args):
+    torch.set_num_threads(1)
+    files = sorted(glob.glob(os.path.join(args.jpeg_dir, "*.jpg")))
+    if not files:
+        raise SystemExit("no JPEGs in %s: run build/bench/train_bench first" % args.jpeg_dir)
+    norm = T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    def view(blur, sol):
+        return T.Compose([T.RandomResizedCrop(224, interpolation=T.InterpolationMode.BICUBIC),
+                          T.RandomHorizontalFlip(p=0.5),
+                          T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+                          T.RandomGrayscale(p=0.2), GaussianBlur(blur), Solarization(sol),
+                          T.ToTensor(), norm])
+    a, b = view(1.0, 0.0), view(0.1, 0.2)
+    def one(i):
+        img = Image.open(files[i % len(files)]).convert("RGB")
+        a(img), b(img)
+    for i in range(5):
+        one(i)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < args.seconds:
+        one(n)
+        n += 1
+    return {"peer": "torchvision-imagenet-augment", "images_per_s": n / (time.perf_counter() - t0)}
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["train", "augment"])
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--jpeg-dir", default="/tmp/vicreg_bench_jpeg")
+    a = ap.parse_args()
+    print(json.dumps(bench_train(a) if a.what == "train" else bench_augment(a)))

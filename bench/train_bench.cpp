@@ -1,0 +1,167 @@
+// Pretraining hot paths: one optimizer step of the default configuration, augmentation throughput
+// per worker for each recipe, and the fraction of a training step spent waiting for data.
+//
+// The baselines are Python peers run by the same script (scripts/bench-train.sh): the same model,
+// batch and augmentations in a plain PyTorch loop, and torchvision/PIL's per-image pipeline.
+// The script divides the figures of one run by each other; this program reports its own side.
+//
+//   train_bench [--threads=N] [google benchmark flags]
+#include "vicreg/augment.h"
+#include "vicreg/loader.h"
+#include "vicreg/runtime.h"
+#include "vicreg/train.h"
+
+#include <benchmark/benchmark.h>
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+namespace {
+
+namespace fs = std::filesystem;
+
+int g_threads = 0;
+
+fs::path temp_dir(const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() / ("vicreg_bench_" + name);
+  fs::create_directories(dir);
+  return dir;
+}
+
+/// The default configuration, in a scratch experiment directory.
+vicreg::TrainConfig default_config(const std::string& name) {
+  vicreg::TrainConfig c;
+  c.threads = g_threads;
+  c.exp_dir = temp_dir(name).string();
+  fs::remove(fs::path(c.exp_dir) / "checkpoint.pt");
+  fs::remove(fs::path(c.exp_dir) / "metrics.jsonl");
+  return c;
+}
+
+/// One optimizer step (forward of both views, loss, backward, LARS) of the default config on a
+/// batch already made: what the model costs, without the data pipeline.
+void BM_TrainStep(benchmark::State& state) {
+  vicreg::Trainer trainer(default_config("step"));
+  // One real batch from the loader, reused.
+  vicreg::TwoViewLoader loader(
+      std::make_shared<vicreg::Dataset>(vicreg::load_dataset({})),
+      std::make_shared<vicreg::ImageTwoViewTransform>(vicreg::make_recipe("fashion-mnist", 1)),
+      {trainer.config().batch_size, 1, 1, 0});
+  loader.start();
+  const vicreg::TwoViewBatch batch = loader.next();
+  trainer.train_step(batch);  // warm-up
+  for (auto _ : state) trainer.train_step(batch);
+  const double images = 2.0 * static_cast<double>(trainer.config().batch_size);
+  state.counters["images/s"] =
+      benchmark::Counter(images, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(vicreg::describe_runtime().substr(0, 60));
+}
+BENCHMARK(BM_TrainStep)->Unit(benchmark::kMillisecond)->MinTime(5.0)->UseRealTime();
+
+/// The training loop with its loader, default config: the fraction of wall time next() waited.
+void BM_TrainLoopDataWait(benchmark::State& state) {
+  double wait = 0, ips = 0;
+  for (auto _ : state) {
+    auto c = default_config("loop");
+    c.max_steps = 20;
+    vicreg::Trainer trainer(c);
+    const auto r = trainer.run({"none"});
+    wait = r.data_wait_fraction;
+    ips = r.images_per_second;
+  }
+  state.counters["data_wait_%"] = 100.0 * wait;
+  state.counters["images/s"] = ips;
+}
+BENCHMARK(BM_TrainLoopDataWait)->Unit(benchmark::kSecond)->Iterations(1)->UseRealTime();
+
+/// Synthetic photographs for the imagenet recipe: 500x375 JPEGs (ImageNet's typical size) of
+/// smooth colour fields, edges and noise, at quality 90.
+std::shared_ptr<vicreg::Dataset> jpeg_folder(int count) {
+  const fs::path dir = temp_dir("jpeg");
+  auto d = std::make_shared<vicreg::Dataset>();
+  d->name = "jpeg";
+  d->channels = 3;
+  cv::RNG rng(1);
+  for (int i = 0; i < count; ++i) {
+    const fs::path path = dir / ("img" + std::to_string(i) + ".jpg");
+    if (!fs::exists(path)) {
+      cv::Mat img(375, 500, CV_8UC3);
+      for (int y = 0; y < img.rows; ++y) {
+        for (int x = 0; x < img.cols; ++x) {
+          img.at<cv::Vec3b>(y, x) = cv::Vec3b(static_cast<uint8_t>((x + i * 7) % 256),
+                                              static_cast<uint8_t>((y * 2 + i) % 256),
+                                              static_cast<uint8_t>((x + y) / 4 % 256));
+        }
+      }
+      for (int k = 0; k < 12; ++k) {
+        cv::circle(img, {rng.uniform(0, 500), rng.uniform(0, 375)}, rng.uniform(10, 120),
+                   cv::Scalar(rng.uniform(0, 255), rng.uniform(0, 255), rng.uniform(0, 255)), -1);
+      }
+      cv::Mat noise(img.size(), CV_8UC3);
+      rng.fill(noise, cv::RNG::NORMAL, 0, 12);
+      img += noise;
+      cv::imwrite(path.string(), img, {cv::IMWRITE_JPEG_QUALITY, 90});
+    }
+    d->files.push_back(path.string());
+  }
+  return d;
+}
+
+/// Images per second of one worker thread making both views (decode included for imagenet).
+void BM_Augment(benchmark::State& state, const std::string& recipe_name) {
+  cv::setNumThreads(0);
+  std::shared_ptr<vicreg::Dataset> data;
+  if (recipe_name == "imagenet") {
+    data = jpeg_folder(64);
+  } else {
+    data = std::make_shared<vicreg::Dataset>();
+    data->name = "synthetic";
+    const int side = recipe_name == "cifar" ? 32 : 28;
+    data->channels = recipe_name == "cifar" ? 3 : 1;
+    data->images = torch::randint(0, 256, {1024, side, side, data->channels}, torch::kUInt8);
+  }
+  const vicreg::ImageTwoViewTransform transform(
+      vicreg::make_recipe(recipe_name, static_cast<int>(data->channels)));
+  const auto shape = transform.view_shape(*data);
+  const int64_t per_view = shape[0] * shape[1] * shape[2];
+  std::vector<float> a(per_view), b(per_view);
+  int64_t i = 0;
+  for (auto _ : state) {
+    vicreg::Rng rng(vicreg::sample_seed(0, 0, i));
+    transform.apply(*data, i % data->size(), rng, a.data(), b.data());
+    benchmark::DoNotOptimize(a.data());
+    ++i;
+  }
+  state.counters["images/s"] = benchmark::Counter(static_cast<double>(state.iterations()),
+                                                  benchmark::Counter::kIsRate);
+}
+BENCHMARK_CAPTURE(BM_Augment, imagenet, std::string("imagenet"))->MinTime(3.0)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Augment, cifar, std::string("cifar"))->MinTime(2.0)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Augment, fashion_mnist, std::string("fashion-mnist"))
+    ->MinTime(2.0)
+    ->UseRealTime();
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<char*> rest;
+  for (int i = 0; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--threads=", 10) == 0) {
+      g_threads = std::atoi(argv[i] + 10);
+    } else {
+      rest.push_back(argv[i]);
+    }
+  }
+  int n = static_cast<int>(rest.size());
+  vicreg::set_threads(g_threads);
+  benchmark::Initialize(&n, rest.data());
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
