@@ -3,10 +3,14 @@
 // config file, and divergence.
 #include "vicreg/train.h"
 
+#include "vicreg/data.h"
+
 #include "synthetic_data.h"
 #include "temp_dir.h"
 
 #include <gtest/gtest.h>
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
 #include <torch/torch.h>
 
 #include <atomic>
@@ -195,6 +199,47 @@ TEST_F(Train, RejectsBadConfigs) {
   std::ofstream(dir_ / "junk.pt") << "not a checkpoint";
   EXPECT_THROW(vicreg::Trainer(small("bad"), (dir_ / "junk.pt").string()), std::runtime_error);
   EXPECT_THROW(vicreg::load_backbone((dir_ / "junk.pt").string()), std::runtime_error);
+}
+
+TEST_F(Train, OtherDataSetsAndSeparateBranches) {
+  // Vectors: npy + the mlp encoder + vector augmentations.
+  vicreg::write_npy((dir_ / "train.npy").string(), torch::randn({64, 12}));
+  auto c = small("npy");
+  c.dataset = "npy";
+  c.data_dir = dir_.string();
+  c.arch = "mlp";
+  c.encoder_mlp = "32-16";
+  c.max_steps = 3;
+  auto r = vicreg::Trainer(c).run({"none"});
+  EXPECT_EQ(r.step, 3);
+  auto backbone = vicreg::load_backbone((fs::path(c.exp_dir) / "backbone.pt").string());
+  EXPECT_EQ(backbone->forward(torch::randn({2, 12})).sizes(), (std::vector<int64_t>{2, 16}));
+
+  // An image folder of RGB PNGs of different sizes, one subfolder per class.
+  cv::RNG rng(3);
+  for (int i = 0; i < 40; ++i) {
+    cv::Mat img(20 + i % 7, 24, CV_8UC3);
+    rng.fill(img, cv::RNG::UNIFORM, 0, 256);
+    const fs::path p = dir_ / "folder" / (i % 2 ? "a" : "b") / (std::to_string(i) + ".png");
+    fs::create_directories(p.parent_path());
+    cv::imwrite(p.string(), img);
+  }
+  c = small("folder");
+  c.dataset = "image-folder";
+  c.data_dir = (dir_ / "folder").string();
+  c.recipe = "cifar";
+  c.max_steps = 2;
+  r = vicreg::Trainer(c).run({"none"});
+  EXPECT_EQ(r.step, 2);
+
+  // Separate branches with different backbones.
+  c = small("separate");
+  c.shared_weights = false;
+  c.arch_b = "resnet18";
+  c.max_steps = 2;
+  vicreg::Trainer t(c);
+  EXPECT_TRUE(t.model()->backbone_b);
+  EXPECT_EQ(t.run({"none"}).step, 2);
 }
 
 }  // namespace
