@@ -199,6 +199,36 @@ void load_archive(torch::serialize::InputArchive& archive, const std::string& pa
   }
 }
 
+/// Module::load() in LibTorch 1.13 replaces each tensor with what the archive holds, whatever its
+/// shape: a checkpoint of another architecture would load silently. Read every parameter and
+/// buffer by name and check its shape before copying it in.
+void load_module_checked(torch::nn::Module& module, torch::serialize::InputArchive& archive,
+                         const std::string& prefix = "") {
+  torch::NoGradGuard no_grad;
+  const auto load = [&](const std::string& key, torch::Tensor& target, bool is_buffer) {
+    torch::Tensor stored;
+    if (!archive.try_read(key, stored, is_buffer)) {
+      throw std::runtime_error("'" + prefix + key + "' is missing (another architecture?)");
+    }
+    if (stored.sizes() != target.sizes()) {
+      std::ostringstream msg;
+      msg << "'" << prefix << key << "' has shape " << stored.sizes() << ", the model expects "
+          << target.sizes() << " (another architecture or width?)";
+      throw std::runtime_error(msg.str());
+    }
+    target.copy_(stored);
+  };
+  for (auto& p : module.named_parameters(/*recurse=*/false)) load(p.key(), p.value(), false);
+  for (auto& b : module.named_buffers(/*recurse=*/false)) load(b.key(), b.value(), true);
+  for (const auto& child : module.named_children()) {
+    torch::serialize::InputArchive sub;
+    if (!archive.try_read(child.key(), sub)) {
+      throw std::runtime_error("'" + prefix + child.key() + "' is missing (another architecture?)");
+    }
+    load_module_checked(*child.value(), sub, prefix + child.key() + ".");
+  }
+}
+
 std::string iso_duration(double seconds) {
   const auto s = static_cast<int64_t>(std::max(0.0, seconds));
   char buf[32];
@@ -221,25 +251,29 @@ TrainConfig read_checkpoint_config(const std::string& path) {
   return config;
 }
 
-Encoder load_backbone(const std::string& path) {
+Backbone read_backbone(const std::string& path) {
   torch::serialize::InputArchive archive;
   load_archive(archive, path, "backbone");
-  TrainConfig config;
-  Encoder encoder;
+  Backbone b;
   try {
-    update_from_json(config, nlohmann::json::parse(read_string(archive, "config")));
-    encoder = make_encoder(encoder_config(config, config.arch, read_int(archive, "in_channels"),
-                                          read_int(archive, "image_size"),
-                                          read_int(archive, "in_features")));
+    update_from_json(b.config, nlohmann::json::parse(read_string(archive, "config")));
+    b.in_channels = read_int(archive, "in_channels");
+    b.image_size = read_int(archive, "image_size");
+    b.in_features = read_int(archive, "in_features");
+    b.encoder = make_encoder(
+        encoder_config(b.config, b.config.arch, b.in_channels, b.image_size, b.in_features));
     torch::serialize::InputArchive weights;
     archive.read("backbone", weights);
-    encoder->load(weights);
+    load_module_checked(*b.encoder, weights);
   } catch (const std::exception& e) {
-    throw std::runtime_error("backbone '" + path + "' is not a vicreg backbone: " + e.what());
+    throw std::runtime_error("backbone '" + path + "' is not a vicreg backbone, or its weights do "
+                             "not fit its stored architecture: " + e.what());
   }
-  encoder->eval();
-  return encoder;
+  b.encoder->eval();
+  return b;
 }
+
+Encoder load_backbone(const std::string& path) { return read_backbone(path).encoder; }
 
 // ---------------------------------------------------------------------------------------------
 // Trainer
@@ -336,7 +370,7 @@ void Trainer::load_checkpoint(const std::string& path) {
   try {
     torch::serialize::InputArchive model_archive, optimizer_archive;
     archive.read("model", model_archive);
-    model_->load(model_archive);
+    load_module_checked(*model_, model_archive);
     archive.read("optimizer", optimizer_archive);
     optimizer_->load(optimizer_archive);
     step_ = read_int(archive, "step");
@@ -348,6 +382,8 @@ void Trainer::load_checkpoint(const std::string& path) {
   } catch (const c10::Error& e) {
     throw std::runtime_error("checkpoint '" + path + "' does not match this model or is corrupt: " +
                              e.what_without_backtrace());
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error("checkpoint '" + path + "' does not match this model: " + e.what());
   }
   model_->to(device_);
 }

@@ -10,9 +10,11 @@
 
 namespace vicreg::testing {
 
-/// Writes MNIST-style raw IDX files train-{images-idx3,labels-idx1}-ubyte into `dir`: n images of
-/// side x side pixels, a bright square at a place that depends on the class (10 classes), on noise.
-inline void write_idx_dataset(const std::filesystem::path& dir, int n, int side, uint32_t seed = 1) {
+/// Writes MNIST-style raw IDX files {prefix}-{images-idx3,labels-idx1}-ubyte into `dir` (prefix
+/// "train" or "t10k"): n images of side x side pixels, a bright square at a place that depends on
+/// the class (10 classes), on noise.
+inline void write_idx_dataset(const std::filesystem::path& dir, int n, int side, uint32_t seed = 1,
+                              const std::string& prefix = "train") {
   std::filesystem::create_directories(dir);
   std::mt19937 rng(seed);
   std::vector<uint8_t> images = {0, 0, 8, 3}, labels = {0, 0, 8, 1};
@@ -34,9 +36,9 @@ inline void write_idx_dataset(const std::filesystem::path& dir, int n, int side,
       }
     }
   }
-  std::ofstream(dir / "train-images-idx3-ubyte", std::ios::binary)
+  std::ofstream(dir / (prefix + "-images-idx3-ubyte"), std::ios::binary)
       .write(reinterpret_cast<const char*>(images.data()), static_cast<std::streamsize>(images.size()));
-  std::ofstream(dir / "train-labels-idx1-ubyte", std::ios::binary)
+  std::ofstream(dir / (prefix + "-labels-idx1-ubyte"), std::ios::binary)
       .write(reinterpret_cast<const char*>(labels.data()), static_cast<std::streamsize>(labels.size()));
 }
 

@@ -1,4 +1,6 @@
 // The vicreg CLI, run as a user runs it: exit codes, output, files, and every rejected argument.
+#include "vicreg/data.h"
+
 #include "synthetic_data.h"
 #include "temp_dir.h"
 
@@ -283,6 +285,55 @@ TEST_F(CliTrain, DivergenceExitsNonZeroNamingTheStep) {
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("diverged at step"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("last good checkpoint is kept"), std::string::npos) << r.err;
+}
+
+// ---------------------------------------------------------------------------------------------
+// eval, embed
+
+TEST_F(CliTrain, EvalAndEmbedATrainedBackbone) {
+  vicreg::testing::write_idx_dataset(dir_ / "data", 50, 16, 2, "t10k");
+  ASSERT_EQ(run(small("ev", "--max-steps 3 --progress none")).code, 0);
+  const std::string backbone = (dir_ / "ev" / "backbone.pt").string();
+  const fs::path knn_json = dir_ / "knn.json", lin_json = dir_ / "lin.json";
+  Result r = run("eval --threads 1 --protocol knn --backbone " + backbone + " --json " +
+                 knn_json.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("knn on mnist (96 train / 50 test): top-1"), std::string::npos) << r.out;
+  auto doc = nlohmann::json::parse(slurp(knn_json));
+  EXPECT_EQ(doc["protocol"], "knn");
+  EXPECT_GE(doc["top1"].get<double>(), 0.0);
+  EXPECT_LE(doc["top1"].get<double>(), doc["top5"].get<double>());
+  EXPECT_EQ(doc["settings"]["k"], 20);
+  r = run("eval --threads 1 --protocol linear --epochs 3 --backbone " + backbone + " --json " +
+          lin_json.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  doc = nlohmann::json::parse(slurp(lin_json));
+  EXPECT_EQ(doc["protocol"], "linear");
+  EXPECT_EQ(doc["settings"]["epochs"], 3);
+  EXPECT_GT(doc["rankme"].get<double>(), 1.0);
+
+  const fs::path emb = dir_ / "emb.npy", lab = dir_ / "lab.npy";
+  r = run("embed --threads 1 --split test --backbone " + backbone + " --out " + emb.string() +
+          " --labels-out " + lab.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto e = vicreg::read_npy(emb.string());
+  EXPECT_EQ(e.sizes(), (std::vector<int64_t>{50, 32}));  // convnet width 8, 3 stages: 32-d
+  EXPECT_EQ(vicreg::read_npy(lab.string())[7].item<int64_t>(), 7);
+
+  for (const std::string& args :
+       {std::string("eval --backbone /nonexistent/backbone.pt"), "eval --protocol svm --backbone " + backbone,
+        "embed --backbone " + backbone, "eval --k 0 --backbone " + backbone}) {
+    const Result bad = run(args);
+    EXPECT_NE(bad.code, 0) << args;
+  }
+  std::ofstream(dir_ / "junk.pt") << "junk";
+  r = run("eval --backbone " + (dir_ / "junk.pt").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("cannot be read"), std::string::npos) << r.err;
+  // No test split next to the training data: the error names the missing file.
+  r = run("eval --backbone " + backbone + " --data-dir " + (dir_ / "nowhere").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("no such file"), std::string::npos) << r.err;
 }
 
 }  // namespace

@@ -242,4 +242,34 @@ TEST_F(Train, OtherDataSetsAndSeparateBranches) {
   EXPECT_EQ(t.run({"none"}).step, 2);
 }
 
+TEST_F(Train, BackboneWhoseWeightsDoNotFitItsArchitectureIsRejected) {
+  auto c = small("arch");
+  c.max_steps = 1;
+  vicreg::Trainer(c).run({"none"});
+  const auto good = vicreg::read_backbone((fs::path(c.exp_dir) / "backbone.pt").string());
+  EXPECT_EQ(good.in_channels, 1);
+  EXPECT_EQ(good.image_size, 16);
+  EXPECT_EQ(good.config.width, 8);
+  // The same weights stored with a config that says width 16.
+  torch::serialize::OutputArchive out, weights;
+  good.encoder->save(weights);
+  auto wrong = c;
+  wrong.width = 16;
+  out.write("backbone", weights);
+  out.write("config", c10::IValue(vicreg::to_json(wrong).dump()));
+  out.write("in_channels", c10::IValue(int64_t{1}));
+  out.write("image_size", c10::IValue(int64_t{16}));
+  out.write("in_features", c10::IValue(int64_t{0}));
+  const std::string path = (dir_ / "wrong.pt").string();
+  out.save_to(path);
+  try {
+    vicreg::read_backbone(path);
+    FAIL() << "expected an error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("do not fit its stored architecture"), std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace

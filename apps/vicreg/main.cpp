@@ -2,8 +2,11 @@
 // messages and exit codes; nothing else.
 //
 //   vicreg train [--config FILE.json] [--dataset ...] [--arch ...] [--epochs N] ... (--help)
+//   vicreg eval --backbone DIR/backbone.pt --protocol linear|knn [--json FILE] ... (--help)
+//   vicreg embed --backbone DIR/backbone.pt --out emb.npy [--labels-out labels.npy] [--split ...]
 //   vicreg bench-loss [--shapes NxD,...] [--threads N] [--device cpu|cuda] [--dtype float|...]
 //                     [--preset official|paper] [--min-time S] [--no-reference] [--json FILE]
+#include "vicreg/evaluate.h"
 #include "vicreg/loss.h"
 #include "vicreg/profile.h"
 #include "vicreg/runtime.h"
@@ -15,6 +18,7 @@
 #include <torch/version.h>
 
 #include <atomic>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -290,6 +294,125 @@ int run_train(const vicreg::TrainConfig& config, const TrainArgs& args) {
   return 0;
 }
 
+// ---------------------------------------------------------------------------------------------
+// eval, embed
+
+struct EvalArgs {
+  std::string backbone, protocol = "linear", json, data_dir, device = "cpu", split = "test";
+  std::string out, labels_out;
+  int threads = 0;
+  int64_t batch_size = 256, epochs = 100, k = 20;
+  double lr = 0.02, wd = 1e-6, temperature = 0.07;
+  uint64_t seed = 0;
+};
+
+struct LoadedSplit {
+  vicreg::Dataset data;
+  torch::Tensor features;
+};
+
+/// The backbone's representations of one split of the data set it was trained on.
+LoadedSplit represent_split(vicreg::Backbone& b, const EvalArgs& args, const std::string& split) {
+  vicreg::DatasetConfig dc;
+  dc.name = b.config.dataset;
+  dc.data_dir = args.data_dir.empty() ? b.config.data_dir : args.data_dir;
+  dc.split = split;
+  dc.channels = b.config.channels;
+  LoadedSplit s{vicreg::load_dataset(dc), {}};
+  vicreg::EvalTransform t;
+  if (!s.data.is_vector()) {
+    t = vicreg::eval_transform_for(b.config.resolved_recipe(), static_cast<int>(s.data.channels),
+                                   b.image_size);
+    if (s.data.channels != b.in_channels) {
+      throw std::invalid_argument("the backbone takes " + std::to_string(b.in_channels) +
+                                  "-channel images, the data have " +
+                                  std::to_string(s.data.channels));
+    }
+  } else if (s.data.features() != b.in_features) {
+    throw std::invalid_argument("the backbone takes vectors of " + std::to_string(b.in_features) +
+                                " features, the data have " + std::to_string(s.data.features()));
+  }
+  b.encoder->to(parse_device(args.device));
+  s.features = vicreg::compute_representations(*b.encoder, s.data, t, 512,
+                                               parse_device(args.device));
+  return s;
+}
+
+int run_eval(const EvalArgs& args) {
+  vicreg::set_threads(args.threads);
+  vicreg::Backbone b = vicreg::read_backbone(args.backbone);
+  const auto t0 = std::chrono::steady_clock::now();
+  const LoadedSplit train = represent_split(b, args, "train");
+  const LoadedSplit test = represent_split(b, args, "test");
+  const torch::Tensor ytr = train.data.require_labels(), yte = test.data.require_labels();
+  const double feature_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  vicreg::Accuracy acc;
+  nlohmann::json settings;
+  if (args.protocol == "knn") {
+    const int64_t classes = std::max(ytr.max().item<int64_t>(), yte.max().item<int64_t>()) + 1;
+    acc = vicreg::accuracy(
+        vicreg::knn_scores(train.features, ytr, test.features, args.k, args.temperature, classes),
+        yte);
+    settings = {{"k", args.k}, {"temperature", args.temperature}};
+  } else {
+    vicreg::LinearProbeOptions o;
+    o.epochs = args.epochs;
+    o.batch_size = args.batch_size;
+    o.lr = args.lr;
+    o.weight_decay = args.wd;
+    o.seed = args.seed;
+    acc = vicreg::linear_probe(train.features, ytr, test.features, yte, o);
+    settings = {{"epochs", o.epochs}, {"batch_size", o.batch_size}, {"lr", o.lr},
+                {"wd", o.weight_decay}, {"standardize", o.standardize}, {"seed", o.seed}};
+  }
+  const double total_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double rank = vicreg::rankme(test.features);
+  std::printf("%s on %s (%lld train / %lld test): top-1 %.2f %%, top-5 %.2f %%; RankMe of the "
+              "test representations %.1f of %lld; %.1f s (features %.1f s)\n",
+              args.protocol.c_str(), b.config.dataset.c_str(),
+              static_cast<long long>(train.data.size()), static_cast<long long>(test.data.size()),
+              100 * acc.top1, 100 * acc.top5, rank,
+              static_cast<long long>(test.features.size(1)), total_s, feature_s);
+  if (!args.json.empty()) {
+    const nlohmann::json doc = {{"protocol", args.protocol},       {"top1", acc.top1},
+                                {"top5", acc.top5},                {"backbone", args.backbone},
+                                {"dataset", b.config.dataset},     {"settings", settings},
+                                {"rankme", rank},                  {"seconds", total_s},
+                                {"train_samples", train.data.size()},
+                                {"test_samples", test.data.size()}};
+    std::ofstream out(args.json);
+    if (!out || !(out << doc.dump(2) << "\n")) {
+      throw std::runtime_error("--json: cannot write '" + args.json + "'");
+    }
+  }
+  return 0;
+}
+
+int run_embed(const EvalArgs& args) {
+  vicreg::set_threads(args.threads);
+  vicreg::Backbone b = vicreg::read_backbone(args.backbone);
+  const LoadedSplit s = represent_split(b, args, args.split);
+  vicreg::write_npy(args.out, s.features);
+  if (!args.labels_out.empty()) vicreg::write_npy(args.labels_out, s.data.require_labels());
+  std::printf("wrote %lld x %lld representations of the %s split to %s\n",
+              static_cast<long long>(s.features.size(0)),
+              static_cast<long long>(s.features.size(1)), args.split.c_str(), args.out.c_str());
+  return 0;
+}
+
+void add_eval_common(CLI::App* cmd, EvalArgs& a) {
+  cmd->add_option("--backbone", a.backbone, "A run's backbone.pt")
+      ->required()
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--data-dir", a.data_dir, "Where the data are (default: as in training)");
+  cmd->add_option("--threads", a.threads, "Intra-op threads (0: one per core)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--device", a.device, "cpu, cuda or cuda:N")->capture_default_str();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -339,6 +462,45 @@ int main(int argc, char** argv) {
                "checkpoint.pt, backbone.pt}");
   add_train_options(train_cmd, train_config, train_args);
 
+  EvalArgs eval_args;
+  CLI::App* eval_cmd = app.add_subcommand(
+      "eval", "Evaluate a pretrained backbone on its data set's test split: linear probe on "
+              "cached features, or cosine kNN; prints top-1/top-5 and RankMe");
+  add_eval_common(eval_cmd, eval_args);
+  eval_cmd->add_option("--protocol", eval_args.protocol, "linear or knn")
+      ->check(CLI::IsMember({"linear", "knn"}))
+      ->capture_default_str();
+  eval_cmd->add_option("--epochs", eval_args.epochs, "linear: epochs")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  eval_cmd->add_option("--batch-size", eval_args.batch_size, "linear: batch size")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  eval_cmd->add_option("--lr", eval_args.lr, "linear: learning rate (SGD, momentum 0.9, cosine)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  eval_cmd->add_option("--wd", eval_args.wd, "linear: weight decay")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  eval_cmd->add_option("--seed", eval_args.seed, "linear: seed")->capture_default_str();
+  eval_cmd->add_option("--k", eval_args.k, "knn: neighbours")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  eval_cmd->add_option("--temperature", eval_args.temperature, "knn: vote temperature")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  eval_cmd->add_option("--json", eval_args.json, "Also write the results to this JSON file");
+
+  EvalArgs embed_args;
+  CLI::App* embed_cmd = app.add_subcommand(
+      "embed", "Write a backbone's representations of a split as .npy (numpy.load reads it)");
+  add_eval_common(embed_cmd, embed_args);
+  embed_cmd->add_option("--out", embed_args.out, "Output .npy, [N, D] float32")->required();
+  embed_cmd->add_option("--labels-out", embed_args.labels_out, "Labels as .npy, [N] int64");
+  embed_cmd->add_option("--split", embed_args.split, "train or test")
+      ->check(CLI::IsMember({"train", "test"}))
+      ->capture_default_str();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -346,6 +508,8 @@ int main(int argc, char** argv) {
   }
   try {
     if (bench_cmd->parsed()) return run_bench_loss(bench);
+    if (eval_cmd->parsed()) return run_eval(eval_args);
+    if (embed_cmd->parsed()) return run_embed(embed_args);
     if (train_cmd->parsed()) return run_train(train_config, train_args);
   } catch (const vicreg::TrainingDiverged& e) {
     std::fprintf(stderr, "vicreg: error: %s; the last good checkpoint is kept (lower --base-lr, "

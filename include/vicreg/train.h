@@ -151,7 +151,15 @@ EncoderConfig encoder_config(const TrainConfig& config, const std::string& arch,
                              int64_t in_channels, int64_t image_size, int64_t in_features);
 
 /// A backbone.pt: the encoder rebuilt from the settings stored with it, weights loaded, in eval
-/// mode. Throws naming the file if it is missing or not a vicreg backbone.
+/// mode, with the run's config and the input shape it was trained on. Throws naming the file if it
+/// is missing or not a vicreg backbone (or its weights do not fit the stored architecture).
+struct Backbone {
+  Encoder encoder;
+  TrainConfig config;
+  int64_t in_channels = 0, image_size = 0, in_features = 0;
+};
+Backbone read_backbone(const std::string& path);
+/// read_backbone(path).encoder
 Encoder load_backbone(const std::string& path);
 
 }  // namespace vicreg
