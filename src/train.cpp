@@ -1,5 +1,6 @@
 #include "vicreg/train.h"
 
+#include "vicreg/evaluate.h"
 #include "vicreg/runtime.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -92,6 +93,8 @@ void TrainConfig::validate() const {
   check(!exp_dir.empty(), "--exp-dir must not be empty");
   check(log_every >= 1, "--log-every must be at least 1");
   check(max_steps >= 0, "--max-steps must be >= 0");
+  check(eval_every >= 0, "--eval-every must be >= 0 (0: never)");
+  check(eval_bank >= 0, "--eval-bank must be >= 0 (0: the whole training split)");
 }
 
 #define VICREG_CONFIG_FIELDS(X)                                                                 \
@@ -99,7 +102,7 @@ void TrainConfig::validate() const {
   X(encoder_mlp) X(mlp) X(shared_weights) X(arch_b) X(epochs) X(batch_size) X(base_lr) X(wd)    \
   X(optimizer) X(momentum) X(eta) X(clip_lr) X(warmup_epochs) X(end_lr_ratio) X(sim_coeff)      \
   X(std_coeff) X(cov_coeff) X(loss_preset) X(device) X(threads) X(workers) X(prefetch) X(seed)  \
-  X(exp_dir) X(log_every) X(max_steps)
+  X(exp_dir) X(log_every) X(max_steps) X(eval_every) X(eval_bank)
 
 nlohmann::json to_json(const TrainConfig& config) {
   nlohmann::json j;
@@ -302,6 +305,8 @@ Trainer::Trainer(TrainConfig config, std::string resume)
     merged.exp_dir = config_.exp_dir;
     merged.log_every = config_.log_every;
     merged.max_steps = config_.max_steps;
+    merged.eval_every = config_.eval_every;
+    merged.eval_bank = config_.eval_bank;
     if (!config_.data_dir.empty()) merged.data_dir = config_.data_dir;
     config_ = merged;
   }
@@ -320,6 +325,7 @@ Trainer::Trainer(TrainConfig config, std::string resume)
     const Recipe recipe = make_recipe(config_.resolved_recipe(), static_cast<int>(data_->channels),
                                       static_cast<int>(config_.image_size));
     image_size = recipe.view_a.crop.size;
+    image_size_ = image_size;
     transform = std::make_shared<ImageTwoViewTransform>(recipe);
   }
   LoaderOptions lo;
@@ -418,10 +424,13 @@ StepStats Trainer::train_step(const TwoViewBatch& batch) {
                                       e.what_without_backtrace());
   }
   terms.total.backward();
+  const torch::Tensor std_per_dim = out.z_a.detach().std(0);
+  last_y_ = out.y_a.detach();
+  last_z_ = out.z_a.detach();
   const torch::Tensor numbers =
       torch::stack({terms.total.detach().to(torch::kDouble), terms.invariance.detach().to(torch::kDouble),
                     terms.variance.detach().to(torch::kDouble), terms.covariance.detach().to(torch::kDouble),
-                    out.z_a.detach().std(0).mean().to(torch::kDouble)})
+                    std_per_dim.mean().to(torch::kDouble), std_per_dim.min().to(torch::kDouble)})
           .cpu();
   const double* n = numbers.data_ptr<double>();
   s.loss = n[0];
@@ -429,6 +438,7 @@ StepStats Trainer::train_step(const TwoViewBatch& batch) {
   s.variance = n[2];
   s.covariance = n[3];
   s.std_z = n[4];
+  s.std_z_min = n[5];
   if (!std::isfinite(s.loss)) {
     throw TrainingDiverged(step_, "training diverged at step " + std::to_string(step_) +
                                       ": the loss is " + std::to_string(s.loss));
@@ -450,10 +460,46 @@ struct Interval {
     sum.variance += s.variance;
     sum.covariance += s.covariance;
     sum.std_z += s.std_z;
+    sum.std_z_min += s.std_z_min;
   }
 };
 
 }  // namespace
+
+nlohmann::json Trainer::knn_probe() {
+  if (!test_data_) {
+    DatasetConfig dc;
+    dc.name = config_.dataset;
+    dc.data_dir = config_.data_dir;
+    dc.channels = config_.channels;
+    dc.split = "test";
+    test_data_ = std::make_shared<Dataset>(load_dataset(dc));
+    test_data_->require_labels();
+  }
+  // The bank: the first eval_bank training samples.
+  Dataset bank = *data_;
+  const int64_t n = config_.eval_bank > 0 ? std::min(config_.eval_bank, data_->size()) : data_->size();
+  if (bank.images.defined()) bank.images = bank.images.narrow(0, 0, n);
+  if (bank.vectors.defined()) bank.vectors = bank.vectors.narrow(0, 0, n);
+  if (!bank.files.empty()) bank.files.resize(static_cast<size_t>(n));
+  bank.labels = data_->require_labels().narrow(0, 0, n);
+  EvalTransform t;
+  if (!data_->is_vector()) {
+    t = eval_transform_for(config_.resolved_recipe(), static_cast<int>(data_->channels), image_size_);
+  }
+  const torch::Tensor xb = compute_representations(*model_->backbone, bank, t, 512, device_);
+  const torch::Tensor xq = compute_representations(*model_->backbone, *test_data_, t, 512, device_);
+  const int64_t classes =
+      std::max(bank.labels.max().item<int64_t>(), test_data_->labels.max().item<int64_t>()) + 1;
+  const Accuracy a = accuracy(knn_scores(xb, bank.labels, xq, 20, 0.07, classes), test_data_->labels);
+  return {{"event", "knn"},
+          {"step", step_},
+          {"epoch", static_cast<double>(step_) / loader_->batches_per_epoch()},
+          {"knn_top1", a.top1},
+          {"knn_top5", a.top5},
+          {"bank", n},
+          {"rankme_representation", rankme(xq)}};
+}
 
 TrainResult Trainer::run(const TrainHooks& hooks) {
   fs::create_directories(config_.exp_dir);
@@ -521,6 +567,9 @@ TrainResult Trainer::run(const TrainHooks& hooks) {
                              {"variance", interval.sum.variance * k},
                              {"covariance", interval.sum.covariance * k},
                              {"std_z", interval.sum.std_z * k},
+                             {"std_z_min", interval.sum.std_z_min * k},
+                             {"rankme_y", rankme(last_y_.to(torch::kCPU))},
+                             {"rankme_z", rankme(last_z_.to(torch::kCPU))},
                              {"images_per_s", ips},
                              {"data_wait_fraction", wait / std::max(dt, 1e-9)},
                              {"elapsed_s", elapsed}};
@@ -550,6 +599,17 @@ TrainResult Trainer::run(const TrainHooks& hooks) {
       interval = {};
       t_interval = std::chrono::steady_clock::now();
       wait_at_interval = loader_->wait_seconds();
+    }
+    if (epoch_end && config_.eval_every > 0 && (step_ / per_epoch) % config_.eval_every == 0) {
+      const nlohmann::json probe = knn_probe();
+      metrics << probe.dump() << "\n" << std::flush;
+      if (plain || bar) {
+        std::fprintf(stderr, "%sepoch %lld kNN top-1 %.2f %% top-5 %.2f %% (bank %lld), RankMe %.1f\n",
+                     bar ? "\n" : "", static_cast<long long>(step_ / per_epoch),
+                     100 * probe["knn_top1"].get<double>(), 100 * probe["knn_top5"].get<double>(),
+                     static_cast<long long>(probe["bank"].get<int64_t>()),
+                     probe["rankme_representation"].get<double>());
+      }
     }
     if (epoch_end || stop || step_ == stop_at) {
       const double session = seconds_since(t0);

@@ -272,4 +272,31 @@ TEST_F(Train, BackboneWhoseWeightsDoNotFitItsArchitectureIsRejected) {
   }
 }
 
+TEST_F(Train, OnlineKnnProbeAndCollapseDiagnosticsInTheMetrics) {
+  vicreg::testing::write_idx_dataset(dir_ / "data", 40, 16, 5, "t10k");
+  auto c = small("probe");
+  c.epochs = 2;
+  c.eval_every = 1;
+  c.eval_bank = 60;
+  vicreg::Trainer(c).run({"none"});
+  const auto metrics = read_metrics(fs::path(c.exp_dir) / "metrics.jsonl");
+  std::vector<nlohmann::json> probes;
+  for (const auto& m : metrics) {
+    if (m.contains("event")) {
+      probes.push_back(m);
+    } else {
+      EXPECT_LE(m["std_z_min"].get<double>(), m["std_z"].get<double>());
+      EXPECT_GE(m["rankme_y"].get<double>(), 1.0);
+      EXPECT_LE(m["rankme_z"].get<double>(), 16.0 + 1e-6);  // at most the batch size
+    }
+  }
+  ASSERT_EQ(probes.size(), 2u);
+  EXPECT_EQ(probes[0]["event"], "knn");
+  EXPECT_EQ(probes[0]["step"], 6);
+  EXPECT_EQ(probes[1]["bank"], 60);
+  // Ten well-separated classes (the place of a bright square): far above chance (10 %).
+  EXPECT_GE(probes[1]["knn_top1"].get<double>(), 0.3);
+  EXPECT_GE(probes[1]["knn_top5"].get<double>(), probes[1]["knn_top1"].get<double>());
+}
+
 }  // namespace

@@ -261,6 +261,11 @@ void add_train_options(CLI::App* cmd, vicreg::TrainConfig& c, TrainArgs& a) {
   cmd->add_option("--max-steps", c.max_steps,
                   "Stop after this many optimizer steps in all (the schedule still follows "
                   "--epochs; 0: no limit)")->capture_default_str();
+  cmd->add_option("--eval-every", c.eval_every,
+                  "kNN probe (k 20, T 0.07) on the test split every N epochs, logged to "
+                  "metrics.jsonl (0: never)")->capture_default_str();
+  cmd->add_option("--eval-bank", c.eval_bank,
+                  "Training samples in the kNN bank of --eval-every (0: all)")->capture_default_str();
   cmd->add_option("--resume", a.resume,
                   "Continue from this checkpoint (by default, from EXP_DIR/checkpoint.pt if it "
                   "exists)");

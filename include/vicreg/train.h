@@ -64,6 +64,8 @@ struct TrainConfig {
   std::string exp_dir = "runs/fashion-mnist";
   int64_t log_every = 20;        ///< steps per metrics line
   int64_t max_steps = 0;         ///< stop after this many steps in all (0: no limit)
+  int64_t eval_every = 0;        ///< kNN probe on the test split every N epochs (0: never)
+  int64_t eval_bank = 10000;     ///< training samples in the kNN bank (the first ones; 0: all)
 
   /// Throws std::invalid_argument naming the field for impossible values (unknown names,
   /// batch < 2, epochs < 1, negative rates, ...). Data-dependent checks happen in Trainer.
@@ -87,7 +89,8 @@ class TrainingDiverged : public std::runtime_error {
 
 /// One optimizer step's numbers.
 struct StepStats {
-  double loss = 0, invariance = 0, variance = 0, covariance = 0, std_z = 0, lr = 0;
+  double loss = 0, invariance = 0, variance = 0, covariance = 0, lr = 0;
+  double std_z = 0, std_z_min = 0;  ///< mean and min over dimensions of the std of z_a
 };
 
 struct TrainResult {
@@ -127,6 +130,9 @@ class Trainer {
 
  private:
   void load_checkpoint(const std::string& path);
+  /// The kNN probe of the current backbone (bank: eval_bank training samples; queries: the test
+  /// split); returns the metrics line.
+  nlohmann::json knn_probe();
 
   TrainConfig config_;
   torch::Device device_;
@@ -137,7 +143,10 @@ class Trainer {
   WarmupCosineSchedule schedule_;
   VICRegLossOptions loss_options_;
   int64_t step_ = 0;
-  double elapsed_before_ = 0;  ///< wall seconds of earlier sessions (resume)
+  double elapsed_before_ = 0;
+  int64_t image_size_ = 0;
+  torch::Tensor last_y_, last_z_;  ///< the last step's representations and embeddings (view a)
+  std::shared_ptr<Dataset> test_data_;  ///< loaded on the first kNN probe  ///< wall seconds of earlier sessions (resume)
 };
 
 /// Writes `archive` to `path` atomically: path.tmp, fsync, rename, fsync of the directory.
