@@ -308,6 +308,18 @@ Trainer::Trainer(TrainConfig config, std::string resume)
     merged.eval_every = config_.eval_every;
     merged.eval_bank = config_.eval_bank;
     if (!config_.data_dir.empty()) merged.data_dir = config_.data_dir;
+    // Say which of the new settings the checkpoint overrides, rather than ignore them silently.
+    const nlohmann::json asked = to_json(config_), kept = to_json(merged);
+    std::string ignored;
+    for (const auto& [key, value] : asked.items()) {
+      std::string flag = key;
+      std::replace(flag.begin(), flag.end(), '_', '-');
+      if (kept[key] != value) ignored += " --" + flag + " " + value.dump();
+    }
+    if (!ignored.empty()) {
+      std::fprintf(stderr, "vicreg train: resuming from '%s', whose settings are kept; ignoring%s\n",
+                   resume.c_str(), ignored.c_str());
+    }
     config_ = merged;
   }
 

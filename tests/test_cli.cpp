@@ -194,6 +194,10 @@ TEST_F(CliTrain, TrainsWritesTheExperimentDirAndResumes) {
   EXPECT_NE(r.err.find("resuming at step 4"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("finished at step 12/12"), std::string::npos) << r.err;
   EXPECT_TRUE(fs::exists(dir_ / "exp" / "backbone.pt"));
+  // Model settings that differ from the checkpoint's are named, not silently dropped.
+  r = run(small("exp", "--mlp 16-16 --progress plain"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("ignoring --mlp \"16-16\""), std::string::npos) << r.err;
 }
 
 TEST_F(CliTrain, ConfigFileWithFlagOverrides) {
