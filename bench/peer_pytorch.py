@@ -2,7 +2,8 @@
 """The PyTorch peers of bench/train_bench.cpp, run by scripts/bench-train.sh on the same machine.
 
   train:    the default vicreg configuration as a plain PyTorch loop (ConvNet 4x2 convs width 32,
-            expander 1024-1024-1024, batch 256, the facebookresearch/vicreg loss and LARS,
+            expander 1024-1024-1024, batch 128, the facebookresearch/vicreg loss, AdamW with 1-D
+            parameters out of weight decay,
             torchvision augmentations of the fashion-mnist recipe, DataLoader with 2 workers).
   augment:  facebookresearch/vicreg's per-image ImageNet pipeline (PIL decode + two 224-px views,
             torchvision transforms) on one core, over the JPEGs train_bench writes.
@@ -67,32 +68,6 @@ def vicreg_loss(x, y, sim=25.0, std=25.0, cov=1.0):  # facebookresearch/vicreg m
     return sim * repr_loss + std * std_loss + cov * cov_loss
 
 
-class LARS(torch.optim.Optimizer):  # facebookresearch/vicreg main_vicreg.py
-    def __init__(self, params, lr, weight_decay=0, momentum=0.9, eta=0.001):
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta))
-
-    @torch.no_grad()
-    def step(self):
-        for g in self.param_groups:
-            for p in g["params"]:
-                dp = p.grad
-                if dp is None:
-                    continue
-                if p.ndim != 1:
-                    dp = dp.add(p, alpha=g["weight_decay"])
-                    param_norm, update_norm = torch.norm(p), torch.norm(dp)
-                    one = torch.ones_like(param_norm)
-                    q = torch.where(param_norm > 0.0,
-                                    torch.where(update_norm > 0, (g["eta"] * param_norm / update_norm), one), one)
-                    dp = dp.mul(q)
-                state = self.state[p]
-                if "mu" not in state:
-                    state["mu"] = torch.zeros_like(p)
-                mu = state["mu"]
-                mu.mul_(g["momentum"]).add_(dp)
-                p.add_(mu, alpha=-g["lr"])
-
-
 class FashionPairs(torch.utils.data.Dataset):
     def __init__(self):
         self.images = fashion_mnist()
@@ -115,8 +90,10 @@ def bench_train(args):
     backbone = ConvNet()
     proj = projector(256)
     params = list(backbone.parameters()) + list(proj.parameters())
-    opt = LARS(params, lr=1.0, weight_decay=1e-6)
-    loader = torch.utils.data.DataLoader(FashionPairs(), batch_size=256, shuffle=True, drop_last=True,
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1]},
+                             {"params": [p for p in params if p.ndim == 1], "weight_decay": 0.0}],
+                            lr=1e-3, weight_decay=1e-6)
+    loader = torch.utils.data.DataLoader(FashionPairs(), batch_size=args.batch, shuffle=True, drop_last=True,
                                          num_workers=args.workers, persistent_workers=True)
     it = iter(loader)
     def step():
@@ -132,7 +109,7 @@ def bench_train(args):
         step()
     dt = time.perf_counter() - t0
     return {"peer": "pytorch-train", "threads": args.threads, "workers": args.workers,
-            "steps": args.steps, "images_per_s": 2 * 256 * args.steps / dt,
+            "steps": args.steps, "batch": args.batch, "images_per_s": 2 * args.batch * args.steps / dt,
             "torch": torch.__version__}
 
 
@@ -184,7 +161,8 @@ if __name__ == "__main__":
     ap.add_argument("what", choices=["train", "augment"])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--jpeg-dir", default="/tmp/vicreg_bench_jpeg")
     a = ap.parse_args()

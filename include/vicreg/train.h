@@ -43,10 +43,10 @@ struct TrainConfig {
   std::string arch_b;            ///< second branch's arch without shared weights (empty: arch)
   // optimisation
   int64_t epochs = 12;
-  int64_t batch_size = 256;
-  double base_lr = 1.0;          ///< lr = base_lr * batch / 256 (LARS, SGD); AdamW: lr = base_lr
+  int64_t batch_size = 128;
+  double base_lr = 1e-3;          ///< lr = base_lr * batch / 256 (LARS, SGD); AdamW: lr = base_lr
   double wd = 1e-6;
-  std::string optimizer = "lars";
+  std::string optimizer = "adamw";
   double momentum = 0.9;
   double eta = 1e-3;
   bool clip_lr = false;
