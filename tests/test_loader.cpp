@@ -86,7 +86,7 @@ TEST(Loader, RejectsImpossibleOptions) {
   EXPECT_THROW(vicreg::TwoViewLoader(data, fmnist(), {11, 1, 1, 0}), std::invalid_argument);
   EXPECT_THROW(vicreg::TwoViewLoader(data, fmnist(), {4, 0, 1, 0}), std::invalid_argument);
   auto rgb = images(10, 12, 3);
-  // A grayscale recipe's statistics do not fit RGB data only if forced; make_recipe adapts them.
+  // make_recipe sizes the statistics for the data's channels; a 1-channel recipe on RGB data fails.
   EXPECT_NO_THROW(vicreg::TwoViewLoader(rgb, std::make_shared<vicreg::ImageTwoViewTransform>(
                                                  vicreg::make_recipe("fashion-mnist", 3, 12)),
                                         {4, 1, 1, 0}));
