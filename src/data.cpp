@@ -384,6 +384,27 @@ torch::Tensor Dataset::require_labels() const {
   return labels;
 }
 
+Dataset Dataset::subset(const torch::Tensor& indices) const {
+  TORCH_CHECK(indices.dim() == 1, "Dataset::subset: indices must be [K], got ", indices.sizes());
+  const torch::Tensor idx = indices.to(torch::kLong);
+  if (idx.numel() > 0) {
+    TORCH_CHECK(idx.min().item<int64_t>() >= 0 && idx.max().item<int64_t>() < size(),
+                "Dataset::subset: an index is out of range [0, ", size(), ")");
+  }
+  Dataset out;
+  out.name = name;
+  out.classes = classes;
+  out.channels = channels;
+  if (images.defined()) out.images = images.index_select(0, idx).contiguous();
+  if (vectors.defined()) out.vectors = vectors.index_select(0, idx).contiguous();
+  if (labels.defined()) out.labels = labels.index_select(0, idx);
+  if (!files.empty()) {
+    const int64_t* p = idx.data_ptr<int64_t>();
+    for (int64_t i = 0; i < idx.numel(); ++i) out.files.push_back(files[static_cast<size_t>(p[i])]);
+  }
+  return out;
+}
+
 const std::vector<std::string>& dataset_names() {
   static const std::vector<std::string> kNames = {"fashion-mnist", "mnist", "cifar10",
                                                   "cifar100", "image-folder", "npy"};

@@ -8,8 +8,11 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/optim/sgd.h>
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <stdexcept>
 
 namespace vicreg {
@@ -170,6 +173,160 @@ torch::Tensor knn_scores(const torch::Tensor& bank_x, const torch::Tensor& bank_
     out.push_back(votes);
   }
   return torch::cat(out);
+}
+
+CollapseStats collapse_stats(const torch::Tensor& z) {
+  TORCH_CHECK(z.dim() == 2 && z.size(0) >= 2 && z.size(1) >= 1,
+              "collapse_stats: expected [N, D] with N >= 2, got ", z.sizes());
+  const torch::Tensor x = z.to(torch::kCPU, torch::kDouble);
+  const int64_t n = x.size(0), d = x.size(1);
+  const torch::Tensor centred = x - x.mean(0, /*keepdim=*/true);
+  const torch::Tensor var = centred.pow(2).sum(0) / static_cast<double>(n - 1);
+  const torch::Tensor std = var.sqrt();
+  // sum_{i != j} C_ij^2 = ||C||_F^2 - sum_i C_ii^2, with ||C||_F = ||X X^T||_F / (n - 1) through
+  // the smaller of the two Gram matrices.
+  const torch::Tensor gram = n < d ? centred.mm(centred.t()) : centred.t().mm(centred);
+  const double frob2 = gram.pow(2).sum().item<double>() / std::pow(static_cast<double>(n - 1), 2);
+  CollapseStats s;
+  s.dim = d;
+  s.std_mean = std.mean().item<double>();
+  s.std_min = std.min().item<double>();
+  s.covariance = std::max(0.0, frob2 - var.pow(2).sum().item<double>()) / static_cast<double>(d);
+  s.rankme = rankme(x);
+  return s;
+}
+
+torch::Tensor balanced_subset(const torch::Tensor& labels, double fraction, uint64_t seed) {
+  TORCH_CHECK(labels.dim() == 1 && labels.numel() > 0, "balanced_subset: expected labels [N]");
+  TORCH_CHECK(fraction > 0 && fraction <= 1, "--label-fraction must be in (0, 1], got ", fraction);
+  const torch::Tensor y = labels.to(torch::kCPU, torch::kLong).contiguous();
+  std::map<int64_t, std::vector<int64_t>> by_class;
+  const int64_t* p = y.data_ptr<int64_t>();
+  for (int64_t i = 0; i < y.numel(); ++i) by_class[p[i]].push_back(i);
+  torch::Generator gen = at::detail::createCPUGenerator(seed);
+  std::vector<torch::Tensor> picked;
+  for (const auto& [label, members] : by_class) {
+    const auto count = static_cast<int64_t>(members.size());
+    const int64_t take = std::max<int64_t>(1, std::llround(fraction * static_cast<double>(count)));
+    const torch::Tensor order = torch::randperm(count, gen).narrow(0, 0, take);
+    picked.push_back(torch::tensor(members, torch::kLong).index_select(0, order));
+  }
+  return std::get<0>(torch::cat(picked).sort());
+}
+
+ViewConfig classifier_augmentation(const std::string& recipe, int channels, int64_t size) {
+  ViewConfig v = make_recipe(recipe, channels, static_cast<int>(size)).view_a;
+  v.flip_p = 0.5;
+  v.jitter_p = 0;
+  v.grayscale_p = 0;
+  v.blur_p = 0;
+  v.solarize_p = 0;
+  return v;
+}
+
+namespace {
+
+/// Samples idx[0..b) of `data`, each augmented with its own seed for (seed, epoch, index).
+torch::Tensor augmented_batch(const Dataset& data, const torch::Tensor& idx,
+                              const ViewConfig& augment, uint64_t seed, int64_t epoch) {
+  if (data.is_vector()) return data.vectors.index_select(0, idx);
+  const int64_t b = idx.numel(), c = data.channels, s = augment.crop.size;
+  torch::Tensor x = torch::empty({b, c, s, s}, torch::kFloat);
+  float* dst = x.data_ptr<float>();
+  const int64_t* p = idx.data_ptr<int64_t>();
+  at::parallel_for(0, b, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      Rng rng(sample_seed(seed, epoch, p[i]));
+      augment.apply(data.image(p[i]), rng, dst + i * c * s * s);
+    }
+  });
+  return x;
+}
+
+}  // namespace
+
+Accuracy train_classifier(EncoderImpl& encoder, const Dataset& train, const Dataset& test,
+                          const ViewConfig& augment, const EvalTransform& eval,
+                          const ClassifierOptions& options, const torch::Device& device) {
+  TORCH_CHECK(options.epochs >= 1 && options.batch_size >= 1 && options.lr_head > 0 &&
+                  options.lr_backbone >= 0 && options.weight_decay >= 0,
+              "train_classifier: epochs, batch size and head lr must be positive, the backbone "
+              "lr and weight decay >= 0");
+  const torch::Tensor ytr = train.require_labels().to(torch::kLong);
+  const torch::Tensor yte = test.require_labels().to(torch::kLong);
+  TORCH_CHECK(ytr.numel() > 0 && ytr.min().item<int64_t>() >= 0,
+              "train_classifier: labels must be >= 0");
+  const int64_t classes = std::max(ytr.max().item<int64_t>(), yte.max().item<int64_t>()) + 1;
+  const bool frozen = options.lr_backbone == 0 || encoder.parameters().empty();
+
+  torch::manual_seed(options.seed);
+  torch::nn::Linear head(encoder.output_dim(), classes);
+  {
+    torch::NoGradGuard no_grad;
+    head->weight.normal_(0, 0.01);
+    head->bias.zero_();
+  }
+  head->to(device);
+  const auto sgd = [&](double lr) {
+    return std::make_unique<torch::optim::SGDOptions>(torch::optim::SGDOptions(lr)
+                                                          .momentum(options.momentum)
+                                                          .weight_decay(options.weight_decay));
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(head->parameters(), sgd(options.lr_head));
+  std::vector<double> peak = {options.lr_head};
+  if (!frozen) {
+    groups.emplace_back(encoder.parameters(), sgd(options.lr_backbone));
+    peak.push_back(options.lr_backbone);
+  }
+  torch::optim::SGD opt(groups, *sgd(options.lr_head));
+
+  const int64_t n = train.size();
+  const int64_t batch = std::min(options.batch_size, n);
+  const int64_t steps_per_epoch = (n + batch - 1) / batch;
+  const int64_t total = options.epochs * steps_per_epoch;
+  torch::Generator gen = at::detail::createCPUGenerator(options.seed);
+  if (frozen) {
+    encoder.eval();
+  } else {
+    encoder.train();
+  }
+  int64_t step = 0;
+  for (int64_t epoch = 0; epoch < options.epochs; ++epoch) {
+    const torch::Tensor order = torch::randperm(n, gen);
+    for (int64_t start = 0; start < n; start += batch, ++step) {
+      const int64_t b = std::min(batch, n - start);
+      if (b < 2 && !frozen) continue;  // BatchNorm in train mode needs two samples
+      const double factor = 0.5 * (1 + std::cos(M_PI * static_cast<double>(step) / total));
+      for (size_t g = 0; g < opt.param_groups().size(); ++g) {
+        static_cast<torch::optim::SGDOptions&>(opt.param_groups()[g].options())
+            .lr(peak[g] * factor);
+      }
+      const torch::Tensor idx = order.narrow(0, start, b);
+      const torch::Tensor x = augmented_batch(train, idx, augment, options.seed, epoch).to(device);
+      torch::Tensor features;
+      if (frozen) {
+        torch::NoGradGuard no_grad;
+        features = encoder.forward(x);
+      } else {
+        features = encoder.forward(x);
+      }
+      opt.zero_grad();
+      const torch::Tensor loss =
+          F::cross_entropy(head(features), ytr.index_select(0, idx).to(device));
+      if (!std::isfinite(loss.item<double>())) {
+        throw std::runtime_error("train_classifier: the loss became " +
+                                 std::to_string(loss.item<double>()) + " at step " +
+                                 std::to_string(step) + " (lower the learning rates)");
+      }
+      loss.backward();
+      opt.step();
+    }
+  }
+  encoder.eval();
+  const torch::Tensor features = compute_representations(encoder, test, eval, 512, device);
+  torch::NoGradGuard no_grad;
+  return accuracy(head(features.to(device)).cpu(), yte);
 }
 
 double rankme(const torch::Tensor& x) {

@@ -278,6 +278,41 @@ Backbone read_backbone(const std::string& path) {
 
 Encoder load_backbone(const std::string& path) { return read_backbone(path).encoder; }
 
+VICRegModelConfig model_config(const TrainConfig& config, const Dataset& data) {
+  int64_t image_size = 0;
+  if (!data.is_vector()) {
+    image_size = make_recipe(config.resolved_recipe(), static_cast<int>(data.channels),
+                             static_cast<int>(config.image_size))
+                     .view_a.crop.size;
+  }
+  VICRegModelConfig mc;
+  mc.encoder = encoder_config(config, config.arch, data.channels, image_size, data.features());
+  mc.encoder_b = encoder_config(config, config.arch_b.empty() ? config.arch : config.arch_b,
+                                data.channels, image_size, data.features());
+  mc.mlp = config.mlp;
+  mc.shared_weights = config.shared_weights;
+  return mc;
+}
+
+TrainedModel read_model(const std::string& checkpoint, const Dataset& data) {
+  TrainedModel m;
+  m.config = read_checkpoint_config(checkpoint);
+  torch::serialize::InputArchive archive;
+  load_archive(archive, checkpoint, "checkpoint");
+  try {
+    m.model = VICReg(model_config(m.config, data));
+    torch::serialize::InputArchive model_archive;
+    archive.read("model", model_archive);
+    load_module_checked(*m.model, model_archive);
+    m.step = read_int(archive, "step");
+  } catch (const std::exception& e) {
+    throw std::runtime_error("checkpoint '" + checkpoint + "' does not fit the model it describes "
+                             "on this data (" + data.name + "): " + e.what());
+  }
+  m.model->eval();
+  return m;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Trainer
 
@@ -330,14 +365,12 @@ Trainer::Trainer(TrainConfig config, std::string resume)
   data_ = std::make_shared<Dataset>(load_dataset(dc));
 
   std::shared_ptr<TwoViewTransform> transform;
-  int64_t image_size = 0;
   if (data_->is_vector()) {
     transform = std::make_shared<VectorTwoViewTransform>(VectorAugment{});
   } else {
     const Recipe recipe = make_recipe(config_.resolved_recipe(), static_cast<int>(data_->channels),
                                       static_cast<int>(config_.image_size));
-    image_size = recipe.view_a.crop.size;
-    image_size_ = image_size;
+    image_size_ = recipe.view_a.crop.size;
     transform = std::make_shared<ImageTwoViewTransform>(recipe);
   }
   LoaderOptions lo;
@@ -348,13 +381,7 @@ Trainer::Trainer(TrainConfig config, std::string resume)
   loader_ = std::make_unique<TwoViewLoader>(data_, transform, lo);
 
   torch::manual_seed(config_.seed);
-  VICRegModelConfig mc;
-  mc.encoder = encoder_config(config_, config_.arch, data_->channels, image_size, data_->features());
-  mc.encoder_b = encoder_config(config_, config_.arch_b.empty() ? config_.arch : config_.arch_b,
-                                data_->channels, image_size, data_->features());
-  mc.mlp = config_.mlp;
-  mc.shared_weights = config_.shared_weights;
-  model_ = VICReg(mc);
+  model_ = VICReg(model_config(config_, *data_));
   model_->to(device_);
 
   OptimizerConfig oc;
@@ -489,12 +516,9 @@ nlohmann::json Trainer::knn_probe() {
     test_data_->require_labels();
   }
   // The bank: the first eval_bank training samples.
-  Dataset bank = *data_;
   const int64_t n = config_.eval_bank > 0 ? std::min(config_.eval_bank, data_->size()) : data_->size();
-  if (bank.images.defined()) bank.images = bank.images.narrow(0, 0, n);
-  if (bank.vectors.defined()) bank.vectors = bank.vectors.narrow(0, 0, n);
-  if (!bank.files.empty()) bank.files.resize(static_cast<size_t>(n));
-  bank.labels = data_->require_labels().narrow(0, 0, n);
+  data_->require_labels();
+  const Dataset bank = data_->subset(torch::arange(n));
   EvalTransform t;
   if (!data_->is_vector()) {
     t = eval_transform_for(config_.resolved_recipe(), static_cast<int>(data_->channels), image_size_);

@@ -302,7 +302,10 @@ TEST_F(CliTrain, EvalAndEmbedATrainedBackbone) {
   Result r = run("eval --threads 1 --protocol knn --backbone " + backbone + " --json " +
                  knn_json.string());
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_NE(r.out.find("knn on mnist (96 train / 50 test): top-1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("knn on the representation of " + backbone +
+                       ", mnist (96 train / 50 test): top-1"),
+            std::string::npos)
+      << r.out;
   auto doc = nlohmann::json::parse(slurp(knn_json));
   EXPECT_EQ(doc["protocol"], "knn");
   EXPECT_GE(doc["top1"].get<double>(), 0.0);
@@ -338,6 +341,86 @@ TEST_F(CliTrain, EvalAndEmbedATrainedBackbone) {
   r = run("eval --backbone " + backbone + " --data-dir " + (dir_ / "nowhere").string());
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("no such file"), std::string::npos) << r.err;
+}
+
+TEST_F(CliTrain, EvalCheckpointEmbeddingFinetuneAndBaselines) {
+  vicreg::testing::write_idx_dataset(dir_ / "data", 50, 16, 2, "t10k");
+  ASSERT_EQ(run(small("ev", "--max-steps 3 --progress none")).code, 0);
+  const std::string checkpoint = (dir_ / "ev" / "checkpoint.pt").string();
+  const std::string backbone = (dir_ / "ev" / "backbone.pt").string();
+  const fs::path json = dir_ / "out.json";
+  const auto eval = [&](const std::string& args) {
+    const Result r = run("eval --threads 1 --json " + json.string() + " " + args);
+    EXPECT_EQ(r.code, 0) << args << "\n" << r.err;
+    return std::make_pair(r, nlohmann::json::parse(slurp(json)));
+  };
+
+  // kNN on the embedding: the expander's 32-d output; diagnostics of both spaces.
+  auto [r, doc] = eval("--protocol knn --embedding --checkpoint " + checkpoint);
+  EXPECT_EQ(doc["features"], "embedding");
+  EXPECT_EQ(doc["checkpoint"], checkpoint);
+  EXPECT_EQ(doc["diagnostics"]["embedding"]["dim"], 32);
+  EXPECT_EQ(doc["diagnostics"]["representation"]["dim"], 32);
+  for (const char* key : {"std_mean", "std_min", "covariance", "rankme"}) {
+    EXPECT_TRUE(doc["diagnostics"]["embedding"][key].is_number()) << key;
+  }
+  EXPECT_LE(doc["diagnostics"]["embedding"]["std_min"].get<double>(),
+            doc["diagnostics"]["embedding"]["std_mean"].get<double>());
+  EXPECT_NE(r.out.find("test embedding: std mean"), std::string::npos) << r.out;
+  // The checkpoint's backbone is the backbone.pt's: the same kNN result on the representation.
+  const double knn_checkpoint =
+      eval("--protocol knn --checkpoint " + checkpoint).second["top1"].get<double>();
+  EXPECT_DOUBLE_EQ(eval("--protocol knn --backbone " + backbone).second["top1"].get<double>(),
+                   knn_checkpoint);
+
+  // Fine-tuning on a class-balanced tenth: 10 classes x round(0.1 * 9.6) = 10 samples.
+  std::tie(r, doc) = eval("--protocol finetune --label-fraction 0.1 --epochs 2 --backbone " +
+                          backbone);
+  EXPECT_EQ(doc["protocol"], "finetune");
+  EXPECT_EQ(doc["train_samples"], 10);
+  EXPECT_EQ(doc["settings"]["label_fraction"], 0.1);
+  EXPECT_EQ(doc["settings"]["lr_backbone"], 0.01);
+  EXPECT_EQ(doc["settings"]["epochs"], 2);
+  // The linear probe on augmented images through the frozen backbone.
+  std::tie(r, doc) = eval("--protocol linear --augment --epochs 2 --backbone " + backbone);
+  EXPECT_EQ(doc["settings"]["augment"], true);
+  EXPECT_EQ(doc["settings"]["lr_backbone"], 0.0);
+
+  // Baselines: raw pixels (16 x 16 x 1 = 256 features) and the untrained model of the run's
+  // config.json.
+  const std::string config = " --config " + (dir_ / "ev" / "config.json").string();
+  std::tie(r, doc) = eval("--protocol linear --epochs 5 --baseline pixels" + config);
+  EXPECT_EQ(doc["baseline"], "pixels");
+  EXPECT_EQ(doc["diagnostics"]["representation"]["dim"], 256);
+  std::tie(r, doc) = eval("--protocol knn --baseline random-init" + config);
+  EXPECT_EQ(doc["diagnostics"]["representation"]["dim"], 32);
+  EXPECT_NE(doc["top1"].get<double>(), knn_checkpoint);
+
+  // embed --embedding writes the expander's output.
+  const fs::path emb = dir_ / "z.npy";
+  ASSERT_EQ(run("embed --threads 1 --embedding --checkpoint " + checkpoint + " --out " +
+                emb.string()).code, 0);
+  EXPECT_EQ(vicreg::read_npy(emb.string()).sizes(), (std::vector<int64_t>{50, 32}));
+
+  // Impossible combinations say what to do instead.
+  const struct {
+    std::string args, message;
+  } bad[] = {
+      {"eval --embedding --backbone " + backbone, "--embedding needs the expander"},
+      {"eval --backbone " + backbone + " --checkpoint " + checkpoint, "exactly one of"},
+      {"eval --protocol knn", "exactly one of"},
+      {"eval --baseline pixels --config /nonexistent.json", "cannot read"},
+      {"eval --backbone " + backbone + config, "--config applies to --baseline only"},
+      {"eval --protocol finetune --embedding --checkpoint " + checkpoint, "fixed embeddings"},
+      {"eval --protocol finetune --label-fraction 0 --backbone " + backbone, "label-fraction"},
+      {"eval --protocol finetune --label-fraction 1.5 --backbone " + backbone, "label-fraction"},
+      {"eval --baseline imagenet", "baseline"},
+  };
+  for (const auto& c : bad) {
+    const Result b = run(c.args);
+    EXPECT_NE(b.code, 0) << c.args;
+    EXPECT_NE(b.err.find(c.message), std::string::npos) << c.args << "\n" << b.err;
+  }
 }
 
 }  // namespace

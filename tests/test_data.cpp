@@ -282,6 +282,30 @@ TEST_F(Readers, ImageFolderWithClassesAndWithout) {
 // ---------------------------------------------------------------------------------------------
 // load_dataset
 
+TEST(DatasetTest, SubsetGathersSamplesAndLabels) {
+  vicreg::Dataset d;
+  d.name = "x";
+  d.channels = 1;
+  d.images = torch::arange(5 * 2 * 2, torch::kUInt8).reshape({5, 2, 2, 1});
+  d.labels = torch::tensor({10, 11, 12, 13, 14}, torch::kLong);
+  const auto s = d.subset(torch::tensor({3, 0, 3}, torch::kLong));
+  ASSERT_EQ(s.size(), 3);
+  EXPECT_TRUE(s.images[0].equal(d.images[3]));
+  EXPECT_TRUE(s.images[1].equal(d.images[0]));
+  EXPECT_TRUE(s.labels.equal(torch::tensor({13, 10, 13}, torch::kLong)));
+  EXPECT_EQ(s.channels, 1);
+  EXPECT_EQ(s.image(0).at<uint8_t>(1, 1), d.image(3).at<uint8_t>(1, 1));
+  vicreg::Dataset f;
+  f.files = {"a.png", "b.png", "c.png"};
+  EXPECT_EQ(f.subset(torch::tensor({2, 1}, torch::kLong)).files,
+            (std::vector<std::string>{"c.png", "b.png"}));
+  vicreg::Dataset v;
+  v.vectors = torch::arange(6, torch::kFloat).reshape({3, 2});
+  EXPECT_TRUE(v.subset(torch::tensor({1}, torch::kLong)).vectors.equal(v.vectors.narrow(0, 1, 1)));
+  EXPECT_THROW(d.subset(torch::tensor({5}, torch::kLong)), c10::Error);
+  EXPECT_THROW(d.subset(torch::tensor({-1}, torch::kLong)), c10::Error);
+}
+
 TEST_F(Readers, LoadDatasetByName) {
   // IDX in a folder, as Debian ships Fashion-MNIST (gzip) or as raw files.
   write("train-images-idx3-ubyte.gz", idx({3, 2, 3}, kPixels), true);

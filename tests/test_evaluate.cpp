@@ -1,4 +1,5 @@
 #include "vicreg/evaluate.h"
+#include "vicreg/models.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -75,6 +76,120 @@ TEST(Evaluate, RankMeOfMatricesOfKnownRank) {
   EXPECT_GT(r, 1.5);
   EXPECT_LE(r, 3.0 + 1e-6);
   EXPECT_NEAR(vicreg::rankme(torch::ones({20, 8})), 1.0, 1e-6);  // collapsed
+}
+
+TEST(Evaluate, CollapseStatsMatchTheDefinitions) {
+  torch::manual_seed(3);
+  for (const auto& shape : {std::make_pair(40, 6), std::make_pair(5, 12)}) {  // n > d and n < d
+    const auto z = torch::randn({shape.first, shape.second}, torch::kDouble) *
+                   torch::linspace(0.5, 2.0, shape.second, torch::kDouble);
+    const auto s = vicreg::collapse_stats(z);
+    const auto std = z.std(0);
+    EXPECT_NEAR(s.std_mean, std.mean().item<double>(), 1e-12);
+    EXPECT_NEAR(s.std_min, std.min().item<double>(), 1e-12);
+    // c(Z) from the d x d covariance matrix, off-diagonal by masking.
+    const auto c = z - z.mean(0);
+    const auto cov = c.t().mm(c) / (shape.first - 1);
+    const auto off = cov * (1 - torch::eye(shape.second, torch::kDouble));
+    EXPECT_NEAR(s.covariance, off.pow(2).sum().item<double>() / shape.second, 1e-10);
+    EXPECT_NEAR(s.rankme, vicreg::rankme(z), 1e-12);
+    EXPECT_EQ(s.dim, shape.second);
+  }
+  // Decorrelated unit-variance columns: covariance term 0, std 1.
+  const auto h = torch::tensor({{1., 1.}, {1., -1.}, {-1., 1.}, {-1., -1.}}, torch::kDouble) *
+                 std::sqrt(3.0 / 4.0);
+  const auto s = vicreg::collapse_stats(h);
+  EXPECT_NEAR(s.covariance, 0.0, 1e-14);
+  EXPECT_NEAR(s.std_min, 1.0, 1e-12);
+  // A collapsed dimension shows as std_min 0.
+  EXPECT_NEAR(vicreg::collapse_stats(torch::cat({h, torch::ones({4, 1}, torch::kDouble)}, 1)).std_min,
+              0.0, 1e-14);
+  EXPECT_THROW(vicreg::collapse_stats(torch::ones({1, 3})), c10::Error);
+}
+
+TEST(Evaluate, BalancedSubsetIsBalancedAndSeeded) {
+  // 3 classes with 100, 50 and 7 samples, interleaved.
+  std::vector<int64_t> y;
+  for (int i = 0; i < 100; ++i) y.push_back(0);
+  for (int i = 0; i < 50; ++i) y.push_back(1);
+  for (int i = 0; i < 7; ++i) y.push_back(2);
+  const auto labels = torch::tensor(y).index_select(0, torch::randperm(157));
+  const auto a = vicreg::balanced_subset(labels, 0.1, 5);
+  // round(10), round(5), max(1, round(0.7)) = 10 + 5 + 1
+  ASSERT_EQ(a.numel(), 16);
+  const auto counts = torch::bincount(labels.index_select(0, a));
+  EXPECT_EQ(counts[0].item<int64_t>(), 10);
+  EXPECT_EQ(counts[1].item<int64_t>(), 5);
+  EXPECT_EQ(counts[2].item<int64_t>(), 1);
+  EXPECT_EQ(std::get<0>(at::_unique(a)).numel(), 16);  // no repeats
+  EXPECT_TRUE(a.equal(std::get<0>(a.sort())));         // sorted
+  EXPECT_TRUE(a.equal(vicreg::balanced_subset(labels, 0.1, 5)));
+  EXPECT_FALSE(a.equal(vicreg::balanced_subset(labels, 0.1, 6)));
+  EXPECT_EQ(vicreg::balanced_subset(labels, 1.0, 0).numel(), 157);
+  EXPECT_THROW(vicreg::balanced_subset(labels, 0.0, 0), c10::Error);
+  EXPECT_THROW(vicreg::balanced_subset(labels, 1.5, 0), c10::Error);
+}
+
+TEST(Evaluate, TrainClassifierFinetunesAndFreezes) {
+  // Vectors of five Gaussian classes behind an MLP encoder: fine-tuning (backbone and head) and
+  // the frozen probe both classify held-out samples; the frozen backbone's weights stay put.
+  torch::manual_seed(2);
+  const int64_t d = 16, c = 5;
+  const auto make = [&](int64_t m) {
+    vicreg::Dataset data;
+    data.name = "synthetic";
+    data.labels = torch::arange(m) % c;
+    data.vectors = torch::randn({m, d});
+    data.vectors.narrow(1, 0, c).add_(torch::eye(c).mul(6.0).index_select(0, data.labels));
+    return data;
+  };
+  const auto train = make(1000), test = make(300);
+  auto encoder = std::make_shared<vicreg::MLPImpl>(vicreg::MLPOptions(d, "64-32"));
+  const auto before = encoder->parameters()[0].clone();
+  vicreg::ClassifierOptions o;
+  o.epochs = 10;
+  o.batch_size = 64;
+  o.lr_backbone = 0;  // frozen
+  o.lr_head = 0.05;
+  auto a = vicreg::train_classifier(*encoder, train, test, vicreg::ViewConfig{}, {}, o);
+  EXPECT_GE(a.top1, 0.95);
+  EXPECT_TRUE(encoder->parameters()[0].equal(before));
+  o.lr_backbone = 0.05;
+  a = vicreg::train_classifier(*encoder, train, test, vicreg::ViewConfig{}, {}, o);
+  EXPECT_GE(a.top1, 0.99);
+  EXPECT_FALSE(encoder->parameters()[0].equal(before));
+  EXPECT_FALSE(encoder->is_training());
+  o.lr_head = 0;
+  EXPECT_THROW(vicreg::train_classifier(*encoder, train, test, vicreg::ViewConfig{}, {}, o),
+               c10::Error);
+}
+
+TEST(Evaluate, TrainClassifierOnAugmentedImages) {
+  // 16 x 16 images of two classes (bright left half or bright right half): flips would confuse
+  // them, crops keep them apart. With a frozen pixel "encoder" this is a linear probe on
+  // augmented inputs; the classification-time transform is the plain evaluation one.
+  vicreg::Dataset data;
+  data.name = "halves";
+  data.channels = 1;
+  const int64_t n = 200, s = 16;
+  data.images = torch::zeros({n, s, s, 1}, torch::kUInt8);
+  data.labels = torch::arange(n) % 2;
+  for (int64_t i = 0; i < n; ++i) {
+    data.images[i].narrow(1, data.labels[i].item<int64_t>() * 8, 8).fill_(200);
+  }
+  auto augment = vicreg::classifier_augmentation("fashion-mnist", 1, s);
+  EXPECT_EQ(augment.jitter_p, 0);
+  EXPECT_EQ(augment.solarize_p, 0);
+  EXPECT_EQ(augment.crop.size, s);
+  augment.flip_p = 0;
+  augment.crop.scale_min = 0.8;
+  vicreg::EvalTransform eval = vicreg::eval_transform_for("fashion-mnist", 1, s);
+  vicreg::PixelEncoderImpl pixels(s * s);
+  vicreg::ClassifierOptions o;
+  o.epochs = 5;
+  o.batch_size = 32;
+  const auto a = vicreg::train_classifier(pixels, data, data, augment, eval, o);
+  EXPECT_DOUBLE_EQ(a.top1, 1.0);
 }
 
 }  // namespace

@@ -272,6 +272,39 @@ TEST_F(Train, BackboneWhoseWeightsDoNotFitItsArchitectureIsRejected) {
   }
 }
 
+TEST_F(Train, ReadModelRebuildsTheWholeCheckpointedModel) {
+  auto c = small("whole");
+  c.max_steps = 2;
+  vicreg::Trainer(c).run({"none"});
+  vicreg::DatasetConfig dc;
+  dc.name = "mnist";
+  dc.data_dir = c.data_dir;
+  const vicreg::Dataset data = vicreg::load_dataset(dc);
+  const std::string path = (fs::path(c.exp_dir) / "checkpoint.pt").string();
+  auto m = vicreg::read_model(path, data);
+  EXPECT_EQ(m.step, 2);
+  EXPECT_EQ(m.config.mlp, c.mlp);
+  EXPECT_FALSE(m.model->is_training());
+  // Its backbone is the backbone.pt's, and its expander maps to the embedding size.
+  const auto b = vicreg::read_backbone((fs::path(c.exp_dir) / "backbone.pt").string());
+  const auto x = torch::randn({4, 1, 16, 16});
+  torch::NoGradGuard no_grad;
+  EXPECT_TRUE(torch::allclose(m.model->backbone->forward(x), b.encoder->forward(x)));
+  EXPECT_EQ(m.model->projector->forward(m.model->backbone->forward(x)).size(1),
+            vicreg::parse_layer_spec(c.mlp).back());
+  // Data of another shape (3 channels) do not fit the stored model: the error names the file.
+  vicreg::Dataset rgb = data;
+  rgb.channels = 3;
+  try {
+    vicreg::read_model(path, rgb);
+    FAIL() << "expected an error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("does not fit"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(vicreg::read_model((dir_ / "none.pt").string(), data), std::runtime_error);
+}
+
 TEST_F(Train, OnlineKnnProbeAndCollapseDiagnosticsInTheMetrics) {
   vicreg::testing::write_idx_dataset(dir_ / "data", 40, 16, 5, "t10k");
   auto c = small("probe");

@@ -2,8 +2,9 @@
 // messages and exit codes; nothing else.
 //
 //   vicreg train [--config FILE.json] [--dataset ...] [--arch ...] [--epochs N] ... (--help)
-//   vicreg eval --backbone DIR/backbone.pt --protocol linear|knn [--json FILE] ... (--help)
-//   vicreg embed --backbone DIR/backbone.pt --out emb.npy [--labels-out labels.npy] [--split ...]
+//   vicreg eval --backbone DIR/backbone.pt | --checkpoint DIR/checkpoint.pt [--embedding] |
+//               --baseline pixels|random-init  --protocol linear|knn|finetune [--json FILE] ...
+//   vicreg embed (the same subject) --out emb.npy [--labels-out labels.npy] [--split ...]
 //   vicreg bench-loss [--shapes NxD,...] [--threads N] [--device cpu|cuda] [--dtype float|...]
 //                     [--preset official|paper] [--min-time S] [--no-reference] [--json FILE]
 #include "vicreg/evaluate.h"
@@ -303,90 +304,252 @@ int run_train(const vicreg::TrainConfig& config, const TrainArgs& args) {
 // eval, embed
 
 struct EvalArgs {
-  std::string backbone, protocol = "linear", json, data_dir, device = "cpu", split = "test";
+  // what is evaluated: exactly one of these
+  std::string backbone, checkpoint, baseline;
+  std::string config_file;  ///< --baseline's settings
+  bool embedding = false;
+  std::string protocol = "linear", json, data_dir, device = "cpu", split = "test";
   std::string out, labels_out;
   int threads = 0;
-  int64_t batch_size = 256, epochs = 100, k = 20;
-  double lr = 0.02, wd = 1e-6, temperature = 0.07;
+  // 0 / negative: the protocol's default (linear: 100 epochs, lr 0.02, wd 1e-6; finetune: 20
+  // epochs, head lr 0.1, backbone lr 0.01, wd 0)
+  int64_t batch_size = 256, epochs = 0, k = 20;
+  double lr = 0, lr_backbone = -1, wd = -1, temperature = 0.07, label_fraction = 0.1;
+  bool augment = false;
   uint64_t seed = 0;
 };
 
-struct LoadedSplit {
-  vicreg::Dataset data;
-  torch::Tensor features;
+/// What `eval` and `embed` look at: a trained backbone, a whole checkpoint (backbone and
+/// expander), or a baseline (raw pixels, or the untrained model of a config), with the data it
+/// belongs to.
+struct Subject {
+  std::string name;
+  vicreg::TrainConfig config;
+  vicreg::Encoder encoder;
+  vicreg::Expander projector{nullptr};  ///< --checkpoint only
+  vicreg::Dataset train, test;
+  vicreg::EvalTransform transform;
+  int64_t image_size = 0;
 };
 
-/// The backbone's representations of one split of the data set it was trained on.
-LoadedSplit represent_split(vicreg::Backbone& b, const EvalArgs& args, const std::string& split) {
+vicreg::Dataset load_split(const vicreg::TrainConfig& c, const EvalArgs& args,
+                           const std::string& split) {
   vicreg::DatasetConfig dc;
-  dc.name = b.config.dataset;
-  dc.data_dir = args.data_dir.empty() ? b.config.data_dir : args.data_dir;
+  dc.name = c.dataset;
+  dc.data_dir = args.data_dir.empty() ? c.data_dir : args.data_dir;
   dc.split = split;
-  dc.channels = b.config.channels;
-  LoadedSplit s{vicreg::load_dataset(dc), {}};
-  vicreg::EvalTransform t;
-  if (!s.data.is_vector()) {
-    t = vicreg::eval_transform_for(b.config.resolved_recipe(), static_cast<int>(s.data.channels),
-                                   b.image_size);
-    if (s.data.channels != b.in_channels) {
-      throw std::invalid_argument("the backbone takes " + std::to_string(b.in_channels) +
-                                  "-channel images, the data have " +
-                                  std::to_string(s.data.channels));
-    }
-  } else if (s.data.features() != b.in_features) {
-    throw std::invalid_argument("the backbone takes vectors of " + std::to_string(b.in_features) +
-                                " features, the data have " + std::to_string(s.data.features()));
+  dc.channels = c.channels;
+  return vicreg::load_dataset(dc);
+}
+
+Subject load_subject(const EvalArgs& args, const vicreg::TrainConfig& config_flag,
+                     const std::vector<std::string>& splits) {
+  const int given = !args.backbone.empty() + !args.checkpoint.empty() + !args.baseline.empty();
+  if (given != 1) {
+    throw std::invalid_argument("give exactly one of --backbone (a run's backbone.pt), "
+                                "--checkpoint (its checkpoint.pt) or --baseline pixels|random-init");
   }
-  b.encoder->to(parse_device(args.device));
-  s.features = vicreg::compute_representations(*b.encoder, s.data, t, 512,
-                                               parse_device(args.device));
+  if (!args.config_file.empty() && args.baseline.empty()) {
+    throw std::invalid_argument("--config applies to --baseline only (a backbone or checkpoint "
+                                "carries its own settings)");
+  }
+  if (args.embedding && args.checkpoint.empty()) {
+    throw std::invalid_argument("--embedding needs the expander: give --checkpoint "
+                                "EXP_DIR/checkpoint.pt instead of --backbone");
+  }
+  Subject s;
+  vicreg::Backbone b;
+  if (!args.backbone.empty()) {
+    b = vicreg::read_backbone(args.backbone);
+    s.config = b.config;
+    s.name = args.backbone;
+  } else if (!args.checkpoint.empty()) {
+    s.config = vicreg::read_checkpoint_config(args.checkpoint);
+    s.name = args.checkpoint;
+  } else {
+    s.config = config_flag;  // --config FILE, or the default run
+    s.name = "baseline:" + args.baseline;
+  }
+  for (const std::string& split : splits) {
+    (split == "train" ? s.train : s.test) = load_split(s.config, args, split);
+  }
+  const vicreg::Dataset& shape = splits.front() == "train" ? s.train : s.test;
+  const vicreg::VICRegModelConfig mc = vicreg::model_config(s.config, shape);
+  s.image_size = mc.encoder.image_size;
+  if (!args.backbone.empty()) {
+    if (shape.is_vector() ? shape.features() != b.in_features : shape.channels != b.in_channels) {
+      throw std::invalid_argument(
+          "backbone '" + args.backbone + "' takes " +
+          (shape.is_vector() ? "vectors of " + std::to_string(b.in_features) + " features"
+                             : std::to_string(b.in_channels) + "-channel images") +
+          ", the data have " +
+          (shape.is_vector() ? std::to_string(shape.features()) + " features"
+                             : std::to_string(shape.channels) + " channels"));
+    }
+    s.encoder = b.encoder;
+    s.image_size = b.image_size;
+  } else if (!args.checkpoint.empty()) {
+    vicreg::TrainedModel m = vicreg::read_model(args.checkpoint, shape);
+    s.encoder = m.model->backbone;
+    s.projector = m.model->projector;
+  } else if (args.baseline == "random-init") {
+    torch::manual_seed(s.config.seed);  // the run's model before its first step
+    s.encoder = vicreg::VICReg(mc)->backbone;
+  } else {
+    const int64_t dim = shape.is_vector()
+                            ? shape.features()
+                            : shape.channels * mc.encoder.image_size * mc.encoder.image_size;
+    s.encoder = std::make_shared<vicreg::PixelEncoderImpl>(dim);
+  }
+  if (!shape.is_vector()) {
+    s.transform = vicreg::eval_transform_for(s.config.resolved_recipe(),
+                                             static_cast<int>(shape.channels), s.image_size);
+  }
+  const torch::Device device = parse_device(args.device);
+  s.encoder->to(device);
+  s.encoder->eval();
+  if (s.projector) {
+    s.projector->to(device);
+    s.projector->eval();
+  }
   return s;
 }
 
-int run_eval(const EvalArgs& args) {
-  vicreg::set_threads(args.threads);
-  vicreg::Backbone b = vicreg::read_backbone(args.backbone);
-  const auto t0 = std::chrono::steady_clock::now();
-  const LoadedSplit train = represent_split(b, args, "train");
-  const LoadedSplit test = represent_split(b, args, "test");
-  const torch::Tensor ytr = train.data.require_labels(), yte = test.data.require_labels();
-  const double feature_s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  vicreg::Accuracy acc;
-  nlohmann::json settings;
-  if (args.protocol == "knn") {
-    const int64_t classes = std::max(ytr.max().item<int64_t>(), yte.max().item<int64_t>()) + 1;
-    acc = vicreg::accuracy(
-        vicreg::knn_scores(train.features, ytr, test.features, args.k, args.temperature, classes),
-        yte);
-    settings = {{"k", args.k}, {"temperature", args.temperature}};
-  } else {
-    vicreg::LinearProbeOptions o;
-    o.epochs = args.epochs;
-    o.batch_size = args.batch_size;
-    o.lr = args.lr;
-    o.weight_decay = args.wd;
-    o.seed = args.seed;
-    acc = vicreg::linear_probe(train.features, ytr, test.features, yte, o);
-    settings = {{"epochs", o.epochs}, {"batch_size", o.batch_size}, {"lr", o.lr},
-                {"wd", o.weight_decay}, {"standardize", o.standardize}, {"seed", o.seed}};
+/// The expander's output for representations y: [N, D] float32 on the CPU.
+torch::Tensor project(Subject& s, const torch::Tensor& y, const torch::Device& device) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> z;
+  for (int64_t i = 0; i < y.size(0); i += 4096) {
+    const torch::Tensor chunk = y.narrow(0, i, std::min<int64_t>(4096, y.size(0) - i));
+    z.push_back(s.projector->forward(chunk.to(device)).to(torch::kCPU, torch::kFloat));
   }
-  const double total_s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const double rank = vicreg::rankme(test.features);
-  std::printf("%s on %s (%lld train / %lld test): top-1 %.2f %%, top-5 %.2f %%; RankMe of the "
-              "test representations %.1f of %lld; %.1f s (features %.1f s)\n",
-              args.protocol.c_str(), b.config.dataset.c_str(),
-              static_cast<long long>(train.data.size()), static_cast<long long>(test.data.size()),
-              100 * acc.top1, 100 * acc.top5, rank,
-              static_cast<long long>(test.features.size(1)), total_s, feature_s);
+  return torch::cat(z);
+}
+
+/// Representations of `data` (embeddings with `embedding`), [N, D] float32 on the CPU.
+torch::Tensor features_of(Subject& s, const vicreg::Dataset& data, const EvalArgs& args,
+                          bool embedding) {
+  const torch::Device device = parse_device(args.device);
+  const torch::Tensor y =
+      vicreg::compute_representations(*s.encoder, data, s.transform, 512, device);
+  return embedding ? project(s, y, device) : y;
+}
+
+nlohmann::json stats_json(const vicreg::CollapseStats& c) {
+  return {{"std_mean", c.std_mean}, {"std_min", c.std_min},  {"covariance", c.covariance},
+          {"rankme", c.rankme},     {"dim", c.dim}};
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+int run_eval(const EvalArgs& args, const vicreg::TrainConfig& config_flag) {
+  vicreg::set_threads(args.threads);
+  const bool finetune = args.protocol == "finetune";
+  if (args.embedding && (finetune || args.augment)) {
+    throw std::invalid_argument("--embedding evaluates fixed embeddings: use it with --protocol "
+                                "knn or linear without --augment");
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  Subject s = load_subject(args, config_flag, {"train", "test"});
+  const torch::Tensor ytr = s.train.require_labels(), yte = s.test.require_labels();
+  if (ytr.min().item<int64_t>() < 0 || yte.min().item<int64_t>() < 0) {
+    throw std::invalid_argument("the labels of '" + s.config.dataset + "' must be >= 0");
+  }
+  const torch::Device device = parse_device(args.device);
+  const bool image_data = !s.train.is_vector();
+  vicreg::Accuracy acc;
+  nlohmann::json settings, diagnostics;
+  double feature_s = 0;
+  int64_t train_used = s.train.size();
+  // Collapse diagnostics of the test split's representations and (with an expander) embeddings.
+  const auto diagnose = [&](const torch::Tensor& test_y) {
+    diagnostics["representation"] = stats_json(vicreg::collapse_stats(test_y));
+    if (s.projector) {
+      diagnostics["embedding"] = stats_json(vicreg::collapse_stats(project(s, test_y, device)));
+    }
+  };
+  vicreg::ClassifierOptions co;
+  co.batch_size = args.batch_size;
+  co.seed = args.seed;
+  if (finetune || args.augment) {
+    co.epochs = args.epochs > 0 ? args.epochs : (finetune ? 20 : 100);
+    co.lr_head = args.lr > 0 ? args.lr : (finetune ? 0.1 : 0.02);
+    co.lr_backbone = finetune ? (args.lr_backbone >= 0 ? args.lr_backbone : 0.01) : 0.0;
+    co.weight_decay = args.wd >= 0 ? args.wd : (finetune ? 0.0 : 1e-6);
+    vicreg::Dataset train = s.train;
+    if (finetune) {
+      train = s.train.subset(vicreg::balanced_subset(ytr, args.label_fraction, args.seed));
+      train_used = train.size();
+    }
+    const vicreg::ViewConfig augment =
+        image_data ? vicreg::classifier_augmentation(s.config.resolved_recipe(),
+                                                     static_cast<int>(s.train.channels),
+                                                     s.image_size)
+                   : vicreg::ViewConfig{};
+    diagnose(features_of(s, s.test, args, false));  // of the model as given, before any training
+    acc = vicreg::train_classifier(*s.encoder, train, s.test, augment, s.transform, co, device);
+    settings = {{"epochs", co.epochs},   {"batch_size", co.batch_size},
+                {"lr_head", co.lr_head}, {"lr_backbone", co.lr_backbone},
+                {"wd", co.weight_decay}, {"augment", image_data},
+                {"seed", co.seed}};
+    if (finetune) settings["label_fraction"] = args.label_fraction;
+  } else {
+    const torch::Tensor ftr = features_of(s, s.train, args, args.embedding);
+    const torch::Tensor rep_te = features_of(s, s.test, args, false);
+    const torch::Tensor fte = args.embedding ? project(s, rep_te, device) : rep_te;
+    feature_s = seconds_since(t0);
+    if (args.protocol == "knn") {
+      const int64_t classes = std::max(ytr.max().item<int64_t>(), yte.max().item<int64_t>()) + 1;
+      acc = vicreg::accuracy(vicreg::knn_scores(ftr, ytr, fte, args.k, args.temperature, classes),
+                             yte);
+      settings = {{"k", args.k}, {"temperature", args.temperature}};
+    } else {
+      vicreg::LinearProbeOptions o;
+      o.epochs = args.epochs > 0 ? args.epochs : 100;
+      o.batch_size = args.batch_size;
+      o.lr = args.lr > 0 ? args.lr : 0.02;
+      o.weight_decay = args.wd >= 0 ? args.wd : 1e-6;
+      o.seed = args.seed;
+      acc = vicreg::linear_probe(ftr, ytr, fte, yte, o);
+      settings = {{"epochs", o.epochs}, {"batch_size", o.batch_size}, {"lr", o.lr},
+                  {"wd", o.weight_decay}, {"standardize", o.standardize}, {"augment", false},
+                  {"seed", o.seed}};
+    }
+    diagnose(rep_te);
+  }
+  const double total_s = seconds_since(t0);
+  const std::string on = args.embedding ? "embedding" : "representation";
+  std::printf("%s on the %s of %s, %s (%lld train / %lld test): top-1 %.2f %%, top-5 %.2f %%; "
+              "%.1f s\n",
+              args.protocol.c_str(), on.c_str(), s.name.c_str(), s.config.dataset.c_str(),
+              static_cast<long long>(train_used), static_cast<long long>(s.test.size()),
+              100 * acc.top1, 100 * acc.top5, total_s);
+  for (const auto& [what, d] : diagnostics.items()) {
+    std::printf("  test %s: std mean %.3f min %.3f, covariance term %.4g, RankMe %.1f of %lld\n",
+                what.c_str(), d["std_mean"].get<double>(), d["std_min"].get<double>(),
+                d["covariance"].get<double>(), d["rankme"].get<double>(),
+                static_cast<long long>(d["dim"].get<int64_t>()));
+  }
   if (!args.json.empty()) {
-    const nlohmann::json doc = {{"protocol", args.protocol},       {"top1", acc.top1},
-                                {"top5", acc.top5},                {"backbone", args.backbone},
-                                {"dataset", b.config.dataset},     {"settings", settings},
-                                {"rankme", rank},                  {"seconds", total_s},
-                                {"train_samples", train.data.size()},
-                                {"test_samples", test.data.size()}};
+    nlohmann::json doc = {{"protocol", args.protocol},
+                          {"top1", acc.top1},
+                          {"top5", acc.top5},
+                          {"features", on},
+                          {"subject", s.name},
+                          {"dataset", s.config.dataset},
+                          {"settings", settings},
+                          {"diagnostics", diagnostics},
+                          {"rankme", diagnostics["representation"]["rankme"]},
+                          {"seconds", total_s},
+                          {"feature_seconds", feature_s},
+                          {"threads", at::get_num_threads()},
+                          {"train_samples", train_used},
+                          {"test_samples", s.test.size()}};
+    if (!args.backbone.empty()) doc["backbone"] = args.backbone;
+    if (!args.checkpoint.empty()) doc["checkpoint"] = args.checkpoint;
+    if (!args.baseline.empty()) doc["baseline"] = args.baseline;
     std::ofstream out(args.json);
     if (!out || !(out << doc.dump(2) << "\n")) {
       throw std::runtime_error("--json: cannot write '" + args.json + "'");
@@ -395,22 +558,33 @@ int run_eval(const EvalArgs& args) {
   return 0;
 }
 
-int run_embed(const EvalArgs& args) {
+int run_embed(const EvalArgs& args, const vicreg::TrainConfig& config_flag) {
   vicreg::set_threads(args.threads);
-  vicreg::Backbone b = vicreg::read_backbone(args.backbone);
-  const LoadedSplit s = represent_split(b, args, args.split);
-  vicreg::write_npy(args.out, s.features);
-  if (!args.labels_out.empty()) vicreg::write_npy(args.labels_out, s.data.require_labels());
-  std::printf("wrote %lld x %lld representations of the %s split to %s\n",
-              static_cast<long long>(s.features.size(0)),
-              static_cast<long long>(s.features.size(1)), args.split.c_str(), args.out.c_str());
+  Subject s = load_subject(args, config_flag, {args.split});
+  const vicreg::Dataset& data = args.split == "train" ? s.train : s.test;
+  const torch::Tensor f = features_of(s, data, args, args.embedding);
+  vicreg::write_npy(args.out, f);
+  if (!args.labels_out.empty()) vicreg::write_npy(args.labels_out, data.require_labels());
+  std::printf("wrote %lld x %lld %ss of the %s split to %s\n", static_cast<long long>(f.size(0)),
+              static_cast<long long>(f.size(1)),
+              args.embedding ? "embedding" : "representation", args.split.c_str(),
+              args.out.c_str());
   return 0;
 }
 
 void add_eval_common(CLI::App* cmd, EvalArgs& a) {
-  cmd->add_option("--backbone", a.backbone, "A run's backbone.pt")
-      ->required()
+  cmd->add_option("--backbone", a.backbone, "A run's backbone.pt")->check(CLI::ExistingFile);
+  cmd->add_option("--checkpoint", a.checkpoint,
+                  "A run's checkpoint.pt (backbone and expander; needed for --embedding and the "
+                  "embedding diagnostics)")
       ->check(CLI::ExistingFile);
+  cmd->add_option("--baseline", a.baseline,
+                  "Instead of a trained model: pixels (the normalised image) or random-init (the "
+                  "untrained model of --config FILE, default: the default run)")
+      ->check(CLI::IsMember({"pixels", "random-init"}));
+  cmd->add_option("--config", a.config_file, "Run settings for --baseline (e.g. a run's config.json)");
+  cmd->add_flag("--embedding", a.embedding,
+                "Use the expander's output (the embedding) instead of the representation");
   cmd->add_option("--data-dir", a.data_dir, "Where the data are (default: as in training)");
   cmd->add_option("--threads", a.threads, "Intra-op threads (0: one per core)")
       ->check(CLI::NonNegativeNumber)
@@ -469,25 +643,41 @@ int main(int argc, char** argv) {
 
   EvalArgs eval_args;
   CLI::App* eval_cmd = app.add_subcommand(
-      "eval", "Evaluate a pretrained backbone on its data set's test split: linear probe on "
-              "cached features, or cosine kNN; prints top-1/top-5 and RankMe");
+      "eval", "Evaluate a pretrained backbone (or a baseline) on its data set's test split: linear "
+              "probe, cosine kNN, or fine-tuning on a labelled fraction; prints top-1/top-5 and "
+              "collapse diagnostics (per-dimension std, covariance term, RankMe)");
   add_eval_common(eval_cmd, eval_args);
-  eval_cmd->add_option("--protocol", eval_args.protocol, "linear or knn")
-      ->check(CLI::IsMember({"linear", "knn"}))
+  eval_cmd->add_option("--protocol", eval_args.protocol,
+                       "linear (frozen backbone, linear head), knn, or finetune (backbone and "
+                       "head on --label-fraction of the labels)")
+      ->check(CLI::IsMember({"linear", "knn", "finetune"}))
       ->capture_default_str();
-  eval_cmd->add_option("--epochs", eval_args.epochs, "linear: epochs")
+  eval_cmd->add_option("--epochs", eval_args.epochs,
+                       "linear/finetune: epochs (default: linear 100, finetune 20)")
+      ->check(CLI::PositiveNumber);
+  eval_cmd->add_option("--batch-size", eval_args.batch_size, "linear/finetune: batch size")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  eval_cmd->add_option("--batch-size", eval_args.batch_size, "linear: batch size")
-      ->check(CLI::PositiveNumber)
+  eval_cmd->add_option("--lr", eval_args.lr,
+                       "linear/finetune: the head's learning rate (SGD, momentum 0.9, cosine; "
+                       "default: linear 0.02, finetune 0.1)")
+      ->check(CLI::PositiveNumber);
+  eval_cmd->add_option("--lr-backbone", eval_args.lr_backbone,
+                       "finetune: the backbone's learning rate (default 0.01)")
+      ->check(CLI::NonNegativeNumber);
+  eval_cmd->add_option("--wd", eval_args.wd,
+                       "linear/finetune: weight decay (default: linear 1e-6, finetune 0)")
+      ->check(CLI::NonNegativeNumber);
+  eval_cmd->add_flag("--augment", eval_args.augment,
+                     "linear: train the head on augmented images (crop and flip) through the "
+                     "frozen backbone every epoch, instead of on cached features");
+  eval_cmd->add_option("--label-fraction", eval_args.label_fraction,
+                       "finetune: fraction of the labelled training split used, class-balanced "
+                       "(e.g. 0.01, 0.1)")
+      ->check(CLI::Range(1e-9, 1.0))
       ->capture_default_str();
-  eval_cmd->add_option("--lr", eval_args.lr, "linear: learning rate (SGD, momentum 0.9, cosine)")
-      ->check(CLI::PositiveNumber)
+  eval_cmd->add_option("--seed", eval_args.seed, "linear/finetune: seed (head, order, subset)")
       ->capture_default_str();
-  eval_cmd->add_option("--wd", eval_args.wd, "linear: weight decay")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  eval_cmd->add_option("--seed", eval_args.seed, "linear: seed")->capture_default_str();
   eval_cmd->add_option("--k", eval_args.k, "knn: neighbours")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -498,7 +688,8 @@ int main(int argc, char** argv) {
 
   EvalArgs embed_args;
   CLI::App* embed_cmd = app.add_subcommand(
-      "embed", "Write a backbone's representations of a split as .npy (numpy.load reads it)");
+      "embed", "Write the representations (or, with --embedding, the embeddings) of a split as "
+               ".npy (numpy.load reads it)");
   add_eval_common(embed_cmd, embed_args);
   embed_cmd->add_option("--out", embed_args.out, "Output .npy, [N, D] float32")->required();
   embed_cmd->add_option("--labels-out", embed_args.labels_out, "Labels as .npy, [N] int64");
@@ -513,8 +704,8 @@ int main(int argc, char** argv) {
   }
   try {
     if (bench_cmd->parsed()) return run_bench_loss(bench);
-    if (eval_cmd->parsed()) return run_eval(eval_args);
-    if (embed_cmd->parsed()) return run_embed(embed_args);
+    if (eval_cmd->parsed()) return run_eval(eval_args, train_config);
+    if (embed_cmd->parsed()) return run_embed(embed_args, train_config);
     if (train_cmd->parsed()) return run_train(train_config, train_args);
   } catch (const vicreg::TrainingDiverged& e) {
     std::fprintf(stderr, "vicreg: error: %s; the last good checkpoint is kept (lower --base-lr, "

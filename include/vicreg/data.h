@@ -81,6 +81,9 @@ struct Dataset {
   cv::Mat image(int64_t i) const;
   /// The labels of all samples of an in-memory set as one tensor; throws if there are none.
   torch::Tensor require_labels() const;
+  /// The samples at `indices` ([K] int64, in that order) as a data set of their own: in-memory
+  /// images, vectors and labels are gathered (copied), file lists subset.
+  Dataset subset(const torch::Tensor& indices) const;
 };
 
 /// Where load_dataset() finds a data set.

@@ -2,6 +2,7 @@
 // features, the cosine kNN classifier, and collapse diagnostics (RankMe). DESIGN.md 1.4.
 #pragma once
 
+#include "vicreg/augment.h"
 #include "vicreg/data.h"
 #include "vicreg/models.h"
 
@@ -61,6 +62,58 @@ Accuracy linear_probe(const torch::Tensor& train_x, const torch::Tensor& train_y
 torch::Tensor knn_scores(const torch::Tensor& bank_x, const torch::Tensor& bank_y,
                          const torch::Tensor& query_x, int64_t k = 20, double temperature = 0.07,
                          int64_t num_classes = 0);
+
+/// Collapse diagnostics of a batch of embeddings or representations z: [N, D], N >= 2.
+struct CollapseStats {
+  double std_mean = 0, std_min = 0;  ///< over dimensions, of the per-dimension (unbiased) std
+  double covariance = 0;  ///< the loss's c(Z) = (1/D) sum_{i != j} C(Z)_ij^2
+  double rankme = 0;      ///< rankme(z)
+  int64_t dim = 0;
+};
+CollapseStats collapse_stats(const torch::Tensor& z);
+
+/// A class-balanced subset of a labelled split, as sorted indices: from each class c with n_c
+/// samples, max(1, round(fraction * n_c)) of them, drawn without replacement by a generator seeded
+/// with `seed` (the same seed gives the same subset). fraction in (0, 1].
+torch::Tensor balanced_subset(const torch::Tensor& labels, double fraction, uint64_t seed);
+
+/// The raw-pixel baseline as an encoder: the normalised input, flattened ([N, C, S, S] ->
+/// [N, C * S * S]; vectors pass through).
+class PixelEncoderImpl : public EncoderImpl {
+ public:
+  explicit PixelEncoderImpl(int64_t output_dim) : output_dim_(output_dim) {}
+  torch::Tensor forward(torch::Tensor x) override { return x.flatten(1); }
+  int64_t output_dim() const override { return output_dim_; }
+
+ private:
+  int64_t output_dim_;
+};
+
+/// The augmentation of supervised training on top of a recipe (the reference's evaluate.py):
+/// the recipe's random resized crop and horizontal flip, then its normalisation; no colour ops.
+ViewConfig classifier_augmentation(const std::string& recipe, int channels, int64_t size);
+
+struct ClassifierOptions {
+  int64_t epochs = 20;
+  int64_t batch_size = 256;
+  /// 0 freezes the backbone (eval mode, no gradients): a linear probe. An encoder without
+  /// parameters (PixelEncoder) is always frozen.
+  double lr_backbone = 0.01;
+  double lr_head = 0.1;
+  double weight_decay = 0.0;
+  double momentum = 0.9;
+  uint64_t seed = 0;
+};
+
+/// Supervised training of `encoder` and a linear head on `train` (images augmented by `augment`
+/// afresh every epoch; vectors as they are), SGD with momentum and a cosine schedule per step, one
+/// learning rate for the backbone and one for the head (the reference's evaluate.py --weights
+/// finetune / freeze). Returns the accuracy on `test` through `eval`. The encoder is trained in
+/// place (BatchNorm in train mode) unless lr_backbone == 0, and is left in eval mode.
+Accuracy train_classifier(EncoderImpl& encoder, const Dataset& train, const Dataset& test,
+                          const ViewConfig& augment, const EvalTransform& eval,
+                          const ClassifierOptions& options = {},
+                          const torch::Device& device = torch::kCPU);
 
 /// RankMe (Garrido et al. 2023): exp of the entropy of the normalised singular values of
 /// x: [N, D]; between 1 and min(N, D).

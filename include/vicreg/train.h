@@ -143,10 +143,10 @@ class Trainer {
   WarmupCosineSchedule schedule_;
   VICRegLossOptions loss_options_;
   int64_t step_ = 0;
-  double elapsed_before_ = 0;
+  double elapsed_before_ = 0;  ///< wall seconds of earlier sessions (resume)
   int64_t image_size_ = 0;
   torch::Tensor last_y_, last_z_;  ///< the last step's representations and embeddings (view a)
-  std::shared_ptr<Dataset> test_data_;  ///< loaded on the first kNN probe  ///< wall seconds of earlier sessions (resume)
+  std::shared_ptr<Dataset> test_data_;  ///< loaded on the first kNN probe
 };
 
 /// Writes `archive` to `path` atomically: path.tmp, fsync, rename, fsync of the directory.
@@ -158,6 +158,19 @@ TrainConfig read_checkpoint_config(const std::string& path);
 /// The encoder settings of a run on data of this shape (channels, crop size, features).
 EncoderConfig encoder_config(const TrainConfig& config, const std::string& arch,
                              int64_t in_channels, int64_t image_size, int64_t in_features);
+
+/// The model of `config` on data shaped like `data` (channels, the recipe's crop size, features).
+VICRegModelConfig model_config(const TrainConfig& config, const Dataset& data);
+
+/// A checkpoint.pt's whole model (backbones and expanders), rebuilt from the config stored with it
+/// (read_checkpoint_config) and the shape of `data`, weights loaded with their shapes checked, in
+/// eval mode. Throws naming the file if it is missing, corrupt or does not fit.
+struct TrainedModel {
+  VICReg model{nullptr};
+  TrainConfig config;
+  int64_t step = 0;
+};
+TrainedModel read_model(const std::string& checkpoint, const Dataset& data);
 
 /// A backbone.pt: the encoder rebuilt from the settings stored with it, weights loaded, in eval
 /// mode, with the run's config and the input shape it was trained on. Throws naming the file if it
