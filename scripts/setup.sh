@@ -14,6 +14,8 @@ packages=(
   zlib1g-dev libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev dataset-fashion-mnist
   # tests, benchmarks, CLI, config files
   libgtest-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev
+  # the run report's rendering test opens report.html in headless Chromium
+  chromium
 )
 
 missing=()

@@ -457,9 +457,16 @@ Dataset load_dataset(const DatasetConfig& config) {
   const bool train = config.split == "train";
   if (config.name == "fashion-mnist" || config.name == "mnist") {
     const std::string prefix = train ? "train" : "t10k";
-    return from_images(config.name,
-                       read_idx_split(idx_path(dir, prefix + "-images-idx3-ubyte"),
-                                      idx_path(dir, prefix + "-labels-idx1-ubyte")));
+    Dataset d = from_images(config.name,
+                            read_idx_split(idx_path(dir, prefix + "-images-idx3-ubyte"),
+                                           idx_path(dir, prefix + "-labels-idx1-ubyte")));
+    if (config.name == "fashion-mnist") {
+      d.classes = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
+    } else {
+      d.classes = {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"};
+    }
+    return d;
   }
   if (config.name == "cifar10") {
     std::vector<std::string> files;
@@ -468,7 +475,10 @@ Dataset load_dataset(const DatasetConfig& config) {
     } else {
       files.push_back((dir / "test_batch.bin").string());
     }
-    return from_images(config.name, read_cifar_bin(files, false));
+    Dataset d = from_images(config.name, read_cifar_bin(files, false));
+    d.classes = {"airplane", "automobile", "bird", "cat", "deer",
+                 "dog",      "frog",       "horse", "ship", "truck"};
+    return d;
   }
   if (config.name == "cifar100") {
     return from_images(config.name,

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
 #include <torch/cuda.h>
 
 #include <signal.h>
@@ -17,6 +18,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <sstream>
 #include <string>
 
@@ -40,10 +42,11 @@ std::string slurp(const fs::path& p) {
 class Cli : public vicreg::testing::TempDirTest {
  protected:
   /// Runs `vicreg <args>` with one thread (tests run in parallel), capturing both streams.
-  Result run(const std::string& args) {
+  Result run(const std::string& args) { return shell(std::string(VICREG_CLI) + " " + args); }
+  /// Runs a shell command line, capturing both streams.
+  Result shell(const std::string& command) {
     const fs::path err = dir_ / "stderr.txt";
-    const std::string cmd =
-        std::string(VICREG_CLI) + " " + args + " 2>" + err.string();
+    const std::string cmd = command + " 2>" + err.string();
     Result r;
     FILE* pipe = popen(cmd.c_str(), "r");
     EXPECT_NE(pipe, nullptr);
@@ -421,6 +424,70 @@ TEST_F(CliTrain, EvalCheckpointEmbeddingFinetuneAndBaselines) {
     EXPECT_NE(b.code, 0) << c.args;
     EXPECT_NE(b.err.find(c.message), std::string::npos) << c.args << "\n" << b.err;
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// report
+
+TEST_F(CliTrain, ReportRendersInHeadlessChromium) {
+  vicreg::testing::write_idx_dataset(dir_ / "data", 50, 16, 2, "t10k");
+  ASSERT_EQ(run(small("rep", "--eval-every 1 --progress none")).code, 0);
+  const fs::path exp = dir_ / "rep";
+  ASSERT_EQ(run("eval --threads 1 --protocol knn --checkpoint " + (exp / "checkpoint.pt").string() +
+                " --json " + (exp / "knn.json").string()).code, 0);
+  Result r = run("report --threads 1 --exp-dir " + exp.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("8 charts"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("2 kNN points"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("1 evaluation results"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("10 neighbour rows"), std::string::npos) << r.out;
+  const fs::path html = exp / "report.html";
+  ASSERT_TRUE(fs::exists(html));
+  EXPECT_EQ(slurp(html).find("src=\"http"), std::string::npos);
+
+  r = run("report --exp-dir " + (dir_ / "data").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("holds no metrics.jsonl"), std::string::npos) << r.err;
+
+  const std::string chromium = VICREG_CHROMIUM;
+  if (chromium.empty()) GTEST_SKIP() << "chromium not installed (scripts/setup.sh installs it)";
+  const std::string browser = "timeout 120 " + chromium +
+                              " --headless --no-sandbox --disable-gpu --hide-scrollbars "
+                              "--user-data-dir=" + (dir_ / "chromium").string() + " ";
+  // The DOM after layout: the page's render check has counted what each chart drew.
+  r = shell(browser + "--dump-dom file://" + html.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.out, m, std::regex("rendered: ([^<]*)"))) << r.out.substr(0, 500);
+  const std::string rendered = m[1].str();
+  for (const char* expected : {"chart-loss=1", "chart-terms=3", "chart-lr=1", "chart-std=2",
+                               "chart-rankme=2", "chart-knn=2", "chart-std-hist=30",
+                               "images=90"}) {
+    EXPECT_NE((" " + rendered + " ").find(std::string(" ") + expected + " "), std::string::npos)
+        << expected << " not in: " << rendered;
+  }
+  for (const char* series : {"loss", "invariance", "variance", "covariance", "top-1"}) {
+    EXPECT_NE(r.out.find(std::string("data-series=\"") + series + "\""), std::string::npos);
+  }
+  // A screenshot that is not blank: ink on most of the page, and the charts' line colour.
+  const fs::path png = dir_ / "shot.png";
+  r = shell(browser + "--window-size=1200,1600 --screenshot=" + png.string() + " file://" +
+            html.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  const cv::Mat shot = cv::imread(png.string(), cv::IMREAD_COLOR);
+  ASSERT_FALSE(shot.empty());
+  int64_t ink = 0, blue = 0;
+  for (int y = 0; y < shot.rows; ++y) {
+    for (int x = 0; x < shot.cols; ++x) {
+      const cv::Vec3b p = shot.at<cv::Vec3b>(y, x);  // BGR
+      if (p[0] < 200 || p[1] < 200 || p[2] < 200) ++ink;
+      if (std::abs(p[0] - 0xa7) < 25 && std::abs(p[1] - 0x79) < 25 && std::abs(p[2] - 0x4e) < 25) {
+        ++blue;
+      }
+    }
+  }
+  EXPECT_GT(ink, static_cast<int64_t>(shot.total() / 50)) << "the screenshot is nearly blank";
+  EXPECT_GT(blue, 500) << "no series drawn in the series colour #4e79a7";
 }
 
 }  // namespace

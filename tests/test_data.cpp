@@ -320,6 +320,10 @@ TEST_F(Readers, LoadDatasetByName) {
   const cv::Mat m = d.image(1);
   EXPECT_EQ(m.at<uint8_t>(0, 2), 12);
   EXPECT_EQ(m.at<uint8_t>(1, 2), 15);
+  EXPECT_EQ(d.classes.size(), 10u);
+  c.name = "fashion-mnist";
+  EXPECT_EQ(vicreg::load_dataset(c).classes.at(9), "Ankle boot");
+  c.name = "mnist";
   c.split = "test";
   expect_error_from([&] { vicreg::load_dataset(c); },
                     (dir_ / "t10k-images-idx3-ubyte.gz").string(), "no such file");

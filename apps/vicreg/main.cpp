@@ -5,11 +5,13 @@
 //   vicreg eval --backbone DIR/backbone.pt | --checkpoint DIR/checkpoint.pt [--embedding] |
 //               --baseline pixels|random-init  --protocol linear|knn|finetune [--json FILE] ...
 //   vicreg embed (the same subject) --out emb.npy [--labels-out labels.npy] [--split ...]
+//   vicreg report --exp-dir DIR [--out FILE] ...
 //   vicreg bench-loss [--shapes NxD,...] [--threads N] [--device cpu|cuda] [--dtype float|...]
 //                     [--preset official|paper] [--min-time S] [--no-reference] [--json FILE]
 #include "vicreg/evaluate.h"
 #include "vicreg/loss.h"
 #include "vicreg/profile.h"
+#include "vicreg/report.h"
 #include "vicreg/runtime.h"
 #include "vicreg/train.h"
 
@@ -592,6 +594,23 @@ void add_eval_common(CLI::App* cmd, EvalArgs& a) {
   cmd->add_option("--device", a.device, "cpu, cuda or cuda:N")->capture_default_str();
 }
 
+int run_report(const vicreg::ReportOptions& options, int threads) {
+  vicreg::set_threads(threads);
+  parse_device(options.device);
+  const auto t0 = std::chrono::steady_clock::now();
+  const vicreg::ReportSummary r = vicreg::write_report(options);
+  std::printf("wrote %s: %lld charts, %lld metrics lines, %lld kNN points, %lld evaluation "
+              "results, %s; %.1f s\n",
+              r.path.c_str(), static_cast<long long>(r.charts),
+              static_cast<long long>(r.metrics_lines), static_cast<long long>(r.knn_points),
+              static_cast<long long>(r.eval_results),
+              r.model ? ("final model diagnostics and " + std::to_string(r.grid_rows) +
+                         " neighbour rows").c_str()
+                      : "no checkpoint.pt (curves only)",
+              seconds_since(t0));
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -697,6 +716,31 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"train", "test"}))
       ->capture_default_str();
 
+  vicreg::ReportOptions report;
+  int report_threads = 0;
+  CLI::App* report_cmd = app.add_subcommand(
+      "report", "Write EXP_DIR/report.html, one self-contained page: training curves (loss and "
+                "its terms, lr, std of Z, RankMe, kNN), the final model's diagnostics and std "
+                "histogram, evaluation results, nearest-neighbour images");
+  report_cmd->add_option("--exp-dir", report.exp_dir, "The run's experiment directory")
+      ->required();
+  report_cmd->add_option("--out", report.out, "Output file (default: EXP_DIR/report.html)");
+  report_cmd->add_option("--data-dir", report.data_dir, "Where the data are (default: the run's)");
+  report_cmd->add_option("--queries", report.queries, "Test images in the neighbour grid")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  report_cmd->add_option("--neighbours", report.neighbours, "Neighbours shown per test image")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  report_cmd->add_option("--bank", report.bank,
+                         "Training images searched for neighbours (the first ones; 0: all)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  report_cmd->add_option("--threads", report_threads, "Intra-op threads (0: one per core)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  report_cmd->add_option("--device", report.device, "cpu, cuda or cuda:N")->capture_default_str();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -706,6 +750,7 @@ int main(int argc, char** argv) {
     if (bench_cmd->parsed()) return run_bench_loss(bench);
     if (eval_cmd->parsed()) return run_eval(eval_args, train_config);
     if (embed_cmd->parsed()) return run_embed(embed_args, train_config);
+    if (report_cmd->parsed()) return run_report(report, report_threads);
     if (train_cmd->parsed()) return run_train(train_config, train_args);
   } catch (const vicreg::TrainingDiverged& e) {
     std::fprintf(stderr, "vicreg: error: %s; the last good checkpoint is kept (lower --base-lr, "

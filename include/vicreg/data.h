@@ -52,6 +52,8 @@ cv::Mat decode_image(const std::string& path, int channels);
 struct ImageFolder {
   std::vector<std::string> files;
   std::vector<int64_t> labels;       ///< empty when unlabelled
+  /// Class names by label (image-folder: the subfolders; fashion-mnist, mnist, cifar10: the
+  /// data set's names); may be empty.
   std::vector<std::string> classes;  ///< sorted subfolder names
 };
 ImageFolder scan_image_folder(const std::string& root);
@@ -67,6 +69,8 @@ struct Dataset {
   torch::Tensor vectors;
   /// [N] int64 labels, or undefined when the data have none.
   torch::Tensor labels;
+  /// Class names by label (image-folder: the subfolders; fashion-mnist, mnist, cifar10: the
+  /// data set's names); may be empty.
   std::vector<std::string> classes;
   /// Image channels (1 or 3); 0 for vectors.
   int64_t channels = 0;
