@@ -601,7 +601,10 @@ ReportSummary write_report(const ReportOptions& options) {
     if (e.is_regular_file() && e.path().extension() == ".json") jsons.push_back(e.path());
   }
   std::sort(jsons.begin(), jsons.end());
-  std::ostringstream evals;
+  std::ostringstream evals, markdown;
+  markdown << "| result | protocol | features | top-1 % | top-5 % | labelled samples | seconds |\n"
+              "|---|---|---|---:|---:|---:|---:|\n";
+  char row[512];
   for (const fs::path& p : jsons) {
     std::ifstream in(p);
     const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
@@ -613,6 +616,13 @@ ReportSummary write_report(const ReportOptions& options) {
           << format_number(100 * j.value("top5", 0.0)) << "</td><td>"
           << j.value("train_samples", int64_t{0}) << "</td><td><code>"
           << escape(j.value("settings", nlohmann::json::object()).dump()) << "</code></td></tr>";
+    std::snprintf(row, sizeof row, "| %s | %s | %s | %.2f | %.2f | %lld | %.0f |\n",
+                  p.stem().string().c_str(), j["protocol"].get<std::string>().c_str(),
+                  j.value("features", std::string("representation")).c_str(),
+                  100 * j["top1"].get<double>(), 100 * j.value("top5", 0.0),
+                  static_cast<long long>(j.value("train_samples", int64_t{0})),
+                  j.value("seconds", 0.0));
+    markdown << row;
     ++summary.eval_results;
   }
   html << "<h2>Evaluation</h2>";
@@ -632,15 +642,19 @@ ReportSummary write_report(const ReportOptions& options) {
   }
   html << "<p id=\"render-check\">not rendered</p>" << kRenderCheck << "</body></html>\n";
 
-  const fs::path out(summary.path);
-  const fs::path tmp = out.string() + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary);
-    if (!f || !(f << html.str()) || !f.flush()) {
-      throw std::runtime_error("cannot write '" + tmp.string() + "'");
+  const auto write = [](const fs::path& out, const std::string& text) {
+    const fs::path tmp = out.string() + ".tmp";
+    {
+      std::ofstream f(tmp, std::ios::binary);
+      if (!f || !(f << text) || !f.flush()) {
+        throw std::runtime_error("cannot write '" + tmp.string() + "'");
+      }
     }
-  }
-  fs::rename(tmp, out);
+    fs::rename(tmp, out);
+  };
+  write(summary.path, html.str());
+  summary.results_path = (fs::path(summary.path).parent_path() / "results.md").string();
+  write(summary.results_path, markdown.str());
   return summary;
 }
 

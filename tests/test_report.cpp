@@ -197,6 +197,10 @@ TEST_F(ReportDir, CurvesAndResultsWithoutACheckpoint) {
   EXPECT_NE(html.find("No checkpoint.pt"), std::string::npos);
   EXPECT_NE(html.find("1 unreadable line"), std::string::npos);
   EXPECT_NE(html.find("<td>80</td>"), std::string::npos);  // knn top-1 in %
+  std::ifstream md(r.results_path);
+  const std::string table((std::istreambuf_iterator<char>(md)), std::istreambuf_iterator<char>());
+  EXPECT_NE(table.find("| knn | knn | representation | 80.00 | 97.00 |"), std::string::npos)
+      << table;
   // No network: nothing is fetched from anywhere.
   EXPECT_EQ(html.find("http://"), html.find("http://www.w3.org/2000/svg"));
   EXPECT_EQ(html.find("https://"), std::string::npos);

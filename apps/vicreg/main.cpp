@@ -599,9 +599,9 @@ int run_report(const vicreg::ReportOptions& options, int threads) {
   parse_device(options.device);
   const auto t0 = std::chrono::steady_clock::now();
   const vicreg::ReportSummary r = vicreg::write_report(options);
-  std::printf("wrote %s: %lld charts, %lld metrics lines, %lld kNN points, %lld evaluation "
+  std::printf("wrote %s (and %s): %lld charts, %lld metrics lines, %lld kNN points, %lld evaluation "
               "results, %s; %.1f s\n",
-              r.path.c_str(), static_cast<long long>(r.charts),
+              r.path.c_str(), r.results_path.c_str(), static_cast<long long>(r.charts),
               static_cast<long long>(r.metrics_lines), static_cast<long long>(r.knn_points),
               static_cast<long long>(r.eval_results),
               r.model ? ("final model diagnostics and " + std::to_string(r.grid_rows) +

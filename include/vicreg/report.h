@@ -76,12 +76,14 @@ struct ReportOptions {
 
 struct ReportSummary {
   std::string path;
+  std::string results_path;  ///< results.md next to the report: the evaluation results as a table
   int64_t metrics_lines = 0, knn_points = 0, skipped_lines = 0;
   int64_t charts = 0, eval_results = 0, grid_rows = 0;
   bool model = false;  ///< checkpoint.pt was found and its model evaluated
 };
 
-/// Writes the report of the experiment directory. Throws naming the directory when it holds no
+/// Writes the report of the experiment directory, and next to it results.md (the evaluation
+/// results as a Markdown table). Throws naming the directory when it holds no
 /// metrics.jsonl (not a `vicreg train` experiment directory), or naming the file for a checkpoint
 /// that cannot be read. Unparseable metrics lines (a run killed mid-write) are skipped and counted.
 ReportSummary write_report(const ReportOptions& options);
