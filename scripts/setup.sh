@@ -8,7 +8,7 @@ packages=(
   # toolchain
   build-essential cmake ninja-build ccache
   # LibTorch (CPU) and the BLAS it should use: OpenBLAS's OpenMP build shares LibTorch's OpenMP
-  # threads (the pthread build fights them: DESIGN.md 4); CMake points our programs at it
+  # threads (the pthread build fights them: README, BLAS); CMake points our programs at it
   libtorch-dev libopenblas0-openmp
   # data: IDX/gzip reading, image decoding and augmentation, the default data set
   zlib1g-dev libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev dataset-fashion-mnist

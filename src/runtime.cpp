@@ -96,7 +96,7 @@ std::string describe_runtime() {
     if (auto par = find_symbol<OpenBlasGetParallel>("openblas_get_parallel")) {
       const int mode = par();
       s << (mode == 2 ? " (OpenMP threads)" : mode == 1 ? " (pthreads: slow next to LibTorch's "
-                                                          "OpenMP, see DESIGN.md 4)"
+                                                          "OpenMP, see the README, BLAS)"
                                                         : " (single-threaded)");
     }
   }
