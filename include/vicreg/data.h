@@ -52,8 +52,6 @@ cv::Mat decode_image(const std::string& path, int channels);
 struct ImageFolder {
   std::vector<std::string> files;
   std::vector<int64_t> labels;       ///< empty when unlabelled
-  /// Class names by label (image-folder: the subfolders; fashion-mnist, mnist, cifar10: the
-  /// data set's names); may be empty.
   std::vector<std::string> classes;  ///< sorted subfolder names
 };
 ImageFolder scan_image_folder(const std::string& root);
