@@ -87,6 +87,20 @@ Accuracy accuracy(const torch::Tensor& scores, const torch::Tensor& labels) {
 
 namespace {
 
+/// The classifier head of both probes: weights ~ N(0, 0.01^2), zero bias (the reference's).
+torch::nn::Linear linear_head(int64_t in_features, int64_t classes) {
+  torch::nn::Linear head(in_features, classes);
+  torch::NoGradGuard no_grad;
+  head->weight.normal_(0, 0.01);
+  head->bias.zero_();
+  return head;
+}
+
+/// Cosine decay from 1 at step 0 towards 0 at step `total`.
+double cosine_factor(int64_t step, int64_t total) {
+  return 0.5 * (1 + std::cos(M_PI * static_cast<double>(step) / static_cast<double>(total)));
+}
+
 void check_features(const torch::Tensor& x, const torch::Tensor& y, const char* what) {
   TORCH_CHECK(x.dim() == 2 && y.dim() == 1 && x.size(0) == y.size(0) && x.size(0) > 0, what,
               ": expected features [N, D] and labels [N], got ", x.sizes(), " and ", y.sizes());
@@ -115,12 +129,7 @@ Accuracy linear_probe(const torch::Tensor& train_x, const torch::Tensor& train_y
   const int64_t classes =
       std::max(ytr.max().item<int64_t>(), yte.max().item<int64_t>()) + 1;
   torch::manual_seed(options.seed);
-  torch::nn::Linear head(xtr.size(1), classes);
-  {
-    torch::NoGradGuard no_grad;
-    head->weight.normal_(0, 0.01);
-    head->bias.zero_();
-  }
+  torch::nn::Linear head = linear_head(xtr.size(1), classes);
   torch::optim::SGD opt(head->parameters(), torch::optim::SGDOptions(options.lr)
                                                 .momentum(options.momentum)
                                                 .weight_decay(options.weight_decay));
@@ -134,7 +143,7 @@ Accuracy linear_probe(const torch::Tensor& train_x, const torch::Tensor& train_y
     const torch::Tensor order = torch::randperm(n, gen);
     const torch::Tensor xs = xtr.index_select(0, order), ys = ytr.index_select(0, order);
     for (int64_t s = 0; s < n; s += options.batch_size, ++step) {
-      const double lr = 0.5 * options.lr * (1 + std::cos(M_PI * step / total));
+      const double lr = options.lr * cosine_factor(step, total);
       for (auto& g : opt.param_groups()) {
         static_cast<torch::optim::SGDOptions&>(g.options()).lr(lr);
       }
@@ -260,12 +269,7 @@ Accuracy train_classifier(EncoderImpl& encoder, const Dataset& train, const Data
   const bool frozen = options.lr_backbone == 0 || encoder.parameters().empty();
 
   torch::manual_seed(options.seed);
-  torch::nn::Linear head(encoder.output_dim(), classes);
-  {
-    torch::NoGradGuard no_grad;
-    head->weight.normal_(0, 0.01);
-    head->bias.zero_();
-  }
+  torch::nn::Linear head = linear_head(encoder.output_dim(), classes);
   head->to(device);
   const auto sgd = [&](double lr) {
     return std::make_unique<torch::optim::SGDOptions>(torch::optim::SGDOptions(lr)
@@ -297,7 +301,7 @@ Accuracy train_classifier(EncoderImpl& encoder, const Dataset& train, const Data
     for (int64_t start = 0; start < n; start += batch, ++step) {
       const int64_t b = std::min(batch, n - start);
       if (b < 2 && !frozen) continue;  // BatchNorm in train mode needs two samples
-      const double factor = 0.5 * (1 + std::cos(M_PI * static_cast<double>(step) / total));
+      const double factor = cosine_factor(step, total);
       for (size_t g = 0; g < opt.param_groups().size(); ++g) {
         static_cast<torch::optim::SGDOptions&>(opt.param_groups()[g].options())
             .lr(peak[g] * factor);

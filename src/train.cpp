@@ -242,9 +242,10 @@ std::string iso_duration(double seconds) {
 
 }  // namespace
 
-TrainConfig read_checkpoint_config(const std::string& path) {
-  torch::serialize::InputArchive archive;
-  load_archive(archive, path, "checkpoint");
+namespace {
+
+/// The config stored in a loaded checkpoint archive read from `path`.
+TrainConfig checkpoint_config(torch::serialize::InputArchive& archive, const std::string& path) {
   TrainConfig config;
   try {
     update_from_json(config, nlohmann::json::parse(read_string(archive, "config")));
@@ -252,6 +253,14 @@ TrainConfig read_checkpoint_config(const std::string& path) {
     throw std::runtime_error("checkpoint '" + path + "' has no valid config: " + e.what());
   }
   return config;
+}
+
+}  // namespace
+
+TrainConfig read_checkpoint_config(const std::string& path) {
+  torch::serialize::InputArchive archive;
+  load_archive(archive, path, "checkpoint");
+  return checkpoint_config(archive, path);
 }
 
 Backbone read_backbone(const std::string& path) {
@@ -296,9 +305,9 @@ VICRegModelConfig model_config(const TrainConfig& config, const Dataset& data) {
 
 TrainedModel read_model(const std::string& checkpoint, const Dataset& data) {
   TrainedModel m;
-  m.config = read_checkpoint_config(checkpoint);
   torch::serialize::InputArchive archive;
   load_archive(archive, checkpoint, "checkpoint");
+  m.config = checkpoint_config(archive, checkpoint);  // one read of the file for both
   try {
     m.model = VICReg(model_config(m.config, data));
     torch::serialize::InputArchive model_archive;
