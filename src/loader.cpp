@@ -71,6 +71,17 @@ TwoViewLoader::TwoViewLoader(std::shared_ptr<const Dataset> data,
                                 std::to_string(n) + " samples)");
   }
   if (options_.workers < 1) throw std::invalid_argument("--workers must be at least 1");
+  if (options_.shard_count < 1 || options_.shard_rank < 0 ||
+      options_.shard_rank >= options_.shard_count) {
+    throw std::invalid_argument("loader shard " + std::to_string(options_.shard_rank) + " of " +
+                                std::to_string(options_.shard_count) + " is impossible");
+  }
+  if (options_.batch_size % options_.shard_count != 0) {
+    throw std::invalid_argument(
+        "--batch-size " + std::to_string(options_.batch_size) + " is not divisible by the " +
+        std::to_string(options_.shard_count) + " processes (WORLD_SIZE): the global batch is "
+        "split evenly over them; use a multiple of " + std::to_string(options_.shard_count));
+  }
   if (options_.prefetch < 1) throw std::invalid_argument("prefetch must be at least 1");
   batches_per_epoch_ = n / options_.batch_size;
   view_shape_ = transform_->view_shape(*data_);
@@ -102,8 +113,10 @@ TwoViewBatch TwoViewLoader::make_batch(int64_t global) const {
   TwoViewBatch batch;
   batch.epoch = global / batches_per_epoch_;
   batch.index = global % batches_per_epoch_;
-  const int64_t b = options_.batch_size;
-  batch.indices = epoch_order(batch.epoch).narrow(0, batch.index * b, b).clone();
+  const int64_t global_b = options_.batch_size;
+  const int64_t b = global_b / options_.shard_count;      // this shard's rows
+  const int64_t first = batch.index * global_b + options_.shard_rank * b;  // in the epoch order
+  batch.indices = epoch_order(batch.epoch).narrow(0, first, b).clone();
   std::vector<int64_t> shape = {b};
   shape.insert(shape.end(), view_shape_.begin(), view_shape_.end());
   batch.view_a = torch::empty(shape, torch::kFloat);
@@ -113,7 +126,7 @@ TwoViewBatch TwoViewLoader::make_batch(int64_t global) const {
   float* v = batch.view_b.data_ptr<float>();
   const int64_t* idx = batch.indices.data_ptr<int64_t>();
   for (int64_t i = 0; i < b; ++i) {
-    Rng rng(sample_seed(options_.seed, batch.epoch, batch.index * b + i));
+    Rng rng(sample_seed(options_.seed, batch.epoch, first + i));
     transform_->apply(*data_, idx[i], rng, a + i * per_sample, v + i * per_sample);
   }
   if (data_->labels.defined()) batch.labels = data_->labels.index_select(0, batch.indices);

@@ -2,6 +2,8 @@
 // formulation, then the checks and the module. Derivations: DESIGN.md 1.2.
 #include "vicreg/loss.h"
 
+#include "vicreg/distributed.h"
+
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/nn/functional/activation.h>
 #include <torch/nn/functional/loss.h>
@@ -177,10 +179,13 @@ class FusedVICRegLoss : public torch::autograd::Function<FusedVICRegLoss> {
     ctx->saved_data["cov_coeff"] = o.cov_coeff();
     ctx->saved_data["gamma"] = o.gamma();
 
-    return {total.to(acc), invariance.to(acc), variance.to(acc), covariance.to(acc)};
+    const Tensor std_a = (sa.sigma2 / static_cast<double>(n - 1)).sqrt();
+    ctx->mark_non_differentiable({std_a});
+    return {total.to(acc), invariance.to(acc), variance.to(acc), covariance.to(acc), std_a};
   }
 
-  /// grads: d(out)/d{total, invariance, variance, covariance}, 0-dim -> {dz_a [n, d], dz_b, -}.
+  /// grads: d(out)/d{total, invariance, variance, covariance}, 0-dim (and std_a's, unused)
+  /// -> {dz_a [n, d], dz_b, -}.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto& sd = ctx->saved_data;
     auto stats = [&](const std::string& v) {
@@ -213,6 +218,146 @@ class FusedVICRegLoss : public torch::autograd::Function<FusedVICRegLoss> {
       gb = view_backward(stats("b"), b, a, inv_scale, var_coef, cov_coef, gamma).to(in_dtype);
     }
     return {ga, gb, Tensor()};
+  }
+};
+
+/// The loss of the global batch from this rank's rows (vicreg_loss_sharded, loss.h).
+class ShardedVICRegLoss : public torch::autograd::Function<ShardedVICRegLoss> {
+ public:
+  /// z_a: [n, d], z_b: [n, d] (this rank's rows) -> {total, invariance, variance, covariance,
+  /// std_a}, the global batch's.
+  static variable_list forward(AutogradContext* ctx, const Tensor& z_a, const Tensor& z_b,
+                               const VICRegLossOptions& o, ProcessGroup* group) {
+    const int64_t n = z_a.size(0), d = z_a.size(1);
+    const int64_t world = group->world_size(), rank = group->rank();
+    const int64_t big_n = n * world;
+    const double nm1 = static_cast<double>(big_n - 1), dd = static_cast<double>(d);
+    const auto acc = accumulation_dtype(z_a.scalar_type());
+    const Tensor a = z_a.to(acc), b = z_b.to(acc);
+    const Tensor inv_local = sum_of_squares(a - b).view({1});  // fp64
+
+    Tensor mean[2], sigma2[2], stdev[2], m[2], zc_all[2], gsq;
+    const Tensor* local[2] = {&a, &b};
+    if (big_n < d) {
+      // Gram form: gather both views' rows once; statistics of the columns from the gathered
+      // rows (identical on every rank); this rank's block rows of G = Zc Zc^T.
+      const Tensor gathered = group->all_gather(torch::stack({a, b}, 1));  // [N, 2, d]
+      std::vector<Tensor> g_sq;
+      for (int v = 0; v < 2; ++v) {
+        const Tensor all = gathered.select(1, v);
+        mean[v] = all.mean(0, /*keepdim=*/true);
+        zc_all[v] = all - mean[v];                                     // [N, d]
+        sigma2[v] = zc_all[v].square().sum(0);
+        m[v] = torch::mm(zc_all[v].narrow(0, rank * n, n), zc_all[v].t());  // G_r [n, N]
+        g_sq.push_back(sum_of_squares(m[v]).view({1}));
+      }
+      std::vector<Tensor> sums = {torch::cat({inv_local, g_sq[0], g_sq[1]})};
+      group->all_reduce_sum(sums);
+      gsq = sums[0];
+    } else {
+      // Covariance form: column sums, then this rank's Zc_r^T Zc_r, summed over ranks.
+      std::vector<Tensor> col = {torch::cat({a.sum(0), b.sum(0)}).to(torch::kDouble)};
+      group->all_reduce_sum(col);
+      for (int v = 0; v < 2; ++v) {
+        mean[v] = (col[0].narrow(0, v * d, d) / static_cast<double>(big_n)).to(acc).view({1, d});
+        const Tensor zc = *local[v] - mean[v];
+        m[v] = torch::mm(zc.t(), zc);  // [d, d]
+      }
+      std::vector<Tensor> sums = {torch::stack({m[0], m[1]}), inv_local};
+      group->all_reduce_sum(sums);
+      gsq = torch::cat({sums[1], torch::zeros({2}, sums[1].options())});
+      for (int v = 0; v < 2; ++v) {
+        m[v] = sums[0][v];
+        sigma2[v] = m[v].diagonal().clone();
+        m[v].diagonal().zero_();
+      }
+    }
+    Tensor v_term[2], c_term[2];
+    for (int v = 0; v < 2; ++v) {
+      stdev[v] = (sigma2[v] / nm1 + o.eps()).sqrt();
+      v_term[v] = torch::relu(o.gamma() - stdev[v]).to(torch::kDouble).sum() / dd;
+      c_term[v] = big_n < d ? (gsq[1 + v] - sigma2[v].to(torch::kDouble).square().sum()) /
+                                  (nm1 * nm1 * dd)
+                            : sum_of_squares(m[v]) / (nm1 * nm1 * dd);
+    }
+    const double inv_norm = static_cast<double>(big_n) *
+                            (o.preset() == LossPreset::Official ? dd : 1.0);
+    const Tensor invariance = gsq[0] / inv_norm;
+    const Tensor variance = v_term[0] + v_term[1];
+    const Tensor covariance = c_term[0] + c_term[1];
+    const Tensor total = o.sim_coeff() * invariance +
+                         (variance_weight(o.preset()) * o.std_coeff()) * variance +
+                         o.cov_coeff() * covariance;
+    if (o.check_finite() && !torch::isfinite(total).item<bool>()) {
+      // The same on every rank (global sums), so every rank stops here.
+      check_finite_inputs(z_a, z_b);
+      TORCH_CHECK(false, "vicreg_loss_sharded: the loss is not finite (invariance ",
+                  invariance.item<double>(), ", variance ", variance.item<double>(),
+                  ", covariance ", covariance.item<double>(), "): another rank's embeddings hold "
+                  "NaN or Inf, or their magnitude is too large for ", acc);
+    }
+
+    ctx->save_for_backward({z_a, z_b});
+    const char* names[2] = {"a", "b"};
+    for (int v = 0; v < 2; ++v) {
+      const std::string k = names[v];
+      ctx->saved_data["mean_" + k] = mean[v];
+      ctx->saved_data["sigma2_" + k] = sigma2[v];
+      ctx->saved_data["std_" + k] = stdev[v];
+      ctx->saved_data["m_" + k] = m[v];
+      ctx->saved_data["zc_" + k] = big_n < d ? zc_all[v] : Tensor();
+    }
+    ctx->saved_data["n_global"] = big_n;
+    ctx->saved_data["world"] = world;
+    ctx->saved_data["inv_norm"] = inv_norm;
+    ctx->saved_data["sim_coeff"] = o.sim_coeff();
+    ctx->saved_data["std_coeff"] = variance_weight(o.preset()) * o.std_coeff();
+    ctx->saved_data["cov_coeff"] = o.cov_coeff();
+    ctx->saved_data["gamma"] = o.gamma();
+
+    const Tensor std_a = (sigma2[0] / nm1).sqrt();
+    ctx->mark_non_differentiable({std_a});
+    return {total.to(acc), invariance.to(acc), variance.to(acc), covariance.to(acc), std_a};
+  }
+
+  /// The rows of this rank, times W: view_backward's formulas with the global N, G_r and Zc.
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto& sd = ctx->saved_data;
+    const variable_list inputs = ctx->get_saved_variables();
+    const auto in_dtype = inputs[0].scalar_type();
+    const auto acc = accumulation_dtype(in_dtype);
+    const Tensor a = inputs[0].to(acc), b = inputs[1].to(acc);
+    const int64_t d = a.size(1);
+    const double nm1 = static_cast<double>(sd["n_global"].toInt() - 1);
+    const double world = static_cast<double>(sd["world"].toInt());
+    const double gamma = sd["gamma"].toDouble();
+    // W times each coefficient: the averaging of parameter gradients divides by W again.
+    const Tensor& g_total = grads[0];
+    const Tensor inv_coef = (g_total * sd["sim_coeff"].toDouble() + grads[1]) * world;
+    const Tensor var_coef = (g_total * sd["std_coeff"].toDouble() + grads[2]) * world;
+    const Tensor cov_coef = (g_total * sd["cov_coeff"].toDouble() + grads[3]) * world;
+    const Tensor inv_scale = inv_coef * (2.0 / sd["inv_norm"].toDouble());
+    const Tensor k = cov_coef * (4.0 / (nm1 * nm1 * static_cast<double>(d)));
+
+    auto rows = [&](const std::string& v, const Tensor& z, const Tensor& other) {
+      const Tensor stdev = sd["std_" + v].toTensor(), sigma2 = sd["sigma2_" + v].toTensor();
+      const Tensor m = sd["m_" + v].toTensor();
+      const Tensor active = (stdev < gamma).to(z.scalar_type());
+      const Tensor col = -var_coef * active / (stdev * (static_cast<double>(d) * nm1));
+      const Tensor zc = z - sd["mean_" + v].toTensor();
+      Tensor grad;
+      if (sd["zc_" + v].isTensor() && sd["zc_" + v].toTensor().defined()) {
+        // k (G_r Zc - zc_r diag(sigma^2)) + zc_r diag(col)
+        grad = torch::mm(m, sd["zc_" + v].toTensor()).mul_(k).addcmul_(zc, col - k * sigma2);
+      } else {
+        grad = torch::mm(zc, m).mul_(k).addcmul_(zc, col);  // m: diagonal zeroed
+      }
+      return grad.addcmul_(z - other, inv_scale).to(in_dtype);
+    };
+    Tensor ga, gb;
+    if (ctx->needs_input_grad(0)) ga = rows("a", a, b);
+    if (ctx->needs_input_grad(1)) gb = rows("b", b, a);
+    return {ga, gb, Tensor(), Tensor()};
   }
 };
 
@@ -253,7 +398,14 @@ void check_loss_inputs(const Tensor& z_a, const Tensor& z_b, const VICRegLossOpt
 VICRegLossTerms vicreg_loss(const Tensor& z_a, const Tensor& z_b, const VICRegLossOptions& o) {
   check_loss_inputs(z_a, z_b, o);
   const variable_list out = FusedVICRegLoss::apply(z_a, z_b, o);
-  return {out[0], out[1], out[2], out[3]};
+  return {out[0], out[1], out[2], out[3], out[4]};
+}
+
+VICRegLossTerms vicreg_loss_sharded(const Tensor& z_a, const Tensor& z_b, ProcessGroup& group,
+                                    const VICRegLossOptions& o) {
+  check_loss_inputs(z_a, z_b, o);
+  const variable_list out = ShardedVICRegLoss::apply(z_a, z_b, o, &group);
+  return {out[0], out[1], out[2], out[3], out[4]};
 }
 
 VICRegLossTerms vicreg_loss_reference(const Tensor& z_a, const Tensor& z_b,

@@ -1,5 +1,7 @@
 #include "vicreg/models.h"
 
+#include "vicreg/distributed.h"
+
 #include <torch/nn/functional/activation.h>
 #include <torch/nn/functional/pooling.h>
 #include <torch/nn/init.h>
@@ -8,6 +10,7 @@
 #include <torch/nn/modules/pooling.h>
 
 #include <algorithm>
+#include <ostream>
 #include <sstream>
 #include <stdexcept>
 
@@ -51,7 +54,7 @@ void init_conv_bn(torch::nn::Module& module) {
   for (auto& m : module.modules(/*include_self=*/false)) {
     if (auto* c = m->as<torch::nn::Conv2d>()) {
       torch::nn::init::kaiming_normal_(c->weight, 0.0, torch::kFanOut, torch::kReLU);
-    } else if (auto* b = m->as<torch::nn::BatchNorm2d>()) {
+    } else if (auto* b = m->as<BatchNorm>()) {
       torch::nn::init::ones_(b->weight);
       torch::nn::init::zeros_(b->bias);
     }
@@ -59,6 +62,58 @@ void init_conv_bn(torch::nn::Module& module) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// BatchNorm
+
+BatchNormImpl::BatchNormImpl(const BatchNormOptions& options_) : options(options_) { reset(); }
+
+void BatchNormImpl::reset() {
+  TORCH_CHECK(options.num_features() >= 1, "BatchNorm: num_features must be >= 1, got ",
+              options.num_features());
+  const int64_t c = options.num_features();
+  weight = register_parameter("weight", torch::ones({c}));
+  bias = register_parameter("bias", torch::zeros({c}));
+  running_mean = register_buffer("running_mean", torch::zeros({c}));
+  running_var = register_buffer("running_var", torch::ones({c}));
+  num_batches_tracked = register_buffer("num_batches_tracked", torch::tensor(0, torch::kLong));
+}
+
+void BatchNormImpl::pretty_print(std::ostream& stream) const {
+  stream << "vicreg::BatchNorm(" << options.num_features() << ", eps=" << options.eps()
+         << ", momentum=" << options.momentum() << (sync_group ? ", synchronised" : "") << ")";
+}
+
+torch::Tensor BatchNormImpl::forward(const torch::Tensor& x) {
+  TORCH_CHECK(x.dim() >= 2 && x.size(1) == options.num_features(), "BatchNorm(",
+              options.num_features(), ") expects [N, ", options.num_features(),
+              ", ...] inputs, got ", x.sizes());
+  if (is_training()) {
+    torch::NoGradGuard no_grad;
+    num_batches_tracked.add_(1);
+  }
+  if (is_training() && sync_group && sync_group->world_size() > 1) {
+    return sync_batch_norm(x, weight, bias, running_mean, running_var, options.momentum(),
+                           options.eps(), sync_group);
+  }
+  TORCH_CHECK(!is_training() || x.numel() / x.size(1) > 1,
+              "BatchNorm: expected more than 1 value per channel when training, got input of "
+              "size ", x.sizes(), " (use a batch of at least 2)");
+  return torch::batch_norm(x, weight, bias, running_mean, running_var, is_training(),
+                           options.momentum(), options.eps(),
+                           at::globalContext().userEnabledCuDNN());
+}
+
+int64_t convert_sync_batchnorm(torch::nn::Module& module, std::shared_ptr<ProcessGroup> group) {
+  int64_t n = 0;
+  for (auto& m : module.modules(/*include_self=*/true)) {
+    if (auto* bn = m->as<BatchNorm>()) {
+      bn->sync_group = group;
+      ++n;
+    }
+  }
+  return n;
+}
 
 // ---------------------------------------------------------------------------------------------
 // ResNet
@@ -69,21 +124,21 @@ ResidualBlockImpl::ResidualBlockImpl(int64_t in_planes, int64_t planes, int64_t 
   const int64_t expansion = bottleneck ? 4 : 1;
   if (bottleneck) {
     conv1 = register_module("conv1", conv(in_planes, planes, 1, 1));
-    bn1 = register_module("bn1", torch::nn::BatchNorm2d(planes));
+    bn1 = register_module("bn1", BatchNorm(planes));
     conv2 = register_module("conv2", conv(planes, planes, 3, stride));
-    bn2 = register_module("bn2", torch::nn::BatchNorm2d(planes));
+    bn2 = register_module("bn2", BatchNorm(planes));
     conv3 = register_module("conv3", conv(planes, planes * expansion, 1, 1));
-    bn3 = register_module("bn3", torch::nn::BatchNorm2d(planes * expansion));
+    bn3 = register_module("bn3", BatchNorm(planes * expansion));
   } else {
     conv1 = register_module("conv1", conv(in_planes, planes, 3, stride));
-    bn1 = register_module("bn1", torch::nn::BatchNorm2d(planes));
+    bn1 = register_module("bn1", BatchNorm(planes));
     conv2 = register_module("conv2", conv(planes, planes, 3, 1));
-    bn2 = register_module("bn2", torch::nn::BatchNorm2d(planes));
+    bn2 = register_module("bn2", BatchNorm(planes));
   }
   if (stride != 1 || in_planes != planes * expansion) {
     downsample = register_module(
         "downsample", torch::nn::Sequential(conv(in_planes, planes * expansion, 1, stride),
-                                            torch::nn::BatchNorm2d(planes * expansion)));
+                                            BatchNorm(planes * expansion)));
   }
 }
 
@@ -114,7 +169,7 @@ ResNetImpl::ResNetImpl(const ResNetOptions& options_) : options(options_) {
 
   conv1 = register_module("conv1", options.small_stem() ? conv(options.in_channels(), 64, 3, 1)
                                                         : conv(options.in_channels(), 64, 7, 2));
-  bn1 = register_module("bn1", torch::nn::BatchNorm2d(64));
+  bn1 = register_module("bn1", BatchNorm(64));
   int64_t in_planes = 64;
   torch::nn::Sequential* layers[] = {&layer1, &layer2, &layer3, &layer4};
   for (int stage = 0; stage < 4; ++stage) {
@@ -159,7 +214,7 @@ ConvNetImpl::ConvNetImpl(const ConvNetOptions& options_) : options(options_) {
     torch::nn::Sequential stage;
     for (int64_t c = 0; c < options.convs_per_stage(); ++c) {
       stage->push_back(conv(c == 0 ? in : out, out, 3, (c == 0 && s > 0) ? 2 : 1));
-      stage->push_back(torch::nn::BatchNorm2d(out));
+      stage->push_back(BatchNorm(out));
       stage->push_back(torch::nn::ReLU(torch::nn::ReLUOptions(/*inplace=*/true)));
     }
     stages.push_back(register_module("stage" + std::to_string(s + 1), stage));
@@ -186,7 +241,7 @@ MLPImpl::MLPImpl(const MLPOptions& options_) : options(options_) {
   int64_t in = options.in_features();
   for (const int64_t size : parse_layer_spec(options.hidden())) {
     layers->push_back(torch::nn::Linear(in, size));
-    layers->push_back(torch::nn::BatchNorm1d(size));
+    layers->push_back(BatchNorm(size));
     layers->push_back(torch::nn::ReLU(torch::nn::ReLUOptions(true)));
     in = size;
   }
@@ -213,7 +268,7 @@ ExpanderImpl::ExpanderImpl(int64_t in_features, const std::string& spec) {
   };
   for (size_t i = 0; i + 1 < sizes.size(); ++i) {
     add(torch::nn::Linear(in, sizes[i]));
-    add(torch::nn::BatchNorm1d(sizes[i]));
+    add(BatchNorm(sizes[i]));
     add(torch::nn::ReLU(torch::nn::ReLUOptions(true)));
     in = sizes[i];
   }

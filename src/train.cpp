@@ -95,6 +95,10 @@ void TrainConfig::validate() const {
   check(max_steps >= 0, "--max-steps must be >= 0");
   check(eval_every >= 0, "--eval-every must be >= 0 (0: never)");
   check(eval_bank >= 0, "--eval-bank must be >= 0 (0: the whole training split)");
+  check(one_of(dist_backend, {"auto", "gloo", "nccl"}),
+        "unknown --dist-backend '" + dist_backend + "': use auto, gloo or nccl");
+  check(std::isfinite(dist_timeout) && dist_timeout >= 1,
+        "--dist-timeout must be at least 1 second");
 }
 
 #define VICREG_CONFIG_FIELDS(X)                                                                 \
@@ -102,7 +106,8 @@ void TrainConfig::validate() const {
   X(encoder_mlp) X(mlp) X(shared_weights) X(arch_b) X(epochs) X(batch_size) X(base_lr) X(wd)    \
   X(optimizer) X(momentum) X(eta) X(clip_lr) X(warmup_epochs) X(end_lr_ratio) X(sim_coeff)      \
   X(std_coeff) X(cov_coeff) X(loss_preset) X(device) X(threads) X(workers) X(prefetch) X(seed)  \
-  X(exp_dir) X(log_every) X(max_steps) X(eval_every) X(eval_bank)
+  X(exp_dir) X(log_every) X(max_steps) X(eval_every) X(eval_bank) X(sync_bn) X(dist_backend)    \
+  X(dist_timeout)
 
 nlohmann::json to_json(const TrainConfig& config) {
   nlohmann::json j;
@@ -325,9 +330,15 @@ TrainedModel read_model(const std::string& checkpoint, const Dataset& data) {
 // ---------------------------------------------------------------------------------------------
 // Trainer
 
-Trainer::Trainer(TrainConfig config, std::string resume)
-    : config_(std::move(config)), device_(torch::kCPU) {
+Trainer::Trainer(TrainConfig config, std::string resume, std::shared_ptr<ProcessGroup> group)
+    : config_(std::move(config)), device_(torch::kCPU), group_(std::move(group)) {
   config_.validate();
+  if (group_ && group_->world_size() > 1) {
+    rank_ = group_->rank();
+    world_ = group_->world_size();
+  } else {
+    group_ = nullptr;
+  }
   device_ = torch::Device(config_.device);
   if (device_.is_cuda() && !torch::cuda::is_available()) {
     throw std::invalid_argument("--device " + config_.device +
@@ -351,6 +362,9 @@ Trainer::Trainer(TrainConfig config, std::string resume)
     merged.max_steps = config_.max_steps;
     merged.eval_every = config_.eval_every;
     merged.eval_bank = config_.eval_bank;
+    merged.sync_bn = config_.sync_bn;
+    merged.dist_backend = config_.dist_backend;
+    merged.dist_timeout = config_.dist_timeout;
     if (!config_.data_dir.empty()) merged.data_dir = config_.data_dir;
     // Say which of the new settings the checkpoint overrides, rather than ignore them silently.
     const nlohmann::json asked = to_json(config_), kept = to_json(merged);
@@ -360,7 +374,7 @@ Trainer::Trainer(TrainConfig config, std::string resume)
       std::replace(flag.begin(), flag.end(), '_', '-');
       if (kept[key] != value) ignored += " --" + flag + " " + value.dump();
     }
-    if (!ignored.empty()) {
+    if (!ignored.empty() && is_main()) {
       std::fprintf(stderr, "vicreg train: resuming from '%s', whose settings are kept; ignoring%s\n",
                    resume.c_str(), ignored.c_str());
     }
@@ -387,6 +401,13 @@ Trainer::Trainer(TrainConfig config, std::string resume)
   lo.workers = config_.workers;
   lo.prefetch = config_.prefetch;
   lo.seed = config_.seed;
+  lo.shard_rank = rank_;
+  lo.shard_count = world_;
+  if (world_ > 1 && config_.batch_size / world_ < 2) {
+    throw std::invalid_argument("--batch-size " + std::to_string(config_.batch_size) + " over " +
+                                std::to_string(world_) + " processes leaves fewer than 2 rows per "
+                                "process: use at least " + std::to_string(2 * world_));
+  }
   loader_ = std::make_unique<TwoViewLoader>(data_, transform, lo);
 
   torch::manual_seed(config_.seed);
@@ -416,6 +437,11 @@ Trainer::Trainer(TrainConfig config, std::string resume)
       .preset(loss_preset_from_string(config_.loss_preset));
 
   if (!resume.empty()) load_checkpoint(resume);
+  if (group_) {
+    // Same seed, same checkpoint: the ranks agree already; the broadcast makes sure of it.
+    if (config_.sync_bn) convert_sync_batchnorm(*model_, group_);
+    broadcast_module(*model_, *group_);
+  }
 }
 
 void Trainer::load_checkpoint(const std::string& path) {
@@ -466,13 +492,15 @@ StepStats Trainer::train_step(const TwoViewBatch& batch) {
   const VICRegOutput out = model_->forward(x_a, x_b);
   VICRegLossTerms terms;
   try {
-    terms = vicreg_loss(out.z_a, out.z_b, loss_options_);
+    terms = group_ ? vicreg_loss_sharded(out.z_a, out.z_b, *group_, loss_options_)
+                   : vicreg_loss(out.z_a, out.z_b, loss_options_);
   } catch (const c10::Error& e) {
     throw TrainingDiverged(step_, "training diverged at step " + std::to_string(step_) + ": " +
                                       e.what_without_backtrace());
   }
   terms.total.backward();
-  const torch::Tensor std_per_dim = out.z_a.detach().std(0);
+  if (group_) all_reduce_gradients(model_->parameters(), *group_);
+  const torch::Tensor& std_per_dim = terms.std_a;  // over the global batch
   last_y_ = out.y_a.detach();
   last_z_ = out.z_a.detach();
   const torch::Tensor numbers =
@@ -547,17 +575,20 @@ nlohmann::json Trainer::knn_probe() {
 }
 
 TrainResult Trainer::run(const TrainHooks& hooks) {
-  fs::create_directories(config_.exp_dir);
-  {
+  // Only rank 0 writes files and reports progress.
+  std::ofstream metrics;
+  if (is_main()) {
+    fs::create_directories(config_.exp_dir);
     std::ofstream out(fs::path(config_.exp_dir) / "config.json");
     out << to_json(config_).dump(2) << "\n";
     if (!out) throw std::runtime_error("cannot write config.json in '" + config_.exp_dir + "'");
+    metrics.open(fs::path(config_.exp_dir) / "metrics.jsonl", std::ios::app);
+    if (!metrics) throw std::runtime_error("cannot write metrics.jsonl in '" + config_.exp_dir + "'");
   }
-  std::ofstream metrics(fs::path(config_.exp_dir) / "metrics.jsonl", std::ios::app);
-  if (!metrics) throw std::runtime_error("cannot write metrics.jsonl in '" + config_.exp_dir + "'");
 
-  const bool bar = hooks.progress == "bar" || (hooks.progress == "auto" && isatty(STDERR_FILENO));
-  const bool plain = hooks.progress == "plain" || (hooks.progress == "auto" && !bar);
+  const std::string progress = is_main() ? hooks.progress : "none";
+  const bool bar = progress == "bar" || (progress == "auto" && isatty(STDERR_FILENO));
+  const bool plain = progress == "plain" || (progress == "auto" && !bar);
   const int64_t per_epoch = loader_->batches_per_epoch();
   const int64_t total = schedule_.total_steps;
   const int64_t batch = config_.batch_size;
@@ -572,6 +603,13 @@ TrainResult Trainer::run(const TrainHooks& hooks) {
                  start_step > 0 ? ("resuming at step " + std::to_string(start_step)).c_str()
                                 : "from scratch",
                  describe_runtime().c_str());
+    if (group_) {
+      std::fprintf(stderr,
+                   "vicreg train: %d processes (%s), global batch %lld = %d x %lld, BatchNorm %s\n",
+                   world_, group_->backend().c_str(), static_cast<long long>(batch), world_,
+                   static_cast<long long>(batch / world_),
+                   config_.sync_bn ? "synchronised" : "per process");
+    }
   }
 
   model_->train();
@@ -597,8 +635,14 @@ TrainResult Trainer::run(const TrainHooks& hooks) {
     interval.add(s);
     result.last_loss = s.loss;
     const bool epoch_end = step_ % per_epoch == 0;
-    const bool stop = hooks.stop_requested != nullptr && hooks.stop_requested->load();
-    if (step_ % config_.log_every == 0 || epoch_end || step_ == stop_at || stop) {
+    bool stop = hooks.stop_requested != nullptr && hooks.stop_requested->load();
+    if (group_) {
+      // A signal may reach one rank only: they stop together, at the same step.
+      std::vector<torch::Tensor> flag = {torch::full({1}, stop ? 1.0f : 0.0f)};
+      group_->all_reduce_sum(flag);
+      stop = flag[0].item<float>() > 0;
+    }
+    if (is_main() && (step_ % config_.log_every == 0 || epoch_end || step_ == stop_at || stop)) {
       const double dt = seconds_since(t_interval);
       const double wait = loader_->wait_seconds() - wait_at_interval;
       const double elapsed = elapsed_before_ + seconds_since(t0);
@@ -618,7 +662,7 @@ TrainResult Trainer::run(const TrainHooks& hooks) {
                              {"images_per_s", ips},
                              {"data_wait_fraction", wait / std::max(dt, 1e-9)},
                              {"elapsed_s", elapsed}};
-      metrics << line.dump() << "\n" << std::flush;
+      if (is_main()) metrics << line.dump() << "\n" << std::flush;
       const double eta_s = (stop_at - step_) * dt / interval.steps;
       if (bar) {
         const int width = 24;
@@ -645,7 +689,9 @@ TrainResult Trainer::run(const TrainHooks& hooks) {
       t_interval = std::chrono::steady_clock::now();
       wait_at_interval = loader_->wait_seconds();
     }
-    if (epoch_end && config_.eval_every > 0 && (step_ / per_epoch) % config_.eval_every == 0) {
+    if (is_main() && epoch_end && config_.eval_every > 0 &&
+        (step_ / per_epoch) % config_.eval_every == 0) {
+      // The other ranks wait for it in the next step's collectives (within --dist-timeout).
       const nlohmann::json probe = knn_probe();
       metrics << probe.dump() << "\n" << std::flush;
       if (plain || bar) {
@@ -659,7 +705,7 @@ TrainResult Trainer::run(const TrainHooks& hooks) {
     if (epoch_end || stop || step_ == stop_at) {
       const double session = seconds_since(t0);
       elapsed_before_ += session;
-      save_checkpoint();
+      if (is_main()) save_checkpoint();
       elapsed_before_ -= session;  // keep counting this session from t0
     }
     if (stop) {
@@ -677,6 +723,7 @@ TrainResult Trainer::run(const TrainHooks& hooks) {
   result.data_wait_fraction = loader_->wait_seconds() / std::max(session, 1e-9);
   result.images_per_second = 2.0 * batch * (step_ - start_step) / std::max(session, 1e-9);
 
+  if (!is_main()) return result;
   // The backbone alone, with what is needed to rebuild it.
   torch::serialize::OutputArchive out, weights;
   model_->backbone->save(weights);

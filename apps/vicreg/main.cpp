@@ -8,6 +8,7 @@
 //   vicreg report --exp-dir DIR [--out FILE] ...
 //   vicreg bench-loss [--shapes NxD,...] [--threads N] [--device cpu|cuda] [--dtype float|...]
 //                     [--preset official|paper] [--min-time S] [--no-reference] [--json FILE]
+#include "vicreg/distributed.h"
 #include "vicreg/evaluate.h"
 #include "vicreg/loss.h"
 #include "vicreg/profile.h"
@@ -269,6 +270,17 @@ void add_train_options(CLI::App* cmd, vicreg::TrainConfig& c, TrainArgs& a) {
                   "metrics.jsonl (0: never)")->capture_default_str();
   cmd->add_option("--eval-bank", c.eval_bank,
                   "Training samples in the kNN bank of --eval-every (0: all)")->capture_default_str();
+  // distributed
+  cmd->add_flag("--sync-bn,!--no-sync-bn", c.sync_bn,
+                "With several processes (torchrun), BatchNorm statistics over all of them "
+                "(default, as the reference), or each process's own");
+  cmd->add_option("--dist-backend", c.dist_backend,
+                  "With several processes: auto (NCCL on CUDA, else Gloo), gloo or nccl")
+      ->capture_default_str();
+  cmd->add_option("--dist-timeout", c.dist_timeout,
+                  "With several processes: seconds to wait for the others (rendezvous and every "
+                  "collective) before reporting the missing rank and stopping")
+      ->capture_default_str();
   cmd->add_option("--resume", a.resume,
                   "Continue from this checkpoint (by default, from EXP_DIR/checkpoint.pt if it "
                   "exists)");
@@ -277,8 +289,31 @@ void add_train_options(CLI::App* cmd, vicreg::TrainConfig& c, TrainArgs& a) {
       ->capture_default_str();
 }
 
-int run_train(const vicreg::TrainConfig& config, const TrainArgs& args) {
-  vicreg::Trainer trainer(config, args.resume);
+/// "vicreg" or, with several processes, "vicreg (rank R)": the prefix of every message.
+std::string g_who = "vicreg";
+
+int run_train(vicreg::TrainConfig config, const TrainArgs& args) {
+  // torchrun's environment, checked before any work (a single process when it is not set).
+  const vicreg::DistributedEnv env = vicreg::read_distributed_env();
+  std::shared_ptr<vicreg::ProcessGroup> group;
+  if (env.distributed()) {
+    g_who = "vicreg (rank " + std::to_string(env.rank) + ")";
+    config.validate();
+    if (config.batch_size % env.world_size != 0) {
+      throw std::invalid_argument(
+          "--batch-size " + std::to_string(config.batch_size) + " is not divisible by " +
+          "WORLD_SIZE=" + std::to_string(env.world_size) + ": the global batch is split evenly "
+          "over the processes; use a multiple of " + std::to_string(env.world_size));
+    }
+    // One process = one device: cuda means this process's local GPU.
+    if (config.device == "cuda") config.device = "cuda:" + std::to_string(env.local_rank);
+    vicreg::DistributedOptions o;
+    o.backend = config.dist_backend;
+    o.timeout = std::chrono::milliseconds(static_cast<int64_t>(config.dist_timeout * 1000));
+    o.device = torch::Device(config.device);
+    group = vicreg::init_process_group(env, o);
+  }
+  vicreg::Trainer trainer(config, args.resume, group);
   std::signal(SIGINT, on_stop_signal);
   std::signal(SIGTERM, on_stop_signal);
   vicreg::TrainHooks hooks;
@@ -286,6 +321,7 @@ int run_train(const vicreg::TrainConfig& config, const TrainArgs& args) {
   hooks.stop_requested = &g_stop;
   const vicreg::TrainResult r = trainer.run(hooks);
   const std::string dir = trainer.config().exp_dir;
+  if (env.rank != 0) return g_signal.load() != 0 ? 128 + g_signal.load() : 0;  // rank 0 reports
   if (g_signal.load() != 0) {
     std::fprintf(stderr,
                  "vicreg: stopped by signal %d at step %lld; checkpoint saved in %s/checkpoint.pt "
@@ -753,14 +789,18 @@ int main(int argc, char** argv) {
     if (report_cmd->parsed()) return run_report(report, report_threads);
     if (train_cmd->parsed()) return run_train(train_config, train_args);
   } catch (const vicreg::TrainingDiverged& e) {
-    std::fprintf(stderr, "vicreg: error: %s; the last good checkpoint is kept (lower --base-lr, "
-                         "or check the data)\n", e.what());
+    std::fprintf(stderr, "%s: error: %s; the last good checkpoint is kept (lower --base-lr, "
+                         "or check the data)\n", g_who.c_str(), e.what());
+    return 1;
+  } catch (const vicreg::DistributedError& e) {
+    std::fprintf(stderr, "%s: error: %s; the last checkpoint is kept (run the same command again "
+                         "to resume, with any number of processes)\n", g_who.c_str(), e.what());
     return 1;
   } catch (const c10::Error& e) {
-    std::fprintf(stderr, "vicreg: error: %s\n", e.what_without_backtrace());
+    std::fprintf(stderr, "%s: error: %s\n", g_who.c_str(), e.what_without_backtrace());
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "vicreg: error: %s\n", e.what());
+    std::fprintf(stderr, "%s: error: %s\n", g_who.c_str(), e.what());
     return 1;
   }
   return 0;

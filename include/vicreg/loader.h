@@ -65,10 +65,16 @@ struct LoaderOptions {
   int prefetch = 4;
   uint64_t seed = 0;
   bool shuffle = true;
+  /// Distributed training: this process is shard `shard_rank` of `shard_count` and gets rows
+  /// [rank * B / W, (rank + 1) * B / W) of every global batch of B = batch_size rows, with the
+  /// augmentations those rows get in a single process (the shards never overlap, and W processes
+  /// together see exactly what one would). batch_size must be divisible by shard_count.
+  int shard_rank = 0;
+  int shard_count = 1;
 };
 
 struct TwoViewBatch {
-  torch::Tensor view_a, view_b;  ///< [B, ...] float32
+  torch::Tensor view_a, view_b;  ///< [B / W, ...] float32 (this shard's rows)
   torch::Tensor labels;          ///< [B] int64 (undefined when the data have none)
   torch::Tensor indices;         ///< [B] int64: which samples
   int64_t epoch = 0;
@@ -79,8 +85,8 @@ struct TwoViewBatch {
 /// g / batches_per_epoch(). The last partial batch of each epoch is dropped.
 class TwoViewLoader {
  public:
-  /// Throws std::invalid_argument if batch_size < 2, batch_size > data size, workers < 1 or
-  /// prefetch < 1.
+  /// Throws std::invalid_argument if batch_size < 2, batch_size > data size, workers < 1,
+  /// prefetch < 1, or batch_size not divisible by shard_count.
   TwoViewLoader(std::shared_ptr<const Dataset> data, std::shared_ptr<const TwoViewTransform> transform,
                 LoaderOptions options);
   ~TwoViewLoader();

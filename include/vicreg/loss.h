@@ -36,6 +36,8 @@
 
 namespace vicreg {
 
+class ProcessGroup;  // distributed.h
+
 /// Which published weighting of the three terms to use (see the top of this file).
 enum class LossPreset { Official, Paper };
 
@@ -70,6 +72,9 @@ struct VICRegLossTerms {
   torch::Tensor invariance;  ///< Official: mean of (z_a - z_b)^2; Paper: s(Z, Z')
   torch::Tensor variance;    ///< v(Z) + v(Z')
   torch::Tensor covariance;  ///< c(Z) + c(Z')
+  /// [d] standard deviation of each dimension of z_a over the (global) batch, unbiased, detached
+  /// (a by-product for monitoring; set by vicreg_loss and vicreg_loss_sharded, not the reference).
+  torch::Tensor std_a;
 };
 
 /// The fused VICReg loss.
@@ -78,6 +83,22 @@ struct VICRegLossTerms {
 /// Throws c10::Error naming the violated precondition (shapes, dtype, device, NaN/Inf, options).
 VICRegLossTerms vicreg_loss(const torch::Tensor& z_a, const torch::Tensor& z_b,
                             const VICRegLossOptions& options = {});
+
+/// The loss of a global batch spread over the W ranks of `group` (DESIGN.md 1.2): each rank
+/// passes its own n rows of both views (the same n on every rank), gets the loss of the global
+/// batch of N = W n rows (exactly vicreg_loss() of the rows concatenated in rank order), and its
+/// backward gives W times the gradient of its own rows (distributed.h: averaging the parameter
+/// gradients over ranks then gives the global gradient). Work per rank:
+///   N < d (Gram form): one all-gather of both views' rows; this rank's block rows G_r = Zc_r Zc^T
+///     [n, N] forward and G_r Zc backward: O(n N d) instead of the O(N d^2) the reference spends
+///     on every rank; column means and sigma^2 come from the gathered rows (O(N d)); one
+///     all-reduce of three scalars (invariance, ||G_r||_F^2 of each view).
+///   N >= d (covariance form): all-reduces of the column sums [2 d] and of Zc_r^T Zc_r [2, d, d]
+///     with the invariance; O(n d^2) per rank, no gather.
+/// The invariance stays local until its scalar is summed; the backward pass communicates nothing.
+/// z_a: [n, d], z_b: [n, d] -> 0-dim terms on every rank.
+VICRegLossTerms vicreg_loss_sharded(const torch::Tensor& z_a, const torch::Tensor& z_b,
+                                    ProcessGroup& group, const VICRegLossOptions& options = {});
 
 /// The same loss written the way the reference implementations write it (solo-learn, lightly):
 /// plain LibTorch ops differentiated by autograd, the d x d covariance matrix, its off-diagonal

@@ -7,7 +7,7 @@
 #pragma once
 
 #include <torch/nn/module.h>
-#include <torch/nn/modules/batchnorm.h>
+#include <torch/nn/cloneable.h>
 #include <torch/nn/modules/container/any.h>
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/conv.h>
@@ -20,6 +20,8 @@
 #include <vector>
 
 namespace vicreg {
+
+class ProcessGroup;  // distributed.h
 
 /// What every encoder (backbone) is: a module from inputs to representations [N, output_dim].
 class EncoderImpl : public torch::nn::Module {
@@ -34,6 +36,40 @@ using Encoder = std::shared_ptr<EncoderImpl>;
 /// Parses a layer-size spec such as "8192-8192-8192" (the reference's --mlp). Throws
 /// std::invalid_argument naming the spec unless it is one or more positive integers joined by '-'.
 std::vector<int64_t> parse_layer_spec(const std::string& spec);
+
+// ---------------------------------------------------------------------------------------------
+// BatchNorm that can synchronise over ranks
+
+struct BatchNormOptions {
+  /* implicit */ BatchNormOptions(int64_t num_features) : num_features_(num_features) {}
+  TORCH_ARG(int64_t, num_features);
+  TORCH_ARG(double, eps) = 1e-5;
+  TORCH_ARG(double, momentum) = 0.1;
+};
+
+/// BatchNorm over dimension 1 of [N, C] or [N, C, H, W] inputs: torch::nn::BatchNorm1d/2d's math,
+/// parameters and buffers (weight, bias, running_mean, running_var, num_batches_tracked: the same
+/// names, so checkpoints and torchvision state dicts fit), plus what PyTorch's SyncBatchNorm adds:
+/// with `sync_group` set and more than one rank, training-mode statistics are those of the batch
+/// over all ranks (sync_batch_norm, distributed.h). Eval mode uses the running statistics.
+class BatchNormImpl : public torch::nn::Cloneable<BatchNormImpl> {
+ public:
+  explicit BatchNormImpl(const BatchNormOptions& options);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  /// x: [N, C, ...] -> the same shape
+  torch::Tensor forward(const torch::Tensor& x);
+
+  BatchNormOptions options;
+  torch::Tensor weight, bias, running_mean, running_var, num_batches_tracked;
+  /// Set (by convert_sync_batchnorm): statistics over the group's ranks in training mode.
+  std::shared_ptr<ProcessGroup> sync_group;
+};
+TORCH_MODULE(BatchNorm);
+
+/// Makes every BatchNorm inside `module` synchronise over `group` (nullptr: each rank's own batch
+/// again), like torch.nn.SyncBatchNorm.convert_sync_batchnorm. Returns how many it changed.
+int64_t convert_sync_batchnorm(torch::nn::Module& module, std::shared_ptr<ProcessGroup> group);
 
 // ---------------------------------------------------------------------------------------------
 // ResNet (torchvision's v1.5: stride in the 3x3 conv of the bottleneck)
@@ -57,10 +93,10 @@ class ResidualBlockImpl : public torch::nn::Module {
   /// x: [N, in_planes, H, W] -> [N, planes * expansion, H / stride, W / stride]
   torch::Tensor forward(torch::Tensor x);
   /// The BatchNorm whose weight zero_init_residual zeroes.
-  torch::nn::BatchNorm2d last_bn() const { return bottleneck_ ? bn3 : bn2; }
+  BatchNorm last_bn() const { return bottleneck_ ? bn3 : bn2; }
 
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv3{nullptr};
-  torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
+  BatchNorm bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
   torch::nn::Sequential downsample{nullptr};
 
  private:
@@ -78,7 +114,7 @@ class ResNetImpl : public EncoderImpl {
 
   ResNetOptions options;
   torch::nn::Conv2d conv1{nullptr};
-  torch::nn::BatchNorm2d bn1{nullptr};
+  BatchNorm bn1{nullptr};
   torch::nn::Sequential layer1{nullptr}, layer2{nullptr}, layer3{nullptr}, layer4{nullptr};
 
  private:

@@ -8,6 +8,7 @@
 //   backbone.pt     the final backbone alone (torch::save of the encoder module), for downstream use
 #pragma once
 
+#include "vicreg/distributed.h"
 #include "vicreg/loader.h"
 #include "vicreg/loss.h"
 #include "vicreg/models.h"
@@ -66,6 +67,10 @@ struct TrainConfig {
   int64_t max_steps = 0;         ///< stop after this many steps in all (0: no limit)
   int64_t eval_every = 0;        ///< kNN probe on the test split every N epochs (0: never)
   int64_t eval_bank = 10000;     ///< training samples in the kNN bank (the first ones; 0: all)
+  // distributed (WORLD_SIZE > 1; distributed.h)
+  bool sync_bn = true;           ///< BatchNorm statistics over all ranks (the reference's)
+  std::string dist_backend = "auto";  ///< auto (NCCL on CUDA, else Gloo), gloo, nccl
+  double dist_timeout = 300;     ///< seconds a rank waits for the others before giving up
 
   /// Throws std::invalid_argument naming the field for impossible values (unknown names,
   /// batch < 2, epochs < 1, negative rates, ...). Data-dependent checks happen in Trainer.
@@ -112,10 +117,19 @@ struct TrainHooks {
 
 /// Builds the model, data and optimizer of `config`, resumes from `resume` (a checkpoint path)
 /// or from exp_dir/checkpoint.pt when it exists, and trains.
+///
+/// With a process group of W > 1 ranks (distributed.h), every rank runs a Trainer: each gets its
+/// B / W rows of every global batch of B = batch_size, the loss is that of the global batch
+/// (vicreg_loss_sharded), BatchNorm is synchronised (sync_bn), gradients are averaged in buckets,
+/// and rank 0's weights are broadcast at the start. Only rank 0 writes config.json,
+/// metrics.jsonl, checkpoints and backbone.pt, and runs the kNN probe. A checkpoint resumes with
+/// any W: the data stream depends on the global step only.
 class Trainer {
  public:
-  /// Throws for a bad config, missing/corrupt data, or a checkpoint that does not match.
-  Trainer(TrainConfig config, std::string resume = "");
+  /// Throws for a bad config, missing/corrupt data, a checkpoint that does not match, or a batch
+  /// that W ranks cannot split into equal parts of at least 2 rows.
+  Trainer(TrainConfig config, std::string resume = "",
+          std::shared_ptr<ProcessGroup> group = nullptr);
   TrainResult run(const TrainHooks& hooks = {});
 
   const TrainConfig& config() const { return config_; }
@@ -130,6 +144,7 @@ class Trainer {
 
  private:
   void load_checkpoint(const std::string& path);
+  bool is_main() const { return rank_ == 0; }
   /// The kNN probe of the current backbone (bank: eval_bank training samples; queries: the test
   /// split); returns the metrics line.
   nlohmann::json knn_probe();
@@ -147,6 +162,8 @@ class Trainer {
   int64_t image_size_ = 0;
   torch::Tensor last_y_, last_z_;  ///< the last step's representations and embeddings (view a)
   std::shared_ptr<Dataset> test_data_;  ///< loaded on the first kNN probe
+  std::shared_ptr<ProcessGroup> group_;  ///< null: a single process
+  int rank_ = 0, world_ = 1;
 };
 
 /// Writes `archive` to `path` atomically: path.tmp, fsync, rename, fsync of the directory.
