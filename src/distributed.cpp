@@ -241,8 +241,9 @@ std::shared_ptr<ProcessGroup> init_process_group(const DistributedEnv& env,
     c10d::TCPStoreOptions so;
     so.port = static_cast<std::uint16_t>(env.master_port);
     so.isServer = server;
-    if (server) so.numWorkers = static_cast<size_t>(env.world_size);
-    so.waitWorkers = server;
+    // As torch.distributed's env:// does: every rank checks in, the host waits for all of them.
+    so.numWorkers = static_cast<size_t>(env.world_size);
+    so.waitWorkers = true;
     so.timeout = options.timeout;
     so.multiTenant = true;
     auto tcp = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
@@ -380,14 +381,22 @@ Tensor per_channel(const Tensor& v, const Tensor& x) {
   return v.view(shape);
 }
 
+/// The running statistics travel outside the tensor arguments: autograd's inputs must be defined.
+struct RunningStats {
+  Tensor mean, var;
+};
+
 class SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFunction> {
  public:
-  /// input: [N, C, ...]; weight, bias: [C] (or undefined) -> [N, C, ...]
+  /// input: [N, C, ...]; weight, bias: [C] -> [N, C, ...]
   static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& weight,
-                        const Tensor& bias, Tensor running_mean, Tensor running_var,
-                        double momentum, double eps, const std::shared_ptr<ProcessGroup>& group) {
+                        const Tensor& bias, RunningStats running, double momentum, double eps,
+                        const std::shared_ptr<ProcessGroup>& group) {
+    Tensor& running_mean = running.mean;
+    Tensor& running_var = running.var;
     const int64_t c = input.size(1);
-    const Tensor x = input.to(torch::kFloat);
+    const auto acc = input.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+    const Tensor x = input.to(acc);
     const auto dims = reduce_dims(x);
     const double count = static_cast<double>(x.numel() / std::max<int64_t>(c, 1));
     // Local (count, mean, M2) per channel, combined over ranks with Chan's formula.
@@ -404,19 +413,17 @@ class SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFunc
     const double n = total.item<double>();
     TORCH_CHECK(n > 1, "SyncBatchNorm: needs more than one value per channel over all ranks, got ",
                 n, " (input ", input.sizes(), ")");
-    const Tensor invstd = (m2 / n + eps).rsqrt().to(torch::kFloat);
-    const Tensor mean_f = mean.to(torch::kFloat);
+    const Tensor invstd = (m2 / n + eps).rsqrt().to(acc);
+    const Tensor mean_f = mean.to(acc);
     if (running_mean.defined()) {
       torch::NoGradGuard no_grad;
       running_mean.mul_(1 - momentum).add_(mean.to(running_mean.scalar_type()), momentum);
       running_var.mul_(1 - momentum).add_((m2 / (n - 1)).to(running_var.scalar_type()), momentum);
     }
-    Tensor y = (x - per_channel(mean_f, x)) * per_channel(invstd, x);
-    if (weight.defined()) y = y * per_channel(weight.to(torch::kFloat), x);
-    if (bias.defined()) y = y + per_channel(bias.to(torch::kFloat), x);
+    const Tensor y = (x - per_channel(mean_f, x)) * per_channel(invstd * weight.to(acc), x) +
+                     per_channel(bias.to(acc), x);
     ctx->save_for_backward({input, weight, mean_f, invstd});
     ctx->saved_data["n"] = n;
-    ctx->saved_data["has_bias"] = bias.defined();
     // IValue cannot hold the group: its address travels instead. The caller keeps the group
     // alive until backward (the BatchNorm module holds it).
     ctx->saved_data["group"] = reinterpret_cast<int64_t>(group.get());
@@ -431,8 +438,9 @@ class SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFunc
     const Tensor& mean = saved[2];
     const Tensor& invstd = saved[3];
     const double n = ctx->saved_data["n"].toDouble();
-    const Tensor x = input.to(torch::kFloat);
-    const Tensor dy = grads[0].to(torch::kFloat);
+    const auto acc = mean.scalar_type();
+    const Tensor x = input.to(acc);
+    const Tensor dy = grads[0].to(acc);
     const auto dims = reduce_dims(x);
     const Tensor xhat = (x - per_channel(mean, x)) * per_channel(invstd, x);
     const Tensor sum_dy = dy.sum(dims);                  // [C], this rank's rows
@@ -440,17 +448,13 @@ class SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFunc
     std::vector<Tensor> global = {torch::cat({sum_dy, sum_dy_xhat}).to(torch::kDouble)};
     reinterpret_cast<ProcessGroup*>(ctx->saved_data["group"].toInt())->all_reduce_sum(global);
     const int64_t c = mean.size(0);
-    const Tensor g_dy = global[0].narrow(0, 0, c).to(torch::kFloat) / n;
-    const Tensor g_dy_xhat = global[0].narrow(0, c, c).to(torch::kFloat) / n;
-    Tensor scale = invstd;
-    if (weight.defined()) scale = scale * weight.to(torch::kFloat);
+    const Tensor g_dy = global[0].narrow(0, 0, c).to(acc) / n;
+    const Tensor g_dy_xhat = global[0].narrow(0, c, c).to(acc) / n;
+    const Tensor scale = invstd * weight.to(acc);
     const Tensor dx = per_channel(scale, x) *
                       (dy - per_channel(g_dy, x) - xhat * per_channel(g_dy_xhat, x));
-    Tensor dweight, dbias;
-    if (weight.defined()) dweight = sum_dy_xhat.to(weight.scalar_type());
-    if (ctx->saved_data["has_bias"].toBool()) dbias = sum_dy.to(weight.defined() ? weight.scalar_type() : torch::kFloat);
-    return {dx.to(input.scalar_type()), dweight, dbias, Tensor(), Tensor(), Tensor(), Tensor(),
-            Tensor()};
+    return {dx.to(input.scalar_type()), sum_dy_xhat.to(weight.scalar_type()),
+            sum_dy.to(weight.scalar_type()), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 
 };
@@ -462,8 +466,15 @@ Tensor sync_batch_norm(const Tensor& input, const Tensor& weight, const Tensor& 
                        const std::shared_ptr<ProcessGroup>& group) {
   TORCH_CHECK(group != nullptr, "sync_batch_norm: needs a process group");
   TORCH_CHECK(input.dim() >= 2, "sync_batch_norm: input must be [N, C, ...], got ", input.sizes());
-  return SyncBatchNormFunction::apply(input, weight, bias, running_mean, running_var, momentum, eps,
-                                      group);
+  TORCH_CHECK(running_mean.defined() == running_var.defined(),
+              "sync_batch_norm: running_mean and running_var must be both set or both undefined");
+  const auto options = input.options().dtype(
+      input.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat);
+  // Without affine parameters: weight 1, bias 0 (their gradients are not asked for).
+  const Tensor w = weight.defined() ? weight : torch::ones({input.size(1)}, options);
+  const Tensor b = bias.defined() ? bias : torch::zeros({input.size(1)}, options);
+  return SyncBatchNormFunction::apply(input, w, b, RunningStats{running_mean, running_var},
+                                      momentum, eps, group);
 }
 
 }  // namespace vicreg
