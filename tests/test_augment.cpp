@@ -238,7 +238,14 @@ TEST(Augment, Recipes) {
   const auto ci = vicreg::make_recipe("cifar", 3);
   EXPECT_EQ(ci.view_a.crop.scale_min, 0.2);
   EXPECT_EQ(ci.view_b.solarize_p, 0.1);
-  EXPECT_EQ(vicreg::make_recipe("fashion-mnist", 1).view_a.crop.size, 28);
+  const auto fm = vicreg::make_recipe("fashion-mnist", 1);
+  EXPECT_EQ(fm.view_a.crop.size, 28);
+  EXPECT_EQ(fm.view_a.crop.scale_min, 0.5);
+  EXPECT_EQ(fm.view_a.jitter.brightness, 0.6);
+  EXPECT_EQ(fm.view_b.jitter.contrast, 0.6);
+  EXPECT_EQ(fm.view_a.solarize_p, 0.1);
+  EXPECT_EQ(fm.view_b.solarize_p, 0.2);
+  EXPECT_EQ(fm.view_a.blur_p, 0.0);
   EXPECT_EQ(vicreg::make_recipe("cifar", 3, 40).view_b.crop.size, 40);
   EXPECT_THROW(vicreg::make_recipe("simclr", 3), std::invalid_argument);
   EXPECT_THROW(vicreg::make_recipe("cifar", 2), std::invalid_argument);
