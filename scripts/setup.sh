@@ -16,6 +16,8 @@ packages=(
   libgtest-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev
   # the run report's rendering test opens report.html in headless Chromium
   chromium
+  # distributed training: Gloo's headers (LibTorch's c10d uses them), and torchrun (python3-torch)
+  libgloo-dev python3-torch
 )
 
 missing=()

@@ -264,10 +264,15 @@ std::shared_ptr<ProcessGroup> init_process_group(const DistributedEnv& env,
   try {
     if (backend == "gloo") {
       auto o = c10d::ProcessGroupGloo::Options::create(options.timeout);
-      // The interface that reaches MASTER_ADDR's host; loopback for a single-host run.
+      // GLOO_SOCKET_IFNAME names the interface, as for PyTorch; loopback for a single-host run;
+      // otherwise the interface of this host's name.
+      const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
       const bool local = env.master_addr == "127.0.0.1" || env.master_addr == "localhost";
-      o->devices.push_back(local ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
-                                 : c10d::ProcessGroupGloo::createDefaultDevice());
+      o->devices.push_back(
+          ifname != nullptr && *ifname != '\0'
+              ? c10d::ProcessGroupGloo::createDeviceForInterface(ifname)
+              : local ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
+                      : c10d::ProcessGroupGloo::createDefaultDevice());
       pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, env.rank, env.world_size, o);
     } else {
 #ifdef USE_C10D_NCCL

@@ -438,6 +438,19 @@ Trainer::Trainer(TrainConfig config, std::string resume, std::shared_ptr<Process
 
   if (!resume.empty()) load_checkpoint(resume);
   if (group_) {
+    // Every rank must have resumed from the same step (a checkpoint on a filesystem every host
+    // sees), or their optimizers and data would part ways.
+    std::vector<torch::Tensor> step0 = {torch::full({1}, static_cast<double>(step_),
+                                                    torch::TensorOptions(device_).dtype(torch::kDouble))};
+    group_->broadcast(step0, 0);
+    const auto main_step = static_cast<int64_t>(step0[0].item<double>());
+    if (main_step != step_) {
+      throw std::runtime_error(
+          "rank " + std::to_string(rank_) + " starts at step " + std::to_string(step_) +
+          " but rank 0 resumes at step " + std::to_string(main_step) + " from " +
+          (fs::path(config_.exp_dir) / "checkpoint.pt").string() + ": every rank must read the "
+          "same checkpoint (put --exp-dir on a filesystem all hosts share, or copy the file)");
+    }
     // Same seed, same checkpoint: the ranks agree already; the broadcast makes sure of it.
     if (config_.sync_bn) convert_sync_batchnorm(*model_, group_);
     broadcast_module(*model_, *group_);
@@ -638,7 +651,7 @@ TrainResult Trainer::run(const TrainHooks& hooks) {
     bool stop = hooks.stop_requested != nullptr && hooks.stop_requested->load();
     if (group_) {
       // A signal may reach one rank only: they stop together, at the same step.
-      std::vector<torch::Tensor> flag = {torch::full({1}, stop ? 1.0f : 0.0f)};
+      std::vector<torch::Tensor> flag = {torch::full({1}, stop ? 1.0f : 0.0f, device_)};
       group_->all_reduce_sum(flag);
       stop = flag[0].item<float>() > 0;
     }

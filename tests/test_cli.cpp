@@ -1,6 +1,7 @@
 // The vicreg CLI, run as a user runs it: exit codes, output, files, and every rejected argument.
 #include "vicreg/data.h"
 
+#include "free_port.h"
 #include "synthetic_data.h"
 #include "temp_dir.h"
 
@@ -14,6 +15,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -488,6 +490,166 @@ TEST_F(CliTrain, ReportRendersInHeadlessChromium) {
   }
   EXPECT_GT(ink, static_cast<int64_t>(shot.total() / 50)) << "the screenshot is nearly blank";
   EXPECT_GT(blue, 500) << "no series drawn in the series colour #4e79a7";
+}
+
+// ---------------------------------------------------------------------------------------------
+// distributed training (several processes on loopback, Gloo)
+
+std::vector<double> losses(const fs::path& metrics) {
+  std::vector<double> out;
+  std::ifstream in(metrics);
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) out.push_back(j["loss"].get<double>());
+  }
+  return out;
+}
+
+class CliDistributed : public CliTrain {
+ protected:
+  /// torchrun's variables for rank `rank` of `world` on loopback, as a shell prefix.
+  static std::string env(int rank, int world, int port) {
+    return "RANK=" + std::to_string(rank) + " LOCAL_RANK=" + std::to_string(rank) +
+           " WORLD_SIZE=" + std::to_string(world) + " MASTER_ADDR=127.0.0.1 MASTER_PORT=" +
+           std::to_string(port) + " ";
+  }
+  /// Starts `command` (environment assignments first, as `env` takes them) in the background
+  /// with stderr to `err`; returns its pid.
+  static pid_t spawn(const std::string& command, const fs::path& err) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      const std::string cmd = "exec env " + command + " 2>" + err.string() + " >/dev/null";
+      execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    return pid;
+  }
+  /// Waits for `pid` at most `seconds`; the exit code, or -1 (killed then) on a timeout.
+  static int wait_for(pid_t pid, double seconds) {
+    int status = 0;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        return -1;
+      }
+      usleep(20000);
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+  /// `world` processes of `vicreg <args>`, started by hand with torchrun's variables; the exit
+  /// codes in rank order.
+  std::vector<int> run_ranks(int world, const std::string& args) {
+    const int port = vicreg::testing::free_port();
+    std::vector<pid_t> pids;
+    for (int r = 0; r < world; ++r) {
+      pids.push_back(spawn(env(r, world, port) + VICREG_CLI + " " + args,
+                           dir_ / ("rank" + std::to_string(r) + ".err")));
+    }
+    std::vector<int> codes;
+    for (pid_t pid : pids) codes.push_back(wait_for(pid, 120));
+    return codes;
+  }
+};
+
+TEST_F(CliDistributed, TwoProcessesTrainLikeOneAndResumeWithAnyCount) {
+  // One process, 4 steps then 6: the reference.
+  Result r = run(small("one", "--max-steps 4 --log-every 1 --progress plain"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  ASSERT_EQ(run(small("one", "--max-steps 6 --log-every 1")).code, 0);
+  const std::vector<double> one = losses(dir_ / "one" / "metrics.jsonl");
+  ASSERT_EQ(one.size(), 6u);
+
+  // Two processes through torchrun (python3-torch's), as the README says to launch them.
+  const std::string torchrun = VICREG_TORCHRUN;
+  const std::string two = small("two", "--max-steps 4 --log-every 1 --progress plain");
+  if (!torchrun.empty()) {
+    // --no_python: torch 1.13's spelling (Debian 12), which later versions accept too;
+    // --redirects 2 --tee 2: Debian 12's torchrun crashes without them (README).
+    r = shell(torchrun + " --no_python --redirects 2 --tee 2 --nproc_per_node=2 --master_addr=127.0.0.1 --master_port=" +
+              std::to_string(vicreg::testing::free_port()) + " " + VICREG_CLI + " " + two);
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_NE(r.err.find("2 processes (gloo), global batch 16 = 2 x 8, BatchNorm synchronised"),
+              std::string::npos) << r.err;
+  } else {
+    const auto codes = run_ranks(2, two);
+    ASSERT_EQ(codes, (std::vector<int>{0, 0})) << slurp(dir_ / "rank0.err") << slurp(dir_ / "rank1.err");
+  }
+  // Rank 0 alone wrote the metrics: one line per step, the losses of the one-process run.
+  std::vector<double> got = losses(dir_ / "two" / "metrics.jsonl");
+  ASSERT_EQ(got.size(), 4u);
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], one[i], 1e-4 * one[i]) << "step " << i + 1;
+  ASSERT_TRUE(fs::exists(dir_ / "two" / "checkpoint.pt"));
+
+  // The 2-process checkpoint resumes in one process ...
+  r = run(small("two", "--max-steps 5 --log-every 1 --progress plain"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("resuming at step 4"), std::string::npos) << r.err;
+  // ... and that one again in two, started by hand with torchrun's variables.
+  const auto codes = run_ranks(2, small("two", "--max-steps 6 --log-every 1"));
+  ASSERT_EQ(codes, (std::vector<int>{0, 0})) << slurp(dir_ / "rank0.err") << slurp(dir_ / "rank1.err");
+  got = losses(dir_ / "two" / "metrics.jsonl");
+  ASSERT_EQ(got.size(), 6u);
+  for (size_t i = 4; i < got.size(); ++i) EXPECT_NEAR(got[i], one[i], 1e-4 * one[i]) << "step " << i + 1;
+  EXPECT_TRUE(fs::exists(dir_ / "two" / "backbone.pt"));
+}
+
+TEST_F(CliDistributed, AKilledRankStopsTheOtherWithItsNumber) {
+  const int port = vicreg::testing::free_port();
+  const std::string args = small("kill", "--epochs 500 --log-every 1 --dist-timeout 60");
+  const pid_t rank0 = spawn(env(0, 2, port) + VICREG_CLI + " " + args, dir_ / "rank0.err");
+  const pid_t rank1 = spawn(env(1, 2, port) + VICREG_CLI + " " + args, dir_ / "rank1.err");
+  // Let it train past the first epoch's checkpoint, then kill rank 1 without warning.
+  const fs::path checkpoint = dir_ / "kill" / "checkpoint.pt";
+  for (int i = 0; i < 1200 && !fs::exists(checkpoint); ++i) usleep(50000);
+  ASSERT_TRUE(fs::exists(checkpoint)) << slurp(dir_ / "rank0.err");
+  ASSERT_EQ(kill(rank1, SIGKILL), 0);
+  waitpid(rank1, nullptr, 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  const int code = wait_for(rank0, 60);  // well within --dist-timeout
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const std::string err = slurp(dir_ / "rank0.err");
+  EXPECT_EQ(code, 1) << err;
+  EXPECT_LT(took, 30.0) << err;
+  EXPECT_NE(err.find("vicreg (rank 0): error: rank 0 of 2:"), std::string::npos) << err;
+  EXPECT_NE(err.find("lost rank 1"), std::string::npos) << err;
+  EXPECT_NE(err.find("the last checkpoint is kept"), std::string::npos) << err;
+  // The checkpoint survived, and the run resumes from it in one process.
+  const Result r = run(small("kill", "--epochs 500 --max-steps 1 --progress plain"));
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("resuming at step"), std::string::npos) << r.err;
+}
+
+TEST_F(CliDistributed, BadEnvironmentsFailBeforeAnyWork) {
+  const int port = vicreg::testing::free_port();
+  const std::string cli = std::string(VICREG_CLI) + " " + small("env", "--dist-timeout 2");
+  struct Case {
+    std::string command;
+    std::string message;
+  };
+  const Case cases[] = {
+      {"WORLD_SIZE=2 RANK=0 " + cli, "MASTER_ADDR is not set"},
+      {"WORLD_SIZE=2 RANK=0 MASTER_ADDR=127.0.0.1 " + cli, "MASTER_PORT is not set"},
+      {env(2, 2, port) + cli, "RANK=2 is not below WORLD_SIZE=2"},
+      {"RANK=0 " + cli, "WORLD_SIZE is not"},
+      {env(0, 2, port) + cli + " --batch-size 15", "not divisible by WORLD_SIZE=2"},
+      {env(0, 2, port) + cli + " --dist-backend nccl", "--dist-backend nccl"},
+      {env(0, 2, port) + cli + " --dist-backend mpi", "unknown --dist-backend 'mpi'"},
+      {env(1, 2, port) + cli, "cannot reach the rendezvous store at 127.0.0.1:" +
+                                  std::to_string(port) + " within 2 s"},
+      {env(0, 2, port) + cli, "process group did not form within 2 s"},
+  };
+  for (const Case& c : cases) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const Result r = shell(c.command);
+    EXPECT_EQ(r.code, 1) << c.command;
+    EXPECT_NE(r.err.find(c.message), std::string::npos)
+        << c.command << ": expected '" << c.message << "' in stderr:\n" << r.err;
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 20.0)
+        << c.command;
+  }
+  EXPECT_FALSE(fs::exists(dir_ / "env" / "metrics.jsonl"));
 }
 
 }  // namespace

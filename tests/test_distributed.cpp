@@ -5,11 +5,11 @@
 #include "vicreg/loss.h"
 #include "vicreg/models.h"
 
+#include "free_port.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -150,8 +150,8 @@ INSTANTIATE_TEST_SUITE_P(
                       ShardCase{24, 8, 1, vicreg::LossPreset::Official},  // N >= d: covariance
                       ShardCase{12, 8, 2, vicreg::LossPreset::Paper},
                       ShardCase{3, 10, 4, vicreg::LossPreset::Official}),  // N = 12 >= d = 10
-    [](const auto& info) {
-      const ShardCase& c = info.param;
+    [](const ::testing::TestParamInfo<ShardCase>& param_info) {
+      const ShardCase& c = param_info.param;
       return "n" + std::to_string(c.n) + "_d" + std::to_string(c.d) + "_W" +
              std::to_string(c.world);
     });
@@ -281,19 +281,6 @@ TEST(AllReduceGradients, BucketsByBytesAndDtypeAndAverages) {
 // ---------------------------------------------------------------------------------------------
 // A real Gloo group: two ranks in two threads on loopback.
 
-int free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
 vicreg::DistributedEnv loopback(int rank, int world, int port) {
   vicreg::DistributedEnv env;
   env.rank = rank;
@@ -304,7 +291,7 @@ vicreg::DistributedEnv loopback(int rank, int world, int port) {
 }
 
 TEST(GlooGroup, CollectivesOnLoopbackAndALostRank) {
-  const int port = free_port();
+  const int port = vicreg::testing::free_port();
   vicreg::DistributedOptions o;
   o.timeout = std::chrono::seconds(20);
   std::promise<void> rank1_gone;
@@ -355,7 +342,7 @@ TEST(GlooGroup, CollectivesOnLoopbackAndALostRank) {
 TEST(GlooGroup, UnreachableStoreIsNamed) {
   vicreg::DistributedOptions o;
   o.timeout = std::chrono::seconds(2);
-  const int port = free_port();  // nobody listens there
+  const int port = vicreg::testing::free_port();  // nobody listens there
   try {
     vicreg::init_process_group(loopback(1, 2, port), o);
     ADD_FAILURE() << "no error";

@@ -9,15 +9,14 @@
 #include "vicreg/loss.h"
 #include "vicreg/models.h"
 
+#include "free_port.h"
 #include "temp_dir.h"
 
 #include <gtest/gtest.h>
 #include <torch/serialize.h>
 #include <torch/torch.h>
 
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -133,23 +132,11 @@ Named load(const std::string& path, const Named& like) {
   return out;
 }
 
-int free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
 class Processes : public vicreg::testing::TempDirTest {
  protected:
   /// Runs `world` workers of `mode`; returns each rank's outcome file.
   std::vector<std::string> run_workers(const std::string& mode, int world) {
-    const int port = free_port();
+    const int port = vicreg::testing::free_port();
     std::vector<pid_t> pids;
     std::vector<std::string> files;
     for (int r = 0; r < world; ++r) {

@@ -80,6 +80,50 @@ TEST(Loader, ResumesMidStreamWithTheSameData) {
   EXPECT_TRUE(torch::equal(b.next().view_b, all[13].view_b));
 }
 
+TEST(Loader, ShardsSplitEveryGlobalBatchWithoutOverlap) {
+  auto data = images(50);
+  vicreg::LoaderOptions whole{8, 1, 2, /*seed=*/5};
+  vicreg::TwoViewLoader one(data, fmnist(), whole);
+  one.start(5);  // across the epoch boundary (6 batches per epoch)
+  std::vector<std::unique_ptr<vicreg::TwoViewLoader>> shards;
+  for (int r = 0; r < 4; ++r) {
+    vicreg::LoaderOptions o = whole;
+    o.shard_rank = r;
+    o.shard_count = 4;
+    shards.push_back(std::make_unique<vicreg::TwoViewLoader>(data, fmnist(), o));
+    EXPECT_EQ(shards.back()->batches_per_epoch(), one.batches_per_epoch());
+    shards.back()->start(5);
+  }
+  for (int b = 0; b < 3; ++b) {
+    const auto full = one.next();
+    std::vector<torch::Tensor> a, v, idx;
+    for (auto& s : shards) {
+      const auto part = s->next();
+      EXPECT_EQ(part.view_a.size(0), 2);
+      EXPECT_EQ(part.epoch, full.epoch);
+      a.push_back(part.view_a);
+      v.push_back(part.view_b);
+      idx.push_back(part.indices);
+    }
+    // The shards in rank order are the global batch, views included: no overlap, no gap.
+    EXPECT_TRUE(torch::equal(torch::cat(idx), full.indices)) << b;
+    EXPECT_TRUE(torch::equal(torch::cat(a), full.view_a)) << b;
+    EXPECT_TRUE(torch::equal(torch::cat(v), full.view_b)) << b;
+  }
+  vicreg::LoaderOptions bad = whole;
+  bad.shard_count = 3;  // 8 rows do not split over 3
+  try {
+    vicreg::TwoViewLoader l(data, fmnist(), bad);
+    ADD_FAILURE() << "no error";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("not divisible by the 3 processes"), std::string::npos)
+        << e.what();
+  }
+  bad.shard_count = 2;
+  bad.shard_rank = 2;
+  EXPECT_THROW(vicreg::TwoViewLoader(data, fmnist(), bad), std::invalid_argument);
+}
+
 TEST(Loader, RejectsImpossibleOptions) {
   auto data = images(10);
   EXPECT_THROW(vicreg::TwoViewLoader(data, fmnist(), {1, 1, 1, 0}), std::invalid_argument);

@@ -311,7 +311,11 @@ int run_train(vicreg::TrainConfig config, const TrainArgs& args) {
     o.backend = config.dist_backend;
     o.timeout = std::chrono::milliseconds(static_cast<int64_t>(config.dist_timeout * 1000));
     o.device = torch::Device(config.device);
-    group = vicreg::init_process_group(env, o);
+    try {
+      group = vicreg::init_process_group(env, o);
+    } catch (const vicreg::DistributedError& e) {
+      throw std::runtime_error(e.what());  // nothing started: no checkpoint to speak of
+    }
   }
   vicreg::Trainer trainer(config, args.resume, group);
   std::signal(SIGINT, on_stop_signal);
