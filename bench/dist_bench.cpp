@@ -71,7 +71,12 @@ class Recorder : public benchmark::ConsoleReporter {
   void ReportRuns(const std::vector<Run>& runs) override {
     for (const auto& r : runs) {
       if (r.run_type == Run::RT_Iteration && r.iterations > 0) {
-        g_seconds[r.benchmark_name()] = r.real_accumulated_time / static_cast<double>(r.iterations);
+        std::string name = r.benchmark_name();
+        const std::string suffix = "/real_time";
+        if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+          name.resize(name.size() - suffix.size());
+        }
+        g_seconds[name] = r.real_accumulated_time / static_cast<double>(r.iterations);
       }
     }
     ConsoleReporter::ReportRuns(runs);

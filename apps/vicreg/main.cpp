@@ -695,8 +695,9 @@ int main(int argc, char** argv) {
   }
   TrainArgs train_args;
   CLI::App* train_cmd = app.add_subcommand(
-      "train", "Pretrain a backbone with VICReg (default: Fashion-MNIST, ConvNet, about 22 "
-               "minutes on 2 cores); resumable, writes EXP_DIR/{config.json, metrics.jsonl, "
+      "train", "Pretrain a backbone with VICReg (default: Fashion-MNIST, ConvNet, about 24 "
+               "minutes on 2 cores; several processes under torchrun); resumable, writes "
+               "EXP_DIR/{config.json, metrics.jsonl, "
                "checkpoint.pt, backbone.pt}");
   add_train_options(train_cmd, train_config, train_args);
 
