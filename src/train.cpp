@@ -723,6 +723,7 @@ TrainResult Trainer::run(const TrainHooks& hooks) {
     }
     if (stop) {
       result.stopped = true;
+      result.stop_requested = true;
       break;
     }
   }

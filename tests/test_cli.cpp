@@ -621,6 +621,30 @@ TEST_F(CliDistributed, AKilledRankStopsTheOtherWithItsNumber) {
   EXPECT_NE(r.err.find("resuming at step"), std::string::npos) << r.err;
 }
 
+TEST_F(CliDistributed, AStopRequestOnOneRankStopsAllAtTheSameStep) {
+  const int port = vicreg::testing::free_port();
+  const std::string args = small("stop", "--epochs 500 --log-every 1 --progress plain");
+  const pid_t rank0 = spawn(env(0, 2, port) + VICREG_CLI + " " + args, dir_ / "rank0.err");
+  const pid_t rank1 = spawn(env(1, 2, port) + VICREG_CLI + " " + args, dir_ / "rank1.err");
+  const fs::path metrics = dir_ / "stop" / "metrics.jsonl";
+  for (int i = 0; i < 1200 && (!fs::exists(metrics) || fs::file_size(metrics) == 0); ++i) {
+    usleep(50000);
+  }
+  ASSERT_TRUE(fs::exists(metrics)) << slurp(dir_ / "rank0.err");
+  ASSERT_EQ(kill(rank1, SIGINT), 0);  // the rank that writes nothing
+  EXPECT_EQ(wait_for(rank1, 60), 130) << slurp(dir_ / "rank1.err");
+  EXPECT_EQ(wait_for(rank0, 60), 130) << slurp(dir_ / "rank0.err");
+  const std::string err = slurp(dir_ / "rank0.err");
+  EXPECT_NE(err.find("because another rank was asked to stop; checkpoint saved"), std::string::npos)
+      << err;
+  // The checkpoint holds the step both stopped at; one process resumes from it.
+  const std::vector<double> seen = losses(metrics);
+  const Result r = run(small("stop", "--epochs 500 --max-steps 1 --progress plain"));
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("resuming at step " + std::to_string(seen.size())), std::string::npos)
+      << r.err;
+}
+
 TEST_F(CliDistributed, BadEnvironmentsFailBeforeAnyWork) {
   const int port = vicreg::testing::free_port();
   const std::string cli = std::string(VICREG_CLI) + " " + small("env", "--dist-timeout 2");

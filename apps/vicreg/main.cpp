@@ -325,13 +325,22 @@ int run_train(vicreg::TrainConfig config, const TrainArgs& args) {
   hooks.stop_requested = &g_stop;
   const vicreg::TrainResult r = trainer.run(hooks);
   const std::string dir = trainer.config().exp_dir;
-  if (env.rank != 0) return g_signal.load() != 0 ? 128 + g_signal.load() : 0;  // rank 0 reports
+  if (env.rank != 0) {  // rank 0 reports
+    return g_signal.load() != 0 ? 128 + g_signal.load() : r.stop_requested ? 128 + SIGINT : 0;
+  }
   if (g_signal.load() != 0) {
     std::fprintf(stderr,
                  "vicreg: stopped by signal %d at step %lld; checkpoint saved in %s/checkpoint.pt "
                  "(run the same command again to resume)\n",
                  g_signal.load(), static_cast<long long>(r.step), dir.c_str());
     return 128 + g_signal.load();
+  }
+  if (r.stop_requested) {
+    std::fprintf(stderr,
+                 "vicreg: stopped at step %lld because another rank was asked to stop; checkpoint "
+                 "saved in %s/checkpoint.pt (run the same command again to resume)\n",
+                 static_cast<long long>(r.step), dir.c_str());
+    return 128 + SIGINT;
   }
   std::fprintf(stderr,
                "vicreg: %s at step %lld/%lld, loss %.4f, %.0f images/s, data wait %.1f%%; "

@@ -103,6 +103,7 @@ struct TrainResult {
   int64_t epoch = 0;        ///< epochs completed
   bool finished = false;    ///< all epochs done
   bool stopped = false;     ///< stopped on request (signal) or by max_steps
+  bool stop_requested = false;  ///< stopped on request, here or, distributed, on another rank
   double last_loss = 0;
   double data_wait_fraction = 0;  ///< of this session's wall time spent waiting for batches
   double images_per_second = 0;   ///< this session, two views counted as two images
