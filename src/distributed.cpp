@@ -8,13 +8,11 @@
 #ifdef USE_C10D_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
-#include <torch/cuda.h>
 #include <torch/nn/module.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <map>
-#include <sstream>
 #include <thread>
 
 namespace vicreg {
@@ -146,7 +144,7 @@ class C10dGroup : public ProcessGroup {
       std::string list;
       for (int r : missing) list += (list.empty() ? "" : ", ") + std::to_string(r);
       return "lost rank" + std::string(missing.size() > 1 ? "s " : " ") + list +
-             " (exited, crashed or unreachable; see its own log for why)";
+             " (exited, crashed, hung or unreachable; see its own log for why)";
     } catch (const std::exception&) {
       return env_.agent_store ? "lost torchrun's rendezvous store at " + where
                               : "lost rank 0 (it hosts the rendezvous store at " + where +
