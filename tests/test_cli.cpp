@@ -538,17 +538,21 @@ class CliDistributed : public CliTrain {
     }
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   }
-  /// `world` processes of `vicreg <args>`, started by hand with torchrun's variables; the exit
-  /// codes in rank order.
-  std::vector<int> run_ranks(int world, const std::string& args) {
+  /// Starts `world` processes of `vicreg <args>` by hand with torchrun's variables, stderr to
+  /// rankR.err; their pids in rank order.
+  std::vector<pid_t> start_ranks(int world, const std::string& args) {
     const int port = vicreg::testing::free_port();
     std::vector<pid_t> pids;
     for (int r = 0; r < world; ++r) {
       pids.push_back(spawn(env(r, world, port) + VICREG_CLI + " " + args,
                            dir_ / ("rank" + std::to_string(r) + ".err")));
     }
+    return pids;
+  }
+  /// start_ranks(), then the exit codes in rank order.
+  std::vector<int> run_ranks(int world, const std::string& args) {
     std::vector<int> codes;
-    for (pid_t pid : pids) codes.push_back(wait_for(pid, 120));
+    for (pid_t pid : start_ranks(world, args)) codes.push_back(wait_for(pid, 120));
     return codes;
   }
 };
@@ -596,10 +600,8 @@ TEST_F(CliDistributed, TwoProcessesTrainLikeOneAndResumeWithAnyCount) {
 }
 
 TEST_F(CliDistributed, AKilledRankStopsTheOtherWithItsNumber) {
-  const int port = vicreg::testing::free_port();
-  const std::string args = small("kill", "--epochs 500 --log-every 1 --dist-timeout 60");
-  const pid_t rank0 = spawn(env(0, 2, port) + VICREG_CLI + " " + args, dir_ / "rank0.err");
-  const pid_t rank1 = spawn(env(1, 2, port) + VICREG_CLI + " " + args, dir_ / "rank1.err");
+  const auto pids = start_ranks(2, small("kill", "--epochs 500 --log-every 1 --dist-timeout 60"));
+  const pid_t rank0 = pids[0], rank1 = pids[1];
   // Let it train past the first epoch's checkpoint, then kill rank 1 without warning.
   const fs::path checkpoint = dir_ / "kill" / "checkpoint.pt";
   for (int i = 0; i < 1200 && !fs::exists(checkpoint); ++i) usleep(50000);
@@ -622,10 +624,8 @@ TEST_F(CliDistributed, AKilledRankStopsTheOtherWithItsNumber) {
 }
 
 TEST_F(CliDistributed, AStopRequestOnOneRankStopsAllAtTheSameStep) {
-  const int port = vicreg::testing::free_port();
-  const std::string args = small("stop", "--epochs 500 --log-every 1 --progress plain");
-  const pid_t rank0 = spawn(env(0, 2, port) + VICREG_CLI + " " + args, dir_ / "rank0.err");
-  const pid_t rank1 = spawn(env(1, 2, port) + VICREG_CLI + " " + args, dir_ / "rank1.err");
+  const auto pids = start_ranks(2, small("stop", "--epochs 500 --log-every 1 --progress plain"));
+  const pid_t rank0 = pids[0], rank1 = pids[1];
   const fs::path metrics = dir_ / "stop" / "metrics.jsonl";
   for (int i = 0; i < 1200 && (!fs::exists(metrics) || fs::file_size(metrics) == 0); ++i) {
     usleep(50000);
