@@ -69,6 +69,8 @@ struct ViewStats {
   Tensor sigma2;  // [d]      ||zc[:, j]||^2 = (n - 1) Var_j
   Tensor stdev;   // [d]      sqrt(Var_j + eps)
   Tensor m;       // Gram form (n < d): G = zc zc^T [n, n]; else zc^T zc with zeroed diagonal [d, d]
+  Tensor gram_rhs;  // sharded Gram form: the gathered Zc [N, d] that this rank's G_r [n, N]
+                    // multiplies in the backward pass (undefined: the view's own zc)
   Tensor v;       // 0-dim fp64  v(Z)
   Tensor c;       // 0-dim fp64  c(Z)
 };
@@ -109,25 +111,93 @@ ViewStats view_forward(const Tensor& z, double gamma, double eps) {
 ///                      = 4 / ((n - 1)^2 d) zc (Zc^T Zc - diag(sigma^2))   (covariance form)
 /// Both already have zero column sums, so the centring needs no projection. Memory: the result
 /// and one scratch [n, d] buffer (zc, then Z - Z').
+/// `rows`: the batch the statistics are of (z's rows, or the global batch of a sharded loss, whose
+/// Gram form multiplies this rank's G_r by s.gram_rhs).
 Tensor view_backward(const ViewStats& s, const Tensor& z, const Tensor& other,
                      const Tensor& inv_scale, const Tensor& var_coef, const Tensor& cov_coef,
-                     double gamma) {
-  const int64_t n = z.size(0), d = z.size(1);
-  const double nm1 = static_cast<double>(n - 1);
+                     double gamma, int64_t rows) {
+  const int64_t d = z.size(1);
+  const double nm1 = static_cast<double>(rows - 1);
   const Tensor active = (s.stdev < gamma).to(z.scalar_type());
   const Tensor col = -var_coef * active / (s.stdev * (static_cast<double>(d) * nm1));  // [d]
   const Tensor k = cov_coef * (4.0 / (nm1 * nm1 * static_cast<double>(d)));           // 0-dim
   Tensor scratch = z - s.mean;  // zc
   Tensor grad;
-  if (n < d) {
+  if (rows < d) {
     // k G zc + zc diag(col - k sigma^2)
-    grad = torch::mm(s.m, scratch).mul_(k).addcmul_(scratch, col - k * s.sigma2);
+    grad = torch::mm(s.m, s.gram_rhs.defined() ? s.gram_rhs : scratch)
+               .mul_(k)
+               .addcmul_(scratch, col - k * s.sigma2);
   } else {
     // k zc (Zc^T Zc - diag(sigma^2)) + zc diag(col); s.m has its diagonal zeroed already
     grad = torch::mm(scratch, s.m).mul_(k).addcmul_(scratch, col);
   }
   torch::sub_out(scratch, z, other);  // Z - Z', exact, in the buffer zc no longer needs
   return grad.addcmul_(scratch, inv_scale);
+}
+
+/// What both loss functions keep for the backward pass: the inputs (autograd holds them anyway),
+/// each view's d-vectors and square matrix (and, sharded, the gathered Zc), the coefficients.
+/// rows: the batch the statistics are of; world: the factor on the gradient (distributed.h).
+void save_for_backward(AutogradContext* ctx, const Tensor& z_a, const Tensor& z_b,
+                       const ViewStats& sa, const ViewStats& sb, int64_t rows, int64_t world,
+                       double inv_norm, const VICRegLossOptions& o) {
+  ctx->save_for_backward({z_a, z_b});
+  for (const auto& [k, st] : {std::pair<std::string, const ViewStats&>{"a", sa}, {"b", sb}}) {
+    ctx->saved_data["mean_" + k] = st.mean;
+    ctx->saved_data["sigma2_" + k] = st.sigma2;
+    ctx->saved_data["std_" + k] = st.stdev;
+    ctx->saved_data["m_" + k] = st.m;
+    if (st.gram_rhs.defined()) ctx->saved_data["gram_rhs_" + k] = st.gram_rhs;
+  }
+  ctx->saved_data["rows"] = rows;
+  ctx->saved_data["world"] = world;
+  ctx->saved_data["inv_norm"] = inv_norm;
+  ctx->saved_data["sim_coeff"] = o.sim_coeff();
+  ctx->saved_data["std_coeff"] = variance_weight(o.preset()) * o.std_coeff();
+  ctx->saved_data["cov_coeff"] = o.cov_coeff();
+  ctx->saved_data["gamma"] = o.gamma();
+}
+
+/// The gradients of both inputs from what save_for_backward() kept, times `world`.
+/// grads: d(out)/d{total, invariance, variance, covariance}, 0-dim (and std_a's, unused)
+/// -> {dz_a [n, d], dz_b}.
+variable_list backward_rows(AutogradContext* ctx, const variable_list& grads) {
+  auto& sd = ctx->saved_data;
+  auto stats = [&](const std::string& v) {
+    ViewStats st;
+    st.mean = sd["mean_" + v].toTensor();
+    st.sigma2 = sd["sigma2_" + v].toTensor();
+    st.stdev = sd["std_" + v].toTensor();
+    st.m = sd["m_" + v].toTensor();
+    const auto rhs = sd.find("gram_rhs_" + v);
+    if (rhs != sd.end()) st.gram_rhs = rhs->second.toTensor();
+    return st;
+  };
+  const variable_list inputs = ctx->get_saved_variables();
+  const auto in_dtype = inputs[0].scalar_type();
+  const auto acc = accumulation_dtype(in_dtype);
+  const Tensor a = inputs[0].to(acc), b = inputs[1].to(acc);
+  const double gamma = sd["gamma"].toDouble();
+  const int64_t rows = sd["rows"].toInt();
+  const double world = static_cast<double>(sd["world"].toInt());
+
+  // Effective coefficient of each term: through the total and directly (times W, sharded).
+  const Tensor& g_total = grads[0];
+  const Tensor inv_coef = (g_total * sd["sim_coeff"].toDouble() + grads[1]) * world;
+  const Tensor var_coef = (g_total * sd["std_coeff"].toDouble() + grads[2]) * world;
+  const Tensor cov_coef = (g_total * sd["cov_coeff"].toDouble() + grads[3]) * world;
+  // d/dz_a sum_i ||z_a[i] - z_b[i]||^2 / inv_norm = 2 (z_a - z_b) / inv_norm.
+  const Tensor inv_scale = inv_coef * (2.0 / sd["inv_norm"].toDouble());
+
+  Tensor ga, gb;
+  if (ctx->needs_input_grad(0)) {
+    ga = view_backward(stats("a"), a, b, inv_scale, var_coef, cov_coef, gamma, rows).to(in_dtype);
+  }
+  if (ctx->needs_input_grad(1)) {
+    gb = view_backward(stats("b"), b, a, inv_scale, var_coef, cov_coef, gamma, rows).to(in_dtype);
+  }
+  return {ga, gb};
 }
 
 class FusedVICRegLoss : public torch::autograd::Function<FusedVICRegLoss> {
@@ -162,62 +232,18 @@ class FusedVICRegLoss : public torch::autograd::Function<FusedVICRegLoss> {
                   "magnitude is too large for ", acc, " (normalise the embeddings or lower the lr)");
     }
 
-    // Saved: the inputs (autograd holds them anyway), d-vectors, and the small square matrices;
-    // no [n, d] buffer outlives the forward pass.
-    ctx->save_for_backward({z_a, z_b});
-    ctx->saved_data["mean_a"] = sa.mean;
-    ctx->saved_data["sigma2_a"] = sa.sigma2;
-    ctx->saved_data["std_a"] = sa.stdev;
-    ctx->saved_data["m_a"] = sa.m;
-    ctx->saved_data["mean_b"] = sb.mean;
-    ctx->saved_data["sigma2_b"] = sb.sigma2;
-    ctx->saved_data["std_b"] = sb.stdev;
-    ctx->saved_data["m_b"] = sb.m;
-    ctx->saved_data["inv_norm"] = inv_norm;
-    ctx->saved_data["sim_coeff"] = o.sim_coeff();
-    ctx->saved_data["std_coeff"] = variance_weight(o.preset()) * o.std_coeff();
-    ctx->saved_data["cov_coeff"] = o.cov_coeff();
-    ctx->saved_data["gamma"] = o.gamma();
+    // No [n, d] buffer outlives the forward pass.
+    save_for_backward(ctx, z_a, z_b, sa, sb, n, /*world=*/1, inv_norm, o);
 
     const Tensor std_a = (sa.sigma2 / static_cast<double>(n - 1)).sqrt();
     ctx->mark_non_differentiable({std_a});
     return {total.to(acc), invariance.to(acc), variance.to(acc), covariance.to(acc), std_a};
   }
 
-  /// grads: d(out)/d{total, invariance, variance, covariance}, 0-dim (and std_a's, unused)
-  /// -> {dz_a [n, d], dz_b, -}.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto& sd = ctx->saved_data;
-    auto stats = [&](const std::string& v) {
-      ViewStats st;
-      st.mean = sd["mean_" + v].toTensor();
-      st.sigma2 = sd["sigma2_" + v].toTensor();
-      st.stdev = sd["std_" + v].toTensor();
-      st.m = sd["m_" + v].toTensor();
-      return st;
-    };
-    const variable_list inputs = ctx->get_saved_variables();
-    const auto in_dtype = inputs[0].scalar_type();
-    const auto acc = accumulation_dtype(in_dtype);
-    const Tensor a = inputs[0].to(acc), b = inputs[1].to(acc);
-    const double gamma = sd["gamma"].toDouble();
-
-    // Effective coefficient of each term: through the total and directly.
-    const Tensor& g_total = grads[0];
-    const Tensor inv_coef = g_total * sd["sim_coeff"].toDouble() + grads[1];
-    const Tensor var_coef = g_total * sd["std_coeff"].toDouble() + grads[2];
-    const Tensor cov_coef = g_total * sd["cov_coeff"].toDouble() + grads[3];
-    // d/dz_a sum_i ||z_a[i] - z_b[i]||^2 / inv_norm = 2 (z_a - z_b) / inv_norm.
-    const Tensor inv_scale = inv_coef * (2.0 / sd["inv_norm"].toDouble());
-
-    Tensor ga, gb;
-    if (ctx->needs_input_grad(0)) {
-      ga = view_backward(stats("a"), a, b, inv_scale, var_coef, cov_coef, gamma).to(in_dtype);
-    }
-    if (ctx->needs_input_grad(1)) {
-      gb = view_backward(stats("b"), b, a, inv_scale, var_coef, cov_coef, gamma).to(in_dtype);
-    }
-    return {ga, gb, Tensor()};
+    variable_list g = backward_rows(ctx, grads);
+    g.push_back(Tensor());  // options
+    return g;
   }
 };
 
@@ -297,67 +323,26 @@ class ShardedVICRegLoss : public torch::autograd::Function<ShardedVICRegLoss> {
                   "NaN or Inf, or their magnitude is too large for ", acc);
     }
 
-    ctx->save_for_backward({z_a, z_b});
-    const char* names[2] = {"a", "b"};
+    ViewStats st[2];
     for (int v = 0; v < 2; ++v) {
-      const std::string k = names[v];
-      ctx->saved_data["mean_" + k] = mean[v];
-      ctx->saved_data["sigma2_" + k] = sigma2[v];
-      ctx->saved_data["std_" + k] = stdev[v];
-      ctx->saved_data["m_" + k] = m[v];
-      ctx->saved_data["zc_" + k] = big_n < d ? zc_all[v] : Tensor();
+      st[v].mean = mean[v];
+      st[v].sigma2 = sigma2[v];
+      st[v].stdev = stdev[v];
+      st[v].m = m[v];
+      st[v].gram_rhs = zc_all[v];  // undefined in the covariance form
     }
-    ctx->saved_data["n_global"] = big_n;
-    ctx->saved_data["world"] = world;
-    ctx->saved_data["inv_norm"] = inv_norm;
-    ctx->saved_data["sim_coeff"] = o.sim_coeff();
-    ctx->saved_data["std_coeff"] = variance_weight(o.preset()) * o.std_coeff();
-    ctx->saved_data["cov_coeff"] = o.cov_coeff();
-    ctx->saved_data["gamma"] = o.gamma();
+    save_for_backward(ctx, z_a, z_b, st[0], st[1], big_n, world, inv_norm, o);
 
     const Tensor std_a = (sigma2[0] / nm1).sqrt();
     ctx->mark_non_differentiable({std_a});
     return {total.to(acc), invariance.to(acc), variance.to(acc), covariance.to(acc), std_a};
   }
 
-  /// The rows of this rank, times W: view_backward's formulas with the global N, G_r and Zc.
+  /// The rows of this rank, times W: view_backward() with the global N, G_r and Zc.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto& sd = ctx->saved_data;
-    const variable_list inputs = ctx->get_saved_variables();
-    const auto in_dtype = inputs[0].scalar_type();
-    const auto acc = accumulation_dtype(in_dtype);
-    const Tensor a = inputs[0].to(acc), b = inputs[1].to(acc);
-    const int64_t d = a.size(1);
-    const double nm1 = static_cast<double>(sd["n_global"].toInt() - 1);
-    const double world = static_cast<double>(sd["world"].toInt());
-    const double gamma = sd["gamma"].toDouble();
-    // W times each coefficient: the averaging of parameter gradients divides by W again.
-    const Tensor& g_total = grads[0];
-    const Tensor inv_coef = (g_total * sd["sim_coeff"].toDouble() + grads[1]) * world;
-    const Tensor var_coef = (g_total * sd["std_coeff"].toDouble() + grads[2]) * world;
-    const Tensor cov_coef = (g_total * sd["cov_coeff"].toDouble() + grads[3]) * world;
-    const Tensor inv_scale = inv_coef * (2.0 / sd["inv_norm"].toDouble());
-    const Tensor k = cov_coef * (4.0 / (nm1 * nm1 * static_cast<double>(d)));
-
-    auto rows = [&](const std::string& v, const Tensor& z, const Tensor& other) {
-      const Tensor stdev = sd["std_" + v].toTensor(), sigma2 = sd["sigma2_" + v].toTensor();
-      const Tensor m = sd["m_" + v].toTensor();
-      const Tensor active = (stdev < gamma).to(z.scalar_type());
-      const Tensor col = -var_coef * active / (stdev * (static_cast<double>(d) * nm1));
-      const Tensor zc = z - sd["mean_" + v].toTensor();
-      Tensor grad;
-      if (sd["zc_" + v].isTensor() && sd["zc_" + v].toTensor().defined()) {
-        // k (G_r Zc - zc_r diag(sigma^2)) + zc_r diag(col)
-        grad = torch::mm(m, sd["zc_" + v].toTensor()).mul_(k).addcmul_(zc, col - k * sigma2);
-      } else {
-        grad = torch::mm(zc, m).mul_(k).addcmul_(zc, col);  // m: diagonal zeroed
-      }
-      return grad.addcmul_(z - other, inv_scale).to(in_dtype);
-    };
-    Tensor ga, gb;
-    if (ctx->needs_input_grad(0)) ga = rows("a", a, b);
-    if (ctx->needs_input_grad(1)) gb = rows("b", b, a);
-    return {ga, gb, Tensor(), Tensor()};
+    variable_list g = backward_rows(ctx, grads);
+    g.insert(g.end(), {Tensor(), Tensor()});  // options, group
+    return g;
   }
 };
 
@@ -434,7 +419,7 @@ VICRegLossTerms vicreg_loss_reference(const Tensor& z_a, const Tensor& z_b,
   const Tensor total = o.sim_coeff() * invariance +
                        variance_weight(o.preset()) * o.std_coeff() * variance +
                        o.cov_coeff() * covariance;
-  return {total, invariance, variance, covariance};
+  return {total, invariance, variance, covariance, Tensor()};
 }
 
 double vicreg_loss_flops(int64_t n, int64_t d) {
