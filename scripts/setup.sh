@@ -18,6 +18,9 @@ packages=(
   chromium
   # distributed training: Gloo's headers (LibTorch's c10d uses them), and torchrun (python3-torch)
   libgloo-dev python3-torch
+  # the Python extension (python/: pybind11 on python3-torch's LibTorch) and its tests, which load
+  # weights into torchvision's models
+  pybind11-dev python3-dev python3-torchvision python3-numpy python3-pil
 )
 
 missing=()

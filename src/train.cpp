@@ -4,6 +4,7 @@
 #include "vicreg/runtime.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <caffe2/serialize/inline_container.h>
 #include <torch/cuda.h>
 #include <torch/serialize.h>
 
@@ -103,8 +104,8 @@ void TrainConfig::validate() const {
 
 #define VICREG_CONFIG_FIELDS(X)                                                                 \
   X(dataset) X(data_dir) X(recipe) X(image_size) X(channels) X(arch) X(width) X(stages)         \
-  X(encoder_mlp) X(mlp) X(shared_weights) X(arch_b) X(epochs) X(batch_size) X(base_lr) X(wd)    \
-  X(optimizer) X(momentum) X(eta) X(clip_lr) X(warmup_epochs) X(end_lr_ratio) X(sim_coeff)      \
+  X(encoder_mlp) X(mlp) X(shared_weights) X(arch_b) X(init_backbone) X(epochs) X(batch_size)   \
+  X(base_lr) X(wd) X(optimizer) X(momentum) X(eta) X(clip_lr) X(warmup_epochs) X(end_lr_ratio) X(sim_coeff)      \
   X(std_coeff) X(cov_coeff) X(loss_preset) X(device) X(threads) X(workers) X(prefetch) X(seed)  \
   X(exp_dir) X(log_every) X(max_steps) X(eval_every) X(eval_bank) X(sync_bn) X(dist_backend)    \
   X(dist_timeout)
@@ -268,7 +269,73 @@ TrainConfig read_checkpoint_config(const std::string& path) {
   return checkpoint_config(archive, path);
 }
 
+namespace {
+
+/// True for LibTorch's torch::save archives (a TorchScript module: constants.pkl, code/), false
+/// for anything else (Python's torch.save zip, safetensors, ...).
+bool is_libtorch_archive(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char magic[4] = {};
+  if (!in.read(magic, 4) || std::string(magic, 4) != std::string("PK\x03\x04", 4)) return false;
+  try {
+    caffe2::serialize::PyTorchStreamReader zip(path);
+    return zip.hasRecord("constants.pkl");
+  } catch (const c10::Error&) {
+    return false;
+  }
+}
+
+int64_t metadata_int(const std::map<std::string, std::string>& m, const std::string& key) {
+  const auto it = m.find(key);
+  if (it == m.end()) throw std::runtime_error("metadata '" + key + "' is missing");
+  try {
+    return std::stoll(it->second);
+  } catch (const std::exception&) {
+    throw std::runtime_error("metadata '" + key + "' is not an integer: " + it->second);
+  }
+}
+
+/// The backbone of a safetensors or torch.save file.
+Backbone backbone_from_weights(const std::string& path) {
+  WeightsFile file;
+  try {
+    file = read_weights(path);
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error("backbone '" + path + "' cannot be read (a backbone.pt, safetensors "
+                             "or torch.save file was expected): " + e.what());
+  }
+  Backbone b;
+  EncoderConfig ec;
+  if (file.metadata.count("vicreg.config")) {  // written by export_backbone
+    try {
+      update_from_json(b.config, nlohmann::json::parse(file.metadata.at("vicreg.config")));
+      b.in_channels = metadata_int(file.metadata, "vicreg.in_channels");
+      b.image_size = metadata_int(file.metadata, "vicreg.image_size");
+      b.in_features = metadata_int(file.metadata, "vicreg.in_features");
+    } catch (const std::exception& e) {
+      throw std::runtime_error("backbone '" + path + "' has broken vicreg metadata: " + e.what());
+    }
+    ec = encoder_config(b.config, b.config.arch, b.in_channels, b.image_size, b.in_features);
+  } else {
+    ec = infer_encoder_config(file.tensors, "backbone '" + path + "'");
+    b.config.arch = ec.arch;
+    b.config.channels = ec.in_channels;
+    b.in_channels = ec.in_channels;
+    b.image_size = 0;  // not recorded: the data's recipe decides
+  }
+  b.encoder = make_encoder(ec);
+  load_encoder_weights(*b.encoder, file.tensors, "backbone '" + path + "'");
+  b.encoder->eval();
+  return b;
+}
+
+}  // namespace
+
 Backbone read_backbone(const std::string& path) {
+  if (!fs::is_regular_file(path)) {
+    throw std::runtime_error("backbone '" + path + "': no such file");
+  }
+  if (!is_libtorch_archive(path)) return backbone_from_weights(path);
   torch::serialize::InputArchive archive;
   load_archive(archive, path, "backbone");
   Backbone b;
@@ -288,6 +355,128 @@ Backbone read_backbone(const std::string& path) {
   }
   b.encoder->eval();
   return b;
+}
+
+Backbone read_checkpoint_backbone(const std::string& path) {
+  torch::serialize::InputArchive archive;
+  load_archive(archive, path, "checkpoint");
+  Backbone b;
+  b.config = checkpoint_config(archive, path);
+  c10::IValue probe;
+  if (!archive.try_read("in_channels", probe)) {
+    throw std::runtime_error("checkpoint '" + path + "' does not record its input shape (written "
+                             "before vicreg 0.1's export); use the run's backbone.pt instead");
+  }
+  try {
+    b.in_channels = read_int(archive, "in_channels");
+    b.image_size = read_int(archive, "image_size");
+    b.in_features = read_int(archive, "in_features");
+    b.encoder = make_encoder(
+        encoder_config(b.config, b.config.arch, b.in_channels, b.image_size, b.in_features));
+    torch::serialize::InputArchive model_archive, weights;
+    archive.read("model", model_archive);
+    model_archive.read("backbone", weights);
+    load_module_checked(*b.encoder, weights);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("checkpoint '" + path + "' does not fit the backbone it describes: " +
+                             e.what());
+  }
+  b.encoder->eval();
+  return b;
+}
+
+EncoderConfig infer_encoder_config(const NamedTensors& weights, const std::string& source) {
+  // The prefix under which a ResNet's first block is.
+  const std::string probe = "layer1.0.conv1.weight";
+  std::vector<std::string> prefixes;
+  for (const auto& [name, t] : weights) {
+    if (name.size() >= probe.size() &&
+        name.compare(name.size() - probe.size(), probe.size(), probe) == 0) {
+      const std::string p = name.substr(0, name.size() - probe.size());
+      if (p.empty() || p.back() == '.') prefixes.push_back(p);
+    }
+  }
+  if (prefixes.size() > 1) {
+    std::vector<std::string> backbones;
+    for (const auto& p : prefixes) {
+      if (p.empty() || (p.size() >= 9 && p.compare(p.size() - 9, 9, "backbone.") == 0)) {
+        backbones.push_back(p);
+      }
+    }
+    prefixes = backbones;
+  }
+  if (prefixes.size() != 1) {
+    throw std::runtime_error(source + ": " +
+                             (prefixes.empty() ? "holds no ResNet with torchvision's names (no "
+                                                 "layer1.0.conv1.weight), and no vicreg metadata"
+                                               : "holds several ResNets") +
+                             "; give the architecture another way (--init-backbone with --arch)");
+  }
+  const std::string& p = prefixes.front();
+  std::map<std::string, torch::Tensor> by_name(weights.begin(), weights.end());
+  const auto conv1 = by_name.find(p + "conv1.weight");
+  if (conv1 == by_name.end() || conv1->second.dim() != 4) {
+    throw std::runtime_error(source + ": no 4-d " + p + "conv1.weight");
+  }
+  const bool bottleneck = by_name.count(p + "layer1.0.conv3.weight") > 0;
+  std::vector<int64_t> blocks;
+  for (int layer = 1; layer <= 4; ++layer) {
+    int64_t n = 0;
+    while (by_name.count(p + "layer" + std::to_string(layer) + "." + std::to_string(n) +
+                         ".conv1.weight")) {
+      ++n;
+    }
+    blocks.push_back(n);
+  }
+  const std::vector<int64_t> short_stages = {2, 2, 2, 2}, long_stages = {3, 4, 6, 3};
+  EncoderConfig ec;
+  if (!bottleneck && blocks == short_stages) ec.arch = "resnet18";
+  else if (!bottleneck && blocks == long_stages) ec.arch = "resnet34";
+  else if (bottleneck && blocks == long_stages) ec.arch = "resnet50";
+  else {
+    throw std::runtime_error(source + ": a ResNet with " + (bottleneck ? "Bottleneck" : "BasicBlock") +
+                             " blocks [" + std::to_string(blocks[0]) + "," + std::to_string(blocks[1]) +
+                             "," + std::to_string(blocks[2]) + "," + std::to_string(blocks[3]) +
+                             "], which is none of resnet18, resnet34, resnet50");
+  }
+  const int64_t kernel = conv1->second.size(3);
+  if (kernel != 3 && kernel != 7) {
+    throw std::runtime_error(source + ": conv1 has a " + std::to_string(kernel) + "x" +
+                             std::to_string(kernel) + " kernel; vicreg's ResNets have 7x7 "
+                             "(torchvision) or 3x3 (small-image stem)");
+  }
+  ec.in_channels = conv1->second.size(1);
+  ec.image_size = kernel == 3 ? 32 : 224;  // what selects the stem in make_encoder
+  return ec;
+}
+
+std::string torchvision_recipe(const Backbone& backbone) {
+  const auto* resnet = dynamic_cast<const ResNetImpl*>(backbone.encoder.get());
+  if (!resnet) return "";
+  const std::string c = std::to_string(resnet->options.in_channels());
+  std::string how = "m = torchvision.models.resnet" + std::to_string(resnet->options.depth()) + "()";
+  if (resnet->options.small_stem()) {
+    how += "; m.conv1 = nn.Conv2d(" + c + ", 64, 3, 1, 1, bias=False); m.maxpool = nn.Identity()";
+  } else if (resnet->options.in_channels() != 3) {
+    how += "; m.conv1 = nn.Conv2d(" + c + ", 64, 7, 2, 3, bias=False)";
+  }
+  return how + "; m.load_state_dict(tensors, strict=False) (missing: fc.weight, fc.bias); "
+               "m.fc = nn.Identity() for the representation";
+}
+
+int64_t export_backbone(const Backbone& backbone, const std::string& path) {
+  const NamedTensors state = module_state(*backbone.encoder);
+  std::map<std::string, std::string> meta = {
+      {"format", "pt"},
+      {"vicreg.arch", backbone.config.arch},
+      {"vicreg.config", to_json(backbone.config).dump()},
+      {"vicreg.in_channels", std::to_string(backbone.in_channels)},
+      {"vicreg.image_size", std::to_string(backbone.image_size)},
+      {"vicreg.in_features", std::to_string(backbone.in_features)}};
+  const std::string how = torchvision_recipe(backbone);
+  if (!how.empty()) meta["vicreg.torchvision"] = how;
+  write_safetensors(path, state, meta);
+  return static_cast<int64_t>(state.size());
 }
 
 Encoder load_backbone(const std::string& path) { return read_backbone(path).encoder; }
@@ -412,6 +601,7 @@ Trainer::Trainer(TrainConfig config, std::string resume, std::shared_ptr<Process
 
   torch::manual_seed(config_.seed);
   model_ = VICReg(model_config(config_, *data_));
+  if (resume.empty() && !config_.init_backbone.empty()) init_backbone();
   model_->to(device_);
 
   OptimizerConfig oc;
@@ -457,6 +647,27 @@ Trainer::Trainer(TrainConfig config, std::string resume, std::shared_ptr<Process
   }
 }
 
+void Trainer::init_backbone() {
+  const std::string& path = config_.init_backbone;
+  const WeightsFile file = read_weights(path);
+  const std::string source = "--init-backbone '" + path + "'";
+  WeightsLoadReport r = load_encoder_weights(*model_->backbone, file.tensors, source);
+  // Without shared weights, the second branch starts from the same weights when it has the same
+  // architecture.
+  if (model_->backbone_b && model_->config.encoder_b.arch == model_->config.encoder.arch) {
+    load_encoder_weights(*model_->backbone_b, file.tensors, source);
+  }
+  if (is_main()) {
+    std::string skipped;
+    for (const auto& k : r.head) skipped += " " + k;
+    std::fprintf(stderr, "vicreg train: backbone initialised from %s: %lld tensors%s%s%s\n",
+                 path.c_str(), static_cast<long long>(r.loaded),
+                 r.prefix.empty() ? "" : (" under '" + r.prefix + "'").c_str(),
+                 skipped.empty() ? "" : ("; skipped the classifier" + skipped).c_str(),
+                 r.other ? ("; ignored " + std::to_string(r.other) + " other entries").c_str() : "");
+  }
+}
+
 void Trainer::load_checkpoint(const std::string& path) {
   torch::serialize::InputArchive archive;
   load_archive(archive, path, "checkpoint");
@@ -492,6 +703,11 @@ void Trainer::save_checkpoint() const {
   archive.write("elapsed_s", c10::IValue(elapsed_before_));
   archive.write("rng_state", at::detail::getDefaultCPUGenerator().get_state());
   archive.write("config", c10::IValue(to_json(config_).dump()));
+  // The input shape, so that the backbone can be rebuilt without the data (export).
+  archive.write("in_channels", c10::IValue(data_->channels));
+  archive.write("image_size", c10::IValue(static_cast<int64_t>(
+                                  data_->is_vector() ? 0 : model_->config.encoder.image_size)));
+  archive.write("in_features", c10::IValue(data_->features()));
   save_atomically(archive, (fs::path(config_.exp_dir) / "checkpoint.pt").string());
 }
 

@@ -415,7 +415,7 @@ TEST_F(CliTrain, EvalCheckpointEmbeddingFinetuneAndBaselines) {
       {"eval --backbone " + backbone + " --checkpoint " + checkpoint, "exactly one of"},
       {"eval --protocol knn", "exactly one of"},
       {"eval --baseline pixels --config /nonexistent.json", "cannot read"},
-      {"eval --backbone " + backbone + config, "--config applies to --baseline only"},
+      {"eval --backbone " + backbone + config, "--config applies to --baseline and --init-backbone only"},
       {"eval --protocol finetune --embedding --checkpoint " + checkpoint, "fixed embeddings"},
       {"eval --protocol finetune --label-fraction 0 --backbone " + backbone, "label-fraction"},
       {"eval --protocol finetune --label-fraction 1.5 --backbone " + backbone, "label-fraction"},
@@ -425,6 +425,69 @@ TEST_F(CliTrain, EvalCheckpointEmbeddingFinetuneAndBaselines) {
     const Result b = run(c.args);
     EXPECT_NE(b.code, 0) << c.args;
     EXPECT_NE(b.err.find(c.message), std::string::npos) << c.args << "\n" << b.err;
+  }
+}
+
+TEST_F(CliTrain, ExportsSafetensorsAndStartsFromThem) {
+  vicreg::testing::write_idx_dataset(dir_ / "data", 50, 16, 2, "t10k");
+  ASSERT_EQ(run(small("ex", "--max-steps 3 --progress none")).code, 0);
+  const std::string backbone = (dir_ / "ex" / "backbone.pt").string();
+  const std::string checkpoint = (dir_ / "ex" / "checkpoint.pt").string();
+  const std::string out = (dir_ / "bb.safetensors").string();
+  Result r = run("export --checkpoint " + checkpoint + " --out " + out);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("wrote " + out + ": 36 tensors of the convnet backbone"), std::string::npos)
+      << r.out;
+  const std::string from_backbone = (dir_ / "bb2.safetensors").string();
+  ASSERT_EQ(run("export --backbone " + backbone + " --out " + from_backbone).code, 0);
+  EXPECT_EQ(slurp(out), slurp(from_backbone));  // the same weights, byte for byte
+
+  // The exported file evaluates exactly like backbone.pt.
+  const auto knn = [&](const std::string& subject) {
+    const Result e = run("eval --threads 1 --protocol knn " + subject);
+    EXPECT_EQ(e.code, 0) << e.err;
+    return e.out.substr(e.out.find("top-1"), 30);
+  };
+  EXPECT_EQ(knn("--backbone " + out), knn("--backbone " + backbone));
+  EXPECT_EQ(knn("--init-backbone " + out + " --config " + (dir_ / "ex" / "config.json").string()),
+            knn("--backbone " + backbone));
+
+  // A new run starts from it; --init-backbone is recorded, and ignored on resume.
+  r = run(small("init", "--max-steps 1 --progress none --init-backbone " + out));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("backbone initialised from " + out + ": 36 tensors"), std::string::npos)
+      << r.err;
+  EXPECT_EQ(nlohmann::json::parse(slurp(dir_ / "init" / "config.json"))["init_backbone"], out);
+  r = run(small("init", "--max-steps 2 --progress none --init-backbone " + backbone));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.err.find("backbone initialised"), std::string::npos) << r.err;
+
+  // Bad input: named, exit 1, no run directory written.
+  std::ofstream(dir_ / "junk.safetensors") << "12345678{not json";
+  const struct {
+    std::string args, message;
+  } bad[] = {
+      {"export --out " + out, "exactly one of --checkpoint"},
+      {"export --checkpoint " + checkpoint + " --backbone " + backbone + " --out " + out,
+       "exactly one of --checkpoint"},
+      {"export --backbone " + backbone + " --out " + backbone, "is the file being exported"},
+      {"export --backbone /nonexistent.pt --out " + out, "no such file"},
+      {"export --backbone " + backbone + " --out /nonexistent/dir/x.safetensors", "cannot create"},
+      {small("bad1", "--init-backbone /nonexistent.safetensors"), "no such file"},
+      {small("bad2", "--init-backbone " + (dir_ / "junk.safetensors").string()),
+       "does not fit in the file"},
+      {small("bad3", "--arch resnet18 --init-backbone " + out),
+       "no 'conv1.weight' under any prefix"},
+      {small("bad4", "--width 16 --init-backbone " + out),
+       "stage1.0.weight has shape [8, 1, 3, 3], the model's is [16, 1, 3, 3]"},
+  };
+  for (const auto& c : bad) {
+    const Result b = run(c.args);
+    EXPECT_EQ(b.code, 1) << c.args;
+    EXPECT_NE(b.err.find(c.message), std::string::npos) << c.args << "\n" << b.err;
+  }
+  for (const char* exp : {"bad1", "bad2", "bad3", "bad4"}) {
+    EXPECT_FALSE(fs::exists(dir_ / exp / "checkpoint.pt")) << exp;
   }
 }
 

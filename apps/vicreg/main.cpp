@@ -27,6 +27,7 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -231,6 +232,11 @@ void add_train_options(CLI::App* cmd, vicreg::TrainConfig& c, TrainArgs& a) {
   cmd->add_flag("--shared-weights,!--no-shared-weights", c.shared_weights,
                 "Both views through the same backbone and expander (default), or one each");
   cmd->add_option("--arch-b", c.arch_b, "Second branch's backbone with --no-shared-weights");
+  cmd->add_option("--init-backbone", c.init_backbone,
+                  "Start the backbone from these weights (new runs only): a safetensors or "
+                  "torch.save state dict with torchvision's names, e.g. torchvision's resnet50, "
+                  "the official VICReg resnet50.pth, or a file from vicreg export; fc.* is "
+                  "skipped");
   // optimisation
   cmd->add_option("--epochs", c.epochs, "Epochs (the schedule's length)")->capture_default_str();
   cmd->add_option("--batch-size", c.batch_size, "Batch size")->capture_default_str();
@@ -356,8 +362,8 @@ int run_train(vicreg::TrainConfig config, const TrainArgs& args) {
 
 struct EvalArgs {
   // what is evaluated: exactly one of these
-  std::string backbone, checkpoint, baseline;
-  std::string config_file;  ///< --baseline's settings
+  std::string backbone, checkpoint, baseline, init_backbone;
+  std::string config_file;  ///< --baseline's and --init-backbone's settings
   bool embedding = false;
   std::string protocol = "linear", json, data_dir, device = "cpu", split = "test";
   std::string out, labels_out;
@@ -395,14 +401,16 @@ vicreg::Dataset load_split(const vicreg::TrainConfig& c, const EvalArgs& args,
 
 Subject load_subject(const EvalArgs& args, const vicreg::TrainConfig& config_flag,
                      const std::vector<std::string>& splits) {
-  const int given = !args.backbone.empty() + !args.checkpoint.empty() + !args.baseline.empty();
+  const int given = !args.backbone.empty() + !args.checkpoint.empty() + !args.baseline.empty() +
+                    !args.init_backbone.empty();
   if (given != 1) {
     throw std::invalid_argument("give exactly one of --backbone (a run's backbone.pt), "
-                                "--checkpoint (its checkpoint.pt) or --baseline pixels|random-init");
+                                "--checkpoint (its checkpoint.pt), --init-backbone FILE or "
+                                "--baseline pixels|random-init");
   }
-  if (!args.config_file.empty() && args.baseline.empty()) {
-    throw std::invalid_argument("--config applies to --baseline only (a backbone or checkpoint "
-                                "carries its own settings)");
+  if (!args.config_file.empty() && args.baseline.empty() && args.init_backbone.empty()) {
+    throw std::invalid_argument("--config applies to --baseline and --init-backbone only (a "
+                                "backbone or checkpoint carries its own settings)");
   }
   if (args.embedding && args.checkpoint.empty()) {
     throw std::invalid_argument("--embedding needs the expander: give --checkpoint "
@@ -419,7 +427,7 @@ Subject load_subject(const EvalArgs& args, const vicreg::TrainConfig& config_fla
     s.name = args.checkpoint;
   } else {
     s.config = config_flag;  // --config FILE, or the default run
-    s.name = "baseline:" + args.baseline;
+    s.name = args.baseline.empty() ? args.init_backbone : "baseline:" + args.baseline;
   }
   for (const std::string& split : splits) {
     (split == "train" ? s.train : s.test) = load_split(s.config, args, split);
@@ -435,14 +443,20 @@ Subject load_subject(const EvalArgs& args, const vicreg::TrainConfig& config_fla
                              : std::to_string(b.in_channels) + "-channel images") +
           ", the data have " +
           (shape.is_vector() ? std::to_string(shape.features()) + " features"
-                             : std::to_string(shape.channels) + " channels"));
+                             : std::to_string(shape.channels) + " channels") +
+          " (for other data, give --init-backbone FILE with --config SETTINGS.json)");
     }
     s.encoder = b.encoder;
-    s.image_size = b.image_size;
+    if (b.image_size > 0) s.image_size = b.image_size;  // 0: not recorded (foreign weights)
   } else if (!args.checkpoint.empty()) {
     vicreg::TrainedModel m = vicreg::read_model(args.checkpoint, shape);
     s.encoder = m.model->backbone;
     s.projector = m.model->projector;
+  } else if (!args.init_backbone.empty()) {
+    s.encoder = vicreg::VICReg(mc)->backbone;  // the model of --config, weights from the file
+    const vicreg::WeightsFile file = vicreg::read_weights(args.init_backbone);
+    vicreg::load_encoder_weights(*s.encoder, file.tensors,
+                                 "--init-backbone '" + args.init_backbone + "'");
   } else if (args.baseline == "random-init") {
     torch::manual_seed(s.config.seed);  // the run's model before its first step
     s.encoder = vicreg::VICReg(mc)->backbone;
@@ -624,7 +638,14 @@ int run_embed(const EvalArgs& args, const vicreg::TrainConfig& config_flag) {
 }
 
 void add_eval_common(CLI::App* cmd, EvalArgs& a) {
-  cmd->add_option("--backbone", a.backbone, "A run's backbone.pt")->check(CLI::ExistingFile);
+  cmd->add_option("--backbone", a.backbone,
+                  "A run's backbone.pt, a safetensors file from vicreg export, or a torchvision "
+                  "ResNet's state dict (safetensors or torch.save; the architecture is read off "
+                  "the weights)")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--init-backbone", a.init_backbone,
+                  "Weights (safetensors or torch.save, torchvision's names) for the backbone of "
+                  "the model of --config (default: the default run)");
   cmd->add_option("--checkpoint", a.checkpoint,
                   "A run's checkpoint.pt (backbone and expander; needed for --embedding and the "
                   "embedding diagnostics)")
@@ -633,7 +654,8 @@ void add_eval_common(CLI::App* cmd, EvalArgs& a) {
                   "Instead of a trained model: pixels (the normalised image) or random-init (the "
                   "untrained model of --config FILE, default: the default run)")
       ->check(CLI::IsMember({"pixels", "random-init"}));
-  cmd->add_option("--config", a.config_file, "Run settings for --baseline (e.g. a run's config.json)");
+  cmd->add_option("--config", a.config_file,
+                  "Run settings for --baseline and --init-backbone (e.g. a run's config.json)");
   cmd->add_flag("--embedding", a.embedding,
                 "Use the expander's output (the embedding) instead of the representation");
   cmd->add_option("--data-dir", a.data_dir, "Where the data are (default: as in training)");
@@ -641,6 +663,34 @@ void add_eval_common(CLI::App* cmd, EvalArgs& a) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd->add_option("--device", a.device, "cpu, cuda or cuda:N")->capture_default_str();
+}
+
+// ---------------------------------------------------------------------------------------------
+// export
+
+struct ExportArgs {
+  std::string checkpoint, backbone, out;
+};
+
+int run_export(const ExportArgs& args) {
+  if (args.checkpoint.empty() == args.backbone.empty()) {
+    throw std::invalid_argument("give exactly one of --checkpoint (a run's checkpoint.pt) or "
+                                "--backbone (its backbone.pt)");
+  }
+  const std::string from = args.checkpoint.empty() ? args.backbone : args.checkpoint;
+  if (std::filesystem::exists(args.out) && std::filesystem::equivalent(args.out, from)) {
+    throw std::invalid_argument("--out '" + args.out + "' is the file being exported");
+  }
+  const vicreg::Backbone b = args.checkpoint.empty()
+                                 ? vicreg::read_backbone(args.backbone)
+                                 : vicreg::read_checkpoint_backbone(args.checkpoint);
+  const int64_t n = vicreg::export_backbone(b, args.out);
+  std::printf("wrote %s: %lld tensors of the %s backbone (%lld parameters) from %s\n",
+              args.out.c_str(), static_cast<long long>(n), b.config.arch.c_str(),
+              static_cast<long long>(vicreg::count_parameters(*b.encoder)), from.c_str());
+  const std::string how = vicreg::torchvision_recipe(b);
+  if (!how.empty()) std::printf("in PyTorch: %s\n", how.c_str());
+  return 0;
 }
 
 int run_report(const vicreg::ReportOptions& options, int threads) {
@@ -766,6 +816,17 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"train", "test"}))
       ->capture_default_str();
 
+  ExportArgs export_args;
+  CLI::App* export_cmd = app.add_subcommand(
+      "export", "Write a run's backbone as safetensors with torchvision's names (a ResNet loads "
+                "into torchvision.models.resnetNN with load_state_dict(strict=False), only fc.* "
+                "missing; --help of train: --init-backbone reads it back)");
+  export_cmd->add_option("--checkpoint", export_args.checkpoint, "A run's checkpoint.pt");
+  export_cmd->add_option("--backbone", export_args.backbone,
+                         "A run's backbone.pt (or any file --backbone of eval reads)");
+  export_cmd->add_option("--out", export_args.out, "Output file, e.g. backbone.safetensors")
+      ->required();
+
   vicreg::ReportOptions report;
   int report_threads = 0;
   CLI::App* report_cmd = app.add_subcommand(
@@ -801,6 +862,7 @@ int main(int argc, char** argv) {
     if (eval_cmd->parsed()) return run_eval(eval_args, train_config);
     if (embed_cmd->parsed()) return run_embed(embed_args, train_config);
     if (report_cmd->parsed()) return run_report(report, report_threads);
+    if (export_cmd->parsed()) return run_export(export_args);
     if (train_cmd->parsed()) return run_train(train_config, train_args);
   } catch (const vicreg::TrainingDiverged& e) {
     std::fprintf(stderr, "%s: error: %s; the last good checkpoint is kept (lower --base-lr, "

@@ -13,6 +13,7 @@
 #include "vicreg/loss.h"
 #include "vicreg/models.h"
 #include "vicreg/optim.h"
+#include "vicreg/weights.h"
 
 #include <nlohmann/json.hpp>
 #include <torch/types.h>
@@ -42,6 +43,9 @@ struct TrainConfig {
   std::string mlp = "1024-1024-1024";     ///< expander (--mlp)
   bool shared_weights = true;
   std::string arch_b;            ///< second branch's arch without shared weights (empty: arch)
+  /// Weights for the backbone at the start of a new run (not on resume): a safetensors or
+  /// torch.save file with torchvision's names (weights.h: load_encoder_weights). Empty: random.
+  std::string init_backbone;
   // optimisation
   int64_t epochs = 12;
   int64_t batch_size = 128;
@@ -145,6 +149,8 @@ class Trainer {
 
  private:
   void load_checkpoint(const std::string& path);
+  /// Copies config_.init_backbone's weights into the backbone(s) (a new run only).
+  void init_backbone();
   bool is_main() const { return rank_ == 0; }
   /// The kNN probe of the current backbone (bank: eval_bank training samples; queries: the test
   /// split); returns the metrics line.
@@ -190,9 +196,14 @@ struct TrainedModel {
 };
 TrainedModel read_model(const std::string& checkpoint, const Dataset& data);
 
-/// A backbone.pt: the encoder rebuilt from the settings stored with it, weights loaded, in eval
-/// mode, with the run's config and the input shape it was trained on. Throws naming the file if it
-/// is missing or not a vicreg backbone (or its weights do not fit the stored architecture).
+/// A backbone: the encoder rebuilt from the settings stored with it, weights loaded, in eval
+/// mode, with the run's config and the input shape it was trained on. Reads
+///   - a run's backbone.pt;
+///   - a safetensors file written by export_backbone() (its metadata carries the settings);
+///   - any other safetensors or torch.save state dict of a ResNet with torchvision's names
+///     (torchvision's, the official VICReg release): the architecture is read off the weights
+///     (infer_encoder_config); config is the default one with that arch, image_size 0 (unknown).
+/// Throws naming the file if it is missing, not a backbone, or its weights do not fit.
 struct Backbone {
   Encoder encoder;
   TrainConfig config;
@@ -201,5 +212,27 @@ struct Backbone {
 Backbone read_backbone(const std::string& path);
 /// read_backbone(path).encoder
 Encoder load_backbone(const std::string& path);
+
+/// The backbone of a checkpoint.pt (written by vicreg 0.1 since the input shape is stored in it).
+Backbone read_checkpoint_backbone(const std::string& path);
+
+/// The settings of a ResNet encoder from its weights (torchvision names, possibly under a prefix
+/// such as "backbone." or "module."): depth from the blocks per stage (18, 34: BasicBlock
+/// [2,2,2,2], [3,4,6,3]; 50: Bottleneck [3,4,6,3]), in_channels and the stem (7x7: torchvision's,
+/// 3x3: the small-image one) from conv1.weight. Throws std::runtime_error naming `source` when
+/// the weights are no ResNet vicreg builds.
+EncoderConfig infer_encoder_config(const NamedTensors& weights, const std::string& source);
+
+/// How to build the torchvision model that a ResNet backbone's weights load into (Python, one
+/// line); empty for the other encoders.
+std::string torchvision_recipe(const Backbone& backbone);
+
+/// Writes a backbone as safetensors with torchvision's names (a ResNet loads into
+/// torchvision.models.resnetNN with strict=False, only fc.* missing; the small-image stem needs
+/// conv1 = Conv2d(C, 64, 3, 1, 1, bias=False) and maxpool = Identity()). The metadata records
+/// the settings (vicreg.config, vicreg.arch, vicreg.in_channels, vicreg.image_size,
+/// vicreg.in_features) and, in vicreg.torchvision, how to build the torchvision model.
+/// Returns the number of tensors written.
+int64_t export_backbone(const Backbone& backbone, const std::string& path);
 
 }  // namespace vicreg

@@ -1,0 +1,112 @@
+// vicreg._C: the Python extension (pybind11 on the LibTorch that Python's torch uses). The Python
+// package vicreg (python/vicreg/__init__.py) wraps it; see there for the documented API.
+#include "vicreg/loss.h"
+#include "vicreg/train.h"
+#include "vicreg/weights.h"
+
+#include <torch/extension.h>
+
+#include <map>
+#include <string>
+#include <tuple>
+
+namespace py = pybind11;
+
+namespace {
+
+using Terms = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor>;
+
+Terms loss(const torch::Tensor& z_a, const torch::Tensor& z_b, double sim_coeff, double std_coeff,
+           double cov_coeff, double gamma, double eps, const std::string& preset,
+           bool check_finite) {
+  const auto options = vicreg::VICRegLossOptions()
+                           .sim_coeff(sim_coeff)
+                           .std_coeff(std_coeff)
+                           .cov_coeff(cov_coeff)
+                           .gamma(gamma)
+                           .eps(eps)
+                           .preset(vicreg::loss_preset_from_string(preset))
+                           .check_finite(check_finite);
+  vicreg::VICRegLossTerms t = vicreg::vicreg_loss(z_a, z_b, options);
+  return {t.total, t.invariance, t.variance, t.covariance};
+}
+
+Terms loss_reference(const torch::Tensor& z_a, const torch::Tensor& z_b, double sim_coeff,
+                     double std_coeff, double cov_coeff, double gamma, double eps,
+                     const std::string& preset) {
+  const auto options = vicreg::VICRegLossOptions()
+                           .sim_coeff(sim_coeff)
+                           .std_coeff(std_coeff)
+                           .cov_coeff(cov_coeff)
+                           .gamma(gamma)
+                           .eps(eps)
+                           .preset(vicreg::loss_preset_from_string(preset));
+  vicreg::VICRegLossTerms t = vicreg::vicreg_loss_reference(z_a, z_b, options);
+  return {t.total, t.invariance, t.variance, t.covariance};
+}
+
+/// A vicreg encoder held from Python (inference and weights; training happens in C++ or, after
+/// export, in torchvision).
+struct PyBackbone {
+  vicreg::Backbone b;
+  torch::Tensor forward(const torch::Tensor& x) {
+    torch::NoGradGuard no_grad;
+    return b.encoder->forward(x);
+  }
+  std::map<std::string, torch::Tensor> state_dict() const {
+    std::map<std::string, torch::Tensor> out;
+    for (const auto& [name, t] : vicreg::module_state(*b.encoder)) out[name] = t.detach();
+    return out;
+  }
+  std::vector<std::string> keys() const {
+    std::vector<std::string> out;
+    for (const auto& [name, t] : vicreg::module_state(*b.encoder)) out.push_back(name);
+    return out;
+  }
+};
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "vicreg's C++ core (use the vicreg package, not this module)";
+  m.def("vicreg_loss", &loss, py::arg("z_a"), py::arg("z_b"), py::arg("sim_coeff"),
+        py::arg("std_coeff"), py::arg("cov_coeff"), py::arg("gamma"), py::arg("eps"),
+        py::arg("preset"), py::arg("check_finite"), py::call_guard<py::gil_scoped_release>());
+  m.def("vicreg_loss_reference", &loss_reference, py::arg("z_a"), py::arg("z_b"),
+        py::arg("sim_coeff"), py::arg("std_coeff"), py::arg("cov_coeff"), py::arg("gamma"),
+        py::arg("eps"), py::arg("preset"), py::call_guard<py::gil_scoped_release>());
+
+  py::class_<PyBackbone>(m, "Backbone")
+      .def("forward", &PyBackbone::forward, py::call_guard<py::gil_scoped_release>())
+      .def("state_dict", &PyBackbone::state_dict)
+      .def("keys", &PyBackbone::keys)
+      .def_property_readonly("arch", [](const PyBackbone& p) { return p.b.config.arch; })
+      .def_property_readonly("in_channels", [](const PyBackbone& p) { return p.b.in_channels; })
+      .def_property_readonly("image_size", [](const PyBackbone& p) { return p.b.image_size; })
+      .def_property_readonly("output_dim", [](const PyBackbone& p) { return p.b.encoder->output_dim(); })
+      .def_property_readonly("config", [](const PyBackbone& p) {
+        return vicreg::to_json(p.b.config).dump();
+      });
+  m.def("load_backbone", [](const std::string& path) { return PyBackbone{vicreg::read_backbone(path)}; },
+        py::arg("path"), py::call_guard<py::gil_scoped_release>());
+  m.def("export_backbone",
+        [](const PyBackbone& p, const std::string& path) { return vicreg::export_backbone(p.b, path); },
+        py::arg("backbone"), py::arg("path"), py::call_guard<py::gil_scoped_release>());
+  m.def("save_safetensors",
+        [](const std::vector<std::pair<std::string, torch::Tensor>>& tensors, const std::string& path,
+           const std::map<std::string, std::string>& metadata) {
+          py::gil_scoped_release release;
+          vicreg::write_safetensors(path, tensors, metadata);
+        },
+        py::arg("tensors"), py::arg("path"), py::arg("metadata"));
+  m.def("load_weights",
+        [](const std::string& path) {
+          vicreg::WeightsFile f;
+          {
+            py::gil_scoped_release release;
+            f = vicreg::read_weights(path);
+          }
+          return std::make_tuple(f.tensors, f.metadata, f.format);
+        },
+        py::arg("path"));
+}
