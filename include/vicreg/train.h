@@ -3,7 +3,7 @@
 // An experiment directory (--exp-dir) holds:
 //   config.json     the fully resolved TrainConfig (readable again with --config)
 //   metrics.jsonl   one JSON object per log interval
-//   checkpoint.pt   model, optimizer, step, epoch, RNG state, config; written atomically
+//   checkpoint.pt   model, optimizer, step, epoch, RNG state, config, input shape; written atomically
 //                   (temporary file, fsync, rename) every epoch, at the end, and on a stop request
 //   backbone.pt     the final backbone alone (torch::save of the encoder module), for downstream use
 #pragma once
