@@ -45,25 +45,10 @@ def main():
         os.execve(sys.executable, [sys.executable] + sys.argv, env)
 
     import torch
-    import torch.nn.functional as F
     import vicreg
 
-    def off_diagonal(x):
-        n, m = x.shape
-        return x.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
-
-    def plain(x, y, sim=25.0, std=25.0, cov=1.0):  # main_vicreg.py's VICReg.forward, loss part
-        repr_loss = F.mse_loss(x, y)
-        x = x - x.mean(dim=0)
-        y = y - y.mean(dim=0)
-        std_x = torch.sqrt(x.var(dim=0) + 0.0001)
-        std_y = torch.sqrt(y.var(dim=0) + 0.0001)
-        std_loss = torch.mean(F.relu(1 - std_x)) / 2 + torch.mean(F.relu(1 - std_y)) / 2
-        n, d = x.shape
-        cov_x = (x.T @ x) / (n - 1)
-        cov_y = (y.T @ y) / (n - 1)
-        cov_loss = off_diagonal(cov_x).pow_(2).sum().div(d) + off_diagonal(cov_y).pow_(2).sum().div(d)
-        return sim * repr_loss + std * std_loss + cov * cov_loss
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from peer_pytorch import vicreg_loss as plain  # main_vicreg.py's loss, as in bench-train
 
     def fused(x, y):
         return vicreg.vicreg_loss(x, y, check_finite=False).total

@@ -16,33 +16,34 @@ namespace {
 
 using Terms = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor>;
 
+vicreg::VICRegLossOptions options(double sim_coeff, double std_coeff, double cov_coeff,
+                                  double gamma, double eps, const std::string& preset) {
+  return vicreg::VICRegLossOptions()
+      .sim_coeff(sim_coeff)
+      .std_coeff(std_coeff)
+      .cov_coeff(cov_coeff)
+      .gamma(gamma)
+      .eps(eps)
+      .preset(vicreg::loss_preset_from_string(preset));
+}
+
+Terms as_tuple(const vicreg::VICRegLossTerms& t) {
+  return {t.total, t.invariance, t.variance, t.covariance};
+}
+
 Terms loss(const torch::Tensor& z_a, const torch::Tensor& z_b, double sim_coeff, double std_coeff,
            double cov_coeff, double gamma, double eps, const std::string& preset,
            bool check_finite) {
-  const auto options = vicreg::VICRegLossOptions()
-                           .sim_coeff(sim_coeff)
-                           .std_coeff(std_coeff)
-                           .cov_coeff(cov_coeff)
-                           .gamma(gamma)
-                           .eps(eps)
-                           .preset(vicreg::loss_preset_from_string(preset))
-                           .check_finite(check_finite);
-  vicreg::VICRegLossTerms t = vicreg::vicreg_loss(z_a, z_b, options);
-  return {t.total, t.invariance, t.variance, t.covariance};
+  return as_tuple(vicreg::vicreg_loss(
+      z_a, z_b,
+      options(sim_coeff, std_coeff, cov_coeff, gamma, eps, preset).check_finite(check_finite)));
 }
 
 Terms loss_reference(const torch::Tensor& z_a, const torch::Tensor& z_b, double sim_coeff,
                      double std_coeff, double cov_coeff, double gamma, double eps,
                      const std::string& preset) {
-  const auto options = vicreg::VICRegLossOptions()
-                           .sim_coeff(sim_coeff)
-                           .std_coeff(std_coeff)
-                           .cov_coeff(cov_coeff)
-                           .gamma(gamma)
-                           .eps(eps)
-                           .preset(vicreg::loss_preset_from_string(preset));
-  vicreg::VICRegLossTerms t = vicreg::vicreg_loss_reference(z_a, z_b, options);
-  return {t.total, t.invariance, t.variance, t.covariance};
+  return as_tuple(vicreg::vicreg_loss_reference(
+      z_a, z_b, options(sim_coeff, std_coeff, cov_coeff, gamma, eps, preset)));
 }
 
 /// A vicreg encoder held from Python (inference and weights; training happens in C++ or, after

@@ -820,7 +820,7 @@ int main(int argc, char** argv) {
   CLI::App* export_cmd = app.add_subcommand(
       "export", "Write a run's backbone as safetensors with torchvision's names (a ResNet loads "
                 "into torchvision.models.resnetNN with load_state_dict(strict=False), only fc.* "
-                "missing; --help of train: --init-backbone reads it back)");
+                "missing; train and eval read it back with --init-backbone)");
   export_cmd->add_option("--checkpoint", export_args.checkpoint, "A run's checkpoint.pt");
   export_cmd->add_option("--backbone", export_args.backbone,
                          "A run's backbone.pt (or any file --backbone of eval reads)");
