@@ -105,10 +105,10 @@ void TrainConfig::validate() const {
 #define VICREG_CONFIG_FIELDS(X)                                                                 \
   X(dataset) X(data_dir) X(recipe) X(image_size) X(channels) X(arch) X(width) X(stages)         \
   X(encoder_mlp) X(mlp) X(shared_weights) X(arch_b) X(init_backbone) X(epochs) X(batch_size)   \
-  X(base_lr) X(wd) X(optimizer) X(momentum) X(eta) X(clip_lr) X(warmup_epochs) X(end_lr_ratio) X(sim_coeff)      \
-  X(std_coeff) X(cov_coeff) X(loss_preset) X(device) X(threads) X(workers) X(prefetch) X(seed)  \
-  X(exp_dir) X(log_every) X(max_steps) X(eval_every) X(eval_bank) X(sync_bn) X(dist_backend)    \
-  X(dist_timeout)
+  X(base_lr) X(wd) X(optimizer) X(momentum) X(eta) X(clip_lr) X(warmup_epochs) X(end_lr_ratio)  \
+  X(sim_coeff) X(std_coeff) X(cov_coeff) X(loss_preset) X(device) X(threads) X(workers)         \
+  X(prefetch) X(seed) X(exp_dir) X(log_every) X(max_steps) X(eval_every) X(eval_bank)           \
+  X(sync_bn) X(dist_backend) X(dist_timeout)
 
 nlohmann::json to_json(const TrainConfig& config) {
   nlohmann::json j;
@@ -410,7 +410,7 @@ EncoderConfig infer_encoder_config(const NamedTensors& weights, const std::strin
                              (prefixes.empty() ? "holds no ResNet with torchvision's names (no "
                                                  "layer1.0.conv1.weight), and no vicreg metadata"
                                                : "holds several ResNets") +
-                             "; give the architecture another way (--init-backbone with --arch)");
+                             "; name the architecture instead (--init-backbone with --arch, or with --config)");
   }
   const std::string& p = prefixes.front();
   std::map<std::string, torch::Tensor> by_name(weights.begin(), weights.end());

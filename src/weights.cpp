@@ -547,12 +547,21 @@ class Unpickler {
       const std::vector<int64_t> stride = as_ints(args[3], "tensor stride");
       if (size.size() != stride.size() || offset < 0) bad("tensor size and stride");
       // as_strided does not check bounds: make sure every element lies inside the storage.
-      int64_t last = offset;
+      // Checked without overflow; a view repeating elements (stride 0) may not be huge.
+      constexpr int64_t kMax = int64_t{1} << 40;
+      int64_t last = offset, numel = 1;
       bool empty = false;
       for (size_t k = 0; k < size.size(); ++k) {
         if (size[k] < 0 || stride[k] < 0) bad("negative tensor size or stride");
+        if (size[k] > kMax || stride[k] > kMax) bad("tensor size or stride out of range");
         if (size[k] == 0) empty = true;
         else last += (size[k] - 1) * stride[k];
+        if (last > kMax) bad("tensor extent out of range");
+        numel = std::min(numel * std::max<int64_t>(size[k], 1), kMax + 1);
+      }
+      if (!empty && numel > std::max<int64_t>(storage.numel(), int64_t{1} << 31)) {
+        bad("a tensor of " + std::to_string(numel) + " elements over a storage of " +
+            std::to_string(storage.numel()));
       }
       if (!empty && last >= storage.numel()) {
         bad("a tensor reaches element " + std::to_string(last) + " of a storage of " +

@@ -6,6 +6,7 @@
 
 #include "temp_dir.h"
 
+#include <caffe2/serialize/inline_container.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <torch/serialize.h>
@@ -175,6 +176,41 @@ TEST_F(Weights, TorchSaveFilesAreReadWithNestedDictsFlattened) {
   const std::vector<char> list = torch::pickle_save(c10::IValue(std::vector<int64_t>{1, 2}));
   spit(path("list.pth"), std::string(list.begin(), list.end()));
   expect_error([&] { vicreg::read_weights(path("list.pth")); }, "not a state dict");
+}
+
+/// A torch.save archive with a hand-written pickle: {"w": a float tensor of `size` elements with
+/// stride 1 at `offset` over a storage of 2 floats}, as torch.save lays it out.
+void write_tensor_view_archive(const std::string& file, int size, int offset) {
+  const auto str = [](const std::string& v) {
+    std::string out = "X";
+    for (int i = 0; i < 4; ++i) out += static_cast<char>((v.size() >> (8 * i)) & 0xff);
+    return out + v;
+  };
+  const auto small_int = [](int v) { return std::string("K") + static_cast<char>(v); };
+  std::string pkl = "\x80\x02}" + str("w") + "ctorch._utils\n_rebuild_tensor_v2\n(";
+  pkl += "(" + str("storage") + "ctorch\nFloatStorage\n" + str("0") + str("cpu") + small_int(2) +
+         "tQ";
+  pkl += small_int(offset) + small_int(size) + "\x85" + small_int(1) + "\x85" + "\x89";
+  pkl += "ccollections\nOrderedDict\n)RtRs.";
+  caffe2::serialize::PyTorchStreamWriter writer(file);
+  writer.writeRecord("data.pkl", pkl.data(), pkl.size());
+  const float storage[2] = {1.5f, -2.0f};
+  writer.writeRecord("data/0", storage, sizeof storage);
+  writer.writeEndOfFile();
+}
+
+TEST_F(Weights, TorchSaveTensorViewsAreBoundsChecked) {
+  write_tensor_view_archive(path("ok.pth"), 1, 1);  // the second element
+  const vicreg::WeightsFile f = vicreg::read_torch_file(path("ok.pth"));
+  ASSERT_EQ(f.tensors.size(), 1u);
+  EXPECT_TRUE(torch::equal(f.tensors[0].second, torch::tensor({-2.0f})));
+  // A view past the end of its storage would read other memory: refused.
+  write_tensor_view_archive(path("past.pth"), 4, 0);
+  expect_error([&] { vicreg::read_torch_file(path("past.pth")); },
+               "reaches element 3 of a storage of 2");
+  write_tensor_view_archive(path("offset.pth"), 1, 2);
+  expect_error([&] { vicreg::read_torch_file(path("offset.pth")); },
+               "reaches element 2 of a storage of 2");
 }
 
 vicreg::Encoder resnet(int64_t depth, int64_t in_channels, int64_t image_size) {
