@@ -37,6 +37,18 @@ std::string read_file_bytes(const std::string& path, const char* what) {
   return bytes;
 }
 
+/// The first (up to) n bytes of a file.
+std::string read_head(const std::string& path, size_t n, const char* what) {
+  if (!fs::is_regular_file(path)) {
+    throw std::runtime_error(std::string(what) + " '" + path + "': no such file");
+  }
+  std::ifstream in(path, std::ios::binary);
+  std::string head(n, '\0');
+  in.read(head.data(), static_cast<std::streamsize>(n));
+  head.resize(static_cast<size_t>(in.gcount()));
+  return head;
+}
+
 // ---------------------------------------------------------------------------------------------
 // safetensors
 
@@ -611,7 +623,7 @@ void flatten(const PyRef& o, const std::string& prefix, NamedTensors& out, int d
 }  // namespace
 
 WeightsFile read_torch_file(const std::string& path) {
-  const std::string head = read_file_bytes(path, "torch.save file").substr(0, 4);
+  const std::string head = read_head(path, 4, "torch.save file");
   if (head.size() >= 2 && static_cast<unsigned char>(head[0]) == 0x80) {
     fail(path, "is in the legacy torch.save format of PyTorch < 1.6; load it in Python and save "
                "it again with torch.save(state_dict, path) (the zip format)");
@@ -662,7 +674,7 @@ WeightsFile read_torch_file(const std::string& path) {
 }
 
 WeightsFile read_weights(const std::string& path) {
-  const std::string bytes = read_file_bytes(path, "weights file").substr(0, 9);
+  const std::string bytes = read_head(path, 9, "weights file");
   if (bytes.size() >= 4 && bytes.compare(0, 4, std::string("PK\x03\x04", 4)) == 0) {
     return read_torch_file(path);
   }
