@@ -54,14 +54,10 @@ struct PyBackbone {
     torch::NoGradGuard no_grad;
     return b.encoder->forward(x);
   }
-  std::map<std::string, torch::Tensor> state_dict() const {
-    std::map<std::string, torch::Tensor> out;
-    for (const auto& [name, t] : vicreg::module_state(*b.encoder)) out[name] = t.detach();
-    return out;
-  }
-  std::vector<std::string> keys() const {
-    std::vector<std::string> out;
-    for (const auto& [name, t] : vicreg::module_state(*b.encoder)) out.push_back(name);
+  /// Parameters and buffers in state_dict order, sharing memory with the C++ module.
+  vicreg::NamedTensors state_dict() const {
+    vicreg::NamedTensors out = vicreg::module_state(*b.encoder);
+    for (auto& entry : out) entry.second = entry.second.detach();
     return out;
   }
 };
@@ -80,7 +76,6 @@ PYBIND11_MODULE(_C, m) {
   py::class_<PyBackbone>(m, "Backbone")
       .def("forward", &PyBackbone::forward, py::call_guard<py::gil_scoped_release>())
       .def("state_dict", &PyBackbone::state_dict)
-      .def("keys", &PyBackbone::keys)
       .def_property_readonly("arch", [](const PyBackbone& p) { return p.b.config.arch; })
       .def_property_readonly("in_channels", [](const PyBackbone& p) { return p.b.in_channels; })
       .def_property_readonly("image_size", [](const PyBackbone& p) { return p.b.image_size; })

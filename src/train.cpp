@@ -396,23 +396,12 @@ EncoderConfig infer_encoder_config(const NamedTensors& weights, const std::strin
       if (p.empty() || p.back() == '.') prefixes.push_back(p);
     }
   }
-  if (prefixes.size() > 1) {
-    std::vector<std::string> backbones;
-    for (const auto& p : prefixes) {
-      if (p.empty() || (p.size() >= 9 && p.compare(p.size() - 9, 9, "backbone.") == 0)) {
-        backbones.push_back(p);
-      }
-    }
-    prefixes = backbones;
+  if (prefixes.empty()) {
+    throw std::runtime_error(source + ": holds no ResNet with torchvision's names (no "
+                             "layer1.0.conv1.weight), and no vicreg metadata; name the "
+                             "architecture instead (--init-backbone with --arch, or with --config)");
   }
-  if (prefixes.size() != 1) {
-    throw std::runtime_error(source + ": " +
-                             (prefixes.empty() ? "holds no ResNet with torchvision's names (no "
-                                                 "layer1.0.conv1.weight), and no vicreg metadata"
-                                               : "holds several ResNets") +
-                             "; name the architecture instead (--init-backbone with --arch, or with --config)");
-  }
-  const std::string& p = prefixes.front();
+  const std::string p = choose_encoder_prefix(prefixes, source);
   std::map<std::string, torch::Tensor> by_name(weights.begin(), weights.end());
   const auto conv1 = by_name.find(p + "conv1.weight");
   if (conv1 == by_name.end() || conv1->second.dim() != 4) {

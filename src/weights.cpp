@@ -15,6 +15,7 @@
 #include <set>
 #include <sstream>
 #include <stdexcept>
+#include <tuple>
 #include <unordered_map>
 
 namespace vicreg {
@@ -27,26 +28,22 @@ namespace {
   throw std::runtime_error("'" + path + "': " + what);
 }
 
-std::string read_file_bytes(const std::string& path, const char* what) {
+/// A file's bytes, or its first `most` bytes (fewer when the file is shorter).
+std::string read_bytes(const std::string& path, const char* what,
+                       size_t most = std::string::npos) {
   if (!fs::is_regular_file(path)) {
     throw std::runtime_error(std::string(what) + " '" + path + "': no such file");
   }
   std::ifstream in(path, std::ios::binary);
+  if (most != std::string::npos) {
+    std::string head(most, '\0');
+    in.read(head.data(), static_cast<std::streamsize>(most));
+    head.resize(static_cast<size_t>(in.gcount()));
+    return head;
+  }
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (!in.good() && !in.eof()) fail(path, "cannot be read");
   return bytes;
-}
-
-/// The first (up to) n bytes of a file.
-std::string read_head(const std::string& path, size_t n, const char* what) {
-  if (!fs::is_regular_file(path)) {
-    throw std::runtime_error(std::string(what) + " '" + path + "': no such file");
-  }
-  std::ifstream in(path, std::ios::binary);
-  std::string head(n, '\0');
-  in.read(head.data(), static_cast<std::streamsize>(n));
-  head.resize(static_cast<size_t>(in.gcount()));
-  return head;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -132,7 +129,7 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors,
 }
 
 WeightsFile read_safetensors(const std::string& path) {
-  const std::string bytes = read_file_bytes(path, "safetensors file");
+  const std::string bytes = read_bytes(path, "safetensors file");
   if (bytes.size() < 8) {
     fail(path, "truncated: " + std::to_string(bytes.size()) +
                    " bytes, a safetensors file starts with an 8-byte header length");
@@ -155,7 +152,14 @@ WeightsFile read_safetensors(const std::string& path) {
   file.format = "safetensors";
   const char* data = bytes.data() + 8 + n;
   const uint64_t data_size = bytes.size() - 8 - n;
-  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  struct Range {
+    uint64_t begin, end;
+    size_t tensor;  // index in file.tensors
+    bool operator<(const Range& o) const {
+      return std::tie(begin, end, tensor) < std::tie(o.begin, o.end, o.tensor);
+    }
+  };
+  std::vector<Range> ranges;
   for (const auto& [name, entry] : header.items()) {
     if (name == "__metadata__") {
       if (!entry.is_object()) fail(path, "__metadata__ is not a JSON object");
@@ -210,35 +214,27 @@ WeightsFile read_safetensors(const std::string& path) {
     }
     torch::Tensor t = torch::empty(shape, torch::TensorOptions().dtype(d->type));
     if (want > 0) std::memcpy(t.data_ptr(), data + begin, want);
-    ranges.emplace_back(begin, end);
+    ranges.push_back({begin, end, file.tensors.size()});
     file.tensors.emplace_back(name, std::move(t));
   }
   // The format indexes the whole data buffer: no overlaps, no holes.
   std::sort(ranges.begin(), ranges.end());
   uint64_t covered = 0;
-  for (const auto& [b, e] : ranges) {
-    if (b != covered) {
-      fail(path, b < covered ? "tensors overlap at byte " + std::to_string(b)
-                             : "bytes [" + std::to_string(covered) + ", " + std::to_string(b) +
-                                   ") belong to no tensor");
+  for (const Range& r : ranges) {
+    if (r.begin != covered) {
+      fail(path, r.begin < covered ? "tensors overlap at byte " + std::to_string(r.begin)
+                                   : "bytes [" + std::to_string(covered) + ", " +
+                                         std::to_string(r.begin) + ") belong to no tensor");
     }
-    covered = e;
+    covered = r.end;
   }
   if (covered != data_size) {
     fail(path, std::to_string(data_size - covered) + " bytes after the last tensor");
   }
-  // Header order is alphabetical (JSON object); present tensors in their data order instead,
-  // which is the order they were written in.
-  std::vector<size_t> order(file.tensors.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::vector<uint64_t> begins;
-  for (const auto& [name, entry] : header.items()) {
-    if (name != "__metadata__") begins.push_back(entry["data_offsets"][0].get<uint64_t>());
-  }
-  std::stable_sort(order.begin(), order.end(),
-                   [&](size_t a, size_t b) { return begins[a] < begins[b]; });
+  // The header is a JSON object (its keys come back sorted): present the tensors in data order
+  // instead, the order they were written in.
   NamedTensors sorted;
-  for (size_t i : order) sorted.push_back(std::move(file.tensors[i]));
+  for (const Range& r : ranges) sorted.push_back(std::move(file.tensors[r.tensor]));
   file.tensors = std::move(sorted);
   return file;
 }
@@ -623,7 +619,7 @@ void flatten(const PyRef& o, const std::string& prefix, NamedTensors& out, int d
 }  // namespace
 
 WeightsFile read_torch_file(const std::string& path) {
-  const std::string head = read_head(path, 4, "torch.save file");
+  const std::string head = read_bytes(path, "torch.save file", 4);
   if (head.size() >= 2 && static_cast<unsigned char>(head[0]) == 0x80) {
     fail(path, "is in the legacy torch.save format of PyTorch < 1.6; load it in Python and save "
                "it again with torch.save(state_dict, path) (the zip format)");
@@ -674,7 +670,7 @@ WeightsFile read_torch_file(const std::string& path) {
 }
 
 WeightsFile read_weights(const std::string& path) {
-  const std::string bytes = read_head(path, 9, "weights file");
+  const std::string bytes = read_bytes(path, "weights file", 9);
   if (bytes.size() >= 4 && bytes.compare(0, 4, std::string("PK\x03\x04", 4)) == 0) {
     return read_torch_file(path);
   }
@@ -719,6 +715,21 @@ std::string list_some(const std::vector<std::string>& keys, size_t most = 6) {
 
 }  // namespace
 
+std::string choose_encoder_prefix(const std::vector<std::string>& candidates,
+                                  const std::string& source) {
+  if (candidates.empty()) throw std::runtime_error(source + ": holds no encoder");
+  if (candidates.size() == 1) return candidates.front();
+  std::vector<std::string> backbones;
+  for (const auto& p : candidates) {
+    if (p.empty() || ends_with(p, "backbone.")) backbones.push_back(p);
+  }
+  if (backbones.size() != 1) {
+    throw std::runtime_error(source + ": holds several encoders (under " + list_some(candidates) +
+                             "); keep one of them in the file");
+  }
+  return backbones.front();
+}
+
 WeightsLoadReport load_encoder_weights(torch::nn::Module& module, const NamedTensors& weights,
                                        const std::string& source) {
   const NamedTensors expected = module_state(module);
@@ -749,18 +760,7 @@ WeightsLoadReport load_encoder_weights(torch::nn::Module& module, const NamedTen
                              "weights of this encoder (another architecture?); its keys are " +
                              list_some(some) + (weights.size() > 4 ? ", ..." : ""));
   }
-  if (prefixes.size() > 1) {
-    std::vector<std::string> backbones;
-    for (const auto& p : prefixes) {
-      if (p.empty() || ends_with(p, "backbone.")) backbones.push_back(p);
-    }
-    if (backbones.size() != 1) {
-      throw std::runtime_error(source + ": holds several encoders (under " + list_some(prefixes) +
-                               "); keep one of them in the file");
-    }
-    prefixes = backbones;
-  }
-  report.prefix = prefixes.front();
+  report.prefix = choose_encoder_prefix(prefixes, source);
 
   std::map<std::string, torch::Tensor> found;
   std::vector<std::string> unknown;

@@ -58,6 +58,12 @@ WeightsFile read_weights(const std::string& path);
 /// (each module's parameters, then its buffers, depth first). The tensors are the module's own.
 NamedTensors module_state(const torch::nn::Module& module);
 
+/// Of the prefixes under which an encoder's keys occur in a file ("", "backbone.", "module.", ...),
+/// the one that holds the encoder: the only one; else "" or the only one ending in "backbone."
+/// (a VICReg model's first branch). Throws std::runtime_error naming `source` otherwise.
+std::string choose_encoder_prefix(const std::vector<std::string>& candidates,
+                                  const std::string& source);
+
 /// What load_encoder_weights() did.
 struct WeightsLoadReport {
   std::string prefix;              ///< where the encoder's keys were found ("", "backbone.", ...)

@@ -110,8 +110,7 @@ class Backbone(nn.Module):
         return self._impl.forward(x)
 
     def state_dict(self, *args, **kwargs) -> "OrderedDict[str, torch.Tensor]":
-        tensors = self._impl.state_dict()
-        return OrderedDict((k, tensors[k]) for k in self._impl.keys())
+        return OrderedDict(self._impl.state_dict())
 
     def export(self, path: str) -> int:
         """Writes the backbone as safetensors (like `vicreg export`); returns the tensor count."""
