@@ -73,7 +73,8 @@ class Recorder : public benchmark::ConsoleReporter {
       if (r.run_type == Run::RT_Iteration && r.iterations > 0) {
         std::string name = r.benchmark_name();
         const std::string suffix = "/real_time";
-        if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+        if (name.size() > suffix.size() &&
+            name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
           name.resize(name.size() - suffix.size());
         }
         g_seconds[name] = r.real_accumulated_time / static_cast<double>(r.iterations);
@@ -117,8 +118,8 @@ int main(int argc, char** argv) {
     }
     for (int w : s.worlds) {
       if (s.n % w != 0 || s.n / w < 1) {
-        throw std::invalid_argument("--n " + std::to_string(s.n) + " is not divisible by W = " +
-                                    std::to_string(w));
+        throw std::invalid_argument("--n " + std::to_string(s.n) +
+                                    " is not divisible by W = " + std::to_string(w));
       }
     }
     if (s.n < 2 || s.d < 1) throw std::invalid_argument("need --n >= 2 and --d >= 1");
@@ -134,13 +135,16 @@ int main(int argc, char** argv) {
 
   const std::string shape = std::to_string(s.n) + "x" + std::to_string(s.d);
   benchmark::RegisterBenchmark(("reference/" + shape).c_str(), bm_reference, s)
-      ->Unit(benchmark::kMillisecond)->UseRealTime();
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
   benchmark::RegisterBenchmark(("fused-full/" + shape).c_str(), bm_fused, s)
-      ->Unit(benchmark::kMillisecond)->UseRealTime();
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
   for (int w : s.worlds) {
     benchmark::RegisterBenchmark(("sharded/" + shape + "/W" + std::to_string(w)).c_str(),
                                  bm_sharded, s, w)
-        ->Unit(benchmark::kMillisecond)->UseRealTime();
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
   }
   Recorder reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);

@@ -63,8 +63,8 @@ class SummaryReporter : public benchmark::ConsoleReporter {
       if (r.run_type != Run::RT_Iteration || r.error_occurred) continue;
       for (auto& [key, m] : g_measured) {
         if (r.run_name.function_name == name_of(key.second) &&
-            r.run_name.args == "n:" + std::to_string(key.first.first) + "/d:" +
-                                   std::to_string(key.first.second)) {
+            r.run_name.args ==
+                "n:" + std::to_string(key.first.first) + "/d:" + std::to_string(key.first.second)) {
           m.seconds = r.real_accumulated_time / static_cast<double>(r.iterations);
           auto it = r.counters.find("FLOP/s");
           if (it != r.counters.end()) m.flops_per_second = it->second.value;
@@ -88,11 +88,18 @@ bool parse_settings(int argc, char** argv, Settings& s) {
       s.device = torch::Device(dv);
     } else if (const char* t = value("--dtype=")) {
       const std::string name = t;
-      if (name == "float") s.dtype = torch::kFloat;
-      else if (name == "double") s.dtype = torch::kDouble;
-      else if (name == "half") s.dtype = torch::kHalf;
-      else if (name == "bfloat16") s.dtype = torch::kBFloat16;
-      else { std::fprintf(stderr, "loss_bench: unknown --dtype '%s'\n", t); return false; }
+      if (name == "float")
+        s.dtype = torch::kFloat;
+      else if (name == "double")
+        s.dtype = torch::kDouble;
+      else if (name == "half")
+        s.dtype = torch::kHalf;
+      else if (name == "bfloat16")
+        s.dtype = torch::kBFloat16;
+      else {
+        std::fprintf(stderr, "loss_bench: unknown --dtype '%s'\n", t);
+        return false;
+      }
     } else if (const char* sh = value("--shapes=")) {
       s.shapes.clear();
       std::stringstream list(sh);
@@ -118,9 +125,10 @@ bool parse_settings(int argc, char** argv, Settings& s) {
 /// Prints the per-shape comparison as a Markdown table; returns false if a target is missed.
 bool summarize(const Settings& s) {
   std::printf("\n%s\n", vicreg::describe_runtime().c_str());
-  std::printf("\n| n | d | reference ms | fused ms | speed-up | reference GFLOP/s | fused GFLOP/s "
-              "| reference peak MB | fused peak MB | peak ratio |\n"
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  std::printf(
+      "\n| n | d | reference ms | fused ms | speed-up | reference GFLOP/s | fused GFLOP/s "
+      "| reference peak MB | fused peak MB | peak ratio |\n"
+      "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   bool ok = true;
   for (const Shape& shape : s.shapes) {
     const Measured& ref = g_measured[{shape, LossImplementation::Reference}];
@@ -131,8 +139,7 @@ bool summarize(const Settings& s) {
     std::printf("| %lld | %lld | %.2f | %.2f | %.1fx | %.1f | %.1f | %.1f | %.1f | %.3f |\n",
                 static_cast<long long>(shape.first), static_cast<long long>(shape.second),
                 ref.seconds * 1e3, fus.seconds * 1e3, speedup, ref.flops_per_second / 1e9,
-                fus.flops_per_second / 1e9, ref.peak_bytes / 1e6, fus.peak_bytes / 1e6,
-                peak_ratio);
+                fus.flops_per_second / 1e9, ref.peak_bytes / 1e6, fus.peak_bytes / 1e6, peak_ratio);
     // Targets (issue: foundation): never slower; >= 20x at (512, 8192); >= 5x at (2048, 8192);
     // peak memory at most a tenth of the reference's when n < d.
     double want = 1.0;

@@ -8,8 +8,8 @@
 //   train_bench [--threads=N] [google benchmark flags]
 #include "vicreg/augment.h"
 #include "vicreg/loader.h"
+#include "vicreg/run/trainer.h"
 #include "vicreg/runtime.h"
-#include "vicreg/train.h"
 
 #include <benchmark/benchmark.h>
 #include <opencv2/core.hpp>
@@ -37,10 +37,10 @@ fs::path temp_dir(const std::string& name) {
 /// The default configuration, in a scratch experiment directory.
 vicreg::TrainConfig default_config(const std::string& name) {
   vicreg::TrainConfig c;
-  c.threads = g_threads;
-  c.exp_dir = temp_dir(name).string();
-  fs::remove(fs::path(c.exp_dir) / "checkpoint.pt");
-  fs::remove(fs::path(c.exp_dir) / "metrics.jsonl");
+  c.runtime.threads = g_threads;
+  c.runtime.exp_dir = temp_dir(name).string();
+  fs::remove(fs::path(c.runtime.exp_dir) / "checkpoint.pt");
+  fs::remove(fs::path(c.runtime.exp_dir) / "metrics.jsonl");
   return c;
 }
 
@@ -52,12 +52,12 @@ void BM_TrainStep(benchmark::State& state) {
   vicreg::TwoViewLoader loader(
       std::make_shared<vicreg::Dataset>(vicreg::load_dataset({})),
       std::make_shared<vicreg::ImageTwoViewTransform>(vicreg::make_recipe("fashion-mnist", 1)),
-      {trainer.config().batch_size, 1, 1, 0});
+      {trainer.config().optim.batch_size, 1, 1, 0});
   loader.start();
   const vicreg::TwoViewBatch batch = loader.next();
   trainer.train_step(batch);  // warm-up
   for (auto _ : state) trainer.train_step(batch);
-  const double images = 2.0 * static_cast<double>(trainer.config().batch_size);
+  const double images = 2.0 * static_cast<double>(trainer.config().optim.batch_size);
   state.counters["images/s"] =
       benchmark::Counter(images, benchmark::Counter::kIsIterationInvariantRate);
   state.SetLabel(vicreg::describe_runtime().substr(0, 60));
@@ -69,9 +69,9 @@ void BM_TrainLoopDataWait(benchmark::State& state) {
   double wait = 0, ips = 0;
   for (auto _ : state) {
     auto c = default_config("loop");
-    c.max_steps = 20;
+    c.runtime.max_steps = 20;
     vicreg::Trainer trainer(c);
-    const auto r = trainer.run({"none"});
+    const auto r = trainer.run({vicreg::ProgressStyle::None});
     wait = r.data_wait_fraction;
     ips = r.images_per_second;
   }
@@ -138,8 +138,8 @@ void BM_Augment(benchmark::State& state, const std::string& recipe_name) {
     benchmark::DoNotOptimize(a.data());
     ++i;
   }
-  state.counters["images/s"] = benchmark::Counter(static_cast<double>(state.iterations()),
-                                                  benchmark::Counter::kIsRate);
+  state.counters["images/s"] =
+      benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
 }
 BENCHMARK_CAPTURE(BM_Augment, imagenet, std::string("imagenet"))->MinTime(3.0)->UseRealTime();
 BENCHMARK_CAPTURE(BM_Augment, cifar, std::string("cifar"))->MinTime(2.0)->UseRealTime();

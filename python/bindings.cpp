@@ -1,8 +1,10 @@
 // vicreg._C: the Python extension (pybind11 on the LibTorch that Python's torch uses). The Python
 // package vicreg (python/vicreg/__init__.py) wraps it; see there for the documented API.
+#include "vicreg/error.h"
+#include "vicreg/io/safetensors.h"
+#include "vicreg/io/state_dict.h"
 #include "vicreg/loss.h"
-#include "vicreg/train.h"
-#include "vicreg/weights.h"
+#include "vicreg/run/artifacts.h"
 
 #include <torch/extension.h>
 
@@ -24,7 +26,7 @@ vicreg::VICRegLossOptions options(double sim_coeff, double std_coeff, double cov
       .cov_coeff(cov_coeff)
       .gamma(gamma)
       .eps(eps)
-      .preset(vicreg::loss_preset_from_string(preset));
+      .preset(vicreg::parse_name<vicreg::LossPreset>(preset));
 }
 
 Terms as_tuple(const vicreg::VICRegLossTerms& t) {
@@ -66,6 +68,15 @@ struct PyBackbone {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "vicreg's C++ core (use the vicreg package, not this module)";
+  // vicreg's errors as Python's: bad input (UsageError) is a ValueError; the others, bad files
+  // included, are RuntimeErrors (pybind11's translation of std::runtime_error).
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const vicreg::UsageError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    }
+  });
   m.def("vicreg_loss", &loss, py::arg("z_a"), py::arg("z_b"), py::arg("sim_coeff"),
         py::arg("std_coeff"), py::arg("cov_coeff"), py::arg("gamma"), py::arg("eps"),
         py::arg("preset"), py::arg("check_finite"), py::call_guard<py::gil_scoped_release>());
@@ -76,33 +87,41 @@ PYBIND11_MODULE(_C, m) {
   py::class_<PyBackbone>(m, "Backbone")
       .def("forward", &PyBackbone::forward, py::call_guard<py::gil_scoped_release>())
       .def("state_dict", &PyBackbone::state_dict)
-      .def_property_readonly("arch", [](const PyBackbone& p) { return p.b.config.arch; })
+      .def_property_readonly("arch",
+                             [](const PyBackbone& p) { return to_string(p.b.config.model.arch); })
       .def_property_readonly("in_channels", [](const PyBackbone& p) { return p.b.in_channels; })
       .def_property_readonly("image_size", [](const PyBackbone& p) { return p.b.image_size; })
-      .def_property_readonly("output_dim", [](const PyBackbone& p) { return p.b.encoder->output_dim(); })
-      .def_property_readonly("config", [](const PyBackbone& p) {
-        return vicreg::to_json(p.b.config).dump();
-      });
-  m.def("load_backbone", [](const std::string& path) { return PyBackbone{vicreg::read_backbone(path)}; },
-        py::arg("path"), py::call_guard<py::gil_scoped_release>());
-  m.def("export_backbone",
-        [](const PyBackbone& p, const std::string& path) { return vicreg::export_backbone(p.b, path); },
-        py::arg("backbone"), py::arg("path"), py::call_guard<py::gil_scoped_release>());
-  m.def("save_safetensors",
-        [](const std::vector<std::pair<std::string, torch::Tensor>>& tensors, const std::string& path,
-           const std::map<std::string, std::string>& metadata) {
+      .def_property_readonly("output_dim",
+                             [](const PyBackbone& p) { return p.b.encoder->output_dim(); })
+      .def_property_readonly(
+          "config", [](const PyBackbone& p) { return vicreg::to_json(p.b.config).dump(); });
+  m.def(
+      "load_backbone",
+      [](const std::string& path) { return PyBackbone{vicreg::read_backbone(path)}; },
+      py::arg("path"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "export_backbone",
+      [](const PyBackbone& p, const std::string& path) {
+        return vicreg::export_backbone(p.b, path);
+      },
+      py::arg("backbone"), py::arg("path"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "save_safetensors",
+      [](const std::vector<std::pair<std::string, torch::Tensor>>& tensors, const std::string& path,
+         const std::map<std::string, std::string>& metadata) {
+        py::gil_scoped_release release;
+        vicreg::write_safetensors(path, tensors, metadata);
+      },
+      py::arg("tensors"), py::arg("path"), py::arg("metadata"));
+  m.def(
+      "load_weights",
+      [](const std::string& path) {
+        vicreg::WeightsFile f;
+        {
           py::gil_scoped_release release;
-          vicreg::write_safetensors(path, tensors, metadata);
-        },
-        py::arg("tensors"), py::arg("path"), py::arg("metadata"));
-  m.def("load_weights",
-        [](const std::string& path) {
-          vicreg::WeightsFile f;
-          {
-            py::gil_scoped_release release;
-            f = vicreg::read_weights(path);
-          }
-          return std::make_tuple(f.tensors, f.metadata, f.format);
-        },
-        py::arg("path"));
+          f = vicreg::read_weights(path);
+        }
+        return std::make_tuple(f.tensors, f.metadata, f.format);
+      },
+      py::arg("path"));
 }

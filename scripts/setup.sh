@@ -5,8 +5,8 @@
 set -euo pipefail
 
 packages=(
-  # toolchain
-  build-essential cmake ninja-build ccache
+  # toolchain (g++ brings the sanitizers' runtimes), and the formatter the test suite checks with
+  build-essential cmake ninja-build ccache clang-format
   # LibTorch (CPU) and the BLAS it should use: OpenBLAS's OpenMP build shares LibTorch's OpenMP
   # threads (the pthread build fights them: README, BLAS); CMake points our programs at it
   libtorch-dev libopenblas0-openmp

@@ -1,5 +1,7 @@
 #include "vicreg/augment.h"
 
+#include "vicreg/error.h"
+
 #include <opencv2/core.hpp>
 #include <opencv2/imgproc.hpp>
 
@@ -32,8 +34,7 @@ bool coin(Rng& rng, double p) {
 
 void check_image(const cv::Mat& img, const char* op) {
   if (img.depth() != CV_8U || (img.channels() != 1 && img.channels() != 3) || img.empty()) {
-    throw std::invalid_argument(std::string(op) +
-                                ": expected a non-empty uint8 image with 1 or 3 channels");
+    throw UsageError(std::string(op) + ": expected a non-empty uint8 image with 1 or 3 channels");
   }
 }
 
@@ -50,16 +51,16 @@ double gray_mean(const cv::Mat& img) {
 
 void check_prob(double p, const char* name) {
   if (!(p >= 0.0 && p <= 1.0)) {
-    throw std::invalid_argument(std::string(name) + " must be a probability in [0, 1], got " +
-                                std::to_string(p));
+    throw UsageError(std::string(name) + " must be a probability in [0, 1], got " +
+                     std::to_string(p));
   }
 }
 
 void check_range(double lo, double hi, const char* name, double min_lo) {
   if (!(lo >= min_lo && lo <= hi && std::isfinite(hi))) {
-    throw std::invalid_argument(std::string(name) + " must be an ordered range with lower end >= " +
-                                std::to_string(min_lo) + ", got (" + std::to_string(lo) + ", " +
-                                std::to_string(hi) + ")");
+    throw UsageError(std::string(name) +
+                     " must be an ordered range with lower end >= " + std::to_string(min_lo) +
+                     ", got (" + std::to_string(lo) + ", " + std::to_string(hi) + ")");
   }
 }
 
@@ -75,8 +76,7 @@ int interpolation_from_string(const std::string& name) {
   if (name == "bilinear") return cv::INTER_LINEAR;
   if (name == "bicubic") return cv::INTER_CUBIC;
   if (name == "area") return cv::INTER_AREA;
-  throw std::invalid_argument("unknown interpolation '" + name +
-                              "': use nearest, bilinear, bicubic or area");
+  throw UsageError("unknown interpolation '" + name + "': use nearest, bilinear, bicubic or area");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -104,8 +104,7 @@ void adjust_saturation(cv::Mat& img, double factor) {
 void adjust_hue(cv::Mat& img, double shift) {
   check_image(img, "adjust_hue");
   if (!(shift >= -0.5 && shift <= 0.5)) {
-    throw std::invalid_argument("adjust_hue: shift must be in [-0.5, 0.5], got " +
-                                std::to_string(shift));
+    throw UsageError("adjust_hue: shift must be in [-0.5, 0.5], got " + std::to_string(shift));
   }
   if (img.channels() == 1) return;
   // HSV_FULL maps the hue circle onto 0..255, so a rotation is an addition modulo 256.
@@ -139,7 +138,7 @@ void solarize(cv::Mat& img, int threshold) {
 
 void gaussian_blur(cv::Mat& img, double sigma) {
   check_image(img, "gaussian_blur");
-  if (!(sigma > 0.0)) throw std::invalid_argument("gaussian_blur: sigma must be > 0");
+  if (!(sigma > 0.0)) throw UsageError("gaussian_blur: sigma must be > 0");
   const int k = 2 * static_cast<int>(std::ceil(3.0 * sigma)) + 1;
   cv::GaussianBlur(img, img, cv::Size(k, k), sigma, sigma, cv::BORDER_REFLECT_101);
 }
@@ -154,10 +153,8 @@ void normalize_into(const cv::Mat& img, const std::vector<float>& mean,
   check_image(img, "normalize");
   const int c = img.channels();
   if (static_cast<int>(mean.size()) != c || static_cast<int>(std.size()) != c) {
-    throw std::invalid_argument("normalize: " + std::to_string(c) +
-                                "-channel image but mean/std have " +
-                                std::to_string(mean.size()) + "/" + std::to_string(std.size()) +
-                                " entries");
+    throw UsageError("normalize: " + std::to_string(c) + "-channel image but mean/std have " +
+                     std::to_string(mean.size()) + "/" + std::to_string(std.size()) + " entries");
   }
   // One table per channel: 256 values, so the per-pixel work is a lookup.
   std::vector<std::array<float, 256>> table(c);
@@ -225,18 +222,26 @@ void ColorJitter::operator()(cv::Mat& img, Rng& rng) const {
   const double h = uniform(rng, -hue, hue);
   for (const int op : order) {
     switch (op) {
-      case 0: if (brightness > 0) adjust_brightness(img, b); break;
-      case 1: if (contrast > 0) adjust_contrast(img, c); break;
-      case 2: if (saturation > 0) adjust_saturation(img, s); break;
-      default: if (hue > 0) adjust_hue(img, h); break;
+      case 0:
+        if (brightness > 0) adjust_brightness(img, b);
+        break;
+      case 1:
+        if (contrast > 0) adjust_contrast(img, c);
+        break;
+      case 2:
+        if (saturation > 0) adjust_saturation(img, s);
+        break;
+      default:
+        if (hue > 0) adjust_hue(img, h);
+        break;
     }
   }
 }
 
 void ViewConfig::validate(int channels) const {
-  if (crop.size < 1) throw std::invalid_argument("crop size must be >= 1");
+  if (crop.size < 1) throw UsageError("crop size must be >= 1");
   check_range(crop.scale_min, crop.scale_max, "crop scale", 1e-6);
-  if (crop.scale_max > 1.0) throw std::invalid_argument("crop scale must not exceed 1");
+  if (crop.scale_max > 1.0) throw UsageError("crop scale must not exceed 1");
   check_range(crop.ratio_min, crop.ratio_max, "crop ratio", 1e-6);
   check_prob(flip_p, "flip probability");
   check_prob(jitter_p, "color jitter probability");
@@ -246,12 +251,12 @@ void ViewConfig::validate(int channels) const {
   check_range(blur_sigma_min, blur_sigma_max, "blur sigma", 1e-6);
   if (jitter.brightness < 0 || jitter.contrast < 0 || jitter.saturation < 0 || jitter.hue < 0 ||
       jitter.hue > 0.5) {
-    throw std::invalid_argument("color jitter strengths must be >= 0 (hue <= 0.5)");
+    throw UsageError("color jitter strengths must be >= 0 (hue <= 0.5)");
   }
   if (static_cast<int>(mean.size()) != channels || static_cast<int>(std.size()) != channels ||
       std::any_of(std.begin(), std.end(), [](float s) { return !(s > 0); })) {
-    throw std::invalid_argument("normalisation needs " + std::to_string(channels) +
-                                " means and " + std::to_string(channels) + " positive stds");
+    throw UsageError("normalisation needs " + std::to_string(channels) + " means and " +
+                     std::to_string(channels) + " positive stds");
   }
 }
 
@@ -283,14 +288,13 @@ ViewConfig with_channels(ViewConfig v, int channels) {
 
 Recipe make_recipe(const std::string& name, int channels, int size) {
   if (channels != 1 && channels != 3) {
-    throw std::invalid_argument("image recipes need 1 or 3 channels, got " +
-                                std::to_string(channels));
+    throw UsageError("image recipes need 1 or 3 channels, got " + std::to_string(channels));
   }
   Recipe r;
   r.name = name;
   ViewConfig a;  // defaults: the reference's first view
   if (name == "imagenet") {
-    // DESIGN.md 1.3: view 1 blur 1.0 / solarize 0.0, view 2 blur 0.1 / solarize 0.2.
+    // docs/training.md: view 1 blur 1.0 / solarize 0.0, view 2 blur 0.1 / solarize 0.2.
     a.crop.size = 224;
     ViewConfig b = a;
     b.blur_p = 0.1;
@@ -328,8 +332,7 @@ Recipe make_recipe(const std::string& name, int channels, int size) {
     r.view_a = a;
     r.view_b = b;
   } else {
-    throw std::invalid_argument("unknown --recipe '" + name +
-                                "': use imagenet, cifar or fashion-mnist");
+    throw UsageError("unknown --recipe '" + name + "': use imagenet, cifar or fashion-mnist");
   }
   if (channels == 3 && r.view_a.mean.size() == 1) {
     for (ViewConfig* v : {&r.view_a, &r.view_b}) {
@@ -358,7 +361,7 @@ void VectorAugment::validate() const {
   check_prob(mix_max, "vector mix weight");
   check_prob(mask_p, "vector mask probability");
   if (!(noise_std >= 0.0 && std::isfinite(noise_std))) {
-    throw std::invalid_argument("vector noise std must be >= 0");
+    throw UsageError("vector noise std must be >= 0");
   }
 }
 

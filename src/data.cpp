@@ -1,8 +1,12 @@
 #include "vicreg/data.h"
 
+#include "vicreg/io/npy.h"
+
+#include "vicreg/error.h"
+
+#include <zlib.h>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
-#include <zlib.h>
 
 #include <algorithm>
 #include <array>
@@ -22,7 +26,7 @@ namespace vicreg {
 namespace {
 
 [[noreturn]] void fail(const std::string& path, const std::string& what) {
-  throw std::runtime_error("IDX file '" + path + "': " + what);
+  throw FormatError("IDX file '" + path + "': " + what);
 }
 
 /// gzread() reads gzip streams and passes plain files through unchanged.
@@ -31,8 +35,9 @@ class GzFile {
   explicit GzFile(const std::string& path) : path_(path) {
     std::error_code ec;
     if (!std::filesystem::is_regular_file(path, ec)) {
-      fail(path, "no such file (for Fashion-MNIST: apt-get install dataset-fashion-mnist, or "
-                 "point --data-dir at the folder holding the *-ubyte[.gz] files)");
+      fail(path,
+           "no such file (for Fashion-MNIST: apt-get install dataset-fashion-mnist, or "
+           "point --data-dir at the folder holding the *-ubyte[.gz] files)");
     }
     file_ = gzopen(path.c_str(), "rb");
     if (file_ == nullptr) fail(path, "cannot be opened for reading");
@@ -87,8 +92,8 @@ torch::Tensor read_idx(const std::string& path) {
   for (int i = 0; i < ndims; ++i) {
     std::array<uint8_t, 4> b{};
     if (in.read(b.data(), 4) != 4) fail(path, "truncated in its header (dimension sizes)");
-    const int64_t size = (int64_t{b[0]} << 24) | (int64_t{b[1]} << 16) | (int64_t{b[2]} << 8) |
-                         int64_t{b[3]};
+    const int64_t size =
+        (int64_t{b[0]} << 24) | (int64_t{b[1]} << 16) | (int64_t{b[2]} << 8) | int64_t{b[3]};
     if (size <= 0 || size > (int64_t{1} << 31)) {
       fail(path, "dimension " + std::to_string(i) + " has size " + std::to_string(size));
     }
@@ -99,8 +104,10 @@ torch::Tensor read_idx(const std::string& path) {
   torch::Tensor data = torch::empty(sizes, torch::kUInt8);
   const size_t got = in.read(data.data_ptr<uint8_t>(), static_cast<size_t>(count));
   if (got != static_cast<size_t>(count)) {
-    fail(path, "truncated: the header declares " + std::to_string(count) + " bytes of data, the "
-                   "file holds " + std::to_string(got) + " (an interrupted download?)");
+    fail(path, "truncated: the header declares " + std::to_string(count) +
+                   " bytes of data, the "
+                   "file holds " +
+                   std::to_string(got) + " (an interrupted download?)");
   }
   uint8_t extra = 0;
   if (in.read(&extra, 1) != 0) fail(path, "has bytes after the data its header declares");
@@ -111,17 +118,17 @@ LabeledImages read_idx_split(const std::string& images_path, const std::string& 
   torch::Tensor images = read_idx(images_path);
   torch::Tensor labels = read_idx(labels_path);
   if (images.dim() != 3) {
-    fail(images_path, "holds a " + std::to_string(images.dim()) +
-                          "-D array; images must be [N, H, W]");
+    fail(images_path,
+         "holds a " + std::to_string(images.dim()) + "-D array; images must be [N, H, W]");
   }
   if (labels.dim() != 1) {
     fail(labels_path, "holds a " + std::to_string(labels.dim()) + "-D array; labels must be [N]");
   }
   if (images.size(0) != labels.size(0)) {
-    throw std::runtime_error("IDX images '" + images_path + "' hold " +
-                             std::to_string(images.size(0)) + " images but labels '" +
-                             labels_path + "' hold " + std::to_string(labels.size(0)) +
-                             " labels: the two files are not of the same split");
+    throw FormatError("IDX images '" + images_path + "' hold " + std::to_string(images.size(0)) +
+                      " images but labels '" + labels_path + "' hold " +
+                      std::to_string(labels.size(0)) +
+                      " labels: the two files are not of the same split");
   }
   return {images.unsqueeze(1), labels.to(torch::kLong)};
 }
@@ -135,13 +142,14 @@ LabeledImages read_cifar_bin(const std::vector<std::string>& paths, bool cifar10
   std::vector<torch::Tensor> images, labels;
   for (const auto& path : paths) {
     const auto fail_cifar = [&path](const std::string& what) {
-      throw std::runtime_error("CIFAR file '" + path + "': " + what);
+      throw FormatError("CIFAR file '" + path + "': " + what);
     };
     std::error_code ec;
     if (!std::filesystem::is_regular_file(path, ec)) {
-      fail_cifar("no such file (download the binary version from "
-                 "https://www.cs.toronto.edu/~kriz/cifar.html, unpack it, and point --data-dir "
-                 "at the folder holding the .bin files)");
+      fail_cifar(
+          "no such file (download the binary version from "
+          "https://www.cs.toronto.edu/~kriz/cifar.html, unpack it, and point --data-dir "
+          "at the folder holding the .bin files)");
     }
     const auto bytes = static_cast<int64_t>(std::filesystem::file_size(path));
     if (bytes == 0 || bytes % record != 0) {
@@ -163,129 +171,8 @@ LabeledImages read_cifar_bin(const std::vector<std::string>& paths, bool cifar10
     labels.push_back(label);
     images.push_back(raw.narrow(1, label_bytes, pixels).reshape({n, 3, 32, 32}));
   }
-  if (images.empty()) throw std::runtime_error("CIFAR: no files given");
+  if (images.empty()) throw FormatError("CIFAR: no files given");
   return {torch::cat(images), torch::cat(labels)};
-}
-
-// ---------------------------------------------------------------------------------------------
-// .npy
-
-namespace {
-
-[[noreturn]] void fail_npy(const std::string& path, const std::string& what) {
-  throw std::runtime_error(".npy file '" + path + "': " + what);
-}
-
-struct NpyType {
-  const char* descr;
-  torch::Dtype dtype;
-};
-constexpr NpyType kNpyTypes[] = {{"<f4", torch::kFloat},  {"<f8", torch::kDouble},
-                                 {"<i8", torch::kLong},   {"<i4", torch::kInt},
-                                 {"|u1", torch::kUInt8}};
-
-}  // namespace
-
-torch::Tensor read_npy(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec) || !in) fail_npy(path, "no such file");
-  char magic[8] = {};
-  in.read(magic, 8);
-  if (in.gcount() != 8 || std::memcmp(magic, "\x93NUMPY", 6) != 0) {
-    fail_npy(path, "not a .npy file (no \\x93NUMPY magic)");
-  }
-  const int major = static_cast<unsigned char>(magic[6]);
-  if (major < 1 || major > 3) fail_npy(path, "unknown format version " + std::to_string(major));
-  uint32_t header_len = 0;
-  unsigned char len_bytes[4] = {};
-  in.read(reinterpret_cast<char*>(len_bytes), major == 1 ? 2 : 4);
-  header_len = len_bytes[0] | (len_bytes[1] << 8) | (uint32_t{len_bytes[2]} << 16) |
-               (uint32_t{len_bytes[3]} << 24);
-  if (!in || header_len == 0 || header_len > (1u << 20)) fail_npy(path, "truncated header");
-  std::string header(header_len, '\0');
-  in.read(header.data(), header_len);
-  if (static_cast<uint32_t>(in.gcount()) != header_len) fail_npy(path, "truncated header");
-
-  std::smatch m;
-  if (!std::regex_search(header, m, std::regex("'descr'\\s*:\\s*'([^']*)'"))) {
-    fail_npy(path, "header has no 'descr'");
-  }
-  const std::string descr = m[1];
-  const NpyType* type = nullptr;
-  for (const auto& t : kNpyTypes) {
-    if (descr == t.descr || (descr == "<u1" && std::string(t.descr) == "|u1")) type = &t;
-  }
-  if (type == nullptr) {
-    fail_npy(path, "dtype '" + descr + "' is not supported (use little-endian float32, float64, "
-                   "int64, int32 or uint8, e.g. numpy's arr.astype('<f4'))");
-  }
-  if (!std::regex_search(header, m, std::regex("'fortran_order'\\s*:\\s*(True|False)"))) {
-    fail_npy(path, "header has no 'fortran_order'");
-  }
-  const bool fortran = m[1] == "True";
-  if (!std::regex_search(header, m, std::regex("'shape'\\s*:\\s*\\(([^)]*)\\)"))) {
-    fail_npy(path, "header has no 'shape'");
-  }
-  std::vector<int64_t> shape;
-  const std::string dims = m[1];
-  const std::regex digits_re("\\d+");
-  std::sregex_iterator it(dims.begin(), dims.end(), digits_re), end;
-  int64_t count = 1;
-  for (; it != end; ++it) {
-    const std::string digits = it->str();
-    if (digits.size() > 12) fail_npy(path, "shape too large");
-    shape.push_back(std::stoll(digits));
-    count *= shape.back();
-    if (count > (int64_t{1} << 40)) fail_npy(path, "shape too large");
-  }
-  if (fortran) std::reverse(shape.begin(), shape.end());
-  torch::Tensor out = torch::empty(shape, type->dtype);
-  const auto bytes = static_cast<std::streamsize>(out.nbytes());
-  in.read(static_cast<char*>(out.data_ptr()), bytes);
-  if (in.gcount() != bytes) {
-    fail_npy(path, "truncated: the header declares " + std::to_string(bytes) +
-                       " bytes of data, the file holds " + std::to_string(in.gcount()));
-  }
-  if (in.peek() != std::char_traits<char>::eof()) {
-    fail_npy(path, "has bytes after the data its header declares");
-  }
-  if (fortran && out.dim() > 1) {
-    std::vector<int64_t> perm(out.dim());
-    for (int64_t i = 0; i < out.dim(); ++i) perm[i] = out.dim() - 1 - i;
-    out = out.permute(perm).contiguous();
-  }
-  return out;
-}
-
-void write_npy(const std::string& path, const torch::Tensor& array) {
-  const NpyType* type = nullptr;
-  for (const auto& t : kNpyTypes) {
-    if (array.scalar_type() == t.dtype) type = &t;
-  }
-  if (type == nullptr) {
-    throw std::invalid_argument("write_npy: dtype " + std::string(c10::toString(array.scalar_type())) +
-                                " is not supported (float32, float64, int64, int32, uint8)");
-  }
-  const torch::Tensor a = array.to(torch::kCPU).contiguous();
-  std::string shape;
-  for (int64_t i = 0; i < a.dim(); ++i) shape += std::to_string(a.size(i)) + ", ";
-  if (a.dim() > 1) shape.resize(shape.size() - 2);
-  std::string header = std::string("{'descr': '") + type->descr +
-                       "', 'fortran_order': False, 'shape': (" + shape + "), }";
-  // Pad with spaces so that the data start at a multiple of 64 bytes, newline-terminated.
-  const size_t total = ((10 + header.size() + 1 + 63) / 64) * 64;
-  header.append(total - 10 - header.size() - 1, ' ');
-  header.push_back('\n');
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) throw std::runtime_error("cannot write '" + path + "'");
-  const auto len = static_cast<uint16_t>(header.size());
-  const char prefix[10] = {'\x93', 'N', 'U', 'M', 'P', 'Y', 1, 0, static_cast<char>(len & 0xff),
-                           static_cast<char>(len >> 8)};
-  out.write(prefix, 10);
-  out.write(header.data(), static_cast<std::streamsize>(header.size()));
-  out.write(static_cast<const char*>(a.data_ptr()), static_cast<std::streamsize>(a.nbytes()));
-  if (!out) throw std::runtime_error("write to '" + path + "' failed (disk full?)");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -294,12 +181,12 @@ void write_npy(const std::string& path, const torch::Tensor& array) {
 cv::Mat decode_image(const std::string& path, int channels) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) {
-    throw std::runtime_error("image '" + path + "': no such file");
+    throw FormatError("image '" + path + "': no such file");
   }
   cv::Mat img = cv::imread(path, channels == 1 ? cv::IMREAD_GRAYSCALE : cv::IMREAD_COLOR);
   if (img.empty()) {
-    throw std::runtime_error("image '" + path +
-                             "': cannot be decoded (corrupt, truncated, or not JPEG/PNG/BMP/WebP)");
+    throw FormatError("image '" + path +
+                      "': cannot be decoded (corrupt, truncated, or not JPEG/PNG/BMP/WebP)");
   }
   if (channels != 1) cv::cvtColor(img, img, cv::COLOR_BGR2RGB);
   return img;
@@ -329,7 +216,7 @@ std::vector<std::string> images_under(const std::filesystem::path& dir) {
 ImageFolder scan_image_folder(const std::string& root) {
   std::error_code ec;
   if (!std::filesystem::is_directory(root, ec)) {
-    throw std::runtime_error("image folder '" + root + "': no such directory");
+    throw FormatError("image folder '" + root + "': no such directory");
   }
   ImageFolder folder;
   for (const auto& e : std::filesystem::directory_iterator(root)) {
@@ -349,9 +236,9 @@ ImageFolder scan_image_folder(const std::string& root) {
     std::sort(folder.files.begin(), folder.files.end());
   }
   if (folder.files.empty()) {
-    throw std::runtime_error("image folder '" + root +
-                             "' holds no images (.jpg, .jpeg, .png, .bmp, .webp), neither directly "
-                             "nor in one subfolder per class");
+    throw FormatError("image folder '" + root +
+                      "' holds no images (.jpg, .jpeg, .png, .bmp, .webp), neither directly "
+                      "nor in one subfolder per class");
   }
   return folder;
 }
@@ -379,7 +266,7 @@ cv::Mat Dataset::image(int64_t i) const {
 
 torch::Tensor Dataset::require_labels() const {
   if (!labels.defined()) {
-    throw std::runtime_error("data set '" + name + "' has no labels");
+    throw FormatError("data set '" + name + "' has no labels");
   }
   return labels;
 }
@@ -405,14 +292,26 @@ Dataset Dataset::subset(const torch::Tensor& indices) const {
   return out;
 }
 
-const std::vector<std::string>& dataset_names() {
-  static const std::vector<std::string> kNames = {"fashion-mnist", "mnist", "cifar10",
-                                                  "cifar100", "image-folder", "npy"};
-  return kNames;
+template <>
+const NameTable<DatasetKind>& name_table<DatasetKind>() {
+  static const NameTable<DatasetKind> t{"--dataset",
+                                        {{DatasetKind::FashionMnist, "fashion-mnist"},
+                                         {DatasetKind::Mnist, "mnist"},
+                                         {DatasetKind::Cifar10, "cifar10"},
+                                         {DatasetKind::Cifar100, "cifar100"},
+                                         {DatasetKind::ImageFolder, "image-folder"},
+                                         {DatasetKind::Npy, "npy"}}};
+  return t;
 }
 
-std::string default_data_dir(const std::string& name) {
-  return name == "fashion-mnist" ? "/usr/share/datasets/fashion-mnist" : "";
+template <>
+const NameTable<Split>& name_table<Split>() {
+  static const NameTable<Split> t{"split", {{Split::Train, "train"}, {Split::Test, "test"}}};
+  return t;
+}
+
+std::string default_data_dir(DatasetKind dataset) {
+  return dataset == DatasetKind::FashionMnist ? "/usr/share/datasets/fashion-mnist" : "";
 }
 
 namespace {
@@ -439,28 +338,21 @@ Dataset from_images(const std::string& name, LabeledImages data) {
 }  // namespace
 
 Dataset load_dataset(const DatasetConfig& config) {
-  const auto& names = dataset_names();
-  if (std::find(names.begin(), names.end(), config.name) == names.end()) {
-    throw std::invalid_argument("unknown --dataset '" + config.name +
-                                "': use fashion-mnist, mnist, cifar10, cifar100, image-folder or "
-                                "npy");
-  }
-  if (config.split != "train" && config.split != "test") {
-    throw std::invalid_argument("split must be train or test, got '" + config.split + "'");
-  }
+  const std::string& name = to_string(config.dataset);
+  const std::string& split = to_string(config.split);
   const std::string dir_text =
-      config.data_dir.empty() ? default_data_dir(config.name) : config.data_dir;
+      config.data_dir.empty() ? default_data_dir(config.dataset) : config.data_dir;
   if (dir_text.empty()) {
-    throw std::invalid_argument("--dataset " + config.name + " needs --data-dir");
+    throw UsageError("--dataset " + name + " needs --data-dir");
   }
   const std::filesystem::path dir(dir_text);
-  const bool train = config.split == "train";
-  if (config.name == "fashion-mnist" || config.name == "mnist") {
+  const bool train = config.split == Split::Train;
+  const DatasetKind kind = config.dataset;
+  if (kind == DatasetKind::FashionMnist || kind == DatasetKind::Mnist) {
     const std::string prefix = train ? "train" : "t10k";
-    Dataset d = from_images(config.name,
-                            read_idx_split(idx_path(dir, prefix + "-images-idx3-ubyte"),
-                                           idx_path(dir, prefix + "-labels-idx1-ubyte")));
-    if (config.name == "fashion-mnist") {
+    Dataset d = from_images(name, read_idx_split(idx_path(dir, prefix + "-images-idx3-ubyte"),
+                                                 idx_path(dir, prefix + "-labels-idx1-ubyte")));
+    if (kind == DatasetKind::FashionMnist) {
       d.classes = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
     } else {
@@ -468,32 +360,33 @@ Dataset load_dataset(const DatasetConfig& config) {
     }
     return d;
   }
-  if (config.name == "cifar10") {
+  if (kind == DatasetKind::Cifar10) {
     std::vector<std::string> files;
     if (train) {
-      for (int i = 1; i <= 5; ++i) files.push_back((dir / ("data_batch_" + std::to_string(i) + ".bin")).string());
+      for (int i = 1; i <= 5; ++i)
+        files.push_back((dir / ("data_batch_" + std::to_string(i) + ".bin")).string());
     } else {
       files.push_back((dir / "test_batch.bin").string());
     }
-    Dataset d = from_images(config.name, read_cifar_bin(files, false));
-    d.classes = {"airplane", "automobile", "bird", "cat", "deer",
+    Dataset d = from_images(name, read_cifar_bin(files, false));
+    d.classes = {"airplane", "automobile", "bird",  "cat",  "deer",
                  "dog",      "frog",       "horse", "ship", "truck"};
     return d;
   }
-  if (config.name == "cifar100") {
-    return from_images(config.name,
+  if (kind == DatasetKind::Cifar100) {
+    return from_images(name,
                        read_cifar_bin({(dir / (train ? "train.bin" : "test.bin")).string()}, true));
   }
-  if (config.name == "image-folder") {
+  if (kind == DatasetKind::ImageFolder) {
     if (config.channels != 1 && config.channels != 3) {
-      throw std::invalid_argument("image-folder: channels must be 1 or 3");
+      throw UsageError("image-folder: channels must be 1 or 3");
     }
     std::error_code ec;
-    const auto split_dir = dir / config.split;
+    const auto split_dir = dir / split;
     const ImageFolder folder = scan_image_folder(
         std::filesystem::is_directory(split_dir, ec) ? split_dir.string() : dir.string());
     Dataset d;
-    d.name = config.name;
+    d.name = name;
     d.files = folder.files;
     d.classes = folder.classes;
     d.channels = config.channels;
@@ -504,27 +397,27 @@ Dataset load_dataset(const DatasetConfig& config) {
   std::error_code ec;
   std::filesystem::path matrix = dir, labels;
   if (std::filesystem::is_directory(dir, ec)) {
-    matrix = dir / (config.split + ".npy");
-    labels = dir / (config.split + "_labels.npy");
+    matrix = dir / (split + ".npy");
+    labels = dir / (split + "_labels.npy");
   } else {
     labels = dir.parent_path() / (dir.stem().string() + "_labels.npy");
   }
   torch::Tensor x = read_npy(matrix.string());
   if (x.dim() != 2 || (x.scalar_type() != torch::kFloat && x.scalar_type() != torch::kDouble)) {
-    fail_npy(matrix.string(), "must hold a 2-D float32 or float64 matrix [samples, features]");
+    npy_error(matrix.string(), "must hold a 2-D float32 or float64 matrix [samples, features]");
   }
-  if (x.size(0) == 0 || x.size(1) == 0) fail_npy(matrix.string(), "is empty");
+  if (x.size(0) == 0 || x.size(1) == 0) npy_error(matrix.string(), "is empty");
   Dataset d;
-  d.name = config.name;
+  d.name = name;
   d.vectors = x.to(torch::kFloat).contiguous();
   if (!torch::isfinite(d.vectors).all().item<bool>()) {
-    fail_npy(matrix.string(), "holds NaN or Inf values");
+    npy_error(matrix.string(), "holds NaN or Inf values");
   }
   if (std::filesystem::exists(labels, ec)) {
     torch::Tensor y = read_npy(labels.string());
     if (y.dim() != 1 || y.size(0) != x.size(0) || y.is_floating_point()) {
-      fail_npy(labels.string(), "labels must be a 1-D integer array with one entry per row of '" +
-                                    matrix.string() + "'");
+      npy_error(labels.string(), "labels must be a 1-D integer array with one entry per row of '" +
+                                     matrix.string() + "'");
     }
     d.labels = y.to(torch::kLong);
   }

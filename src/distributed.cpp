@@ -1,6 +1,8 @@
 // Process groups on c10d, the collectives' failure reports, gradient buckets, SyncBatchNorm.
 #include "vicreg/distributed.h"
 
+#include "vicreg/error.h"
+
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -28,10 +30,10 @@ int env_int(const char* name, const char* value, int min_value, int max_value) {
                       std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
   const int v = digits ? std::stoi(s) : -1;
   if (!digits || v < min_value || v > max_value) {
-    throw std::invalid_argument(std::string(name) + "='" + s + "' must be an integer in [" +
-                                std::to_string(min_value) + ", " + std::to_string(max_value) +
-                                "] (set by torchrun; when launching by hand, export it with the "
-                                "others: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT)");
+    throw UsageError(std::string(name) + "='" + s + "' must be an integer in [" +
+                     std::to_string(min_value) + ", " + std::to_string(max_value) +
+                     "] (set by torchrun; when launching by hand, export it with the "
+                     "others: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT)");
   }
   return v;
 }
@@ -42,7 +44,8 @@ std::string first_line(const std::string& s) {
 }
 
 std::string message_of(const std::exception& e) {
-  if (const auto* c = dynamic_cast<const c10::Error*>(&e)) return first_line(c->what_without_backtrace());
+  if (const auto* c = dynamic_cast<const c10::Error*>(&e))
+    return first_line(c->what_without_backtrace());
   return first_line(e.what());
 }
 
@@ -54,7 +57,10 @@ class C10dGroup : public ProcessGroup {
   C10dGroup(const DistributedEnv& env, c10::intrusive_ptr<c10d::Store> store,
             c10::intrusive_ptr<c10d::ProcessGroup> pg, std::string backend,
             std::chrono::milliseconds timeout)
-      : env_(env), store_(std::move(store)), pg_(std::move(pg)), backend_(std::move(backend)),
+      : env_(env),
+        store_(std::move(store)),
+        pg_(std::move(pg)),
+        backend_(std::move(backend)),
         timeout_(timeout) {}
 
   int rank() const override { return env_.rank; }
@@ -113,9 +119,9 @@ class C10dGroup : public ProcessGroup {
     } catch (const DistributedError&) {
       throw;
     } catch (const std::exception& e) {
-      throw DistributedError("rank " + std::to_string(env_.rank) + " of " +
-                             std::to_string(env_.world_size) + ": " + op + " failed: " +
-                             lost_ranks() + " [" + backend_ + ": " + message_of(e) + "]");
+      throw DistributedError(
+          "rank " + std::to_string(env_.rank) + " of " + std::to_string(env_.world_size) + ": " +
+          op + " failed: " + lost_ranks() + " [" + backend_ + ": " + message_of(e) + "]");
     }
   }
 
@@ -132,14 +138,16 @@ class C10dGroup : public ProcessGroup {
       while (true) {
         missing.clear();
         for (int r = 0; r < env_.world_size; ++r) {
-          if (r != env_.rank && !store_->check({"failed/" + std::to_string(r)})) missing.push_back(r);
+          if (r != env_.rank && !store_->check({"failed/" + std::to_string(r)}))
+            missing.push_back(r);
         }
         if (missing.empty() || std::chrono::steady_clock::now() > deadline) break;
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
       }
       if (missing.empty()) {
         return "every rank is still there, so one was slower than the timeout (" +
-               std::to_string(timeout_.count() / 1000) + " s, --dist-timeout) or the network failed";
+               std::to_string(timeout_.count() / 1000) +
+               " s, --dist-timeout) or the network failed";
       }
       std::string list;
       for (int r : missing) list += (list.empty() ? "" : ", ") + std::to_string(r);
@@ -167,20 +175,21 @@ DistributedEnv read_distributed_env(const std::function<const char*(const char*)
   const char* world = get("WORLD_SIZE");
   if (rank == nullptr && world == nullptr) return env;
   if (world == nullptr) {
-    throw std::invalid_argument("RANK is set but WORLD_SIZE is not: set both (torchrun does), or "
-                                "neither for a single process");
+    throw UsageError(
+        "RANK is set but WORLD_SIZE is not: set both (torchrun does), or "
+        "neither for a single process");
   }
   env.world_size = env_int("WORLD_SIZE", world, 1, 1 << 20);
   if (rank == nullptr) {
     if (env.world_size == 1) return env;
-    throw std::invalid_argument("WORLD_SIZE=" + std::to_string(env.world_size) +
-                                " but RANK is not set: each process needs its RANK in [0, " +
-                                std::to_string(env.world_size) + ")");
+    throw UsageError("WORLD_SIZE=" + std::to_string(env.world_size) +
+                     " but RANK is not set: each process needs its RANK in [0, " +
+                     std::to_string(env.world_size) + ")");
   }
   env.rank = env_int("RANK", rank, 0, 1 << 20);
   if (env.rank >= env.world_size) {
-    throw std::invalid_argument("RANK=" + std::to_string(env.rank) + " is not below WORLD_SIZE=" +
-                                std::to_string(env.world_size) + ": ranks are 0 .. WORLD_SIZE - 1");
+    throw UsageError("RANK=" + std::to_string(env.rank) + " is not below WORLD_SIZE=" +
+                     std::to_string(env.world_size) + ": ranks are 0 .. WORLD_SIZE - 1");
   }
   const char* local = get("LOCAL_RANK");
   env.local_rank = local != nullptr ? env_int("LOCAL_RANK", local, 0, 1 << 20) : 0;
@@ -188,50 +197,57 @@ DistributedEnv read_distributed_env(const std::function<const char*(const char*)
   const char* addr = get("MASTER_ADDR");
   const char* port = get("MASTER_PORT");
   if (addr == nullptr || std::string(addr).empty()) {
-    throw std::invalid_argument("WORLD_SIZE=" + std::to_string(env.world_size) +
-                                " but MASTER_ADDR is not set: export the address of rank 0's host "
-                                "(torchrun sets it from --master_addr / --rdzv_endpoint)");
+    throw UsageError("WORLD_SIZE=" + std::to_string(env.world_size) +
+                     " but MASTER_ADDR is not set: export the address of rank 0's host "
+                     "(torchrun sets it from --master_addr / --rdzv_endpoint)");
   }
   if (port == nullptr) {
-    throw std::invalid_argument("WORLD_SIZE=" + std::to_string(env.world_size) +
-                                " but MASTER_PORT is not set: export a free TCP port on rank 0's "
-                                "host (torchrun sets it from --master_port)");
+    throw UsageError("WORLD_SIZE=" + std::to_string(env.world_size) +
+                     " but MASTER_PORT is not set: export a free TCP port on rank 0's "
+                     "host (torchrun sets it from --master_port)");
   }
   env.master_addr = addr;
   env.master_port = env_int("MASTER_PORT", port, 1, 65535);
   const char* agent = get("TORCHELASTIC_USE_AGENT_STORE");
   env.agent_store = agent != nullptr && std::string(agent) == "True";
   const char* restarts = get("TORCHELASTIC_RESTART_COUNT");
-  env.restart_count = restarts != nullptr ? env_int("TORCHELASTIC_RESTART_COUNT", restarts, 0, 1 << 20) : 0;
+  env.restart_count =
+      restarts != nullptr ? env_int("TORCHELASTIC_RESTART_COUNT", restarts, 0, 1 << 20) : 0;
   return env;
+}
+
+template <>
+const NameTable<DistBackend>& name_table<DistBackend>() {
+  static const NameTable<DistBackend> t{
+      "--dist-backend",
+      {{DistBackend::Auto, "auto"}, {DistBackend::Gloo, "gloo"}, {DistBackend::Nccl, "nccl"}}};
+  return t;
 }
 
 std::shared_ptr<ProcessGroup> init_process_group(const DistributedEnv& env,
                                                  const DistributedOptions& options) {
   if (!env.distributed()) return nullptr;
-  std::string backend = options.backend;
-  if (backend == "auto") {
+  DistBackend kind = options.backend;
+  if (kind == DistBackend::Auto) {
 #ifdef USE_C10D_NCCL
-    backend = options.device.is_cuda() ? "nccl" : "gloo";
+    kind = options.device.is_cuda() ? DistBackend::Nccl : DistBackend::Gloo;
 #else
-    backend = "gloo";
+    kind = DistBackend::Gloo;
 #endif
-  }
-  if (backend != "gloo" && backend != "nccl") {
-    throw std::invalid_argument("unknown --dist-backend '" + options.backend +
-                                "': use auto, gloo or nccl");
   }
 #ifndef USE_C10D_NCCL
-  if (backend == "nccl") {
-    throw std::invalid_argument("--dist-backend nccl: this LibTorch was built without NCCL; use "
-                                "gloo (or auto)");
+  if (kind == DistBackend::Nccl) {
+    throw UsageError(
+        "--dist-backend nccl: this LibTorch was built without NCCL; use gloo (or auto)");
   }
 #endif
-  if (backend == "nccl" && !options.device.is_cuda()) {
-    throw std::invalid_argument("--dist-backend nccl needs a CUDA --device; use gloo on CPU");
+  if (kind == DistBackend::Nccl && !options.device.is_cuda()) {
+    throw UsageError("--dist-backend nccl needs a CUDA --device; use gloo on CPU");
   }
+  const std::string& backend = to_string(kind);
   const std::string where = env.master_addr + ":" + std::to_string(env.master_port);
-  const std::string who = "rank " + std::to_string(env.rank) + " of " + std::to_string(env.world_size);
+  const std::string who =
+      "rank " + std::to_string(env.rank) + " of " + std::to_string(env.world_size);
   const bool server = env.rank == 0 && !env.agent_store;
 
   c10::intrusive_ptr<c10d::Store> store;
@@ -260,17 +276,16 @@ std::shared_ptr<ProcessGroup> init_process_group(const DistributedEnv& env,
 
   c10::intrusive_ptr<c10d::ProcessGroup> pg;
   try {
-    if (backend == "gloo") {
+    if (kind == DistBackend::Gloo) {
       auto o = c10d::ProcessGroupGloo::Options::create(options.timeout);
       // GLOO_SOCKET_IFNAME names the interface, as for PyTorch; loopback for a single-host run;
       // otherwise the interface of this host's name.
       const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
       const bool local = env.master_addr == "127.0.0.1" || env.master_addr == "localhost";
-      o->devices.push_back(
-          ifname != nullptr && *ifname != '\0'
-              ? c10d::ProcessGroupGloo::createDeviceForInterface(ifname)
-              : local ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
-                      : c10d::ProcessGroupGloo::createDefaultDevice());
+      o->devices.push_back(ifname != nullptr && *ifname != '\0'
+                               ? c10d::ProcessGroupGloo::createDeviceForInterface(ifname)
+                           : local ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
+                                   : c10d::ProcessGroupGloo::createDefaultDevice());
       pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, env.rank, env.world_size, o);
     } else {
 #ifdef USE_C10D_NCCL
@@ -285,7 +300,8 @@ std::shared_ptr<ProcessGroup> init_process_group(const DistributedEnv& env,
     throw DistributedError(who + ": the " + backend + " process group did not form within " +
                            std::to_string(options.timeout.count() / 1000) +
                            " s (--dist-timeout): a rank did not join or the hosts cannot reach "
-                           "each other [" + message_of(e) + "]");
+                           "each other [" +
+                           message_of(e) + "]");
   }
   auto group = std::make_shared<C10dGroup>(env, store, pg, backend, options.timeout);
   group->barrier();
@@ -296,8 +312,8 @@ std::shared_ptr<ProcessGroup> init_process_group(const DistributedEnv& env,
 // Simulated group
 
 SimulatedGroup::SimulatedGroup(int rank, int world) : rank_(rank), world_(world) {
-  TORCH_CHECK(world >= 1 && rank >= 0 && rank < world, "SimulatedGroup: rank ", rank,
-              " of world ", world, " is impossible");
+  TORCH_CHECK(world >= 1 && rank >= 0 && rank < world, "SimulatedGroup: rank ", rank, " of world ",
+              world, " is impossible");
 }
 
 void SimulatedGroup::all_reduce_sum(std::vector<Tensor>& tensors) {
@@ -408,11 +424,11 @@ class SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFunc
         torch::cat({torch::full({1}, count, x.options().dtype(torch::kDouble)),
                     mean_local.to(torch::kDouble), (var_local * count).to(torch::kDouble)});
     const Tensor all = group->all_gather(stats.view({1, -1}));  // [W, 2C + 1]
-    const Tensor counts = all.select(1, 0).unsqueeze(1);         // [W, 1]
+    const Tensor counts = all.select(1, 0).unsqueeze(1);        // [W, 1]
     const Tensor means = all.narrow(1, 1, c), m2s = all.narrow(1, 1 + c, c);
     const Tensor total = counts.sum();
-    const Tensor mean = (counts * means).sum(0) / total;                                   // [C]
-    const Tensor m2 = (m2s + counts * (means - mean).square()).sum(0);                      // [C]
+    const Tensor mean = (counts * means).sum(0) / total;                // [C]
+    const Tensor m2 = (m2s + counts * (means - mean).square()).sum(0);  // [C]
     const double n = total.item<double>();
     TORCH_CHECK(n > 1, "SyncBatchNorm: needs more than one value per channel over all ranks, got ",
                 n, " (input ", input.sizes(), ")");
@@ -446,20 +462,24 @@ class SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFunc
     const Tensor dy = grads[0].to(acc);
     const auto dims = reduce_dims(x);
     const Tensor xhat = (x - per_channel(mean, x)) * per_channel(invstd, x);
-    const Tensor sum_dy = dy.sum(dims);                  // [C], this rank's rows
-    const Tensor sum_dy_xhat = (dy * xhat).sum(dims);    // [C]
+    const Tensor sum_dy = dy.sum(dims);                // [C], this rank's rows
+    const Tensor sum_dy_xhat = (dy * xhat).sum(dims);  // [C]
     std::vector<Tensor> global = {torch::cat({sum_dy, sum_dy_xhat}).to(torch::kDouble)};
     reinterpret_cast<ProcessGroup*>(ctx->saved_data["group"].toInt())->all_reduce_sum(global);
     const int64_t c = mean.size(0);
     const Tensor g_dy = global[0].narrow(0, 0, c).to(acc) / n;
     const Tensor g_dy_xhat = global[0].narrow(0, c, c).to(acc) / n;
     const Tensor scale = invstd * weight.to(acc);
-    const Tensor dx = per_channel(scale, x) *
-                      (dy - per_channel(g_dy, x) - xhat * per_channel(g_dy_xhat, x));
-    return {dx.to(input.scalar_type()), sum_dy_xhat.to(weight.scalar_type()),
-            sum_dy.to(weight.scalar_type()), Tensor(), Tensor(), Tensor(), Tensor()};
+    const Tensor dx =
+        per_channel(scale, x) * (dy - per_channel(g_dy, x) - xhat * per_channel(g_dy_xhat, x));
+    return {dx.to(input.scalar_type()),
+            sum_dy_xhat.to(weight.scalar_type()),
+            sum_dy.to(weight.scalar_type()),
+            Tensor(),
+            Tensor(),
+            Tensor(),
+            Tensor()};
   }
-
 };
 
 }  // namespace
@@ -471,8 +491,8 @@ Tensor sync_batch_norm(const Tensor& input, const Tensor& weight, const Tensor& 
   TORCH_CHECK(input.dim() >= 2, "sync_batch_norm: input must be [N, C, ...], got ", input.sizes());
   TORCH_CHECK(running_mean.defined() == running_var.defined(),
               "sync_batch_norm: running_mean and running_var must be both set or both undefined");
-  const auto options = input.options().dtype(
-      input.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat);
+  const auto options =
+      input.options().dtype(input.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat);
   // Without affine parameters: weight 1, bias 0 (their gradients are not asked for).
   const Tensor w = weight.defined() ? weight : torch::ones({input.size(1)}, options);
   const Tensor b = bias.defined() ? bias : torch::zeros({input.size(1)}, options);

@@ -1,12 +1,13 @@
 #include "vicreg/evaluate.h"
 
 #include "vicreg/augment.h"
+#include "vicreg/error.h"
 
-#include <opencv2/imgproc.hpp>
 #include <torch/nn/functional/loss.h>
 #include <torch/nn/functional/normalization.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/optim/sgd.h>
+#include <opencv2/imgproc.hpp>
 
 #include <ATen/Parallel.h>
 
@@ -16,6 +17,14 @@
 #include <stdexcept>
 
 namespace vicreg {
+
+template <>
+const NameTable<Protocol>& name_table<Protocol>() {
+  static const NameTable<Protocol> t{
+      "--protocol",
+      {{Protocol::Linear, "linear"}, {Protocol::Knn, "knn"}, {Protocol::Finetune, "finetune"}}};
+  return t;
+}
 
 namespace F = torch::nn::functional;
 
@@ -126,8 +135,7 @@ Accuracy linear_probe(const torch::Tensor& train_x, const torch::Tensor& train_y
     xte = (xte - mean) / std;
   }
   const torch::Tensor ytr = train_y.to(torch::kLong), yte = test_y.to(torch::kLong);
-  const int64_t classes =
-      std::max(ytr.max().item<int64_t>(), yte.max().item<int64_t>()) + 1;
+  const int64_t classes = std::max(ytr.max().item<int64_t>(), yte.max().item<int64_t>()) + 1;
   torch::manual_seed(options.seed);
   torch::nn::Linear head = linear_head(xtr.size(1), classes);
   torch::optim::SGD opt(head->parameters(), torch::optim::SGDOptions(options.lr)
@@ -161,12 +169,11 @@ torch::Tensor knn_scores(const torch::Tensor& bank_x, const torch::Tensor& bank_
                          const torch::Tensor& query_x, int64_t k, double temperature,
                          int64_t num_classes) {
   check_features(bank_x, bank_y, "knn (bank)");
-  TORCH_CHECK(query_x.dim() == 2 && query_x.size(1) == bank_x.size(1),
-              "knn: queries must be [M, ", bank_x.size(1), "], got ", query_x.sizes());
+  TORCH_CHECK(query_x.dim() == 2 && query_x.size(1) == bank_x.size(1), "knn: queries must be [M, ",
+              bank_x.size(1), "], got ", query_x.sizes());
   TORCH_CHECK(k >= 1 && temperature > 0, "knn: k must be >= 1 and the temperature > 0");
   k = std::min<int64_t>(k, bank_x.size(0));
-  const int64_t classes =
-      num_classes > 0 ? num_classes : bank_y.max().item<int64_t>() + 1;
+  const int64_t classes = num_classes > 0 ? num_classes : bank_y.max().item<int64_t>() + 1;
   const auto normalize = [](const torch::Tensor& t) {
     return F::normalize(t.to(torch::kFloat), F::NormalizeFuncOptions().dim(1));
   };
@@ -177,8 +184,9 @@ torch::Tensor knn_scores(const torch::Tensor& bank_x, const torch::Tensor& bank_
   for (int64_t s = 0; s < queries.size(0); s += chunk) {
     const torch::Tensor q = queries.narrow(0, s, std::min(chunk, queries.size(0) - s));
     auto [sim, idx] = q.mm(bank.t()).topk(k, 1);
-    const torch::Tensor votes = torch::zeros({q.size(0), classes}, torch::kFloat)
-                                    .scatter_add_(1, labels.index({idx}), (sim / temperature).exp());
+    const torch::Tensor votes =
+        torch::zeros({q.size(0), classes}, torch::kFloat)
+            .scatter_add_(1, labels.index({idx}), (sim / temperature).exp());
     out.push_back(votes);
   }
   return torch::cat(out);
@@ -272,9 +280,8 @@ Accuracy train_classifier(EncoderImpl& encoder, const Dataset& train, const Data
   torch::nn::Linear head = linear_head(encoder.output_dim(), classes);
   head->to(device);
   const auto sgd = [&](double lr) {
-    return std::make_unique<torch::optim::SGDOptions>(torch::optim::SGDOptions(lr)
-                                                          .momentum(options.momentum)
-                                                          .weight_decay(options.weight_decay));
+    return std::make_unique<torch::optim::SGDOptions>(
+        torch::optim::SGDOptions(lr).momentum(options.momentum).weight_decay(options.weight_decay));
   };
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(head->parameters(), sgd(options.lr_head));
@@ -319,9 +326,8 @@ Accuracy train_classifier(EncoderImpl& encoder, const Dataset& train, const Data
       const torch::Tensor loss =
           F::cross_entropy(head(features), ytr.index_select(0, idx).to(device));
       if (!std::isfinite(loss.item<double>())) {
-        throw std::runtime_error("train_classifier: the loss became " +
-                                 std::to_string(loss.item<double>()) + " at step " +
-                                 std::to_string(step) + " (lower the learning rates)");
+        throw Error("train_classifier: the loss became " + std::to_string(loss.item<double>()) +
+                    " at step " + std::to_string(step) + " (lower the learning rates)");
       }
       loss.backward();
       opt.step();

@@ -1,5 +1,7 @@
 #include "vicreg/loader.h"
 
+#include "vicreg/error.h"
+
 #include <opencv2/core/utility.hpp>
 
 #include <algorithm>
@@ -14,12 +16,12 @@ namespace vicreg {
 
 std::vector<int64_t> ImageTwoViewTransform::view_shape(const Dataset& data) const {
   if (data.is_vector()) {
-    throw std::invalid_argument("image recipe '" + recipe_.name + "' given vector data ('" +
-                                data.name + "'): vectors need the vector augmentations");
+    throw UsageError("image recipe '" + recipe_.name + "' given vector data ('" + data.name +
+                     "'): vectors need the vector augmentations");
   }
   const int64_t size = recipe_.view_a.crop.size;
   if (recipe_.view_b.crop.size != size) {
-    throw std::invalid_argument("both views of a recipe must have the same crop size");
+    throw UsageError("both views of a recipe must have the same crop size");
   }
   recipe_.view_a.validate(static_cast<int>(data.channels));
   recipe_.view_b.validate(static_cast<int>(data.channels));
@@ -35,7 +37,7 @@ void ImageTwoViewTransform::apply(const Dataset& data, int64_t index, Rng& rng, 
 
 std::vector<int64_t> VectorTwoViewTransform::view_shape(const Dataset& data) const {
   if (!data.is_vector()) {
-    throw std::invalid_argument("vector augmentations given image data ('" + data.name + "')");
+    throw UsageError("vector augmentations given image data ('" + data.name + "')");
   }
   augment_.validate();
   return {data.features()};
@@ -62,27 +64,30 @@ TwoViewLoader::TwoViewLoader(std::shared_ptr<const Dataset> data,
   TORCH_CHECK(data_ && transform_, "TwoViewLoader: data and transform must be set");
   const int64_t n = data_->size();
   if (options_.batch_size < 2) {
-    throw std::invalid_argument("--batch-size must be at least 2 (the variance and covariance "
-                                "need two samples), got " + std::to_string(options_.batch_size));
+    throw UsageError(
+        "--batch-size must be at least 2 (the variance and covariance "
+        "need two samples), got " +
+        std::to_string(options_.batch_size));
   }
   if (options_.batch_size > n) {
-    throw std::invalid_argument("--batch-size " + std::to_string(options_.batch_size) +
-                                " is larger than the data set ('" + data_->name + "', " +
-                                std::to_string(n) + " samples)");
+    throw UsageError("--batch-size " + std::to_string(options_.batch_size) +
+                     " is larger than the data set ('" + data_->name + "', " + std::to_string(n) +
+                     " samples)");
   }
-  if (options_.workers < 1) throw std::invalid_argument("--workers must be at least 1");
+  if (options_.workers < 1) throw UsageError("--workers must be at least 1");
   if (options_.shard_count < 1 || options_.shard_rank < 0 ||
       options_.shard_rank >= options_.shard_count) {
-    throw std::invalid_argument("loader shard " + std::to_string(options_.shard_rank) + " of " +
-                                std::to_string(options_.shard_count) + " is impossible");
+    throw UsageError("loader shard " + std::to_string(options_.shard_rank) + " of " +
+                     std::to_string(options_.shard_count) + " is impossible");
   }
   if (options_.batch_size % options_.shard_count != 0) {
-    throw std::invalid_argument(
-        "--batch-size " + std::to_string(options_.batch_size) + " is not divisible by the " +
-        std::to_string(options_.shard_count) + " processes (WORLD_SIZE): the global batch is "
-        "split evenly over them; use a multiple of " + std::to_string(options_.shard_count));
+    throw UsageError("--batch-size " + std::to_string(options_.batch_size) +
+                     " is not divisible by the " + std::to_string(options_.shard_count) +
+                     " processes (WORLD_SIZE): the global batch is "
+                     "split evenly over them; use a multiple of " +
+                     std::to_string(options_.shard_count));
   }
-  if (options_.prefetch < 1) throw std::invalid_argument("prefetch must be at least 1");
+  if (options_.prefetch < 1) throw UsageError("prefetch must be at least 1");
   batches_per_epoch_ = n / options_.batch_size;
   view_shape_ = transform_->view_shape(*data_);
   // The workers are the parallelism; OpenCV's own thread pool would only oversubscribe the cores.
@@ -114,7 +119,7 @@ TwoViewBatch TwoViewLoader::make_batch(int64_t global) const {
   batch.epoch = global / batches_per_epoch_;
   batch.index = global % batches_per_epoch_;
   const int64_t global_b = options_.batch_size;
-  const int64_t b = global_b / options_.shard_count;      // this shard's rows
+  const int64_t b = global_b / options_.shard_count;                       // this shard's rows
   const int64_t first = batch.index * global_b + options_.shard_rank * b;  // in the epoch order
   batch.indices = epoch_order(batch.epoch).narrow(0, first, b).clone();
   std::vector<int64_t> shape = {b};
@@ -139,8 +144,7 @@ void TwoViewLoader::worker_loop() {
     {
       std::unique_lock<std::mutex> lock(mutex_);
       cv_.wait(lock, [this] {
-        return stopping_ ||
-               (!error_ && next_to_claim_ < next_to_return_ + options_.prefetch);
+        return stopping_ || (!error_ && next_to_claim_ < next_to_return_ + options_.prefetch);
       });
       if (stopping_) return;
       global = next_to_claim_++;

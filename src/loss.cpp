@@ -1,8 +1,9 @@
 // The fused VICReg loss: forward and closed-form backward side by side, then the reference
-// formulation, then the checks and the module. Derivations: DESIGN.md 1.2.
+// formulation, then the checks and the module. Derivations: docs/loss.md.
 #include "vicreg/loss.h"
 
 #include "vicreg/distributed.h"
+#include "vicreg/error.h"
 
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/nn/functional/activation.h>
@@ -15,15 +16,11 @@
 
 namespace vicreg {
 
-std::string to_string(LossPreset preset) {
-  return preset == LossPreset::Official ? "official" : "paper";
-}
-
-LossPreset loss_preset_from_string(const std::string& name) {
-  if (name == "official") return LossPreset::Official;
-  if (name == "paper") return LossPreset::Paper;
-  TORCH_CHECK(false, "unknown loss preset '", name,
-              "': expected 'official' (facebookresearch/vicreg's weighting) or 'paper'");
+template <>
+const NameTable<LossPreset>& name_table<LossPreset>() {
+  static const NameTable<LossPreset> t{
+      "loss preset", {{LossPreset::Official, "official"}, {LossPreset::Paper, "paper"}}};
+  return t;
 }
 
 namespace {
@@ -56,8 +53,8 @@ Tensor sum_of_squares(const Tensor& x) {
 void check_finite_inputs(const Tensor& z_a, const Tensor& z_b) {
   for (const auto& [name, z] : {std::pair<const char*, const Tensor&>{"z_a", z_a}, {"z_b", z_b}}) {
     const int64_t bad = (~torch::isfinite(z)).sum().item<int64_t>();
-    TORCH_CHECK(bad == 0, "vicreg_loss: ", name, " contains ", bad,
-                " NaN or Inf value(s) out of ", z.numel(),
+    TORCH_CHECK(bad == 0, "vicreg_loss: ", name, " contains ", bad, " NaN or Inf value(s) out of ",
+                z.numel(),
                 "; the embeddings must be finite (a diverged model or corrupt input upstream)");
   }
 }
@@ -71,8 +68,8 @@ struct ViewStats {
   Tensor m;       // Gram form (n < d): G = zc zc^T [n, n]; else zc^T zc with zeroed diagonal [d, d]
   Tensor gram_rhs;  // sharded Gram form: the gathered Zc [N, d] that this rank's G_r [n, N]
                     // multiplies in the backward pass (undefined: the view's own zc)
-  Tensor v;       // 0-dim fp64  v(Z)
-  Tensor c;       // 0-dim fp64  c(Z)
+  Tensor v;         // 0-dim fp64  v(Z)
+  Tensor c;         // 0-dim fp64  c(Z)
 };
 
 /// Forward statistics of one view. z: [n, d] in the accumulation dtype.
@@ -120,8 +117,8 @@ Tensor view_backward(const ViewStats& s, const Tensor& z, const Tensor& other,
   const double nm1 = static_cast<double>(rows - 1);
   const Tensor active = (s.stdev < gamma).to(z.scalar_type());
   const Tensor col = -var_coef * active / (s.stdev * (static_cast<double>(d) * nm1));  // [d]
-  const Tensor k = cov_coef * (4.0 / (nm1 * nm1 * static_cast<double>(d)));           // 0-dim
-  Tensor scratch = z - s.mean;  // zc
+  const Tensor k = cov_coef * (4.0 / (nm1 * nm1 * static_cast<double>(d)));            // 0-dim
+  Tensor scratch = z - s.mean;                                                         // zc
   Tensor grad;
   if (rows < d) {
     // k G zc + zc diag(col - k sigma^2)
@@ -229,7 +226,8 @@ class FusedVICRegLoss : public torch::autograd::Function<FusedVICRegLoss> {
       TORCH_CHECK(false, "vicreg_loss: the loss overflowed (invariance ", invariance.item<double>(),
                   ", variance ", variance.item<double>(), ", covariance ",
                   covariance.item<double>(), ") although the embeddings are finite; their ",
-                  "magnitude is too large for ", acc, " (normalise the embeddings or lower the lr)");
+                  "magnitude is too large for ", acc,
+                  " (normalise the embeddings or lower the lr)");
     }
 
     // No [n, d] buffer outlives the forward pass.
@@ -272,7 +270,7 @@ class ShardedVICRegLoss : public torch::autograd::Function<ShardedVICRegLoss> {
       for (int v = 0; v < 2; ++v) {
         const Tensor all = gathered.select(1, v);
         mean[v] = all.mean(0, /*keepdim=*/true);
-        zc_all[v] = all - mean[v];                                     // [N, d]
+        zc_all[v] = all - mean[v];  // [N, d]
         sigma2[v] = zc_all[v].square().sum(0);
         m[v] = torch::mm(zc_all[v].narrow(0, rank * n, n), zc_all[v].t());  // G_r [n, N]
         g_sq.push_back(sum_of_squares(m[v]).view({1}));
@@ -302,12 +300,12 @@ class ShardedVICRegLoss : public torch::autograd::Function<ShardedVICRegLoss> {
     for (int v = 0; v < 2; ++v) {
       stdev[v] = (sigma2[v] / nm1 + o.eps()).sqrt();
       v_term[v] = torch::relu(o.gamma() - stdev[v]).to(torch::kDouble).sum() / dd;
-      c_term[v] = big_n < d ? (gsq[1 + v] - sigma2[v].to(torch::kDouble).square().sum()) /
-                                  (nm1 * nm1 * dd)
-                            : sum_of_squares(m[v]) / (nm1 * nm1 * dd);
+      c_term[v] =
+          big_n < d ? (gsq[1 + v] - sigma2[v].to(torch::kDouble).square().sum()) / (nm1 * nm1 * dd)
+                    : sum_of_squares(m[v]) / (nm1 * nm1 * dd);
     }
-    const double inv_norm = static_cast<double>(big_n) *
-                            (o.preset() == LossPreset::Official ? dd : 1.0);
+    const double inv_norm =
+        static_cast<double>(big_n) * (o.preset() == LossPreset::Official ? dd : 1.0);
     const Tensor invariance = gsq[0] / inv_norm;
     const Tensor variance = v_term[0] + v_term[1];
     const Tensor covariance = c_term[0] + c_term[1];
@@ -319,8 +317,10 @@ class ShardedVICRegLoss : public torch::autograd::Function<ShardedVICRegLoss> {
       check_finite_inputs(z_a, z_b);
       TORCH_CHECK(false, "vicreg_loss_sharded: the loss is not finite (invariance ",
                   invariance.item<double>(), ", variance ", variance.item<double>(),
-                  ", covariance ", covariance.item<double>(), "): another rank's embeddings hold "
-                  "NaN or Inf, or their magnitude is too large for ", acc);
+                  ", covariance ", covariance.item<double>(),
+                  "): another rank's embeddings hold "
+                  "NaN or Inf, or their magnitude is too large for ",
+                  acc);
     }
 
     ViewStats st[2];
@@ -400,9 +400,8 @@ VICRegLossTerms vicreg_loss_reference(const Tensor& z_a, const Tensor& z_b,
   if (o.check_finite()) check_finite_inputs(z_a, z_b);
   const int64_t n = z_a.size(0), d = z_a.size(1);
 
-  const Tensor invariance = o.preset() == LossPreset::Official
-                                ? F::mse_loss(z_a, z_b)
-                                : (z_a - z_b).pow(2).sum(1).mean();
+  const Tensor invariance =
+      o.preset() == LossPreset::Official ? F::mse_loss(z_a, z_b) : (z_a - z_b).pow(2).sum(1).mean();
 
   const Tensor eye = torch::eye(d, z_a.options().dtype(torch::kBool));
   auto variance_of = [&](const Tensor& z) {

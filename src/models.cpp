@@ -1,6 +1,7 @@
 #include "vicreg/models.h"
 
 #include "vicreg/distributed.h"
+#include "vicreg/error.h"
 
 #include <torch/nn/functional/activation.h>
 #include <torch/nn/functional/pooling.h>
@@ -21,8 +22,8 @@ namespace F = torch::nn::functional;
 std::vector<int64_t> parse_layer_spec(const std::string& spec) {
   std::vector<int64_t> sizes;
   const auto fail = [&spec]() {
-    throw std::invalid_argument("invalid layer spec '" + spec +
-                                "': expected positive integers joined by '-', e.g. 8192-8192-8192");
+    throw UsageError("invalid layer spec '" + spec +
+                     "': expected positive integers joined by '-', e.g. 8192-8192-8192");
   };
   if (spec.empty()) fail();
   size_t start = 0;
@@ -98,7 +99,8 @@ torch::Tensor BatchNormImpl::forward(const torch::Tensor& x) {
   }
   TORCH_CHECK(!is_training() || x.numel() / x.size(1) > 1,
               "BatchNorm: expected more than 1 value per channel when training, got input of "
-              "size ", x.sizes(), " (use a batch of at least 2)");
+              "size ",
+              x.sizes(), " (use a batch of at least 2)");
   return torch::batch_norm(x, weight, bias, running_mean, running_var, is_training(),
                            options.momentum(), options.eps(),
                            at::globalContext().userEnabledCuDNN());
@@ -158,8 +160,8 @@ ResNetImpl::ResNetImpl(const ResNetOptions& options_) : options(options_) {
   static const std::vector<int64_t> kBlocks18 = {2, 2, 2, 2}, kBlocks34 = {3, 4, 6, 3};
   const int64_t depth = options.depth();
   if (depth != 18 && depth != 34 && depth != 50) {
-    throw std::invalid_argument("ResNet depth " + std::to_string(depth) +
-                                " is not supported: use 18, 34 or 50");
+    throw UsageError("ResNet depth " + std::to_string(depth) +
+                     " is not supported: use 18, 34 or 50");
   }
   TORCH_CHECK(options.in_channels() >= 1, "ResNet: in_channels must be >= 1, got ",
               options.in_channels());
@@ -284,47 +286,44 @@ torch::Tensor ExpanderImpl::forward(torch::Tensor y) {
 // ---------------------------------------------------------------------------------------------
 // Factory and the two-branch model
 
-const std::vector<std::string>& encoder_archs() {
-  static const std::vector<std::string> kArchs = {"resnet18", "resnet34", "resnet50", "convnet",
-                                                  "mlp"};
-  return kArchs;
+template <>
+const NameTable<Arch>& name_table<Arch>() {
+  static const NameTable<Arch> t{"--arch",
+                                 {{Arch::ResNet18, "resnet18"},
+                                  {Arch::ResNet34, "resnet34"},
+                                  {Arch::ResNet50, "resnet50"},
+                                  {Arch::ConvNet, "convnet"},
+                                  {Arch::Mlp, "mlp"}}};
+  return t;
 }
 
 Encoder make_encoder(const EncoderConfig& config) {
-  if (config.arch == "mlp") {
+  if (config.arch == Arch::Mlp) {
     if (config.in_features < 1) {
-      throw std::invalid_argument("--arch mlp needs vector data (--dataset npy): no input size");
+      throw UsageError("--arch mlp needs vector data (--dataset npy): no input size");
     }
     return std::make_shared<MLPImpl>(MLPOptions(config.in_features, config.mlp_hidden));
   }
-  if (config.arch != "mlp" && config.in_features > 0 && config.image_size <= 0) {
-    throw std::invalid_argument("--arch " + config.arch +
-                                " needs images; for vector data (.npy) use --arch mlp");
+  if (config.in_features > 0 && config.image_size <= 0) {
+    throw UsageError("--arch " + to_string(config.arch) +
+                     " needs images; for vector data (.npy) use --arch mlp");
   }
-  if (config.arch == "convnet") {
+  if (config.arch == Arch::ConvNet) {
     const int64_t min_side = int64_t{1} << std::max<int64_t>(0, config.stages - 1);
     if (config.stages < 1 || config.stages > 8 || config.image_size < min_side) {
-      throw std::invalid_argument("--arch convnet: " + std::to_string(config.stages) +
-                                  " stages need images of at least " + std::to_string(min_side) +
-                                  " px, got " + std::to_string(config.image_size));
+      throw UsageError("--arch convnet: " + std::to_string(config.stages) +
+                       " stages need images of at least " + std::to_string(min_side) + " px, got " +
+                       std::to_string(config.image_size));
     }
-    return std::make_shared<ConvNetImpl>(ConvNetOptions()
-                                             .in_channels(config.in_channels)
-                                             .width(config.width)
-                                             .stages(config.stages));
+    return std::make_shared<ConvNetImpl>(
+        ConvNetOptions().in_channels(config.in_channels).width(config.width).stages(config.stages));
   }
-  for (const int depth : {18, 34, 50}) {
-    if (config.arch == "resnet" + std::to_string(depth)) {
-      return std::make_shared<ResNetImpl>(ResNetOptions()
-                                              .depth(depth)
-                                              .in_channels(config.in_channels)
-                                              .small_stem(config.image_size <= 64)
-                                              .zero_init_residual(config.zero_init_residual));
-    }
-  }
-  std::ostringstream valid;
-  for (const auto& a : encoder_archs()) valid << (valid.tellp() > 0 ? ", " : "") << a;
-  throw std::invalid_argument("unknown --arch '" + config.arch + "': use one of " + valid.str());
+  const int depth = config.arch == Arch::ResNet18 ? 18 : config.arch == Arch::ResNet34 ? 34 : 50;
+  return std::make_shared<ResNetImpl>(ResNetOptions()
+                                          .depth(depth)
+                                          .in_channels(config.in_channels)
+                                          .small_stem(config.image_size <= 64)
+                                          .zero_init_residual(config.zero_init_residual));
 }
 
 VICRegImpl::VICRegImpl(const VICRegModelConfig& config_) : config(config_) {

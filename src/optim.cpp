@@ -1,5 +1,7 @@
 #include "vicreg/optim.h"
 
+#include "vicreg/error.h"
+
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
 #include <torch/serialize/archive.h>
@@ -77,8 +79,8 @@ torch::Tensor LARS::step(LossClosure closure) {
         // q = eta ||p|| / ||u||, or 1 where either norm is 0; kept on the device (no sync).
         const torch::Tensor p_norm = p.norm(), u_norm = update.norm();
         const torch::Tensor one = torch::ones_like(p_norm);
-        torch::Tensor q = torch::where(
-            p_norm > 0, torch::where(u_norm > 0, o.eta() * p_norm / u_norm, one), one);
+        torch::Tensor q =
+            torch::where(p_norm > 0, torch::where(u_norm > 0, o.eta() * p_norm / u_norm, one), one);
         if (o.clip_lr() && o.lr() > 0) q = torch::clamp_max(q / o.lr(), 1.0);
         update = update * q;
       }
@@ -106,8 +108,8 @@ void LARS::load(torch::serialize::InputArchive& archive) {
   // that a resumed run has the saved lr, momentum, eta, ... whatever it was constructed with.
   torch::serialize::InputArchive groups_archive;
   archive.read("param_groups", groups_archive);
-  std::vector<std::pair<std::vector<std::string>,
-                        std::unique_ptr<torch::optim::OptimizerOptions>>> saved;
+  std::vector<std::pair<std::vector<std::string>, std::unique_ptr<torch::optim::OptimizerOptions>>>
+      saved;
   torch::optim::detail::serialize<LARSOptions>(groups_archive, saved);
   for (size_t i = 0; i < saved.size(); ++i) {
     param_groups_[i].set_options(std::move(saved[i].second));
@@ -136,13 +138,21 @@ double WarmupCosineSchedule::lr_at(int64_t step) const {
     return peak_lr * static_cast<double>(step) / static_cast<double>(warmup_steps);
   }
   const int64_t decay_steps = total_steps - warmup_steps;
-  const double progress =
-      decay_steps > 0 ? std::min(1.0, static_cast<double>(step - warmup_steps) /
-                                          static_cast<double>(decay_steps))
-                      : 1.0;
+  const double progress = decay_steps > 0 ? std::min(1.0, static_cast<double>(step - warmup_steps) /
+                                                              static_cast<double>(decay_steps))
+                                          : 1.0;
   const double q = 0.5 * (1.0 + std::cos(M_PI * progress));
   const double end_lr = peak_lr * end_ratio;
   return peak_lr * q + end_lr * (1.0 - q);
+}
+
+template <>
+const NameTable<OptimizerKind>& name_table<OptimizerKind>() {
+  static const NameTable<OptimizerKind> t{"--optimizer",
+                                          {{OptimizerKind::Lars, "lars"},
+                                           {OptimizerKind::AdamW, "adamw"},
+                                           {OptimizerKind::Sgd, "sgd"}}};
+  return t;
 }
 
 void set_learning_rate(torch::optim::Optimizer& optimizer, double lr) {
@@ -153,15 +163,13 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::vector<torch:
                                                         const OptimizerConfig& c) {
   TORCH_CHECK(c.lr >= 0, "optimizer: lr must be >= 0, got ", c.lr);
   TORCH_CHECK(c.weight_decay >= 0, "optimizer: weight decay must be >= 0, got ", c.weight_decay);
-  if (c.name == "lars") {
+  if (c.kind == OptimizerKind::Lars) {
     return std::make_unique<LARS>(params, LARSOptions(c.lr)
                                               .momentum(c.momentum)
                                               .weight_decay(c.weight_decay)
                                               .eta(c.eta)
                                               .clip_lr(c.clip_lr));
   }
-  TORCH_CHECK(c.name == "adamw" || c.name == "sgd", "unknown optimizer '", c.name,
-              "': expected lars, adamw or sgd");
   std::vector<torch::Tensor> decayed, plain;
   for (const auto& p : params) (p.dim() == 1 ? plain : decayed).push_back(p);
   // Two groups, weight decay on the first only; empty groups are left out.
@@ -177,7 +185,7 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::vector<torch:
     }
     return groups;
   };
-  if (c.name == "adamw") {
+  if (c.kind == OptimizerKind::AdamW) {
     const auto opts = torch::optim::AdamWOptions(c.lr).betas({c.beta1, c.beta2});
     return std::make_unique<torch::optim::AdamW>(grouped(opts), opts);
   }

@@ -1,5 +1,7 @@
 #include "vicreg/runtime.h"
 
+#include "vicreg/error.h"
+
 #include <ATen/Parallel.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
@@ -41,8 +43,8 @@ class CountingCpuAllocator final : public c10::Allocator {
   c10::DataPtr allocate(size_t nbytes) const override {
     auto* base = static_cast<char*>(c10::alloc_cpu(nbytes + kHeader));
     *reinterpret_cast<size_t*>(base) = nbytes;
-    const int64_t now = current_.fetch_add(static_cast<int64_t>(nbytes)) +
-                        static_cast<int64_t>(nbytes);
+    const int64_t now =
+        current_.fetch_add(static_cast<int64_t>(nbytes)) + static_cast<int64_t>(nbytes);
     int64_t peak = peak_.load();
     while (now > peak && !peak_.compare_exchange_weak(peak, now)) {
     }
@@ -71,6 +73,16 @@ CountingCpuAllocator* g_counting = nullptr;
 
 }  // namespace
 
+torch::Device usable_device(const std::string& name) {
+  const torch::Device device(name);
+  if (device.is_cuda() && !torch::cuda::is_available()) {
+    throw UsageError("--device " + name +
+                     ": no CUDA device is available to this LibTorch build (use --device cpu, or "
+                     "build against a CUDA LibTorch)");
+  }
+  return device;
+}
+
 int available_cores() {
   cpu_set_t set;
   CPU_ZERO(&set);
@@ -95,9 +107,10 @@ std::string describe_runtime() {
     s << ", BLAS: " << cfg();
     if (auto par = find_symbol<OpenBlasGetParallel>("openblas_get_parallel")) {
       const int mode = par();
-      s << (mode == 2 ? " (OpenMP threads)" : mode == 1 ? " (pthreads: slow next to LibTorch's "
-                                                          "OpenMP, see the README, BLAS)"
-                                                        : " (single-threaded)");
+      s << (mode == 2   ? " (OpenMP threads)"
+            : mode == 1 ? " (pthreads: slow next to LibTorch's "
+                          "OpenMP, see the README, BLAS)"
+                        : " (single-threaded)");
     }
   }
   s << ", CUDA: ";
@@ -146,8 +159,8 @@ void reset_peak_memory(const torch::Device& device) {
   }
 #ifdef VICREG_WITH_CUDA
   if (device.is_cuda()) {
-    c10::cuda::CUDACachingAllocator::resetPeakStats(device.has_index() ? device.index()
-                                                                        : c10::cuda::current_device());
+    c10::cuda::CUDACachingAllocator::resetPeakStats(
+        device.has_index() ? device.index() : c10::cuda::current_device());
     return;
   }
 #endif

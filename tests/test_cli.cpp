@@ -1,14 +1,14 @@
 // The vicreg CLI, run as a user runs it: exit codes, output, files, and every rejected argument.
 #include "vicreg/data.h"
 
-#include "free_port.h"
-#include "synthetic_data.h"
-#include "temp_dir.h"
+#include "support/free_port.h"
+#include "support/synthetic_data.h"
+#include "support/temp_dir.h"
 
 #include <gtest/gtest.h>
+#include <torch/cuda.h>
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
-#include <torch/cuda.h>
 
 #include <signal.h>
 #include <sys/wait.h>
@@ -60,7 +60,6 @@ class Cli : public vicreg::testing::TempDirTest {
     r.err = slurp(err);
     return r;
   }
-
 };
 
 TEST_F(Cli, HelpListsTheSubcommands) {
@@ -92,8 +91,10 @@ TEST_F(Cli, RejectsMissingSubcommandAndUnknownFlags) {
 
 TEST_F(Cli, BenchLossWritesTableAndJson) {
   const fs::path json = dir_ / "bench.json";
-  const Result r = run("bench-loss --threads 1 --shapes 16x96,96x16 --min-time 0 --preset paper "
-                       "--json " + json.string());
+  const Result r =
+      run("bench-loss --threads 1 --shapes 16x96,96x16 --min-time 0 --preset paper "
+          "--json " +
+          json.string());
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("1 intra-op thread"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("paper preset"), std::string::npos) << r.out;
@@ -117,7 +118,8 @@ TEST_F(Cli, BenchLossWritesTableAndJson) {
 TEST_F(Cli, BenchLossWithoutReference) {
   for (const char* dtype : {"double", "half", "bfloat16"}) {
     const Result r = run(std::string("bench-loss --threads 1 --shapes 8x32 --min-time 0 "
-                                     "--no-reference --dtype ") + dtype);
+                                     "--no-reference --dtype ") +
+                         dtype);
     ASSERT_EQ(r.code, 0) << r.err;
     EXPECT_NE(r.out.find(std::string(dtype) + " on cpu"), std::string::npos) << r.out;
   }
@@ -145,7 +147,8 @@ TEST_F(Cli, BenchLossRejectsBadArguments) {
     const Result r = run(c.args);
     EXPECT_NE(r.code, 0) << c.args;
     EXPECT_NE(r.err.find(c.message), std::string::npos)
-        << c.args << ": expected '" << c.message << "' in stderr:\n" << r.err;
+        << c.args << ": expected '" << c.message << "' in stderr:\n"
+        << r.err;
   }
   if (!torch::cuda::is_available()) {
     const Result r = run("bench-loss --device cuda --shapes 4x4");
@@ -167,19 +170,20 @@ class CliTrain : public Cli {
   std::string small(const std::string& exp, const std::string& extra = "") {
     return "train --dataset mnist --data-dir " + (dir_ / "data").string() +
            " --image-size 16 --width 8 --stages 3 --mlp 32-32 --batch-size 16 --epochs 2 "
-           "--threads 1 --workers 1 --log-every 3 --exp-dir " + (dir_ / exp).string() + " " +
-           extra;
+           "--threads 1 --workers 1 --log-every 3 --exp-dir " +
+           (dir_ / exp).string() + " " + extra;
   }
 };
 
 TEST_F(CliTrain, HelpNamesTheReferenceFlags) {
   const Result r = run("train --help");
   ASSERT_EQ(r.code, 0);
-  for (const char* flag : {"--arch", "--mlp", "--epochs", "--batch-size", "--base-lr", "--wd",
-                           "--sim-coeff", "--std-coeff", "--cov-coeff", "--exp-dir", "--dataset",
-                           "--data-dir", "--recipe", "--optimizer", "--loss-preset", "--device",
-                           "--threads", "--workers", "--seed", "--config", "--resume",
-                           "--max-steps", "--no-shared-weights"}) {
+  for (const char* flag :
+       {"--arch",    "--mlp",       "--epochs",           "--batch-size", "--base-lr",
+        "--wd",      "--sim-coeff", "--std-coeff",        "--cov-coeff",  "--exp-dir",
+        "--dataset", "--data-dir",  "--recipe",           "--optimizer",  "--loss-preset",
+        "--device",  "--threads",   "--workers",          "--seed",       "--config",
+        "--resume",  "--max-steps", "--no-shared-weights"}) {
     EXPECT_NE(r.out.find(flag), std::string::npos) << flag;
   }
 }
@@ -190,9 +194,10 @@ TEST_F(CliTrain, TrainsWritesTheExperimentDirAndResumes) {
   EXPECT_NE(r.err.find("step 3/12"), std::string::npos) << r.err;  // plain log lines
   EXPECT_NE(r.err.find("stopped (--max-steps) at step 4/12"), std::string::npos) << r.err;
   const auto config = nlohmann::json::parse(slurp(dir_ / "exp" / "config.json"));
-  EXPECT_EQ(config["mlp"], "32-32");
-  EXPECT_EQ(config["batch_size"], 16);
-  EXPECT_EQ(config["max_steps"], 4);
+  // config.json holds the tree of sections (run/config.h).
+  EXPECT_EQ(config["model"]["mlp"], "32-32");
+  EXPECT_EQ(config["optim"]["batch_size"], 16);
+  EXPECT_EQ(config["runtime"]["max_steps"], 4);
   // The same command without --max-steps continues from the checkpoint to the end.
   r = run(small("exp", "--progress plain"));
   ASSERT_EQ(r.code, 0) << r.err;
@@ -210,9 +215,9 @@ TEST_F(CliTrain, ConfigFileWithFlagOverrides) {
   const Result r = run(small("cfg", "--config " + (dir_ / "c.json").string() + " --seed 9"));
   ASSERT_EQ(r.code, 0) << r.err;
   const auto config = nlohmann::json::parse(slurp(dir_ / "cfg" / "config.json"));
-  EXPECT_EQ(config["seed"], 9);      // the flag wins
-  EXPECT_EQ(config["wd"], 0.0001);   // from the file
-  EXPECT_EQ(config["mlp"], "32-32"); // small() passes --mlp, which wins over the file
+  EXPECT_EQ(config["seed"], 9);                // the flag wins
+  EXPECT_EQ(config["optim"]["wd"], 0.0001);    // from the file
+  EXPECT_EQ(config["model"]["mlp"], "32-32");  // small() passes --mlp, which wins over the file
   // A run's own config.json is a valid --config.
   const Result again = run("train --config " + (dir_ / "cfg" / "config.json").string() +
                            " --exp-dir " + (dir_ / "cfg2").string() + " --max-steps 1");
@@ -272,7 +277,7 @@ TEST_F(CliTrain, RejectsBadInput) {
       {small("i", "--recipe simclr"), "unknown --recipe 'simclr'"},
       {small("j", "--loss-preset solo"), "solo"},
       {small("k", "--device cuda:0"), torch::cuda::is_available() ? "" : "no CUDA device"},
-      {small("l", "--config /nonexistent.json"), "cannot read '/nonexistent.json'"},
+      {small("l", "--config /nonexistent.json"), "--config file '/nonexistent.json': no such file"},
       {small("m", "--arch-b resnet18"), "--arch-b needs --no-shared-weights"},
       {small("n", "--resume /nonexistent/checkpoint.pt"), "no such file"},
   };
@@ -281,7 +286,8 @@ TEST_F(CliTrain, RejectsBadInput) {
     const Result r = run(c.args);
     EXPECT_NE(r.code, 0) << c.args;
     EXPECT_NE(r.err.find(c.message), std::string::npos)
-        << c.args << ": expected '" << c.message << "' in stderr:\n" << r.err;
+        << c.args << ": expected '" << c.message << "' in stderr:\n"
+        << r.err;
   }
   std::ofstream(dir_ / "bad.json") << R"({"epochs": 2, "nope": 1})";
   const Result r = run(small("o", "--config " + (dir_ / "bad.json").string()));
@@ -333,8 +339,9 @@ TEST_F(CliTrain, EvalAndEmbedATrainedBackbone) {
   EXPECT_EQ(vicreg::read_npy(lab.string())[7].item<int64_t>(), 7);
 
   for (const std::string& args :
-       {std::string("eval --backbone /nonexistent/backbone.pt"), "eval --protocol svm --backbone " + backbone,
-        "embed --backbone " + backbone, "eval --k 0 --backbone " + backbone}) {
+       {std::string("eval --backbone /nonexistent/backbone.pt"),
+        "eval --protocol svm --backbone " + backbone, "embed --backbone " + backbone,
+        "eval --k 0 --backbone " + backbone}) {
     const Result bad = run(args);
     EXPECT_NE(bad.code, 0) << args;
   }
@@ -379,8 +386,8 @@ TEST_F(CliTrain, EvalCheckpointEmbeddingFinetuneAndBaselines) {
                    knn_checkpoint);
 
   // Fine-tuning on a class-balanced tenth: 10 classes x round(0.1 * 9.6) = 10 samples.
-  std::tie(r, doc) = eval("--protocol finetune --label-fraction 0.1 --epochs 2 --backbone " +
-                          backbone);
+  std::tie(r, doc) =
+      eval("--protocol finetune --label-fraction 0.1 --epochs 2 --backbone " + backbone);
   EXPECT_EQ(doc["protocol"], "finetune");
   EXPECT_EQ(doc["train_samples"], 10);
   EXPECT_EQ(doc["settings"]["label_fraction"], 0.1);
@@ -403,8 +410,10 @@ TEST_F(CliTrain, EvalCheckpointEmbeddingFinetuneAndBaselines) {
 
   // embed --embedding writes the expander's output.
   const fs::path emb = dir_ / "z.npy";
-  ASSERT_EQ(run("embed --threads 1 --embedding --checkpoint " + checkpoint + " --out " +
-                emb.string()).code, 0);
+  ASSERT_EQ(
+      run("embed --threads 1 --embedding --checkpoint " + checkpoint + " --out " + emb.string())
+          .code,
+      0);
   EXPECT_EQ(vicreg::read_npy(emb.string()).sizes(), (std::vector<int64_t>{50, 32}));
 
   // Impossible combinations say what to do instead.
@@ -414,8 +423,9 @@ TEST_F(CliTrain, EvalCheckpointEmbeddingFinetuneAndBaselines) {
       {"eval --embedding --backbone " + backbone, "--embedding needs the expander"},
       {"eval --backbone " + backbone + " --checkpoint " + checkpoint, "exactly one of"},
       {"eval --protocol knn", "exactly one of"},
-      {"eval --baseline pixels --config /nonexistent.json", "cannot read"},
-      {"eval --backbone " + backbone + config, "--config applies to --baseline and --init-backbone only"},
+      {"eval --baseline pixels --config /nonexistent.json", "'/nonexistent.json': no such file"},
+      {"eval --backbone " + backbone + config,
+       "--config applies to --baseline and --init-backbone only"},
       {"eval --protocol finetune --embedding --checkpoint " + checkpoint, "fixed embeddings"},
       {"eval --protocol finetune --label-fraction 0 --backbone " + backbone, "label-fraction"},
       {"eval --protocol finetune --label-fraction 1.5 --backbone " + backbone, "label-fraction"},
@@ -457,7 +467,8 @@ TEST_F(CliTrain, ExportsSafetensorsAndStartsFromThem) {
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.err.find("backbone initialised from " + out + ": 36 tensors"), std::string::npos)
       << r.err;
-  EXPECT_EQ(nlohmann::json::parse(slurp(dir_ / "init" / "config.json"))["init_backbone"], out);
+  EXPECT_EQ(nlohmann::json::parse(slurp(dir_ / "init" / "config.json"))["model"]["init_backbone"],
+            out);
   r = run(small("init", "--max-steps 2 --progress none --init-backbone " + backbone));
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.err.find("backbone initialised"), std::string::npos) << r.err;
@@ -472,7 +483,8 @@ TEST_F(CliTrain, ExportsSafetensorsAndStartsFromThem) {
        "exactly one of --checkpoint"},
       {"export --backbone " + backbone + " --out " + backbone, "is the file being exported"},
       {"export --backbone /nonexistent.pt --out " + out, "no such file"},
-      {"export --backbone " + backbone + " --out /nonexistent/dir/x.safetensors", "cannot create"},
+      {"export --backbone " + backbone + " --out /nonexistent/dir/x.safetensors",
+       "cannot write '/nonexistent/dir/x.safetensors'"},
       {small("bad1", "--init-backbone /nonexistent.safetensors"), "no such file"},
       {small("bad2", "--init-backbone " + (dir_ / "junk.safetensors").string()),
        "does not fit in the file"},
@@ -499,7 +511,9 @@ TEST_F(CliTrain, ReportRendersInHeadlessChromium) {
   ASSERT_EQ(run(small("rep", "--eval-every 1 --progress none")).code, 0);
   const fs::path exp = dir_ / "rep";
   ASSERT_EQ(run("eval --threads 1 --protocol knn --checkpoint " + (exp / "checkpoint.pt").string() +
-                " --json " + (exp / "knn.json").string()).code, 0);
+                " --json " + (exp / "knn.json").string())
+                .code,
+            0);
   Result r = run("report --threads 1 --exp-dir " + exp.string());
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("8 charts"), std::string::npos) << r.out;
@@ -518,7 +532,8 @@ TEST_F(CliTrain, ReportRendersInHeadlessChromium) {
   if (chromium.empty()) GTEST_SKIP() << "chromium not installed (scripts/setup.sh installs it)";
   const std::string browser = "timeout 120 " + chromium +
                               " --headless --no-sandbox --disable-gpu --hide-scrollbars "
-                              "--user-data-dir=" + (dir_ / "chromium").string() + " ";
+                              "--user-data-dir=" +
+                              (dir_ / "chromium").string() + " ";
   // The DOM after layout: the page's render check has counted what each chart drew.
   r = shell(browser + "--dump-dom file://" + html.string());
   ASSERT_EQ(r.code, 0) << r.err;
@@ -526,8 +541,7 @@ TEST_F(CliTrain, ReportRendersInHeadlessChromium) {
   ASSERT_TRUE(std::regex_search(r.out, m, std::regex("rendered: ([^<]*)"))) << r.out.substr(0, 500);
   const std::string rendered = m[1].str();
   for (const char* expected : {"chart-loss=1", "chart-terms=3", "chart-lr=1", "chart-std=2",
-                               "chart-rankme=2", "chart-knn=2", "chart-std-hist=30",
-                               "images=90"}) {
+                               "chart-rankme=2", "chart-knn=2", "chart-std-hist=30", "images=90"}) {
     EXPECT_NE((" " + rendered + " ").find(std::string(" ") + expected + " "), std::string::npos)
         << expected << " not in: " << rendered;
   }
@@ -573,8 +587,8 @@ class CliDistributed : public CliTrain {
   /// torchrun's variables for rank `rank` of `world` on loopback, as a shell prefix.
   static std::string env(int rank, int world, int port) {
     return "RANK=" + std::to_string(rank) + " LOCAL_RANK=" + std::to_string(rank) +
-           " WORLD_SIZE=" + std::to_string(world) + " MASTER_ADDR=127.0.0.1 MASTER_PORT=" +
-           std::to_string(port) + " ";
+           " WORLD_SIZE=" + std::to_string(world) +
+           " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " ";
   }
   /// Starts `command` (environment assignments first, as `env` takes them) in the background
   /// with stderr to `err`; returns its pid.
@@ -634,19 +648,24 @@ TEST_F(CliDistributed, TwoProcessesTrainLikeOneAndResumeWithAnyCount) {
   if (!torchrun.empty()) {
     // --no_python: torch 1.13's spelling (Debian 12), which later versions accept too;
     // --redirects 2 --tee 2: Debian 12's torchrun crashes without them (README).
-    r = shell(torchrun + " --no_python --redirects 2 --tee 2 --nproc_per_node=2 --master_addr=127.0.0.1 --master_port=" +
+    r = shell(torchrun +
+              " --no_python --redirects 2 --tee 2 --nproc_per_node=2 --master_addr=127.0.0.1 "
+              "--master_port=" +
               std::to_string(vicreg::testing::free_port()) + " " + VICREG_CLI + " " + two);
     ASSERT_EQ(r.code, 0) << r.err;
     EXPECT_NE(r.err.find("2 processes (gloo), global batch 16 = 2 x 8, BatchNorm synchronised"),
-              std::string::npos) << r.err;
+              std::string::npos)
+        << r.err;
   } else {
     const auto codes = run_ranks(2, two);
-    ASSERT_EQ(codes, (std::vector<int>{0, 0})) << slurp(dir_ / "rank0.err") << slurp(dir_ / "rank1.err");
+    ASSERT_EQ(codes, (std::vector<int>{0, 0}))
+        << slurp(dir_ / "rank0.err") << slurp(dir_ / "rank1.err");
   }
   // Rank 0 alone wrote the metrics: one line per step, the losses of the one-process run.
   std::vector<double> got = losses(dir_ / "two" / "metrics.jsonl");
   ASSERT_EQ(got.size(), 4u);
-  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], one[i], 1e-4 * one[i]) << "step " << i + 1;
+  for (size_t i = 0; i < got.size(); ++i)
+    EXPECT_NEAR(got[i], one[i], 1e-4 * one[i]) << "step " << i + 1;
   ASSERT_TRUE(fs::exists(dir_ / "two" / "checkpoint.pt"));
 
   // The 2-process checkpoint resumes in one process ...
@@ -655,10 +674,12 @@ TEST_F(CliDistributed, TwoProcessesTrainLikeOneAndResumeWithAnyCount) {
   EXPECT_NE(r.err.find("resuming at step 4"), std::string::npos) << r.err;
   // ... and that one again in two, started by hand with torchrun's variables.
   const auto codes = run_ranks(2, small("two", "--max-steps 6 --log-every 1"));
-  ASSERT_EQ(codes, (std::vector<int>{0, 0})) << slurp(dir_ / "rank0.err") << slurp(dir_ / "rank1.err");
+  ASSERT_EQ(codes, (std::vector<int>{0, 0}))
+      << slurp(dir_ / "rank0.err") << slurp(dir_ / "rank1.err");
   got = losses(dir_ / "two" / "metrics.jsonl");
   ASSERT_EQ(got.size(), 6u);
-  for (size_t i = 4; i < got.size(); ++i) EXPECT_NEAR(got[i], one[i], 1e-4 * one[i]) << "step " << i + 1;
+  for (size_t i = 4; i < got.size(); ++i)
+    EXPECT_NEAR(got[i], one[i], 1e-4 * one[i]) << "step " << i + 1;
   EXPECT_TRUE(fs::exists(dir_ / "two" / "backbone.pt"));
 }
 
@@ -723,8 +744,8 @@ TEST_F(CliDistributed, BadEnvironmentsFailBeforeAnyWork) {
       {env(0, 2, port) + cli + " --batch-size 15", "not divisible by WORLD_SIZE=2"},
       {env(0, 2, port) + cli + " --dist-backend nccl", "--dist-backend nccl"},
       {env(0, 2, port) + cli + " --dist-backend mpi", "unknown --dist-backend 'mpi'"},
-      {env(1, 2, port) + cli, "cannot reach the rendezvous store at 127.0.0.1:" +
-                                  std::to_string(port) + " within 2 s"},
+      {env(1, 2, port) + cli,
+       "cannot reach the rendezvous store at 127.0.0.1:" + std::to_string(port) + " within 2 s"},
       {env(0, 2, port) + cli, "process group did not form within 2 s"},
   };
   for (const Case& c : cases) {
@@ -732,7 +753,8 @@ TEST_F(CliDistributed, BadEnvironmentsFailBeforeAnyWork) {
     const Result r = shell(c.command);
     EXPECT_EQ(r.code, 1) << c.command;
     EXPECT_NE(r.err.find(c.message), std::string::npos)
-        << c.command << ": expected '" << c.message << "' in stderr:\n" << r.err;
+        << c.command << ": expected '" << c.message << "' in stderr:\n"
+        << r.err;
     EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 20.0)
         << c.command;
   }

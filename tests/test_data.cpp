@@ -3,13 +3,13 @@
 // dataset-fashion-mnist is installed.
 #include "vicreg/data.h"
 
-#include "temp_dir.h"
+#include "support/temp_dir.h"
 
 #include <gtest/gtest.h>
-#include <opencv2/core.hpp>
-#include <opencv2/imgcodecs.hpp>
 #include <torch/torch.h>
 #include <zlib.h>
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
 
 #include <cstdlib>
 #include <filesystem>
@@ -64,7 +64,6 @@ class Idx : public vicreg::testing::TempDirTest {
       EXPECT_NE(msg.find(path), std::string::npos) << "the message must name the file: " << msg;
     }
   }
-
 };
 
 // Three 2x3 images with pixel value 10 * image + position.
@@ -98,7 +97,8 @@ TEST_F(Idx, RejectsCorruptFiles) {
   expect_error(write("header", Bytes{0, 0, 8, 3, 0, 0, 0, 3, 0, 0}), "truncated in its header");
   Bytes short_body = idx({3, 2, 3}, kPixels);
   short_body.resize(short_body.size() - 5);
-  expect_error(write("body", short_body), "the header declares 18 bytes of data, the file holds 13");
+  expect_error(write("body", short_body),
+               "the header declares 18 bytes of data, the file holds 13");
   expect_error(write("body.gz", short_body, true), "truncated");
   Bytes trailing = idx({3}, {1, 2, 3});
   trailing.push_back(0);
@@ -118,8 +118,9 @@ TEST_F(Idx, RejectsMismatchedSplits) {
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("3 images but labels"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(vicreg::read_idx_split(write("flat", idx({18}, kPixels)), write("l", idx({18}, kPixels))),
-               std::runtime_error);
+  EXPECT_THROW(
+      vicreg::read_idx_split(write("flat", idx({18}, kPixels)), write("l", idx({18}, kPixels))),
+      std::runtime_error);
   EXPECT_THROW(vicreg::read_idx_split(images, images), std::runtime_error);  // 3-D labels
 }
 
@@ -128,8 +129,8 @@ TEST(FashionMnist, RealTestSplit) {
   if (!fs::exists(dir + "t10k-images-idx3-ubyte.gz")) {
     GTEST_SKIP() << "dataset-fashion-mnist is not installed";
   }
-  const auto split = vicreg::read_idx_split(dir + "t10k-images-idx3-ubyte.gz",
-                                            dir + "t10k-labels-idx1-ubyte.gz");
+  const auto split =
+      vicreg::read_idx_split(dir + "t10k-images-idx3-ubyte.gz", dir + "t10k-labels-idx1-ubyte.gz");
   EXPECT_EQ(split.images.sizes(), (std::vector<int64_t>{10000, 1, 28, 28}));
   // Fashion-MNIST's test split has exactly 1000 images of each of its 10 classes.
   const auto counts = torch::bincount(split.labels);
@@ -182,7 +183,8 @@ TEST_F(Readers, CifarBinaryBatches) {
 // .npy
 
 TEST_F(Readers, NpyRoundTripsEveryDtype) {
-  for (const auto dtype : {torch::kFloat, torch::kDouble, torch::kLong, torch::kInt, torch::kUInt8}) {
+  for (const auto dtype :
+       {torch::kFloat, torch::kDouble, torch::kLong, torch::kInt, torch::kUInt8}) {
     const auto t = (torch::arange(12) * 7 % 11).to(dtype).reshape({3, 4});
     const std::string path = (dir_ / "a.npy").string();
     vicreg::write_npy(path, t);
@@ -210,12 +212,11 @@ std::string npy_bytes(const std::string& header_dict, const std::string& data) {
 TEST_F(Readers, NpyFortranOrderAndCorruptFiles) {
   // numpy writes a Fortran-ordered [2, 3] array column by column.
   const float col_major[6] = {1, 4, 2, 5, 3, 6};
-  const std::string f_path = write(
-      "f.npy", [&] {
-        const std::string s = npy_bytes("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }",
-                                        std::string(reinterpret_cast<const char*>(col_major), 24));
-        return Bytes(s.begin(), s.end());
-      }());
+  const std::string f_path = write("f.npy", [&] {
+    const std::string s = npy_bytes("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }",
+                                    std::string(reinterpret_cast<const char*>(col_major), 24));
+    return Bytes(s.begin(), s.end());
+  }());
   const auto f = vicreg::read_npy(f_path);
   EXPECT_TRUE(torch::equal(f, torch::arange(1, 7, torch::kFloat).reshape({2, 3})));
 
@@ -311,7 +312,7 @@ TEST_F(Readers, LoadDatasetByName) {
   write("train-images-idx3-ubyte.gz", idx({3, 2, 3}, kPixels), true);
   write("train-labels-idx1-ubyte", idx({3}, {1, 2, 3}));
   vicreg::DatasetConfig c;
-  c.name = "mnist";
+  c.dataset = vicreg::DatasetKind::Mnist;
   c.data_dir = dir_.string();
   const auto d = vicreg::load_dataset(c);
   EXPECT_EQ(d.size(), 3);
@@ -321,17 +322,18 @@ TEST_F(Readers, LoadDatasetByName) {
   EXPECT_EQ(m.at<uint8_t>(0, 2), 12);
   EXPECT_EQ(m.at<uint8_t>(1, 2), 15);
   EXPECT_EQ(d.classes.size(), 10u);
-  c.name = "fashion-mnist";
+  c.dataset = vicreg::DatasetKind::FashionMnist;
   EXPECT_EQ(vicreg::load_dataset(c).classes.at(9), "Ankle boot");
-  c.name = "mnist";
-  c.split = "test";
-  expect_error_from([&] { vicreg::load_dataset(c); },
-                    (dir_ / "t10k-images-idx3-ubyte.gz").string(), "no such file");
+  c.dataset = vicreg::DatasetKind::Mnist;
+  c.split = vicreg::Split::Test;
+  expect_error_from([&] { vicreg::load_dataset(c); }, (dir_ / "t10k-images-idx3-ubyte.gz").string(),
+                    "no such file");
 
   // CIFAR-10 in HWC order.
-  for (int i = 1; i <= 5; ++i) write("data_batch_" + std::to_string(i) + ".bin", cifar_records(2, 1, 0));
+  for (int i = 1; i <= 5; ++i)
+    write("data_batch_" + std::to_string(i) + ".bin", cifar_records(2, 1, 0));
   c = {};
-  c.name = "cifar10";
+  c.dataset = vicreg::DatasetKind::Cifar10;
   c.data_dir = dir_.string();
   const auto cifar = vicreg::load_dataset(c);
   EXPECT_EQ(cifar.size(), 10);
@@ -341,7 +343,7 @@ TEST_F(Readers, LoadDatasetByName) {
   vicreg::write_npy((dir_ / "train.npy").string(), torch::randn({7, 4}, torch::kDouble));
   vicreg::write_npy((dir_ / "train_labels.npy").string(), torch::arange(7, torch::kInt));
   c = {};
-  c.name = "npy";
+  c.dataset = vicreg::DatasetKind::Npy;
   c.data_dir = dir_.string();
   const auto vec = vicreg::load_dataset(c);
   EXPECT_TRUE(vec.is_vector());
@@ -359,18 +361,17 @@ TEST_F(Readers, LoadDatasetByName) {
   write_png(dir_ / "imgs" / "train" / "a" / "1.png", 50);
   write_png(dir_ / "imgs" / "train" / "b" / "2.png", 60);
   c = {};
-  c.name = "image-folder";
+  c.dataset = vicreg::DatasetKind::ImageFolder;
   c.data_dir = (dir_ / "imgs").string();
   const auto folder = vicreg::load_dataset(c);
   EXPECT_EQ(folder.size(), 2);
   EXPECT_EQ(folder.classes.size(), 2u);
   EXPECT_EQ(folder.image(1).at<cv::Vec3b>(0, 0), cv::Vec3b(0, 30, 60));
 
-  c.name = "imagenet21k";
-  EXPECT_THROW(vicreg::load_dataset(c), std::invalid_argument);
-  c.name = "cifar100";
+  EXPECT_THROW(vicreg::parse_name<vicreg::DatasetKind>("imagenet21k"), vicreg::UsageError);
+  c.dataset = vicreg::DatasetKind::Cifar100;
   c.data_dir = "";
-  EXPECT_THROW(vicreg::load_dataset(c), std::invalid_argument);  // needs --data-dir
+  EXPECT_THROW(vicreg::load_dataset(c), vicreg::UsageError);  // needs --data-dir
 }
 
 }  // namespace

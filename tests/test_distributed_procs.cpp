@@ -9,8 +9,8 @@
 #include "vicreg/loss.h"
 #include "vicreg/models.h"
 
-#include "free_port.h"
-#include "temp_dir.h"
+#include "support/free_port.h"
+#include "support/temp_dir.h"
 
 #include <gtest/gtest.h>
 #include <torch/serialize.h>
@@ -48,8 +48,8 @@ Named loss_outcome(const std::shared_ptr<vicreg::ProcessGroup>& group) {
     const int64_t rows = n / world;
     const Tensor za = za_all.narrow(0, rank * rows, rows).clone().requires_grad_(true);
     const Tensor zb = zb_all.narrow(0, rank * rows, rows).clone().requires_grad_(true);
-    const auto t = group ? vicreg::vicreg_loss_sharded(za, zb, *group)
-                         : vicreg::vicreg_loss(za, zb);
+    const auto t =
+        group ? vicreg::vicreg_loss_sharded(za, zb, *group) : vicreg::vicreg_loss(za, zb);
     t.total.backward();
     const std::string k = std::to_string(n) + "x" + std::to_string(d) + "/";
     out[k + "total"] = t.total.detach();
@@ -68,7 +68,7 @@ Named loss_outcome(const std::shared_ptr<vicreg::ProcessGroup>& group) {
 Named step_outcome(const std::shared_ptr<vicreg::ProcessGroup>& group) {
   const int rank = group ? group->rank() : 0, world = group ? group->world_size() : 1;
   vicreg::VICRegModelConfig mc;
-  mc.encoder.arch = "convnet";
+  mc.encoder.arch = vicreg::Arch::ConvNet;
   mc.encoder.in_channels = 1;
   mc.encoder.image_size = 12;
   mc.encoder.width = 4;
@@ -88,8 +88,8 @@ Named step_outcome(const std::shared_ptr<vicreg::ProcessGroup>& group) {
     const Tensor xa_all = torch::randn({n, 1, 12, 12});
     const Tensor xb_all = xa_all + 0.3 * torch::randn({n, 1, 12, 12});
     const int64_t rows = n / world;
-    const auto o = model->forward(xa_all.narrow(0, rank * rows, rows),
-                                  xb_all.narrow(0, rank * rows, rows));
+    const auto o =
+        model->forward(xa_all.narrow(0, rank * rows, rows), xb_all.narrow(0, rank * rows, rows));
     const auto t = group ? vicreg::vicreg_loss_sharded(o.z_a, o.z_b, *group)
                          : vicreg::vicreg_loss(o.z_a, o.z_b);
     sgd.zero_grad();
@@ -101,11 +101,13 @@ Named step_outcome(const std::shared_ptr<vicreg::ProcessGroup>& group) {
     out[k + "variance"] = t.variance.detach();
     out[k + "covariance"] = t.covariance.detach();
     if (step + 1 == kSteps) {
-      for (const auto& p : model->named_parameters()) out["grad/" + p.key()] = p.value().grad().clone();
+      for (const auto& p : model->named_parameters())
+        out["grad/" + p.key()] = p.value().grad().clone();
     }
     sgd.step();
   }
-  for (const auto& p : model->named_parameters()) out["param/" + p.key()] = p.value().detach().clone();
+  for (const auto& p : model->named_parameters())
+    out["param/" + p.key()] = p.value().detach().clone();
   for (const auto& b : model->named_buffers()) out["buffer/" + b.key()] = b.value().clone();
   return out;
 }
@@ -233,8 +235,9 @@ int main(int argc, char** argv) {
   if (const char* mode = std::getenv("VICREG_TEST_WORKER")) {
     try {
       torch::set_num_threads(1);
-      auto group = vicreg::init_process_group(vicreg::read_distributed_env(),
-                                              {"gloo", std::chrono::seconds(60), torch::kCPU});
+      auto group = vicreg::init_process_group(
+          vicreg::read_distributed_env(),
+          {vicreg::DistBackend::Gloo, std::chrono::seconds(60), torch::kCPU});
       save(outcome(mode, group), std::getenv("VICREG_TEST_OUT"));
       group->barrier();
       return 0;

@@ -8,9 +8,8 @@ namespace {
 
 TEST(Evaluate, AccuracyTop1AndTop5) {
   // Three samples, six classes; the true class ranks 1st, 3rd and 6th.
-  const auto scores = torch::tensor({{9., 1., 2., 3., 4., 5.},
-                                     {1., 9., 8., 3., 0., 0.},
-                                     {6., 5., 4., 3., 2., 1.}});
+  const auto scores =
+      torch::tensor({{9., 1., 2., 3., 4., 5.}, {1., 9., 8., 3., 0., 0.}, {6., 5., 4., 3., 2., 1.}});
   const auto labels = torch::tensor({0, 3, 5}, torch::kLong);
   const auto a = vicreg::accuracy(scores, labels);
   EXPECT_NEAR(a.top1, 1.0 / 3, 1e-12);
@@ -102,8 +101,9 @@ TEST(Evaluate, CollapseStatsMatchTheDefinitions) {
   EXPECT_NEAR(s.covariance, 0.0, 1e-14);
   EXPECT_NEAR(s.std_min, 1.0, 1e-12);
   // A collapsed dimension shows as std_min 0.
-  EXPECT_NEAR(vicreg::collapse_stats(torch::cat({h, torch::ones({4, 1}, torch::kDouble)}, 1)).std_min,
-              0.0, 1e-14);
+  EXPECT_NEAR(
+      vicreg::collapse_stats(torch::cat({h, torch::ones({4, 1}, torch::kDouble)}, 1)).std_min, 0.0,
+      1e-14);
   EXPECT_THROW(vicreg::collapse_stats(torch::ones({1, 3})), c10::Error);
 }
 

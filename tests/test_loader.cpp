@@ -115,29 +115,30 @@ TEST(Loader, ShardsSplitEveryGlobalBatchWithoutOverlap) {
   try {
     vicreg::TwoViewLoader l(data, fmnist(), bad);
     ADD_FAILURE() << "no error";
-  } catch (const std::invalid_argument& e) {
+  } catch (const vicreg::UsageError& e) {
     EXPECT_NE(std::string(e.what()).find("not divisible by the 3 processes"), std::string::npos)
         << e.what();
   }
   bad.shard_count = 2;
   bad.shard_rank = 2;
-  EXPECT_THROW(vicreg::TwoViewLoader(data, fmnist(), bad), std::invalid_argument);
+  EXPECT_THROW(vicreg::TwoViewLoader(data, fmnist(), bad), vicreg::UsageError);
 }
 
 TEST(Loader, RejectsImpossibleOptions) {
   auto data = images(10);
-  EXPECT_THROW(vicreg::TwoViewLoader(data, fmnist(), {1, 1, 1, 0}), std::invalid_argument);
-  EXPECT_THROW(vicreg::TwoViewLoader(data, fmnist(), {11, 1, 1, 0}), std::invalid_argument);
-  EXPECT_THROW(vicreg::TwoViewLoader(data, fmnist(), {4, 0, 1, 0}), std::invalid_argument);
+  EXPECT_THROW(vicreg::TwoViewLoader(data, fmnist(), {1, 1, 1, 0}), vicreg::UsageError);
+  EXPECT_THROW(vicreg::TwoViewLoader(data, fmnist(), {11, 1, 1, 0}), vicreg::UsageError);
+  EXPECT_THROW(vicreg::TwoViewLoader(data, fmnist(), {4, 0, 1, 0}), vicreg::UsageError);
   auto rgb = images(10, 12, 3);
   // make_recipe sizes the statistics for the data's channels; a 1-channel recipe on RGB data fails.
-  EXPECT_NO_THROW(vicreg::TwoViewLoader(rgb, std::make_shared<vicreg::ImageTwoViewTransform>(
-                                                 vicreg::make_recipe("fashion-mnist", 3, 12)),
-                                        {4, 1, 1, 0}));
-  EXPECT_THROW(vicreg::TwoViewLoader(rgb, fmnist(), {4, 1, 1, 0}), std::invalid_argument);
+  EXPECT_NO_THROW(vicreg::TwoViewLoader(
+      rgb,
+      std::make_shared<vicreg::ImageTwoViewTransform>(vicreg::make_recipe("fashion-mnist", 3, 12)),
+      {4, 1, 1, 0}));
+  EXPECT_THROW(vicreg::TwoViewLoader(rgb, fmnist(), {4, 1, 1, 0}), vicreg::UsageError);
   auto vectors = std::make_shared<vicreg::Dataset>();
   vectors->vectors = torch::randn({10, 3});
-  EXPECT_THROW(vicreg::TwoViewLoader(vectors, fmnist(), {4, 1, 1, 0}), std::invalid_argument);
+  EXPECT_THROW(vicreg::TwoViewLoader(vectors, fmnist(), {4, 1, 1, 0}), vicreg::UsageError);
 }
 
 TEST(Loader, ForwardsAWorkersError) {
@@ -145,9 +146,9 @@ TEST(Loader, ForwardsAWorkersError) {
   data->name = "files";
   data->channels = 3;
   data->files = {"/nonexistent/a.png", "/nonexistent/b.png"};
-  vicreg::TwoViewLoader loader(data, std::make_shared<vicreg::ImageTwoViewTransform>(
-                                         vicreg::make_recipe("cifar", 3)),
-                               {2, 2, 2, 0});
+  vicreg::TwoViewLoader loader(
+      data, std::make_shared<vicreg::ImageTwoViewTransform>(vicreg::make_recipe("cifar", 3)),
+      {2, 2, 2, 0});
   loader.start();
   try {
     loader.next();
@@ -162,7 +163,8 @@ TEST(Loader, VectorViews) {
   data->name = "vectors";
   data->vectors = torch::randn({30, 5});
   vicreg::TwoViewLoader loader(
-      data, std::make_shared<vicreg::VectorTwoViewTransform>(vicreg::VectorAugment{}), {6, 2, 2, 1});
+      data, std::make_shared<vicreg::VectorTwoViewTransform>(vicreg::VectorAugment{}),
+      {6, 2, 2, 1});
   loader.start();
   const auto batch = loader.next();
   EXPECT_EQ(batch.view_a.sizes(), (std::vector<int64_t>{6, 5}));

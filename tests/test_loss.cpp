@@ -92,8 +92,8 @@ VICRegLossOptions make_options(LossPreset preset, double sim, double std_, doubl
 }
 
 // Shapes: n < d (Gram form), n = d, n > d (covariance form), n = 2, d = 1.
-const std::vector<std::pair<int64_t, int64_t>> kShapes = {
-    {8, 40}, {24, 24}, {64, 9}, {2, 7}, {2, 1}, {13, 1}, {5, 6}};
+const std::vector<std::pair<int64_t, int64_t>> kShapes = {{8, 40}, {24, 24}, {64, 9}, {2, 7},
+                                                          {2, 1},  {13, 1},  {5, 6}};
 
 std::vector<VICRegLossOptions> all_option_sets() {
   std::vector<VICRegLossOptions> sets;
@@ -108,8 +108,8 @@ std::vector<VICRegLossOptions> all_option_sets() {
 }
 
 std::string label(int64_t n, int64_t d, const VICRegLossOptions& o) {
-  return "n=" + std::to_string(n) + " d=" + std::to_string(d) + " " + to_string(o.preset()) +
-         " (" + std::to_string(o.sim_coeff()) + "," + std::to_string(o.std_coeff()) + "," +
+  return "n=" + std::to_string(n) + " d=" + std::to_string(d) + " " + to_string(o.preset()) + " (" +
+         std::to_string(o.sim_coeff()) + "," + std::to_string(o.std_coeff()) + "," +
          std::to_string(o.cov_coeff()) + ",gamma=" + std::to_string(o.gamma()) + ")";
 }
 
@@ -141,8 +141,8 @@ TEST(LossReference, EveryOutputIsDifferentiable) {
 
 TEST(LossReference, MatchesInFloat) {
   uint64_t seed = 200;
-  for (auto [n, d] : std::vector<std::pair<int64_t, int64_t>>{{32, 256}, {128, 128}, {512, 64},
-                                                                {2, 9}, {16, 1}}) {
+  for (auto [n, d] : std::vector<std::pair<int64_t, int64_t>>{
+           {32, 256}, {128, 128}, {512, 64}, {2, 9}, {16, 1}}) {
     for (const auto& o : all_option_sets()) {
       const Tensor a = embeddings(n, d, torch::kDouble, seed++);
       const Tensor b = embeddings(n, d, torch::kDouble, seed++);
@@ -191,8 +191,8 @@ void check_finite_differences(int64_t n, int64_t d, LossPreset preset, uint64_t 
         };
         const double numeric = (loss_at(plus) - loss_at(minus)) / (2 * h);
         EXPECT_NEAR(acc[i][j], numeric, 1e-6 * std::max(1.0, std::abs(numeric)))
-            << "view " << view << " element (" << i << "," << j << ") n=" << n << " d=" << d
-            << " " << to_string(preset);
+            << "view " << view << " element (" << i << "," << j << ") n=" << n << " d=" << d << " "
+            << to_string(preset);
       }
     }
   }
@@ -225,8 +225,8 @@ TEST(LossByHand, IdenticalConstantEmbeddings) {
 
 TEST(LossByHand, OrthogonalDimensionsHaveNoCovariance) {
   // Centred columns (1,-1,1,-1) and (1,1,-1,-1) are orthogonal: C_12 = 0. Var = 4/3 > 1.
-  const Tensor z = torch::tensor({1.0, 1.0, -1.0, 1.0, 1.0, -1.0, -1.0, -1.0}, torch::kDouble)
-                       .view({4, 2});
+  const Tensor z =
+      torch::tensor({1.0, 1.0, -1.0, 1.0, 1.0, -1.0, -1.0, -1.0}, torch::kDouble).view({4, 2});
   const auto t = vicreg::vicreg_loss(z, z);
   EXPECT_NEAR(t.covariance.item<double>(), 0.0, 1e-15);
   EXPECT_EQ(t.variance.item<double>(), 0.0);  // sqrt(4/3 + eps) > gamma
@@ -234,21 +234,20 @@ TEST(LossByHand, OrthogonalDimensionsHaveNoCovariance) {
 
 TEST(LossByHand, IdenticalColumnsAndConstantShift) {
   // Two equal columns (1,-1,1,-1): C_12 = C_21 = 4/3, so c = 2 (4/3)^2 / 2 = 16/9 per view.
-  const Tensor z = torch::tensor({1.0, 1.0, -1.0, -1.0, 1.0, 1.0, -1.0, -1.0}, torch::kDouble)
-                       .view({4, 2});
+  const Tensor z =
+      torch::tensor({1.0, 1.0, -1.0, -1.0, 1.0, 1.0, -1.0, -1.0}, torch::kDouble).view({4, 2});
   // z_b = z_a + 1 everywhere: ||z_a - z_b||^2 = d per row, s = d = 2, mse = 1.
   const auto official = vicreg::vicreg_loss(z, z + 1.0);
   EXPECT_NEAR(official.covariance.item<double>(), 2 * 16.0 / 9.0, 1e-14);
   EXPECT_NEAR(official.invariance.item<double>(), 1.0, 1e-15);
-  const auto paper =
-      vicreg::vicreg_loss(z, z + 1.0, VICRegLossOptions().preset(LossPreset::Paper));
+  const auto paper = vicreg::vicreg_loss(z, z + 1.0, VICRegLossOptions().preset(LossPreset::Paper));
   EXPECT_NEAR(paper.invariance.item<double>(), 2.0, 1e-15);
   EXPECT_NEAR(paper.total.item<double>(), 25 * 2.0 + 1 * 2 * 16.0 / 9.0, 1e-12);
 }
 
 TEST(LossGradient, ColumnsOfRegularizerGradientSumToZero) {
   // Variance and covariance are invariant to shifting a column: their gradient's columns sum
-  // to zero (DESIGN 1.2: the centring needs no projection).
+  // to zero (docs/loss.md: the centring needs no projection).
   for (auto [n, d] : std::vector<std::pair<int64_t, int64_t>>{{6, 20}, {20, 6}}) {
     const Tensor a = embeddings(n, d, torch::kDouble, 31);
     const auto o = make_options(LossPreset::Paper, 0, 25, 1);
@@ -266,8 +265,7 @@ TEST(LossDtypes, HalfAndBFloat16AccumulateInFloat) {
     EXPECT_EQ(got.grad_b.scalar_type(), dtype);
     // Reference in double on the same (rounded) inputs: fp32 accumulation keeps the values to
     // float accuracy; gradients are rounded once, to the input dtype.
-    const Outcome want =
-        reference(a.to(torch::kDouble), b.to(torch::kDouble), VICRegLossOptions());
+    const Outcome want = reference(a.to(torch::kDouble), b.to(torch::kDouble), VICRegLossOptions());
     EXPECT_LE(rel_err(got.terms.total, want.terms.total), 1e-5);
     EXPECT_LE(rel_err(got.grad_a, want.grad_a), dtype == torch::kHalf ? 2e-3 : 1e-2);
   }
@@ -320,14 +318,16 @@ TEST(LossModule, ForwardEqualsFunctionAndPrints) {
 }
 
 TEST(LossPresets, ParseAndPrint) {
-  EXPECT_EQ(vicreg::loss_preset_from_string("official"), LossPreset::Official);
-  EXPECT_EQ(vicreg::loss_preset_from_string("paper"), LossPreset::Paper);
+  EXPECT_EQ(vicreg::parse_name<LossPreset>("official"), LossPreset::Official);
+  EXPECT_EQ(vicreg::parse_name<LossPreset>("paper"), LossPreset::Paper);
   EXPECT_EQ(vicreg::to_string(LossPreset::Paper), "paper");
   try {
-    vicreg::loss_preset_from_string("solo");
+    vicreg::parse_name<LossPreset>("solo");
     FAIL() << "expected an error";
-  } catch (const c10::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("'official'"), std::string::npos) << e.what();
+  } catch (const vicreg::UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("unknown loss preset 'solo': use official or paper"),
+              std::string::npos)
+        << e.what();
   }
 }
 
@@ -410,7 +410,8 @@ TEST(LossCuda, MatchesCpu) {
     EXPECT_TRUE(gpu.grad_a.is_cuda());
     expect_close(Outcome{{gpu.terms.total.cpu(), gpu.terms.invariance.cpu(),
                           gpu.terms.variance.cpu(), gpu.terms.covariance.cpu()},
-                         gpu.grad_a.cpu(), gpu.grad_b.cpu()},
+                         gpu.grad_a.cpu(),
+                         gpu.grad_b.cpu()},
                  cpu, 1e-9, "cuda n=" + std::to_string(n));
   }
 }

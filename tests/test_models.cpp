@@ -30,10 +30,11 @@ TEST(Models, ResNetParameterCountsMatchTorchvisionWithoutFc) {
 TEST(Models, ResNetNamesMatchTorchvision) {
   vicreg::ResNetImpl net(vicreg::ResNetOptions().depth(50));
   const auto n = names(net);
-  for (const char* key : {"conv1.weight", "bn1.weight", "bn1.running_mean", "bn1.num_batches_tracked",
-                          "layer1.0.conv1.weight", "layer1.0.conv3.weight", "layer1.0.bn3.bias",
-                          "layer1.0.downsample.0.weight", "layer1.0.downsample.1.running_var",
-                          "layer4.2.conv2.weight"}) {
+  for (const char* key :
+       {"conv1.weight", "bn1.weight", "bn1.running_mean", "bn1.num_batches_tracked",
+        "layer1.0.conv1.weight", "layer1.0.conv3.weight", "layer1.0.bn3.bias",
+        "layer1.0.downsample.0.weight", "layer1.0.downsample.1.running_var",
+        "layer4.2.conv2.weight"}) {
     EXPECT_TRUE(n.count(key)) << key;
   }
   EXPECT_FALSE(n.count("fc.weight"));
@@ -60,8 +61,8 @@ TEST(Models, ZeroInitResidualZeroesTheLastNormOfEachBlock) {
 
 TEST(Models, SmallStemKeepsResolutionAndFollowsChannels) {
   torch::manual_seed(0);
-  auto small = vicreg::make_encoder({"resnet18", /*in_channels=*/1, /*image_size=*/28});
-  auto large = vicreg::make_encoder({"resnet18", 3, 224});
+  auto small = vicreg::make_encoder({vicreg::Arch::ResNet18, /*in_channels=*/1, /*image_size=*/28});
+  auto large = vicreg::make_encoder({vicreg::Arch::ResNet18, 3, 224});
   auto* rs = dynamic_cast<vicreg::ResNetImpl*>(small.get());
   ASSERT_NE(rs, nullptr);
   EXPECT_TRUE(rs->options.small_stem());
@@ -73,40 +74,40 @@ TEST(Models, SmallStemKeepsResolutionAndFollowsChannels) {
 }
 
 TEST(Models, ConvNetShapesAndNames) {
-  auto net = vicreg::make_encoder({"convnet", 1, 28});
+  auto net = vicreg::make_encoder({vicreg::Arch::ConvNet, 1, 28});
   EXPECT_EQ(net->output_dim(), 256);
   EXPECT_EQ(net->forward(torch::randn({3, 1, 28, 28})).sizes(), torch::IntArrayRef({3, 256}));
   EXPECT_TRUE(names(*net).count("stage4.0.weight"));
-  EncoderConfig too_deep{"convnet", 1, 4};
+  EncoderConfig too_deep{vicreg::Arch::ConvNet, 1, 4};
   too_deep.stages = 4;
-  EXPECT_THROW(vicreg::make_encoder(too_deep), std::invalid_argument);
+  EXPECT_THROW(vicreg::make_encoder(too_deep), vicreg::UsageError);
 }
 
 TEST(Models, MLPEncoder) {
-  EncoderConfig c{"mlp"};
+  EncoderConfig c{vicreg::Arch::Mlp};
   c.in_features = 10;
   c.mlp_hidden = "32-16";
   auto net = vicreg::make_encoder(c);
   EXPECT_EQ(net->output_dim(), 16);
   EXPECT_EQ(net->forward(torch::randn({4, 10})).sizes(), torch::IntArrayRef({4, 16}));
-  EXPECT_THROW(vicreg::make_encoder(EncoderConfig{"mlp"}), std::invalid_argument);
+  EXPECT_THROW(vicreg::make_encoder(EncoderConfig{vicreg::Arch::Mlp}), vicreg::UsageError);
 }
 
 TEST(Models, LayerSpecParsing) {
   EXPECT_EQ(vicreg::parse_layer_spec("8192-8192-8192"), (std::vector<int64_t>{8192, 8192, 8192}));
   EXPECT_EQ(vicreg::parse_layer_spec("7"), (std::vector<int64_t>{7}));
-  for (const char* bad : {"", "-", "8192-", "-8", "8192--8192", "12a", "0-5", "8192 8192",
-                          "99999999999"}) {
-    EXPECT_THROW(vicreg::parse_layer_spec(bad), std::invalid_argument) << bad;
+  for (const char* bad :
+       {"", "-", "8192-", "-8", "8192--8192", "12a", "0-5", "8192 8192", "99999999999"}) {
+    EXPECT_THROW(vicreg::parse_layer_spec(bad), vicreg::UsageError) << bad;
   }
-  EXPECT_THROW(vicreg::make_encoder(EncoderConfig{"vgg16"}), std::invalid_argument);
+  EXPECT_THROW(vicreg::parse_name<vicreg::Arch>("vgg16"), vicreg::UsageError);
 }
 
 TEST(Models, ExpanderMatchesTheReferenceSequential) {
   vicreg::Expander e(512, "64-64-32");
   const auto n = names(*e);
-  for (const char* key : {"0.weight", "0.bias", "1.weight", "1.running_mean", "3.weight",
-                          "4.bias", "6.weight"}) {
+  for (const char* key :
+       {"0.weight", "0.bias", "1.weight", "1.running_mean", "3.weight", "4.bias", "6.weight"}) {
     EXPECT_TRUE(n.count(key)) << key;
   }
   EXPECT_FALSE(n.count("6.bias"));  // last Linear without bias
@@ -117,7 +118,7 @@ TEST(Models, ExpanderMatchesTheReferenceSequential) {
 
 TEST(Models, VICRegSharedAndSeparateBranches) {
   vicreg::VICRegModelConfig config;
-  config.encoder = {"convnet", 1, 28};
+  config.encoder = {vicreg::Arch::ConvNet, 1, 28};
   config.encoder.width = 8;
   config.mlp = "64-64";
   vicreg::VICReg shared(config);
@@ -129,7 +130,8 @@ TEST(Models, VICRegSharedAndSeparateBranches) {
   EXPECT_TRUE(torch::allclose(out.z_a, out.z_b));  // same weights, same input
 
   config.shared_weights = false;
-  config.encoder_b = {"resnet18", 1, 28};  // a different architecture on the second branch
+  config.encoder_b = {vicreg::Arch::ResNet18, 1,
+                      28};  // a different architecture on the second branch
   vicreg::VICReg separate(config);
   EXPECT_TRUE(names(*separate).count("backbone_b.layer1.0.conv1.weight"));
   out = separate->forward(x, x);

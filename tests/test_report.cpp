@@ -2,7 +2,7 @@
 // write_report on a hand-written experiment directory.
 #include "vicreg/report.h"
 
-#include "temp_dir.h"
+#include "support/temp_dir.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -101,7 +101,7 @@ TEST(Svg, LineChartMapsPointsIntoThePlotArea) {
 
   // Mismatched lengths are an error; no points at all say so.
   c.series = {{"x", {0, 1}, {1}}};
-  EXPECT_THROW(svg::line_chart(c), std::invalid_argument);
+  EXPECT_THROW(svg::line_chart(c), vicreg::UsageError);
   c.series = {{"x", {}, {}}};
   const std::string empty = svg::line_chart(c);
   EXPECT_NE(empty.find("no data"), std::string::npos);
@@ -161,21 +161,24 @@ TEST_F(ReportDir, CurvesAndResultsWithoutACheckpoint) {
   {
     std::ofstream m(dir_ / "metrics.jsonl");
     for (int s = 1; s <= 5; ++s) {
-      m << nlohmann::json{{"step", s},          {"epoch", s / 5.0},     {"loss", 20.0 / s},
-                          {"invariance", 0.1},  {"variance", 1.0 / s},  {"covariance", 0.5},
-                          {"lr", 0.001 * s},    {"std_z", 0.2 * s},     {"std_z_min", 0.1 * s},
+      m << nlohmann::json{{"step", s},           {"epoch", s / 5.0},    {"loss", 20.0 / s},
+                          {"invariance", 0.1},   {"variance", 1.0 / s}, {"covariance", 0.5},
+                          {"lr", 0.001 * s},     {"std_z", 0.2 * s},    {"std_z_min", 0.1 * s},
                           {"rankme_y", 3.0 * s}, {"rankme_z", 4.0 * s}, {"images_per_s", 1000},
                           {"elapsed_s", 6.0 * s}}
                .dump()
         << "\n";
     }
-    m << nlohmann::json{{"event", "knn"}, {"step", 5}, {"epoch", 1.0}, {"knn_top1", 0.5},
+    m << nlohmann::json{{"event", "knn"},
+                        {"step", 5},
+                        {"epoch", 1.0},
+                        {"knn_top1", 0.5},
                         {"knn_top5", 0.9}}
              .dump()
       << "\n";
     m << "{\"step\": 6, \"epo";  // a run killed mid-line
-    std::ofstream(dir_ / "knn.json") << nlohmann::json{{"protocol", "knn"}, {"top1", 0.8},
-                                                        {"top5", 0.97}}.dump();
+    std::ofstream(dir_ / "knn.json")
+        << nlohmann::json{{"protocol", "knn"}, {"top1", 0.8}, {"top5", 0.97}}.dump();
     std::ofstream(dir_ / "config.json") << nlohmann::json{{"dataset", "mnist"}}.dump();
   }
   ReportOptions o;

@@ -1,17 +1,17 @@
 // The training loop on a small synthetic data set: the loss falls, a stopped and resumed run
 // ends with the same parameters as an uninterrupted one, checkpoints and the backbone file, the
 // config file, and divergence.
-#include "vicreg/train.h"
+#include "vicreg/run/trainer.h"
 
 #include "vicreg/data.h"
 
-#include "synthetic_data.h"
-#include "temp_dir.h"
+#include "support/synthetic_data.h"
+#include "support/temp_dir.h"
 
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
-#include <torch/torch.h>
 
 #include <atomic>
 #include <filesystem>
@@ -30,19 +30,19 @@ class Train : public vicreg::testing::TempDirTest {
 
   vicreg::TrainConfig small(const std::string& name) {
     vicreg::TrainConfig c;
-    c.dataset = "mnist";
-    c.data_dir = (dir_ / "data").string();
-    c.image_size = 16;
-    c.width = 8;
-    c.stages = 3;
-    c.mlp = "64-64";
-    c.batch_size = 16;  // 6 steps per epoch
-    c.epochs = 3;
-    c.warmup_epochs = 1;
-    c.threads = 1;
-    c.workers = 2;
-    c.log_every = 2;
-    c.exp_dir = (dir_ / name).string();
+    c.data.dataset = vicreg::DatasetKind::Mnist;
+    c.runtime.data_dir = (dir_ / "data").string();
+    c.data.image_size = 16;
+    c.model.width = 8;
+    c.model.stages = 3;
+    c.model.mlp = "64-64";
+    c.optim.batch_size = 16;  // 6 steps per epoch
+    c.optim.epochs = 3;
+    c.optim.warmup_epochs = 1;
+    c.runtime.threads = 1;
+    c.runtime.workers = 2;
+    c.runtime.log_every = 2;
+    c.runtime.exp_dir = (dir_ / name).string();
     return c;
   }
 
@@ -67,16 +67,16 @@ std::vector<nlohmann::json> read_metrics(const fs::path& path) {
 
 TEST_F(Train, LossFallsAndTheExperimentDirIsComplete) {
   auto c = small("run");
-  c.epochs = 20;
-  c.log_every = 6;
-  c.optimizer = "adamw";
-  c.base_lr = 2e-3;
+  c.optim.epochs = 20;
+  c.runtime.log_every = 6;
+  c.optim.optimizer = vicreg::OptimizerKind::AdamW;
+  c.optim.base_lr = 2e-3;
   vicreg::Trainer trainer(c);
   EXPECT_EQ(trainer.steps_per_epoch(), 6);
-  const auto r = trainer.run({"none"});
+  const auto r = trainer.run({vicreg::ProgressStyle::None});
   EXPECT_TRUE(r.finished);
   EXPECT_EQ(r.step, 120);
-  const auto metrics = read_metrics(fs::path(c.exp_dir) / "metrics.jsonl");
+  const auto metrics = read_metrics(fs::path(c.runtime.exp_dir) / "metrics.jsonl");
   ASSERT_EQ(metrics.size(), 20u);
   for (const char* key : {"epoch", "step", "lr", "loss", "invariance", "variance", "covariance",
                           "std_z", "images_per_s", "elapsed_s"}) {
@@ -92,12 +92,14 @@ TEST_F(Train, LossFallsAndTheExperimentDirIsComplete) {
   EXPECT_LT(mean_of("invariance", 17), mean_of("invariance", 0));
   EXPECT_NEAR(metrics.back()["lr"].get<double>(), 2e-3 * 0.001, 1e-5);  // cosine end
   for (const char* f : {"config.json", "checkpoint.pt", "backbone.pt"}) {
-    EXPECT_TRUE(fs::exists(fs::path(c.exp_dir) / f)) << f;
+    EXPECT_TRUE(fs::exists(fs::path(c.runtime.exp_dir) / f)) << f;
   }
-  EXPECT_FALSE(fs::exists(fs::path(c.exp_dir) / "checkpoint.pt.tmp"));
+  for (const auto& e : fs::directory_iterator(c.runtime.exp_dir)) {  // no temporary left over
+    EXPECT_NE(e.path().filename().string().front(), '.') << e.path();
+  }
 
   // config.json holds everything and reads back into the same config.
-  std::ifstream in(fs::path(c.exp_dir) / "config.json");
+  std::ifstream in(fs::path(c.runtime.exp_dir) / "config.json");
   nlohmann::json j;
   in >> j;
   vicreg::TrainConfig back;
@@ -105,7 +107,7 @@ TEST_F(Train, LossFallsAndTheExperimentDirIsComplete) {
   EXPECT_EQ(vicreg::to_json(back), vicreg::to_json(c));
 
   // The backbone alone, rebuilt from its file, gives the trained model's representations.
-  auto backbone = vicreg::load_backbone((fs::path(c.exp_dir) / "backbone.pt").string());
+  auto backbone = vicreg::load_backbone((fs::path(c.runtime.exp_dir) / "backbone.pt").string());
   auto model = trainer.model();
   model->eval();
   const auto x = torch::randn({4, 1, 16, 16});
@@ -115,87 +117,88 @@ TEST_F(Train, LossFallsAndTheExperimentDirIsComplete) {
 TEST_F(Train, StopAndResumeGivesTheSameParametersAsOneRun) {
   auto c = small("straight");
   vicreg::Trainer straight(c);
-  straight.run({"none"});
+  straight.run({vicreg::ProgressStyle::None});
 
   auto c2 = small("resumed");
-  c2.max_steps = 8;  // mid-epoch 2
+  c2.runtime.max_steps = 8;  // mid-epoch 2
   {
     vicreg::Trainer first(c2);
-    const auto r = first.run({"none"});
+    const auto r = first.run({vicreg::ProgressStyle::None});
     EXPECT_EQ(r.step, 8);
     EXPECT_TRUE(r.stopped);
   }
   {
     // A stop request (as from SIGINT) after the next step.
     auto c3 = c2;
-    c3.max_steps = 0;
+    c3.runtime.max_steps = 0;
     std::atomic<bool> stop{true};
     vicreg::Trainer second(c3);
     EXPECT_EQ(second.step(), 8);
-    vicreg::TrainHooks hooks{"none", &stop};
+    vicreg::TrainHooks hooks{vicreg::ProgressStyle::None, &stop};
     EXPECT_EQ(second.run(hooks).step, 9);
   }
   auto c4 = c2;
-  c4.max_steps = 0;
-  c4.workers = 1;  // the data do not depend on the number of workers
+  c4.runtime.max_steps = 0;
+  c4.runtime.workers = 1;  // the data do not depend on the number of workers
   vicreg::Trainer last(c4);
   EXPECT_EQ(last.step(), 9);
-  const auto r = last.run({"none"});
+  const auto r = last.run({vicreg::ProgressStyle::None});
   EXPECT_TRUE(r.finished);
   EXPECT_EQ(r.step, 18);
   expect_same_parameters(straight.model(), last.model());
-  const auto m = read_metrics(fs::path(c2.exp_dir) / "metrics.jsonl");
+  const auto m = read_metrics(fs::path(c2.runtime.exp_dir) / "metrics.jsonl");
   EXPECT_EQ(m.back()["step"].get<int64_t>(), 18);
 }
 
 TEST_F(Train, ResumeKeepsTheStoredModelSettings) {
   auto c = small("keep");
-  c.max_steps = 2;
-  vicreg::Trainer(c).run({"none"});
+  c.runtime.max_steps = 2;
+  vicreg::Trainer(c).run({vicreg::ProgressStyle::None});
   auto changed = c;
-  changed.mlp = "32-32";  // ignored: the checkpoint's model is the one that continues
-  changed.max_steps = 3;
+  changed.model.mlp = "32-32";  // ignored: the checkpoint's model is the one that continues
+  changed.runtime.max_steps = 3;
   vicreg::Trainer t(changed);
-  EXPECT_EQ(t.config().mlp, "64-64");
+  EXPECT_EQ(t.config().model.mlp, "64-64");
   EXPECT_EQ(t.step(), 2);
 }
 
 TEST_F(Train, DivergenceStopsWithTheStepAndKeepsTheCheckpoint) {
   auto c = small("diverge");
-  c.optimizer = "sgd";
-  c.base_lr = 1e12;
-  c.warmup_epochs = 0;
+  c.optim.optimizer = vicreg::OptimizerKind::Sgd;
+  c.optim.base_lr = 1e12;
+  c.optim.warmup_epochs = 0;
   try {
-    vicreg::Trainer(c).run({"none"});
-    FAIL() << "expected TrainingDiverged";
-  } catch (const vicreg::TrainingDiverged& e) {
+    vicreg::Trainer(c).run({vicreg::ProgressStyle::None});
+    FAIL() << "expected DivergedError";
+  } catch (const vicreg::DivergedError& e) {
     EXPECT_GE(e.step, 1);
     EXPECT_NE(std::string(e.what()).find("diverged at step " + std::to_string(e.step)),
               std::string::npos)
         << e.what();
   }
-  EXPECT_FALSE(fs::exists(fs::path(c.exp_dir) / "checkpoint.pt"));  // never a bad one
+  EXPECT_FALSE(fs::exists(fs::path(c.runtime.exp_dir) / "checkpoint.pt"));  // never a bad one
 }
 
 TEST_F(Train, RejectsBadConfigs) {
   auto c = small("bad");
-  c.batch_size = 200;  // more than the 96 images
-  EXPECT_THROW(vicreg::Trainer{c}, std::invalid_argument);
+  c.optim.batch_size = 200;  // more than the 96 images
+  EXPECT_THROW(vicreg::Trainer{c}, vicreg::UsageError);
   c = small("bad");
-  c.batch_size = 1;
-  EXPECT_THROW(c.validate(), std::invalid_argument);
+  c.optim.batch_size = 1;
+  EXPECT_THROW(c.validate(), vicreg::UsageError);
   c = small("bad");
-  c.mlp = "64-x";
-  EXPECT_THROW(c.validate(), std::invalid_argument);
+  c.model.mlp = "64-x";
+  EXPECT_THROW(c.validate(), vicreg::UsageError);
   c = small("bad");
-  c.arch = "resnet101";
-  EXPECT_THROW(c.validate(), std::invalid_argument);
+  EXPECT_THROW(vicreg::parse_name<vicreg::Arch>("resnet101"), vicreg::UsageError);
+  c.model.arch = vicreg::Arch::Mlp;  // vector data only
+  EXPECT_THROW(c.validate(), vicreg::UsageError);
   c = small("bad");
-  c.data_dir = (dir_ / "nowhere").string();
+  c.runtime.data_dir = (dir_ / "nowhere").string();
   EXPECT_THROW(vicreg::Trainer{c}, std::runtime_error);
   vicreg::TrainConfig j;
-  EXPECT_THROW(vicreg::update_from_json(j, {{"epochz", 3}}), std::invalid_argument);
-  EXPECT_THROW(vicreg::update_from_json(j, {{"epochs", "three"}}), std::invalid_argument);
+  EXPECT_THROW(vicreg::update_from_json(j, {{"epochz", 3}}), vicreg::UsageError);
+  EXPECT_THROW(vicreg::update_from_json(j, {{"epochs", "three"}}), vicreg::UsageError);
   std::ofstream(dir_ / "junk.pt") << "not a checkpoint";
   EXPECT_THROW(vicreg::Trainer(small("bad"), (dir_ / "junk.pt").string()), std::runtime_error);
   EXPECT_THROW(vicreg::load_backbone((dir_ / "junk.pt").string()), std::runtime_error);
@@ -205,14 +208,14 @@ TEST_F(Train, OtherDataSetsAndSeparateBranches) {
   // Vectors: npy + the mlp encoder + vector augmentations.
   vicreg::write_npy((dir_ / "train.npy").string(), torch::randn({64, 12}));
   auto c = small("npy");
-  c.dataset = "npy";
-  c.data_dir = dir_.string();
-  c.arch = "mlp";
-  c.encoder_mlp = "32-16";
-  c.max_steps = 3;
-  auto r = vicreg::Trainer(c).run({"none"});
+  c.data.dataset = vicreg::DatasetKind::Npy;
+  c.runtime.data_dir = dir_.string();
+  c.model.arch = vicreg::Arch::Mlp;
+  c.model.encoder_mlp = "32-16";
+  c.runtime.max_steps = 3;
+  auto r = vicreg::Trainer(c).run({vicreg::ProgressStyle::None});
   EXPECT_EQ(r.step, 3);
-  auto backbone = vicreg::load_backbone((fs::path(c.exp_dir) / "backbone.pt").string());
+  auto backbone = vicreg::load_backbone((fs::path(c.runtime.exp_dir) / "backbone.pt").string());
   EXPECT_EQ(backbone->forward(torch::randn({2, 12})).sizes(), (std::vector<int64_t>{2, 16}));
 
   // An image folder of RGB PNGs of different sizes, one subfolder per class.
@@ -225,36 +228,36 @@ TEST_F(Train, OtherDataSetsAndSeparateBranches) {
     cv::imwrite(p.string(), img);
   }
   c = small("folder");
-  c.dataset = "image-folder";
-  c.data_dir = (dir_ / "folder").string();
-  c.recipe = "cifar";
-  c.max_steps = 2;
-  r = vicreg::Trainer(c).run({"none"});
+  c.data.dataset = vicreg::DatasetKind::ImageFolder;
+  c.runtime.data_dir = (dir_ / "folder").string();
+  c.data.recipe = "cifar";
+  c.runtime.max_steps = 2;
+  r = vicreg::Trainer(c).run({vicreg::ProgressStyle::None});
   EXPECT_EQ(r.step, 2);
 
   // Separate branches with different backbones.
   c = small("separate");
-  c.shared_weights = false;
-  c.arch_b = "resnet18";
-  c.max_steps = 2;
+  c.model.shared_weights = false;
+  c.model.arch_b = vicreg::Arch::ResNet18;
+  c.runtime.max_steps = 2;
   vicreg::Trainer t(c);
   EXPECT_TRUE(t.model()->backbone_b);
-  EXPECT_EQ(t.run({"none"}).step, 2);
+  EXPECT_EQ(t.run({vicreg::ProgressStyle::None}).step, 2);
 }
 
 TEST_F(Train, BackboneWhoseWeightsDoNotFitItsArchitectureIsRejected) {
   auto c = small("arch");
-  c.max_steps = 1;
-  vicreg::Trainer(c).run({"none"});
-  const auto good = vicreg::read_backbone((fs::path(c.exp_dir) / "backbone.pt").string());
+  c.runtime.max_steps = 1;
+  vicreg::Trainer(c).run({vicreg::ProgressStyle::None});
+  const auto good = vicreg::read_backbone((fs::path(c.runtime.exp_dir) / "backbone.pt").string());
   EXPECT_EQ(good.in_channels, 1);
   EXPECT_EQ(good.image_size, 16);
-  EXPECT_EQ(good.config.width, 8);
+  EXPECT_EQ(good.config.model.width, 8);
   // The same weights stored with a config that says width 16.
   torch::serialize::OutputArchive out, weights;
   good.encoder->save(weights);
   auto wrong = c;
-  wrong.width = 16;
+  wrong.model.width = 16;
   out.write("backbone", weights);
   out.write("config", c10::IValue(vicreg::to_json(wrong).dump()));
   out.write("in_channels", c10::IValue(int64_t{1}));
@@ -274,24 +277,24 @@ TEST_F(Train, BackboneWhoseWeightsDoNotFitItsArchitectureIsRejected) {
 
 TEST_F(Train, ReadModelRebuildsTheWholeCheckpointedModel) {
   auto c = small("whole");
-  c.max_steps = 2;
-  vicreg::Trainer(c).run({"none"});
+  c.runtime.max_steps = 2;
+  vicreg::Trainer(c).run({vicreg::ProgressStyle::None});
   vicreg::DatasetConfig dc;
-  dc.name = "mnist";
-  dc.data_dir = c.data_dir;
+  dc.dataset = vicreg::DatasetKind::Mnist;
+  dc.data_dir = c.runtime.data_dir;
   const vicreg::Dataset data = vicreg::load_dataset(dc);
-  const std::string path = (fs::path(c.exp_dir) / "checkpoint.pt").string();
+  const std::string path = (fs::path(c.runtime.exp_dir) / "checkpoint.pt").string();
   auto m = vicreg::read_model(path, data);
   EXPECT_EQ(m.step, 2);
-  EXPECT_EQ(m.config.mlp, c.mlp);
+  EXPECT_EQ(m.config.model.mlp, c.model.mlp);
   EXPECT_FALSE(m.model->is_training());
   // Its backbone is the backbone.pt's, and its expander maps to the embedding size.
-  const auto b = vicreg::read_backbone((fs::path(c.exp_dir) / "backbone.pt").string());
+  const auto b = vicreg::read_backbone((fs::path(c.runtime.exp_dir) / "backbone.pt").string());
   const auto x = torch::randn({4, 1, 16, 16});
   torch::NoGradGuard no_grad;
   EXPECT_TRUE(torch::allclose(m.model->backbone->forward(x), b.encoder->forward(x)));
   EXPECT_EQ(m.model->projector->forward(m.model->backbone->forward(x)).size(1),
-            vicreg::parse_layer_spec(c.mlp).back());
+            vicreg::parse_layer_spec(c.model.mlp).back());
   // Data of another shape (3 channels) do not fit the stored model: the error names the file.
   vicreg::Dataset rgb = data;
   rgb.channels = 3;
@@ -308,11 +311,11 @@ TEST_F(Train, ReadModelRebuildsTheWholeCheckpointedModel) {
 TEST_F(Train, OnlineKnnProbeAndCollapseDiagnosticsInTheMetrics) {
   vicreg::testing::write_idx_dataset(dir_ / "data", 40, 16, 5, "t10k");
   auto c = small("probe");
-  c.epochs = 2;
-  c.eval_every = 1;
-  c.eval_bank = 60;
-  vicreg::Trainer(c).run({"none"});
-  const auto metrics = read_metrics(fs::path(c.exp_dir) / "metrics.jsonl");
+  c.optim.epochs = 2;
+  c.runtime.eval_every = 1;
+  c.runtime.eval_bank = 60;
+  vicreg::Trainer(c).run({vicreg::ProgressStyle::None});
+  const auto metrics = read_metrics(fs::path(c.runtime.exp_dir) / "metrics.jsonl");
   std::vector<nlohmann::json> probes;
   for (const auto& m : metrics) {
     if (m.contains("event")) {

@@ -1,16 +1,16 @@
 // Weights files: the safetensors writer and reader, the torch.save reader, loading state dicts
 // with torchvision's names into encoders, and exported backbones.
 #include "vicreg/models.h"
-#include "vicreg/train.h"
+#include "vicreg/run/artifacts.h"
 #include "vicreg/weights.h"
 
-#include "temp_dir.h"
+#include "support/temp_dir.h"
 
 #include <caffe2/serialize/inline_container.h>
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <torch/serialize.h>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include <cstring>
 #include <filesystem>
@@ -32,7 +32,8 @@ class Weights : public vicreg::testing::TempDirTest {
     return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   }
   static void spit(const std::string& p, const std::string& bytes) {
-    std::ofstream(p, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    std::ofstream(p, std::ios::binary)
+        .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   }
   /// A safetensors file from a header and data bytes, as the format lays them out.
   static std::string safetensors_bytes(const std::string& header, const std::string& data) {
@@ -94,14 +95,17 @@ TEST_F(Weights, SafetensorsRoundTripsEveryDtypeShapeAndMetadata) {
 }
 
 TEST_F(Weights, SafetensorsWriterRejectsWhatTheFormatCannotHold) {
-  EXPECT_THROW(vicreg::write_safetensors(path("x"), {{"c", torch::zeros({2}, torch::kComplexFloat)}}),
-               std::invalid_argument);
-  EXPECT_THROW(vicreg::write_safetensors(path("x"), {{"a", torch::zeros({1})}, {"a", torch::zeros({1})}}),
-               std::invalid_argument);
+  EXPECT_THROW(
+      vicreg::write_safetensors(path("x"), {{"c", torch::zeros({2}, torch::kComplexFloat)}}),
+      vicreg::UsageError);
+  EXPECT_THROW(
+      vicreg::write_safetensors(path("x"), {{"a", torch::zeros({1})}, {"a", torch::zeros({1})}}),
+      vicreg::UsageError);
   EXPECT_THROW(vicreg::write_safetensors(path("x"), {{"__metadata__", torch::zeros({1})}}),
-               std::invalid_argument);
-  EXPECT_THROW(vicreg::write_safetensors((dir_ / "no" / "dir" / "x").string(), {{"a", torch::zeros({1})}}),
-               std::runtime_error);
+               vicreg::UsageError);
+  EXPECT_THROW(
+      vicreg::write_safetensors((dir_ / "no" / "dir" / "x").string(), {{"a", torch::zeros({1})}}),
+      std::runtime_error);
 }
 
 TEST_F(Weights, SafetensorsReaderNamesWhatIsWrong) {
@@ -132,7 +136,8 @@ TEST_F(Weights, SafetensorsReaderNamesWhatIsWrong) {
   check(safetensors_bytes(R"({"w":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", data),
         "not a list of sizes");
   check(safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-                          R"("b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", data),
+                          R"("b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+                          data),
         "overlap");
   check(safetensors_bytes(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", data),
         "belong to no tensor");
@@ -149,8 +154,8 @@ TEST_F(Weights, TorchSaveFilesAreReadWithNestedDictsFlattened) {
   inner.insert("weight", w);
   inner.insert("steps", b);
   outer.insert("model", inner);
-  outer.insert("epoch", 7);                    // not a tensor: skipped
-  outer.insert("view", w.t());                 // a strided view of another tensor's storage
+  outer.insert("epoch", 7);     // not a tensor: skipped
+  outer.insert("view", w.t());  // a strided view of another tensor's storage
   const std::vector<char> bytes = torch::pickle_save(outer);
   spit(path("a.pth"), std::string(bytes.begin(), bytes.end()));
 
@@ -188,8 +193,8 @@ void write_tensor_view_archive(const std::string& file, int size, int offset) {
   };
   const auto small_int = [](int v) { return std::string("K") + static_cast<char>(v); };
   std::string pkl = "\x80\x02}" + str("w") + "ctorch._utils\n_rebuild_tensor_v2\n(";
-  pkl += "(" + str("storage") + "ctorch\nFloatStorage\n" + str("0") + str("cpu") + small_int(2) +
-         "tQ";
+  pkl +=
+      "(" + str("storage") + "ctorch\nFloatStorage\n" + str("0") + str("cpu") + small_int(2) + "tQ";
   pkl += small_int(offset) + small_int(size) + "\x85" + small_int(1) + "\x85" + "\x89";
   pkl += "ccollections\nOrderedDict\n)RtRs.";
   caffe2::serialize::PyTorchStreamWriter writer(file);
@@ -213,9 +218,13 @@ TEST_F(Weights, TorchSaveTensorViewsAreBoundsChecked) {
                "reaches element 2 of a storage of 2");
 }
 
+vicreg::Arch resnet_arch(int64_t depth) {
+  return vicreg::parse_name<vicreg::Arch>("resnet" + std::to_string(depth));
+}
+
 vicreg::Encoder resnet(int64_t depth, int64_t in_channels, int64_t image_size) {
   vicreg::EncoderConfig ec;
-  ec.arch = "resnet" + std::to_string(depth);
+  ec.arch = resnet_arch(depth);
   ec.in_channels = in_channels;
   ec.image_size = image_size;
   return vicreg::make_encoder(ec);
@@ -250,8 +259,10 @@ TEST_F(Weights, LoadsUnderAnyPrefixSkipsTheClassifierAndChecksEverything) {
   const vicreg::Encoder src = resnet(18, 1, 28), dst = resnet(18, 1, 28);
   for (auto& [k, t] : vicreg::module_state(*src)) {
     torch::NoGradGuard g;
-    if (k.find("running_var") != std::string::npos) t.uniform_(0.5, 1.5);
-    else if (t.is_floating_point()) t.normal_(0, 0.1);
+    if (k.find("running_var") != std::string::npos)
+      t.uniform_(0.5, 1.5);
+    else if (t.is_floating_point())
+      t.normal_(0, 0.1);
   }
   const torch::Tensor x = torch::randn({2, 1, 28, 28});
   src->eval();
@@ -277,7 +288,8 @@ TEST_F(Weights, LoadsUnderAnyPrefixSkipsTheClassifierAndChecksEverything) {
   // num_batches_tracked may be absent (older state dicts); floating point converts.
   NamedTensors older;
   for (auto& [k, t] : torchvision_state(*src, "", 512)) {
-    if (k.find("num_batches_tracked") == std::string::npos) older.emplace_back(k, t.to(torch::kFloat64));
+    if (k.find("num_batches_tracked") == std::string::npos)
+      older.emplace_back(k, t.to(torch::kFloat64));
   }
   const auto r = vicreg::load_encoder_weights(*dst, older, "t");
   EXPECT_EQ(r.kept.size(), 20u);
@@ -296,32 +308,47 @@ TEST_F(Weights, LoadsUnderAnyPrefixSkipsTheClassifierAndChecksEverything) {
   };
   mutate([](NamedTensors& s) { s.emplace_back("layer5.0.conv1.weight", torch::zeros({1})); },
          "unknown keys layer5.0.conv1.weight");
-  mutate([](NamedTensors& s) {
-    s.erase(std::remove_if(s.begin(), s.end(), [](auto& e) { return e.first == "layer3.1.bn2.bias"; }),
-            s.end());
-  }, "missing layer3.1.bn2.bias");
-  mutate([](NamedTensors& s) {
-    for (auto& [k, t] : s) if (k == "layer1.0.conv2.weight") t = torch::zeros({64, 64, 1, 1});
-  }, "layer1.0.conv2.weight has shape [64, 64, 1, 1], the model's is [64, 64, 3, 3]");
-  mutate([](NamedTensors& s) {
-    for (auto& [k, t] : s) if (k == "bn1.weight") t = t.to(torch::kInt64);
-  }, "bn1.weight is Long, the model's is Float");
+  mutate(
+      [](NamedTensors& s) {
+        s.erase(std::remove_if(s.begin(), s.end(),
+                               [](auto& e) { return e.first == "layer3.1.bn2.bias"; }),
+                s.end());
+      },
+      "missing layer3.1.bn2.bias");
+  mutate(
+      [](NamedTensors& s) {
+        for (auto& [k, t] : s)
+          if (k == "layer1.0.conv2.weight") t = torch::zeros({64, 64, 1, 1});
+      },
+      "layer1.0.conv2.weight has shape [64, 64, 1, 1], the model's is [64, 64, 3, 3]");
+  mutate(
+      [](NamedTensors& s) {
+        for (auto& [k, t] : s)
+          if (k == "bn1.weight") t = t.to(torch::kInt64);
+      },
+      "bn1.weight is Long, the model's is Float");
   // torchvision's stem (7x7, 3 channels) into the small-image one.
   const vicreg::Encoder large = resnet(18, 3, 224);
   expect_error([&] { vicreg::load_encoder_weights(*dst, torchvision_state(*large, "", 512), "F"); },
                "conv1.weight has shape [64, 3, 7, 7], the model's is [64, 1, 3, 3]");
-  expect_error([&] { vicreg::load_encoder_weights(*dst, {{"x.weight", torch::zeros({1})}}, "F"); },
-               "holds no weights of this encoder");
+  expect_error(
+      [&] {
+        vicreg::load_encoder_weights(*dst, {{"x.weight", torch::zeros({1})}}, "F");
+      },
+      "holds no weights of this encoder");
 }
 
 TEST_F(Weights, InfersTheResNetFromItsWeights) {
-  struct Case { int64_t depth, channels, size; bool small; };
+  struct Case {
+    int64_t depth, channels, size;
+    bool small;
+  };
   for (const Case c : {Case{18, 3, 224, false}, Case{18, 1, 28, true}, Case{34, 3, 32, true},
                        Case{50, 3, 224, false}}) {
     const vicreg::Encoder e = resnet(c.depth, c.channels, c.size);
     const vicreg::EncoderConfig ec =
         vicreg::infer_encoder_config(torchvision_state(*e, "module.", e->output_dim()), "t");
-    EXPECT_EQ(ec.arch, "resnet" + std::to_string(c.depth));
+    EXPECT_EQ(ec.arch, resnet_arch(c.depth));
     EXPECT_EQ(ec.in_channels, c.channels);
     EXPECT_EQ(ec.image_size <= 64, c.small);
   }
@@ -338,20 +365,21 @@ TEST_F(Weights, ExportedBackbonesReadBackWithTheirSettings) {
   torch::manual_seed(3);
   for (const std::string arch : {"resnet18", "convnet"}) {
     vicreg::Backbone b;
-    b.config.arch = arch;
-    b.config.width = 8;
-    b.config.stages = 3;
+    b.config.model.arch = vicreg::parse_name<vicreg::Arch>(arch);
+    b.config.model.width = 8;
+    b.config.model.stages = 3;
     b.in_channels = 1;
     b.image_size = 16;
-    b.encoder = vicreg::make_encoder(vicreg::encoder_config(b.config, arch, 1, 16, 0));
+    b.encoder = vicreg::make_encoder(b.config.encoder_config(b.config.model.arch, 1, 16, 0));
     b.encoder->eval();
     const std::string out = path(arch + ".safetensors");
-    EXPECT_EQ(vicreg::export_backbone(b, out), static_cast<int64_t>(vicreg::module_state(*b.encoder).size()));
+    EXPECT_EQ(vicreg::export_backbone(b, out),
+              static_cast<int64_t>(vicreg::module_state(*b.encoder).size()));
     const vicreg::WeightsFile f = vicreg::read_safetensors(out);
     EXPECT_EQ(f.metadata.at("vicreg.arch"), arch);
     EXPECT_EQ(f.metadata.count("vicreg.torchvision"), arch == "resnet18" ? 1u : 0u);
     const vicreg::Backbone back = vicreg::read_backbone(out);
-    EXPECT_EQ(back.config.arch, arch);
+    EXPECT_EQ(vicreg::to_string(back.config.model.arch), arch);
     EXPECT_EQ(back.image_size, 16);
     const torch::Tensor x = torch::randn({2, 1, 16, 16});
     EXPECT_TRUE(torch::equal(back.encoder->forward(x), b.encoder->forward(x))) << arch;
@@ -360,7 +388,7 @@ TEST_F(Weights, ExportedBackbonesReadBackWithTheirSettings) {
   const vicreg::Encoder tv = resnet(18, 3, 224);
   vicreg::write_safetensors(path("tv.safetensors"), torchvision_state(*tv, "", 512));
   const vicreg::Backbone foreign = vicreg::read_backbone(path("tv.safetensors"));
-  EXPECT_EQ(foreign.config.arch, "resnet18");
+  EXPECT_EQ(foreign.config.model.arch, vicreg::Arch::ResNet18);
   EXPECT_EQ(foreign.in_channels, 3);
   EXPECT_EQ(foreign.image_size, 0);
   tv->eval();

@@ -5,6 +5,8 @@
 // the Rng it is given and from nothing else, so a view is a pure function of (image, seed).
 #pragma once
 
+#include "vicreg/error.h"
+
 #include <opencv2/core/mat.hpp>
 
 #include <cstdint>

@@ -4,6 +4,9 @@
 // wrong with it.
 #pragma once
 
+#include "vicreg/io/npy.h"
+#include "vicreg/names.h"
+
 #include <torch/types.h>
 
 #include <opencv2/core/mat.hpp>
@@ -35,12 +38,6 @@ LabeledImages read_idx_split(const std::string& images_path, const std::string& 
 /// then 3072 bytes of 32x32 RGB planes. Several files are concatenated in order.
 /// Throws if a file is missing, empty, not a whole number of records, or has a label out of range.
 LabeledImages read_cifar_bin(const std::vector<std::string>& paths, bool cifar100);
-
-/// A .npy array (format 1.0-3.0, C or Fortran order) of float32, float64, int64, int32 or uint8,
-/// little-endian, returned as a tensor of that dtype and shape.
-torch::Tensor read_npy(const std::string& path);
-/// Writes a contiguous CPU tensor of those dtypes as .npy (format 1.0), readable by numpy.load.
-void write_npy(const std::string& path, const torch::Tensor& array);
 
 /// Images decoded with OpenCV: uint8, RGB (3 channels) or grayscale (1), HWC.
 /// Throws naming the file when it is missing or cannot be decoded.
@@ -88,24 +85,31 @@ struct Dataset {
   Dataset subset(const torch::Tensor& indices) const;
 };
 
+/// The data sets load_dataset() reads: fashion-mnist, mnist, cifar10, cifar100, image-folder, npy.
+enum class DatasetKind { FashionMnist, Mnist, Cifar10, Cifar100, ImageFolder, Npy };
+template <>
+const NameTable<DatasetKind>& name_table<DatasetKind>();
+
+/// The two splits of a data set: train, test.
+enum class Split { Train, Test };
+template <>
+const NameTable<Split>& name_table<Split>();
+
 /// Where load_dataset() finds a data set.
 struct DatasetConfig {
-  /// fashion-mnist, mnist, cifar10, cifar100, image-folder, npy.
-  std::string name = "fashion-mnist";
+  DatasetKind dataset = DatasetKind::FashionMnist;
   /// Folder of the files; empty: /usr/share/datasets/fashion-mnist for fashion-mnist (Debian's
   /// dataset-fashion-mnist), required for the others. For npy: a folder holding
   /// {split}.npy (and optionally {split}_labels.npy), or the .npy file itself.
   std::string data_dir;
-  /// "train" or "test".
-  std::string split = "train";
+  Split split = Split::Train;
   /// image-folder: channels to decode to (3: RGB, 1: grayscale).
   int64_t channels = 3;
 };
 
-const std::vector<std::string>& dataset_names();
 /// The default --data-dir of a data set ("" when it has none).
-std::string default_data_dir(const std::string& name);
-/// Loads a split. Throws std::invalid_argument for an unknown name, std::runtime_error naming the
+std::string default_data_dir(DatasetKind dataset);
+/// Loads a split. Throws UsageError when the data set needs a --data-dir, FormatError naming the
 /// path for missing or corrupt data.
 Dataset load_dataset(const DatasetConfig& config);
 

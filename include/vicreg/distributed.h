@@ -16,6 +16,9 @@
 //   DistributedError naming the ranks that were lost; nothing hangs past the timeout.
 #pragma once
 
+#include "vicreg/error.h"
+#include "vicreg/names.h"
+
 #include <torch/types.h>
 
 #include <chrono>
@@ -50,20 +53,11 @@ struct DistributedEnv {
 
 /// Reads RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT, TORCHELASTIC_USE_AGENT_STORE and
 /// TORCHELASTIC_RESTART_COUNT through `get` (std::getenv by default). With neither RANK nor
-/// WORLD_SIZE set, a single process. Throws std::invalid_argument naming the variable and the fix
+/// WORLD_SIZE set, a single process. Throws UsageError naming the variable and the fix
 /// for an inconsistent environment: WORLD_SIZE > 1 without RANK, MASTER_ADDR or MASTER_PORT, a
 /// RANK outside [0, WORLD_SIZE), values that are not integers, a port outside 1..65535.
-DistributedEnv read_distributed_env(
-    const std::function<const char*(const char*)>& get = [](const char* n) {
-      return std::getenv(n);
-    });
-
-/// A collective failed: a rank died or did not answer within the timeout. what() names the lost
-/// ranks when they could be told apart.
-class DistributedError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
+DistributedEnv read_distributed_env(const std::function<const char*(const char*)>& get =
+                                        [](const char* n) { return std::getenv(n); });
 
 /// The collectives the library uses. Every call is collective (see the top of this file).
 class ProcessGroup {
@@ -84,9 +78,13 @@ class ProcessGroup {
   virtual void barrier() = 0;
 };
 
+/// The c10d backend: auto (NCCL for CUDA devices when LibTorch has it, else Gloo), gloo, nccl.
+enum class DistBackend { Auto, Gloo, Nccl };
+template <>
+const NameTable<DistBackend>& name_table<DistBackend>();
+
 struct DistributedOptions {
-  /// "auto" (NCCL for CUDA devices when LibTorch has it, else Gloo), "gloo" or "nccl".
-  std::string backend = "auto";
+  DistBackend backend = DistBackend::Auto;
   /// Rendezvous and collective timeout: a rank that does not answer within it is reported lost.
   std::chrono::milliseconds timeout = std::chrono::seconds(300);
   /// The device this process trains on (decides the automatic backend).
@@ -94,7 +92,7 @@ struct DistributedOptions {
 };
 
 /// The process group of `env` (TCPStore rendezvous at MASTER_ADDR:MASTER_PORT). Returns nullptr
-/// for a world of one. Throws std::invalid_argument for an unknown or unavailable backend and
+/// for a world of one. Throws UsageError for an unavailable backend and
 /// DistributedError when the store cannot be reached or a rank does not join within the timeout.
 std::shared_ptr<ProcessGroup> init_process_group(const DistributedEnv& env,
                                                  const DistributedOptions& options = {});

@@ -1,10 +1,12 @@
 // Evaluation of a pretrained backbone: representations of a data set, the linear probe on cached
-// features, the cosine kNN classifier, and collapse diagnostics (RankMe). DESIGN.md 1.4.
+// features, the cosine kNN classifier, fine-tuning, and collapse diagnostics (RankMe). The
+// protocols and their defaults: docs/evaluation.md.
 #pragma once
 
 #include "vicreg/augment.h"
 #include "vicreg/data.h"
 #include "vicreg/models.h"
+#include "vicreg/names.h"
 
 #include <torch/types.h>
 
@@ -39,7 +41,7 @@ Accuracy accuracy(const torch::Tensor& scores, const torch::Tensor& labels);
 struct LinearProbeOptions {
   int64_t epochs = 100;
   int64_t batch_size = 256;
-  double lr = 0.02;          ///< the reference's linear-eval lr at batch 256
+  double lr = 0.02;  ///< the reference's linear-eval lr at batch 256
   double weight_decay = 1e-6;
   double momentum = 0.9;
   /// Standardise features with the training set's mean and std first (a BatchNorm without affine
@@ -66,8 +68,8 @@ torch::Tensor knn_scores(const torch::Tensor& bank_x, const torch::Tensor& bank_
 /// Collapse diagnostics of a batch of embeddings or representations z: [N, D], N >= 2.
 struct CollapseStats {
   double std_mean = 0, std_min = 0;  ///< over dimensions, of the per-dimension (unbiased) std
-  double covariance = 0;  ///< the loss's c(Z) = (1/D) sum_{i != j} C(Z)_ij^2
-  double rankme = 0;      ///< rankme(z)
+  double covariance = 0;             ///< the loss's c(Z) = (1/D) sum_{i != j} C(Z)_ij^2
+  double rankme = 0;                 ///< rankme(z)
   int64_t dim = 0;
 };
 CollapseStats collapse_stats(const torch::Tensor& z);
@@ -114,6 +116,37 @@ Accuracy train_classifier(EncoderImpl& encoder, const Dataset& train, const Data
                           const ViewConfig& augment, const EvalTransform& eval,
                           const ClassifierOptions& options = {},
                           const torch::Device& device = torch::kCPU);
+
+/// The evaluation protocols: linear (frozen backbone, linear head), knn, finetune (backbone and
+/// head on a fraction of the labels).
+enum class Protocol { Linear, Knn, Finetune };
+template <>
+const NameTable<Protocol>& name_table<Protocol>();
+
+/// solo-learn's kNN settings.
+struct KnnOptions {
+  int64_t k = 20;
+  double temperature = 0.07;
+};
+
+/// Every protocol's defaults, stated once: the linear probe and fine-tuning as the reference's
+/// evaluate.py (--weights freeze / finetune), kNN as solo-learn's.
+struct ProtocolDefaults {
+  /// 100 epochs, batch 256, lr 0.02, wd 1e-6, on cached features.
+  static LinearProbeOptions linear() { return {}; }
+  /// The same head trained on augmented images through the frozen backbone.
+  static ClassifierOptions linear_augmented() {
+    ClassifierOptions o;
+    o.epochs = 100;
+    o.lr_head = 0.02;
+    o.lr_backbone = 0.0;
+    o.weight_decay = 1e-6;
+    return o;
+  }
+  /// 20 epochs, head lr 0.1, backbone lr 0.01, wd 0.
+  static ClassifierOptions finetune() { return {}; }
+  static KnnOptions knn() { return {}; }
+};
 
 /// RankMe (Garrido et al. 2023): exp of the entropy of the normalised singular values of
 /// x: [N, D]; between 1 and min(N, D).

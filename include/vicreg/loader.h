@@ -9,6 +9,7 @@
 
 #include "vicreg/augment.h"
 #include "vicreg/data.h"
+#include "vicreg/error.h"
 
 #include <torch/types.h>
 
@@ -78,7 +79,7 @@ struct TwoViewBatch {
   torch::Tensor labels;          ///< [B] int64 (undefined when the data have none)
   torch::Tensor indices;         ///< [B] int64: which samples
   int64_t epoch = 0;
-  int64_t index = 0;             ///< batch index within the epoch
+  int64_t index = 0;  ///< batch index within the epoch
 };
 
 /// An endless stream of batches: batch g of the stream is batch g % batches_per_epoch() of epoch
@@ -87,8 +88,8 @@ class TwoViewLoader {
  public:
   /// Throws std::invalid_argument if batch_size < 2, batch_size > data size, workers < 1,
   /// prefetch < 1, or batch_size not divisible by shard_count.
-  TwoViewLoader(std::shared_ptr<const Dataset> data, std::shared_ptr<const TwoViewTransform> transform,
-                LoaderOptions options);
+  TwoViewLoader(std::shared_ptr<const Dataset> data,
+                std::shared_ptr<const TwoViewTransform> transform, LoaderOptions options);
   ~TwoViewLoader();
   TwoViewLoader(const TwoViewLoader&) = delete;
   TwoViewLoader& operator=(const TwoViewLoader&) = delete;
@@ -120,8 +121,8 @@ class TwoViewLoader {
   std::condition_variable cv_;
   std::vector<std::thread> threads_;
   bool stopping_ = false;
-  int64_t next_to_claim_ = 0;    // next global batch a worker takes
-  int64_t next_to_return_ = 0;   // next global batch next() hands out
+  int64_t next_to_claim_ = 0;   // next global batch a worker takes
+  int64_t next_to_return_ = 0;  // next global batch next() hands out
   std::map<int64_t, TwoViewBatch> ready_;
   std::exception_ptr error_;
   double wait_seconds_ = 0.0;

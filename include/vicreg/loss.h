@@ -18,16 +18,18 @@
 // In both, variance = v(Z) + v(Z') and covariance = c(Z) + c(Z') (unweighted, one term per view).
 // The default coefficients (25, 25, 1) were tuned for the Official preset.
 //
-// Implementation (see DESIGN.md 1.2): the covariance term is computed through the n x n Gram
-// matrix G = Zc Zc^T when n < d (no d x d matrix is ever built) and through Zc^T Zc otherwise; no
-// mask is built in either case. The backward pass is closed form. Reductions accumulate in fp32
+// Implementation (derivations in docs/loss.md): the covariance term is computed through the n x n
+// Gram matrix G = Zc Zc^T when n < d (no d x d matrix is ever built) and through Zc^T Zc otherwise;
+// no mask is built in either case. The backward pass is closed form. Reductions accumulate in fp32
 // at least (fp64 for double inputs and for the final scalar sums), whatever the input dtype;
 // gradients come back in the input dtype. Works on any device LibTorch supports.
 #pragma once
 
+#include "vicreg/names.h"
+
+#include <torch/arg.h>
 #include <torch/nn/cloneable.h>
 #include <torch/nn/pimpl.h>
-#include <torch/arg.h>
 #include <torch/types.h>
 
 #include <cstdint>
@@ -41,10 +43,9 @@ class ProcessGroup;  // distributed.h
 /// Which published weighting of the three terms to use (see the top of this file).
 enum class LossPreset { Official, Paper };
 
-/// "official" / "paper".
-std::string to_string(LossPreset preset);
-/// Parses "official" or "paper" (case-sensitive); throws c10::Error naming the valid values.
-LossPreset loss_preset_from_string(const std::string& name);
+/// "official" / "paper" (to_string, parse_name<LossPreset>).
+template <>
+const NameTable<LossPreset>& name_table<LossPreset>();
 
 struct VICRegLossOptions {
   /// lambda: weight of the invariance term.
@@ -84,7 +85,7 @@ struct VICRegLossTerms {
 VICRegLossTerms vicreg_loss(const torch::Tensor& z_a, const torch::Tensor& z_b,
                             const VICRegLossOptions& options = {});
 
-/// The loss of a global batch spread over the W ranks of `group` (DESIGN.md 1.2): each rank
+/// The loss of a global batch spread over the W ranks of `group` (docs/loss.md): each rank
 /// passes its own n rows of both views (the same n on every rank), gets the loss of the global
 /// batch of N = W n rows (exactly vicreg_loss() of the rows concatenated in rank order), and its
 /// backward gives W times the gradient of its own rows (distributed.h: averaging the parameter

@@ -6,8 +6,10 @@
 // ...), and the VICReg model holds them as "backbone" and "projector" like main_vicreg.py.
 #pragma once
 
-#include <torch/nn/module.h>
+#include "vicreg/names.h"
+
 #include <torch/nn/cloneable.h>
+#include <torch/nn/module.h>
 #include <torch/nn/modules/container/any.h>
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/conv.h>
@@ -154,8 +156,8 @@ class ConvNetImpl : public EncoderImpl {
 // MLP encoder for vector data
 
 struct MLPOptions {
-  MLPOptions(int64_t in_features, std::string hidden) : in_features_(in_features),
-                                                        hidden_(std::move(hidden)) {}
+  MLPOptions(int64_t in_features, std::string hidden)
+      : in_features_(in_features), hidden_(std::move(hidden)) {}
   TORCH_ARG(int64_t, in_features);
   /// Sizes of the layers, e.g. "512-512": Linear -> BatchNorm1d -> ReLU each.
   TORCH_ARG(std::string, hidden);
@@ -197,10 +199,14 @@ TORCH_MODULE(Expander);
 // ---------------------------------------------------------------------------------------------
 // Building encoders by name, and the two-branch model
 
+/// The encoders make_encoder() builds: resnet18, resnet34, resnet50, convnet, mlp.
+enum class Arch { ResNet18, ResNet34, ResNet50, ConvNet, Mlp };
+template <>
+const NameTable<Arch>& name_table<Arch>();
+
 /// What make_encoder() builds.
 struct EncoderConfig {
-  /// resnet18, resnet34, resnet50, convnet, mlp.
-  std::string arch = "convnet";
+  Arch arch = Arch::ConvNet;
   /// Image channels (1 for Fashion-MNIST, 3 for RGB); ignored by mlp.
   int64_t in_channels = 1;
   /// Image side; ResNets use the small stem when it is at most 64. Ignored by mlp.
@@ -215,11 +221,8 @@ struct EncoderConfig {
   bool zero_init_residual = true;
 };
 
-/// The names make_encoder() accepts.
-const std::vector<std::string>& encoder_archs();
-
-/// Throws std::invalid_argument for an unknown arch (listing the valid ones) or settings that
-/// cannot work (e.g. convnet with more stages than the image can halve, mlp without features).
+/// Throws UsageError for settings that cannot work (e.g. convnet with more stages than the image
+/// can halve, mlp without features).
 Encoder make_encoder(const EncoderConfig& config);
 
 /// Representations and embeddings of both views.

@@ -1,7 +1,9 @@
-// Optimisation for pretraining: LARS (DESIGN.md 1.3), AdamW and SGD with the reference's
+// Optimisation for pretraining: LARS (docs/training.md), AdamW and SGD with the reference's
 // parameter grouping, and the reference's learning-rate schedule (linear warm-up per step, then
 // cosine decay to a fraction of the peak).
 #pragma once
+
+#include "vicreg/names.h"
 
 #include <torch/arg.h>
 #include <torch/optim/optimizer.h>
@@ -79,14 +81,19 @@ struct WarmupCosineSchedule {
 /// Sets the learning rate of every parameter group.
 void set_learning_rate(torch::optim::Optimizer& optimizer, double lr);
 
+/// The optimizers make_optimizer() builds: lars, adamw, sgd.
+enum class OptimizerKind { Lars, AdamW, Sgd };
+template <>
+const NameTable<OptimizerKind>& name_table<OptimizerKind>();
+
 /// What make_optimizer() builds.
 struct OptimizerConfig {
-  std::string name = "lars";  ///< "lars", "adamw" or "sgd"
-  double lr = 0.0;            ///< initial rate (the schedule sets it every step)
+  OptimizerKind kind = OptimizerKind::Lars;
+  double lr = 0.0;  ///< initial rate (the schedule sets it every step)
   double weight_decay = 1e-6;
-  double momentum = 0.9;      ///< LARS and SGD
-  double eta = 1e-3;          ///< LARS
-  bool clip_lr = false;       ///< LARS
+  double momentum = 0.9;              ///< LARS and SGD
+  double eta = 1e-3;                  ///< LARS
+  bool clip_lr = false;               ///< LARS
   double beta1 = 0.9, beta2 = 0.999;  ///< AdamW
 };
 

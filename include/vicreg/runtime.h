@@ -1,4 +1,4 @@
-// Process-wide runtime settings and accounting: intra-op threads, peak memory.
+// Process-wide runtime settings and accounting: devices, intra-op threads, peak memory.
 #pragma once
 
 #include <torch/types.h>
@@ -12,6 +12,11 @@ namespace vicreg {
 /// thread count (Debian's LibTorch starts with one thread, OpenBLAS with one per core).
 /// threads <= 0 means one per available core. Returns the count that was set.
 int set_threads(int threads);
+
+/// The device named `name` (cpu, cuda, cuda:N), checked to be usable here. Throws UsageError
+/// naming --device when CUDA is asked for and this LibTorch has no CUDA device, c10::Error for a
+/// name that is no device.
+torch::Device usable_device(const std::string& name);
 
 /// Cores available to this process (sched affinity), at least 1.
 int available_cores();

@@ -219,7 +219,7 @@ class WeightsTest(unittest.TestCase):
         w0 = m.state_dict()["layer2.0.conv1.weight"]
         self.assertLess((trained["layer2.0.conv1.weight"] - w0).abs().max().item(), 1e-3)
         config = json.loads(read_bytes(self.path("run/config.json")))
-        self.assertEqual(config["init_backbone"], self.path("init.pth"))
+        self.assertEqual(config["model"]["init_backbone"], self.path("init.pth"))
         # eval evaluates the file's weights in the model of --config.
         r = self.cli("eval", "--protocol", "knn", "--threads", "1", "--init-backbone",
                      self.path("init.pth"), "--config", self.path("run/config.json"))

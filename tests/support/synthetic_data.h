@@ -37,9 +37,11 @@ inline void write_idx_dataset(const std::filesystem::path& dir, int n, int side,
     }
   }
   std::ofstream(dir / (prefix + "-images-idx3-ubyte"), std::ios::binary)
-      .write(reinterpret_cast<const char*>(images.data()), static_cast<std::streamsize>(images.size()));
+      .write(reinterpret_cast<const char*>(images.data()),
+             static_cast<std::streamsize>(images.size()));
   std::ofstream(dir / (prefix + "-labels-idx1-ubyte"), std::ios::binary)
-      .write(reinterpret_cast<const char*>(labels.data()), static_cast<std::streamsize>(labels.size()));
+      .write(reinterpret_cast<const char*>(labels.data()),
+             static_cast<std::streamsize>(labels.size()));
 }
 
 }  // namespace vicreg::testing

@@ -1,0 +1,182 @@
+// vicreg eval and vicreg embed: what to look at (run/evaluation.h's SubjectSpec), the protocol's
+// flags (EvalRequest; unset flags take the library's defaults), and the printed results.
+#include "commands.h"
+
+#include "vicreg/data.h"
+#include "vicreg/error.h"
+#include "vicreg/run/evaluation.h"
+#include "vicreg/runtime.h"
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <optional>
+
+namespace vicreg::cli {
+
+namespace {
+
+struct SubjectArgs {
+  SubjectSpec spec;
+  std::string baseline, config_file;
+  bool embedding = false;
+  int threads = 0;
+
+  /// The spec with --baseline and --config resolved.
+  SubjectSpec resolved() const {
+    SubjectSpec s = spec;
+    if (!baseline.empty()) s.baseline = parse_name<Baseline>(baseline);
+    if (!config_file.empty()) s.config = read_config_file(config_file);
+    return s;
+  }
+};
+
+void add_subject_flags(CLI::App& cmd, SubjectArgs& a) {
+  cmd.add_option("--backbone", a.spec.backbone,
+                 "A run's backbone.pt, a safetensors file from vicreg export, or a torchvision "
+                 "ResNet's state dict (safetensors or torch.save; the architecture is read off the "
+                 "weights)")
+      ->check(CLI::ExistingFile);
+  cmd.add_option("--init-backbone", a.spec.init_backbone,
+                 "Weights (safetensors or torch.save, torchvision's names) for the backbone of "
+                 "the model of --config (default: the default run)");
+  cmd.add_option("--checkpoint", a.spec.checkpoint,
+                 "A run's checkpoint.pt (backbone and expander; needed for --embedding and the "
+                 "embedding diagnostics)")
+      ->check(CLI::ExistingFile);
+  cmd.add_option("--baseline", a.baseline,
+                 "Instead of a trained model: pixels (the normalised image) or random-init (the "
+                 "untrained model of --config FILE, default: the default run)")
+      ->check(CLI::IsMember(names_of<Baseline>()));
+  cmd.add_option("--config", a.config_file,
+                 "Run settings for --baseline and --init-backbone (e.g. a run's config.json)");
+  cmd.add_flag("--embedding", a.embedding,
+               "Use the expander's output (the embedding) instead of the representation");
+  cmd.add_option("--data-dir", a.spec.data_dir, "Where the data are (default: as in training)");
+  cmd.add_option("--threads", a.threads, "Intra-op threads (0: one per core)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd.add_option("--device", a.spec.device, "cpu, cuda or cuda:N")->capture_default_str();
+}
+
+struct EvalArgs {
+  SubjectArgs subject;
+  EvalRequest request;
+  std::string protocol = "linear", json;
+};
+
+int run_eval(EvalArgs& a) {
+  const auto t0 = std::chrono::steady_clock::now();
+  set_threads(a.subject.threads);
+  EvalRequest r = a.request;
+  r.protocol = parse_name<Protocol>(a.protocol);
+  r.embedding = a.subject.embedding;
+  Subject s = load_subject(a.subject.resolved(), {Split::Train, Split::Test});
+  nlohmann::json doc = evaluate_subject(s, r);
+  doc["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf(
+      "%s on the %s of %s, %s (%lld train / %lld test): top-1 %.2f %%, top-5 %.2f %%; "
+      "%.1f s\n",
+      a.protocol.c_str(), doc["features"].get<std::string>().c_str(), s.name.c_str(),
+      doc["dataset"].get<std::string>().c_str(),
+      static_cast<long long>(doc["train_samples"].get<int64_t>()),
+      static_cast<long long>(doc["test_samples"].get<int64_t>()), 100 * doc["top1"].get<double>(),
+      100 * doc["top5"].get<double>(), doc["seconds"].get<double>());
+  for (const auto& [what, d] : doc["diagnostics"].items()) {
+    std::printf("  test %s: std mean %.3f min %.3f, covariance term %.4g, RankMe %.1f of %lld\n",
+                what.c_str(), d["std_mean"].get<double>(), d["std_min"].get<double>(),
+                d["covariance"].get<double>(), d["rankme"].get<double>(),
+                static_cast<long long>(d["dim"].get<int64_t>()));
+  }
+  if (!a.json.empty()) {
+    const SubjectSpec& spec = a.subject.spec;
+    if (!spec.backbone.empty()) doc["backbone"] = spec.backbone;
+    if (!spec.checkpoint.empty()) doc["checkpoint"] = spec.checkpoint;
+    if (!a.subject.baseline.empty()) doc["baseline"] = a.subject.baseline;
+    write_json(a.json, doc);
+  }
+  return 0;
+}
+
+struct EmbedArgs {
+  SubjectArgs subject;
+  std::string out, labels_out, split = "test";
+};
+
+int run_embed(EmbedArgs& a) {
+  set_threads(a.subject.threads);
+  const Split split = parse_name<Split>(a.split);
+  Subject s = load_subject(a.subject.resolved(), {split});
+  const Dataset& data = split == Split::Train ? s.train : s.test;
+  const torch::Tensor f = subject_features(s, data, a.subject.embedding);
+  write_npy(a.out, f);
+  if (!a.labels_out.empty()) write_npy(a.labels_out, data.require_labels());
+  std::printf("wrote %lld x %lld %ss of the %s split to %s\n", static_cast<long long>(f.size(0)),
+              static_cast<long long>(f.size(1)),
+              a.subject.embedding ? "embedding" : "representation", a.split.c_str(), a.out.c_str());
+  return 0;
+}
+
+}  // namespace
+
+Run setup_eval(CLI::App& cmd, const std::vector<std::string>&) {
+  auto a = std::make_shared<EvalArgs>();
+  add_subject_flags(cmd, a->subject);
+  EvalRequest& r = a->request;
+  cmd.add_option("--protocol", a->protocol,
+                 "linear (frozen backbone, linear head), knn, or finetune (backbone and head on "
+                 "--label-fraction of the labels)")
+      ->check(CLI::IsMember(names_of<Protocol>()))
+      ->capture_default_str();
+  cmd.add_option_function<int64_t>(
+         "--epochs", [&r](int64_t v) { r.epochs = v; },
+         "linear/finetune: epochs (default: linear 100, finetune 20)")
+      ->check(CLI::PositiveNumber);
+  cmd.add_option("--batch-size", r.batch_size, "linear/finetune: batch size")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd.add_option_function<double>(
+         "--lr", [&r](double v) { r.lr = v; },
+         "linear/finetune: the head's learning rate (SGD, momentum 0.9, cosine; default: linear "
+         "0.02, finetune 0.1)")
+      ->check(CLI::PositiveNumber);
+  cmd.add_option_function<double>(
+         "--lr-backbone", [&r](double v) { r.lr_backbone = v; },
+         "finetune: the backbone's learning rate (default 0.01)")
+      ->check(CLI::NonNegativeNumber);
+  cmd.add_option_function<double>(
+         "--wd", [&r](double v) { r.wd = v; },
+         "linear/finetune: weight decay (default: linear 1e-6, finetune 0)")
+      ->check(CLI::NonNegativeNumber);
+  cmd.add_flag("--augment", r.augment,
+               "linear: train the head on augmented images (crop and flip) through the frozen "
+               "backbone every epoch, instead of on cached features");
+  cmd.add_option("--label-fraction", r.label_fraction,
+                 "finetune: fraction of the labelled training split used, class-balanced (e.g. "
+                 "0.01, 0.1)")
+      ->check(CLI::Range(1e-9, 1.0))
+      ->capture_default_str();
+  cmd.add_option("--seed", r.seed, "linear/finetune: seed (head, order, subset)")
+      ->capture_default_str();
+  cmd.add_option("--k", r.knn.k, "knn: neighbours")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd.add_option("--temperature", r.knn.temperature, "knn: vote temperature")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd.add_option("--json", a->json, "Also write the results to this JSON file");
+  return [a] { return run_eval(*a); };
+}
+
+Run setup_embed(CLI::App& cmd, const std::vector<std::string>&) {
+  auto a = std::make_shared<EmbedArgs>();
+  add_subject_flags(cmd, a->subject);
+  cmd.add_option("--out", a->out, "Output .npy, [N, D] float32")->required();
+  cmd.add_option("--labels-out", a->labels_out, "Labels as .npy, [N] int64");
+  cmd.add_option("--split", a->split, "train or test")
+      ->check(CLI::IsMember(names_of<Split>()))
+      ->capture_default_str();
+  return [a] { return run_embed(*a); };
+}
+
+}  // namespace vicreg::cli

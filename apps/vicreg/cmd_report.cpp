@@ -1,0 +1,63 @@
+// vicreg report: report.html and results.md of an experiment directory (report.h).
+#include "commands.h"
+
+#include "vicreg/report.h"
+#include "vicreg/runtime.h"
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+
+namespace vicreg::cli {
+
+namespace {
+
+struct ReportArgs {
+  ReportOptions options;
+  int threads = 0;
+};
+
+int run_report(const ReportArgs& a) {
+  set_threads(a.threads);
+  usable_device(a.options.device);
+  const auto t0 = std::chrono::steady_clock::now();
+  const ReportSummary r = write_report(a.options);
+  std::printf(
+      "wrote %s (and %s): %lld charts, %lld metrics lines, %lld kNN points, %lld "
+      "evaluation results, %s; %.1f s\n",
+      r.path.c_str(), r.results_path.c_str(), static_cast<long long>(r.charts),
+      static_cast<long long>(r.metrics_lines), static_cast<long long>(r.knn_points),
+      static_cast<long long>(r.eval_results),
+      r.model ? ("final model diagnostics and " + std::to_string(r.grid_rows) + " neighbour rows")
+                    .c_str()
+              : "no checkpoint.pt (curves only)",
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return 0;
+}
+
+}  // namespace
+
+Run setup_report(CLI::App& cmd, const std::vector<std::string>&) {
+  auto a = std::make_shared<ReportArgs>();
+  ReportOptions& o = a->options;
+  cmd.add_option("--exp-dir", o.exp_dir, "The run's experiment directory")->required();
+  cmd.add_option("--out", o.out, "Output file (default: EXP_DIR/report.html)");
+  cmd.add_option("--data-dir", o.data_dir, "Where the data are (default: the run's)");
+  cmd.add_option("--queries", o.queries, "Test images in the neighbour grid")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd.add_option("--neighbours", o.neighbours, "Neighbours shown per test image")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd.add_option("--bank", o.bank,
+                 "Training images searched for neighbours (the first ones; 0: all)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd.add_option("--threads", a->threads, "Intra-op threads (0: one per core)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd.add_option("--device", o.device, "cpu, cuda or cuda:N")->capture_default_str();
+  return [a] { return run_report(*a); };
+}
+
+}  // namespace vicreg::cli

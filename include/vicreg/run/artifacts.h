@@ -1,0 +1,127 @@
+// What a run leaves on disk, and reading it back.
+//
+// An experiment directory (--exp-dir) holds:
+//   config.json     the fully resolved TrainConfig (readable again with --config)
+//   metrics.jsonl   one JSON object per log interval, and one per kNN probe
+//   checkpoint.pt   model, optimizer, step, epoch, RNG state, config, input shape; written
+//                   atomically (write_file_atomically) every epoch, at the end, and on a stop
+//   backbone.pt     the final backbone alone with what is needed to rebuild it
+//
+// Checkpoints and backbones are LibTorch archives (torch::save); their config is stored as JSON,
+// so files written by vicreg 0.1 (flat config keys) read unchanged.
+#pragma once
+
+#include "vicreg/io/named_tensors.h"
+#include "vicreg/models.h"
+#include "vicreg/run/config.h"
+
+#include <torch/optim/optimizer.h>
+#include <torch/serialize/input-archive.h>
+#include <torch/serialize/output-archive.h>
+
+#include <cstdint>
+#include <string>
+
+namespace vicreg {
+
+/// The files of an experiment directory.
+struct ExperimentDir {
+  std::string root;
+  std::string config() const;      ///< root/config.json
+  std::string metrics() const;     ///< root/metrics.jsonl
+  std::string checkpoint() const;  ///< root/checkpoint.pt
+  std::string backbone() const;    ///< root/backbone.pt
+};
+
+/// Writes a LibTorch archive to `path` with write_file_atomically. Throws FormatError.
+void save_archive(torch::serialize::OutputArchive& archive, const std::string& path);
+
+/// Loads a LibTorch archive; `what` names the file in errors ("checkpoint", "backbone"). Throws
+/// FormatError when it is missing, truncated or not such an archive.
+void load_archive(torch::serialize::InputArchive& archive, const std::string& path,
+                  const std::string& what);
+
+/// Copies the parameters and buffers of `archive` into `module` by name, checking every shape
+/// (LibTorch 1.13's Module::load would take tensors of any shape). Throws FormatError naming the
+/// first missing or mismatched tensor.
+void load_module_checked(torch::nn::Module& module, torch::serialize::InputArchive& archive);
+
+/// What a checkpoint holds besides the model's and the optimizer's tensors.
+struct CheckpointState {
+  int64_t step = 0;         ///< optimizer steps done
+  int64_t epoch = 0;        ///< epochs completed (written for readers; step decides)
+  double elapsed_s = 0;     ///< wall seconds of training so far, over all sessions
+  torch::Tensor rng_state;  ///< the CPU generator's state
+  TrainConfig config;
+  /// The input shape, so that the backbone can be rebuilt without the data (export).
+  int64_t in_channels = 0, image_size = 0, in_features = 0;
+};
+
+/// Writes checkpoint.pt atomically: `model`, `optimizer` and `state`.
+void write_checkpoint(const std::string& path, const torch::nn::Module& model,
+                      const torch::optim::Optimizer& optimizer, const CheckpointState& state);
+
+/// Loads a checkpoint into `model` and `optimizer` (built from its config: read_checkpoint_config)
+/// and returns the rest. Throws FormatError naming the file when it is missing, corrupt or does
+/// not fit the model.
+CheckpointState read_checkpoint(const std::string& path, torch::nn::Module& model,
+                                torch::optim::Optimizer& optimizer);
+
+/// Reads the config stored in a checkpoint.
+TrainConfig read_checkpoint_config(const std::string& path);
+
+/// A checkpoint.pt's whole model (backbones and expanders), rebuilt from the config stored with it
+/// and the shape of `data`, weights loaded with their shapes checked, in eval mode. Throws naming
+/// the file if it is missing, corrupt or does not fit.
+struct TrainedModel {
+  VICReg model{nullptr};
+  TrainConfig config;
+  int64_t step = 0;
+};
+TrainedModel read_model(const std::string& checkpoint, const Dataset& data);
+
+/// A backbone: the encoder rebuilt from the settings stored with it, weights loaded, in eval
+/// mode, with the run's config and the input shape it was trained on.
+struct Backbone {
+  Encoder encoder;
+  TrainConfig config;
+  int64_t in_channels = 0, image_size = 0, in_features = 0;
+};
+
+/// Writes a run's backbone.pt: the encoder with its config and input shape.
+void write_backbone(const Backbone& backbone, const std::string& path);
+
+/// Reads
+///   - a run's backbone.pt;
+///   - a safetensors file written by export_backbone() (its metadata carries the settings);
+///   - any other safetensors or torch.save state dict of a ResNet with torchvision's names
+///     (torchvision's, the official VICReg release): the architecture is read off the weights
+///     (infer_encoder_config); config is the default one with that arch, image_size 0 (unknown).
+/// Throws naming the file if it is missing, not a backbone, or its weights do not fit.
+Backbone read_backbone(const std::string& path);
+/// read_backbone(path).encoder
+Encoder load_backbone(const std::string& path);
+
+/// The backbone of a checkpoint.pt (written by vicreg 0.1 since the input shape is stored in it).
+Backbone read_checkpoint_backbone(const std::string& path);
+
+/// The settings of a ResNet encoder from its weights (torchvision names, possibly under a prefix
+/// such as "backbone." or "module."): depth from the blocks per stage (18, 34: BasicBlock
+/// [2,2,2,2], [3,4,6,3]; 50: Bottleneck [3,4,6,3]), in_channels and the stem (7x7: torchvision's,
+/// 3x3: the small-image one) from conv1.weight. Throws FormatError naming `source` when the
+/// weights are no ResNet vicreg builds.
+EncoderConfig infer_encoder_config(const NamedTensors& weights, const std::string& source);
+
+/// How to build the torchvision model that a ResNet backbone's weights load into (Python, one
+/// line); empty for the other encoders.
+std::string torchvision_recipe(const Backbone& backbone);
+
+/// Writes a backbone as safetensors with torchvision's names (a ResNet loads into
+/// torchvision.models.resnetNN with strict=False, only fc.* missing; the small-image stem needs
+/// conv1 = Conv2d(C, 64, 3, 1, 1, bias=False) and maxpool = Identity()). The metadata records
+/// the settings (vicreg.config, vicreg.arch, vicreg.in_channels, vicreg.image_size,
+/// vicreg.in_features) and, in vicreg.torchvision, how to build the torchvision model.
+/// Returns the number of tensors written.
+int64_t export_backbone(const Backbone& backbone, const std::string& path);
+
+}  // namespace vicreg

@@ -1,0 +1,275 @@
+// The configuration of a pretraining run: one tree of sections, each a plain struct, and one
+// table of settings (for_each_setting) from which the JSON file, the CLI flags and resuming are
+// all derived.
+//
+//   TrainConfig
+//     data         what is learned from         dataset, recipe, image_size, channels
+//     model        what is trained              arch, width, stages, encoder_mlp, mlp, ...
+//     optim        how                          optimizer, epochs, batch_size, base_lr, wd, ...
+//     loss         the objective                sim_coeff, std_coeff, cov_coeff, loss_preset
+//     seed         initialisation, data order and augmentations
+//     runtime      where and how fast it runs   data_dir, device, threads, workers, exp_dir, ...
+//     distributed  the process group            sync_bn, dist_backend, dist_timeout
+//
+// Resuming is decided by the sections, not by a list of fields (config_for_resume): the checkpoint
+// decides data, model, optim, loss and seed; the command line decides runtime and distributed.
+// A new setting is resumed right by being put in the section it belongs to.
+//
+// config.json holds the tree, one object per section; a --config file may also give settings as
+// flat keys (the flag's name with '_' for '-': "base_lr" for --base-lr), which is also how
+// vicreg 0.1 wrote it, so its files read unchanged.
+#pragma once
+
+#include "vicreg/data.h"
+#include "vicreg/distributed.h"
+#include "vicreg/loader.h"
+#include "vicreg/loss.h"
+#include "vicreg/models.h"
+#include "vicreg/names.h"
+#include "vicreg/optim.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace vicreg {
+
+/// What is learned from.
+struct DataConfig {
+  DatasetKind dataset = DatasetKind::FashionMnist;
+  std::string recipe;      ///< augment.h's recipe names; empty: the data set's natural one
+  int64_t image_size = 0;  ///< crop size; 0: the recipe's
+  int64_t channels = 3;    ///< image-folder only: 3 (RGB) or 1
+};
+
+/// What is trained: the backbone(s) and the expander.
+struct ModelConfig {
+  Arch arch = Arch::ConvNet;
+  int64_t width = 32;                     ///< convnet
+  int64_t stages = 4;                     ///< convnet
+  std::string encoder_mlp = "1024-1024";  ///< mlp encoder's hidden layers
+  std::string mlp = "1024-1024-1024";     ///< expander (--mlp)
+  bool shared_weights = true;
+  std::optional<Arch> arch_b;  ///< second branch without shared weights (none: arch)
+  /// Weights for the backbone at the start of a new run (not on resume): a safetensors or
+  /// torch.save file with torchvision's names (load_encoder_weights). Empty: random.
+  std::string init_backbone;
+};
+
+/// How: optimizer and schedule.
+struct OptimConfig {
+  OptimizerKind optimizer = OptimizerKind::AdamW;
+  int64_t epochs = 12;
+  int64_t batch_size = 128;  ///< the global batch (split over the processes)
+  double base_lr = 1e-3;     ///< lr = base_lr * batch / 256 (LARS, SGD); AdamW: lr = base_lr
+  double wd = 1e-6;
+  double momentum = 0.9;  ///< LARS, SGD
+  double eta = 1e-3;      ///< LARS trust coefficient
+  bool clip_lr = false;   ///< LARS: solo-learn's clipping
+  double warmup_epochs = 1.0;
+  double end_lr_ratio = 0.001;
+};
+
+/// The objective's weights (VICRegLossOptions).
+struct LossConfig {
+  double sim_coeff = 25.0, std_coeff = 25.0, cov_coeff = 1.0;
+  LossPreset loss_preset = LossPreset::Official;
+};
+
+/// Where and how fast the run goes; never changes what it computes.
+struct RuntimeConfig {
+  /// Where the data are: empty means, on resume, where the run found them, else the data set's
+  /// default (fashion-mnist: Debian's /usr/share/datasets/fashion-mnist).
+  std::string data_dir;
+  std::string device = "cpu";  ///< cpu, cuda, cuda:N
+  int threads = 0;             ///< intra-op threads; 0: one per core
+  int workers = 2;             ///< loader threads
+  int prefetch = 6;            ///< batches prepared ahead
+  std::string exp_dir = "runs/fashion-mnist";
+  int64_t log_every = 20;     ///< steps per metrics line
+  int64_t max_steps = 0;      ///< stop after this many steps in all (0: no limit)
+  int64_t eval_every = 0;     ///< kNN probe on the test split every N epochs (0: never)
+  int64_t eval_bank = 10000;  ///< training samples in the kNN bank (the first ones; 0: all)
+};
+
+/// The process group (WORLD_SIZE > 1; distributed.h).
+struct DistributedConfig {
+  bool sync_bn = true;  ///< BatchNorm statistics over all ranks (the reference's)
+  DistBackend dist_backend = DistBackend::Auto;
+  double dist_timeout = 300;  ///< seconds a rank waits for the others before giving up
+};
+
+/// Everything a run depends on. The defaults are the default Fashion-MNIST run (docs/training.md).
+struct TrainConfig {
+  DataConfig data;
+  ModelConfig model;
+  OptimConfig optim;
+  LossConfig loss;
+  uint64_t seed = 0;
+  RuntimeConfig runtime;
+  DistributedConfig distributed;
+
+  /// Throws UsageError naming the flag for impossible values (batch < 2, epochs < 1, negative
+  /// rates, an arch that does not fit the data kind, ...). Data-dependent checks happen later.
+  void validate() const;
+  /// The recipe used: data.recipe, or the data set's natural one ("" for vector data).
+  std::string resolved_recipe() const;
+
+  // The modules' own option structs, each built here and nowhere else.
+  DatasetConfig dataset_config(Split split) const;
+  /// The crop size the recipe gives images of `channels` channels (0 for vector data).
+  int64_t crop_size(const Dataset& data) const;
+  EncoderConfig encoder_config(Arch arch, int64_t in_channels, int64_t image_size,
+                               int64_t in_features) const;
+  /// The model on data shaped like `data` (channels, the recipe's crop size, features).
+  VICRegModelConfig model_config(const Dataset& data) const;
+  OptimizerConfig optimizer_config() const;
+  /// The learning-rate schedule for this many steps per epoch.
+  WarmupCosineSchedule schedule(int64_t steps_per_epoch) const;
+  VICRegLossOptions loss_options() const;
+  /// Rank `rank` of `world` processes.
+  LoaderOptions loader_options(int rank, int world) const;
+  DistributedOptions distributed_options() const;
+};
+
+/// The sections of TrainConfig.
+enum class Section { Data, Model, Optim, Loss, Seed, Runtime, Distributed };
+template <>
+const NameTable<Section>& name_table<Section>();
+
+/// True for the sections the command line decides on resume (runtime, distributed).
+inline bool decided_by_command_line(Section s) {
+  return s == Section::Runtime || s == Section::Distributed;
+}
+
+/// One setting of the table: its section, its key (the flag without "--", '_' for '-'), and the
+/// help text of its flag.
+struct Setting {
+  Section section;
+  const char* key;
+  const char* help;
+};
+
+/// Calls visit(const Setting&, field&) for every setting of `config`, in the order of the
+/// sections. The one list of settings: JSON, flags and resume all go through it.
+template <class Config, class Visit>
+void for_each_setting(Config& c, Visit&& visit) {
+  using S = Section;
+  // data
+  visit(Setting{S::Data, "dataset", "fashion-mnist, mnist, cifar10, cifar100, image-folder, npy"},
+        c.data.dataset);
+  visit(Setting{S::Data, "recipe",
+                "Augmentation recipe: imagenet, cifar, fashion-mnist (default: the data set's)"},
+        c.data.recipe);
+  visit(Setting{S::Data, "image_size", "Crop size (0: the recipe's)"}, c.data.image_size);
+  visit(Setting{S::Data, "channels", "image-folder: decode to 3 (RGB) or 1 channel"},
+        c.data.channels);
+  // model
+  visit(Setting{S::Model, "arch", "Backbone: resnet18, resnet34, resnet50, convnet, mlp"},
+        c.model.arch);
+  visit(Setting{S::Model, "width", "convnet: channels of the first stage"}, c.model.width);
+  visit(Setting{S::Model, "stages", "convnet: stages"}, c.model.stages);
+  visit(Setting{S::Model, "encoder_mlp", "mlp backbone: hidden layers"}, c.model.encoder_mlp);
+  visit(Setting{S::Model, "mlp", "Expander layer sizes, e.g. 8192-8192-8192"}, c.model.mlp);
+  visit(Setting{S::Model, "shared_weights",
+                "Both views through the same backbone and expander (default), or one each"},
+        c.model.shared_weights);
+  visit(Setting{S::Model, "arch_b", "Second branch's backbone with --no-shared-weights"},
+        c.model.arch_b);
+  visit(Setting{S::Model, "init_backbone",
+                "Start the backbone from these weights (new runs only): a safetensors or "
+                "torch.save state dict with torchvision's names, e.g. torchvision's resnet50, the "
+                "official VICReg resnet50.pth, or a file from vicreg export; fc.* is skipped"},
+        c.model.init_backbone);
+  // optim
+  visit(Setting{S::Optim, "optimizer", "lars, adamw, sgd"}, c.optim.optimizer);
+  visit(Setting{S::Optim, "epochs", "Epochs (the schedule's length)"}, c.optim.epochs);
+  visit(Setting{S::Optim, "batch_size", "Batch size (global: split over the processes)"},
+        c.optim.batch_size);
+  visit(Setting{S::Optim, "base_lr",
+                "Base learning rate; lars/sgd use base-lr * batch-size / 256, adamw base-lr"},
+        c.optim.base_lr);
+  visit(Setting{S::Optim, "wd", "Weight decay"}, c.optim.wd);
+  visit(Setting{S::Optim, "momentum", "LARS/SGD momentum"}, c.optim.momentum);
+  visit(Setting{S::Optim, "eta", "LARS trust coefficient"}, c.optim.eta);
+  visit(Setting{S::Optim, "clip_lr", "LARS: solo-learn's lr clipping"}, c.optim.clip_lr);
+  visit(Setting{S::Optim, "warmup_epochs", "Linear warm-up (epochs, per step)"},
+        c.optim.warmup_epochs);
+  visit(Setting{S::Optim, "end_lr_ratio", "Cosine decay ends at this fraction of the peak"},
+        c.optim.end_lr_ratio);
+  // loss
+  visit(Setting{S::Loss, "sim_coeff", "Invariance weight (lambda)"}, c.loss.sim_coeff);
+  visit(Setting{S::Loss, "std_coeff", "Variance weight (mu)"}, c.loss.std_coeff);
+  visit(Setting{S::Loss, "cov_coeff", "Covariance weight (nu)"}, c.loss.cov_coeff);
+  visit(Setting{S::Loss, "loss_preset", "official or paper"}, c.loss.loss_preset);
+  // seed
+  visit(Setting{S::Seed, "seed", "Seed of initialisation, data order and augmentation"}, c.seed);
+  // runtime
+  visit(Setting{S::Runtime, "data_dir",
+                "Folder of the data (fashion-mnist: /usr/share/datasets/fashion-mnist; npy: a "
+                "folder with train.npy [+ train_labels.npy], or the .npy file; on resume: where "
+                "the run found them)"},
+        c.runtime.data_dir);
+  visit(Setting{S::Runtime, "device", "cpu, cuda or cuda:N"}, c.runtime.device);
+  visit(Setting{S::Runtime, "threads", "Intra-op threads (0: one per core)"}, c.runtime.threads);
+  visit(Setting{S::Runtime, "workers", "Data loader threads"}, c.runtime.workers);
+  visit(Setting{S::Runtime, "prefetch", "Batches prepared ahead"}, c.runtime.prefetch);
+  visit(Setting{S::Runtime, "exp_dir",
+                "Experiment directory (config.json, metrics.jsonl, checkpoint.pt, backbone.pt)"},
+        c.runtime.exp_dir);
+  visit(Setting{S::Runtime, "log_every", "Steps per metrics line"}, c.runtime.log_every);
+  visit(Setting{S::Runtime, "max_steps",
+                "Stop after this many optimizer steps in all (the schedule still follows "
+                "--epochs; 0: no limit)"},
+        c.runtime.max_steps);
+  visit(Setting{S::Runtime, "eval_every",
+                "kNN probe (k 20, T 0.07) on the test split every N epochs, logged to "
+                "metrics.jsonl (0: never)"},
+        c.runtime.eval_every);
+  visit(
+      Setting{S::Runtime, "eval_bank", "Training samples in the kNN bank of --eval-every (0: all)"},
+      c.runtime.eval_bank);
+  // distributed
+  visit(Setting{S::Distributed, "sync_bn",
+                "With several processes (torchrun), BatchNorm statistics over all of them "
+                "(default, as the reference), or each process's own"},
+        c.distributed.sync_bn);
+  visit(Setting{S::Distributed, "dist_backend",
+                "With several processes: auto (NCCL on CUDA, else Gloo), gloo or nccl"},
+        c.distributed.dist_backend);
+  visit(Setting{S::Distributed, "dist_timeout",
+                "With several processes: seconds to wait for the others (rendezvous and every "
+                "collective) before reporting the missing rank and stopping"},
+        c.distributed.dist_timeout);
+}
+
+/// The config as JSON: one object per section ("seed" at the top).
+nlohmann::json to_json(const TrainConfig& config);
+
+/// Reads the settings present in `json` over `config`: sections ({"optim": {"epochs": 3}}) or
+/// flat keys ({"epochs": 3}, vicreg 0.1's config.json). Throws UsageError naming the key for an
+/// unknown key or a value of the wrong type or name.
+void update_from_json(TrainConfig& config, const nlohmann::json& json);
+
+/// `config` with the settings of a JSON file (--config) read over it. Throws FormatError when
+/// the file cannot be read or is not JSON, UsageError for a bad setting; both name the file.
+TrainConfig read_config_file(const std::string& path, TrainConfig config = {});
+
+/// The config a run resumed from a checkpoint continues with: `stored`'s data, model, optim, loss
+/// and seed; `given`'s runtime and distributed sections (an empty runtime.data_dir keeps the
+/// stored one).
+TrainConfig config_for_resume(const TrainConfig& stored, const TrainConfig& given);
+
+/// The settings of the sections a checkpoint decides (not runtime, not distributed) whose values
+/// differ between `a` and `b`, as "--flag value" (the value of `a`, as JSON); with `only`, just
+/// those whose key is in it.
+std::vector<std::string> differing_settings(const TrainConfig& a, const TrainConfig& b,
+                                            const std::vector<std::string>* only = nullptr);
+
+/// The keys of the settings a JSON config names (flat or in sections).
+std::vector<std::string> setting_keys(const nlohmann::json& json);
+
+}  // namespace vicreg

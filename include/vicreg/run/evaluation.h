@@ -1,0 +1,75 @@
+// Evaluating what a run produced (vicreg eval, vicreg embed): the subject (a trained backbone,
+// a whole checkpoint, weights in the model of a config, or a baseline) with the data it belongs
+// to, and a protocol of evaluate.h applied to it with the library's defaults.
+#pragma once
+
+#include "vicreg/evaluate.h"
+#include "vicreg/run/config.h"
+
+#include <torch/types.h>
+#include <nlohmann/json.hpp>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace vicreg {
+
+/// The baselines a pretrained model must beat: pixels (the normalised image, flattened) and
+/// random-init (the untrained model of a config, initialised with its seed).
+enum class Baseline { Pixels, RandomInit };
+template <>
+const NameTable<Baseline>& name_table<Baseline>();
+
+/// What to evaluate: exactly one of backbone, checkpoint, init_backbone, baseline.
+struct SubjectSpec {
+  std::string backbone;       ///< a run's backbone.pt, an exported or torchvision state dict
+  std::string checkpoint;     ///< a run's checkpoint.pt (backbone and expander)
+  std::string init_backbone;  ///< weights for the backbone of `config`'s model
+  std::optional<Baseline> baseline;
+  /// The run settings of init_backbone and baseline (default: the default run).
+  std::optional<TrainConfig> config;
+  std::string data_dir;        ///< where the data are; empty: as in training
+  std::string device = "cpu";  ///< cpu, cuda, cuda:N
+};
+
+/// A subject loaded, in eval mode on its device, with its data.
+struct Subject {
+  std::string name;  ///< the file, or "baseline:NAME"
+  TrainConfig config;
+  Encoder encoder;
+  Expander projector{nullptr};  ///< checkpoints only
+  Dataset train, test;          ///< the splits asked for
+  EvalTransform transform;
+  torch::Device device = torch::kCPU;
+};
+
+/// Loads the subject and the splits of its data set. Throws UsageError for a spec that does not
+/// name exactly one subject, data that do not fit it, an unavailable device; FormatError for
+/// missing or corrupt files.
+Subject load_subject(const SubjectSpec& spec, const std::vector<Split>& splits);
+
+/// Representations of `data` (with `embedding`, the expander's output: checkpoints only),
+/// [N, D] float32 on the CPU.
+torch::Tensor subject_features(Subject& subject, const Dataset& data, bool embedding);
+
+/// A protocol and its settings; unset values take the protocol's default (ProtocolDefaults).
+struct EvalRequest {
+  Protocol protocol = Protocol::Linear;
+  bool embedding = false;  ///< on the embedding instead of the representation (linear, knn)
+  bool augment = false;    ///< linear: train the head on augmented images
+  std::optional<int64_t> epochs;
+  int64_t batch_size = 256;
+  std::optional<double> lr, lr_backbone, wd;
+  double label_fraction = 0.1;  ///< finetune
+  KnnOptions knn;
+  uint64_t seed = 0;
+};
+
+/// Runs the protocol on the subject (its train and test splits). Returns what `vicreg eval
+/// --json` writes: protocol, top1, top5, features, settings, diagnostics (the collapse statistics
+/// of the test representation and, with an expander, embedding), rankme, seconds,
+/// feature_seconds, threads, train_samples, test_samples, subject, dataset.
+nlohmann::json evaluate_subject(Subject& subject, const EvalRequest& request);
+
+}  // namespace vicreg

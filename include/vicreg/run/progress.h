@@ -1,0 +1,72 @@
+// What a run reports while it trains: metrics.jsonl (one JSON object per log interval and per
+// kNN probe) and the terminal (a progress bar, plain log lines, or nothing).
+#pragma once
+
+#include "vicreg/names.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <fstream>
+#include <string>
+
+namespace vicreg {
+
+/// One optimizer step's numbers.
+struct StepStats {
+  double loss = 0, invariance = 0, variance = 0, covariance = 0, lr = 0;
+  double std_z = 0, std_z_min = 0;  ///< mean and min over dimensions of the std of z_a
+};
+
+/// The steps of one log interval, summed.
+struct IntervalStats {
+  int64_t steps = 0;
+  StepStats sum;
+  void add(const StepStats& s);
+  /// The interval's mean of every number (lr: the last step's).
+  StepStats mean(double last_lr) const;
+};
+
+/// Where progress goes: auto (a bar on a terminal, log lines otherwise), bar, plain, none.
+enum class ProgressStyle { Auto, Bar, Plain, None };
+template <>
+const NameTable<ProgressStyle>& name_table<ProgressStyle>();
+
+/// h:mm:ss
+std::string clock_time(double seconds);
+
+/// Appends JSON lines to metrics.jsonl, flushed after each (a killed run loses no whole line).
+class MetricsLog {
+ public:
+  /// Opens `path` for appending; FormatError when it cannot.
+  explicit MetricsLog(const std::string& path);
+  void write(const nlohmann::json& line);
+
+ private:
+  std::string path_;
+  std::ofstream out_;
+};
+
+/// The terminal side: a bar that redraws itself on one line, or plain log lines. Silent on every
+/// rank but 0.
+class ProgressReporter {
+ public:
+  ProgressReporter(ProgressStyle style, bool main_rank);
+  /// Whether anything is shown at all.
+  bool active() const { return bar_ || plain_; }
+  /// A line of its own (the run's start, the process group), before the first interval.
+  void note(const std::string& line) const;
+  /// One log interval: `line` is the metrics line (epoch, step, lr, loss, its terms, std_z,
+  /// images_per_s, data_wait_fraction, elapsed_s); `eta_s` the estimated time left.
+  void interval(const nlohmann::json& line, int64_t epochs, int64_t steps_per_epoch,
+                int64_t total_steps, double eta_s) const;
+  /// A kNN probe's metrics line.
+  void probe(const nlohmann::json& line, int64_t steps_per_epoch) const;
+  /// Ends the bar's line (before an error message, or at the end).
+  void finish() const;
+
+ private:
+  bool bar_ = false, plain_ = false;
+};
+
+}  // namespace vicreg

@@ -1,0 +1,118 @@
+// The training loop: builds the data, model and optimizer of a TrainConfig, resumes, and trains,
+// writing the experiment directory (run/artifacts.h) and reporting progress (run/progress.h).
+#pragma once
+
+#include "vicreg/distributed.h"
+#include "vicreg/loader.h"
+#include "vicreg/loss.h"
+#include "vicreg/models.h"
+#include "vicreg/optim.h"
+#include "vicreg/run/artifacts.h"
+#include "vicreg/run/config.h"
+#include "vicreg/run/progress.h"
+
+#include <torch/types.h>
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace vicreg {
+
+struct TrainResult {
+  int64_t step = 0;               ///< optimizer steps done in all
+  int64_t epoch = 0;              ///< epochs completed
+  bool finished = false;          ///< all epochs done
+  bool stopped = false;           ///< stopped on request (signal) or by max_steps
+  bool stop_requested = false;    ///< stopped on request, here or, distributed, on another rank
+  bool already_finished = false;  ///< the checkpoint was of a finished run: nothing to do
+  int64_t session_steps = 0;      ///< steps taken by this run() (0: nothing was left to do)
+  double last_loss = 0;           ///< the last step's loss (NaN when no step ran)
+  double data_wait_fraction = 0;  ///< of this session's wall time spent waiting for batches
+  double images_per_second = 0;   ///< this session, two views counted as two images
+};
+
+struct TrainHooks {
+  ProgressStyle progress = ProgressStyle::Auto;
+  /// Checked after every step; when it becomes true the run writes a checkpoint and returns.
+  const std::atomic<bool>* stop_requested = nullptr;
+};
+
+/// Builds the model, data and optimizer of `config`, resumes from `resume` (a checkpoint path)
+/// or from exp_dir/checkpoint.pt when it exists, and trains.
+///
+/// With a process group of W > 1 ranks (distributed.h), every rank runs a Trainer: each gets its
+/// B / W rows of every global batch of B = batch_size, the loss is that of the global batch
+/// (vicreg_loss_sharded), BatchNorm is synchronised (sync_bn), gradients are averaged in buckets,
+/// and rank 0's weights are broadcast at the start. Only rank 0 writes config.json,
+/// metrics.jsonl, checkpoints and backbone.pt, and runs the kNN probe. A checkpoint resumes with
+/// any W: the data stream depends on the global step only.
+class Trainer {
+ public:
+  /// Throws UsageError for a bad config or a batch that W ranks cannot split into equal parts of
+  /// at least 2 rows, FormatError for missing/corrupt data or a checkpoint that does not match.
+  /// `given`: the keys of the settings the user gave (flags, --config); on resume, those the
+  /// checkpoint overrides are named (none: every setting that differs from the checkpoint's).
+  Trainer(TrainConfig config, std::string resume = "",
+          std::shared_ptr<ProcessGroup> group = nullptr,
+          std::optional<std::vector<std::string>> given = std::nullopt);
+  TrainResult run(const TrainHooks& hooks = {});
+
+  const TrainConfig& config() const { return config_; }
+  VICReg model() const { return model_; }
+  int64_t step() const { return step_; }
+  int64_t steps_per_epoch() const { return loader_->batches_per_epoch(); }
+  int64_t total_steps() const { return schedule_.total_steps; }
+  /// One optimizer step on a batch; returns its numbers. Throws DivergedError.
+  StepStats train_step(const TwoViewBatch& batch);
+  /// Writes checkpoint.pt atomically.
+  void save_checkpoint() const;
+
+ private:
+  // Construction, in order.
+  void resume_config(const std::string& resume);
+  void load_data();
+  void build_model(bool fresh);
+  void build_optimizer();
+  void join_group();
+  /// Copies config_.model.init_backbone's weights into the backbone(s) (a new run only).
+  void init_backbone();
+
+  // The loop's parts.
+  bool is_main() const { return rank_ == 0; }
+  int64_t stop_step() const;
+  /// Whether a stop was asked for here or, distributed, on any rank (all ranks call it).
+  bool stop_requested(const TrainHooks& hooks);
+  /// The metrics line of an interval that ended at this step.
+  nlohmann::json interval_line(const IntervalStats& interval, double lr, double seconds,
+                               double wait_seconds, double elapsed) const;
+  /// The kNN probe of the current backbone (bank: eval_bank training samples; queries: the test
+  /// split); returns the metrics line.
+  nlohmann::json knn_probe();
+  Backbone backbone() const;
+
+  TrainConfig config_;
+  TrainConfig given_;  ///< the config as asked for (differs from config_ on resume)
+  std::optional<std::vector<std::string>> given_keys_;  ///< the settings given explicitly
+  std::string resume_;  ///< the checkpoint resumed from ("" for a new run)
+  torch::Device device_;
+  std::shared_ptr<Dataset> data_;
+  std::unique_ptr<TwoViewLoader> loader_;
+  VICReg model_{nullptr};
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  WarmupCosineSchedule schedule_;
+  VICRegLossOptions loss_options_;
+  int64_t step_ = 0;
+  double elapsed_before_ = 0;  ///< wall seconds of earlier sessions (resume)
+  int64_t image_size_ = 0;
+  torch::Tensor last_y_, last_z_;       ///< the last step's representations and embeddings (view a)
+  std::shared_ptr<Dataset> test_data_;  ///< loaded on the first kNN probe
+  std::shared_ptr<ProcessGroup> group_;  ///< null: a single process
+  int rank_ = 0, world_ = 1;
+};
+
+}  // namespace vicreg

@@ -1,0 +1,151 @@
+#include "vicreg/io/files.h"
+
+#include "vicreg/error.h"
+
+#include <c10/util/Exception.h>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+namespace vicreg {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string errno_text() { return std::strerror(errno); }
+
+/// Removes the temporary file when the write did not reach its rename.
+class TemporaryFile {
+ public:
+  explicit TemporaryFile(std::string path) : path_(std::move(path)) {}
+  ~TemporaryFile() {
+    if (!path_.empty()) ::unlink(path_.c_str());
+  }
+  TemporaryFile(const TemporaryFile&) = delete;
+  TemporaryFile& operator=(const TemporaryFile&) = delete;
+  const std::string& path() const { return path_; }
+  void release() { path_.clear(); }
+
+ private:
+  std::string path_;
+};
+
+void fsync_path(const std::string& path, int flags, const std::string& target) {
+  const int fd = ::open(path.c_str(), flags);
+  if (fd < 0) throw FormatError("cannot write '" + target + "': " + errno_text());
+  const int rc = ::fsync(fd);
+  const std::string why = rc != 0 ? errno_text() : "";
+  ::close(fd);
+  if (rc != 0) throw FormatError("cannot write '" + target + "' to disk: " + why);
+}
+
+}  // namespace
+
+void write_file_atomically(const std::string& path,
+                           const std::function<void(const std::string& temporary)>& write) {
+  const fs::path target(path);
+  const fs::path dir = target.parent_path().empty() ? fs::path(".") : target.parent_path();
+  // A unique name beside the target: two writers never share a temporary, and a leftover of a
+  // killed process is recognisable (and never read as the file itself).
+  std::string pattern = (dir / ("." + target.filename().string() + ".XXXXXX")).string();
+  const int fd = ::mkstemp(pattern.data());
+  if (fd < 0) {
+    throw FormatError("cannot write '" + path + "': " + errno_text() +
+                      " (does its folder exist, and is it writable?)");
+  }
+  ::fchmod(fd, 0644);
+  ::close(fd);
+  TemporaryFile tmp(pattern);
+  try {
+    write(tmp.path());
+  } catch (const Error& e) {
+    throw FormatError("cannot write '" + path + "': " + e.what());
+  } catch (const c10::Error& e) {
+    throw FormatError("cannot write '" + path + "': " + e.what_without_backtrace() +
+                      " (is the disk full?)");
+  } catch (const std::exception& e) {
+    throw FormatError("cannot write '" + path + "': " + e.what());
+  }
+  fsync_path(tmp.path(), O_RDONLY, path);
+  if (std::rename(tmp.path().c_str(), path.c_str()) != 0) {
+    throw FormatError("cannot write '" + path + "': rename failed: " + errno_text());
+  }
+  tmp.release();
+  fsync_path(dir.string(), O_RDONLY | O_DIRECTORY, path);
+}
+
+void write_file_atomically(const std::string& path, std::string_view bytes) {
+  write_file_atomically(path, [&](const std::string& tmp) {
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_TRUNC);
+    if (fd < 0) throw FormatError(errno_text());
+    const char* p = bytes.data();
+    size_t left = bytes.size();
+    while (left > 0) {
+      const ssize_t w = ::write(fd, p, left);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) {
+        const std::string why = w < 0 ? errno_text() : "nothing written";
+        ::close(fd);
+        throw FormatError(why + " (is the disk full?)");
+      }
+      p += w;
+      left -= static_cast<size_t>(w);
+    }
+    if (::close(fd) != 0) throw FormatError(errno_text());
+  });
+}
+
+std::string read_file(const std::string& path, const std::string& what, uint64_t max_bytes) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) {
+    throw FormatError(what + " '" + path + "': no such file");
+  }
+  const uint64_t size = fs::file_size(path, ec);
+  if (ec) throw FormatError(what + " '" + path + "' cannot be read: " + ec.message());
+  if (size > max_bytes) {
+    throw FormatError(what + " '" + path + "' is " + std::to_string(size) +
+                      " bytes, more than the " + std::to_string(max_bytes) +
+                      " such a file may have");
+  }
+  std::ifstream in(path, std::ios::binary);
+  std::string bytes(size, '\0');
+  if (!in || !in.read(bytes.data(), static_cast<std::streamsize>(size))) {
+    throw FormatError(what + " '" + path + "' cannot be read");
+  }
+  return bytes;
+}
+
+std::string read_file_head(const std::string& path, const std::string& what, size_t count) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) {
+    throw FormatError(what + " '" + path + "': no such file");
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw FormatError(what + " '" + path + "' cannot be read");
+  std::string head(count, '\0');
+  in.read(head.data(), static_cast<std::streamsize>(count));
+  head.resize(static_cast<size_t>(in.gcount()));
+  return head;
+}
+
+FileFormat sniff_format(std::string_view head) {
+  const auto starts = [&](std::string_view magic) {
+    return head.size() >= magic.size() && head.substr(0, magic.size()) == magic;
+  };
+  if (starts(std::string_view("PK\x03\x04", 4))) return FileFormat::Zip;
+  if (starts("\x93NUMPY")) return FileFormat::Npy;
+  if (starts("\x1f\x8b")) return FileFormat::Gzip;
+  if (!head.empty() && static_cast<unsigned char>(head[0]) == 0x80) return FileFormat::LegacyPickle;
+  if (head.size() >= 9 && head[8] == '{') return FileFormat::Safetensors;
+  return FileFormat::Unknown;
+}
+
+}  // namespace vicreg

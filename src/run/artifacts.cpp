@@ -1,0 +1,406 @@
+#include "vicreg/run/artifacts.h"
+
+#include "vicreg/error.h"
+#include "vicreg/io/files.h"
+#include "vicreg/io/safetensors.h"
+#include "vicreg/io/state_dict.h"
+
+#include <caffe2/serialize/inline_container.h>
+#include <torch/serialize.h>
+
+#include <filesystem>
+#include <map>
+#include <sstream>
+
+namespace vicreg {
+
+namespace fs = std::filesystem;
+
+std::string ExperimentDir::config() const { return (fs::path(root) / "config.json").string(); }
+std::string ExperimentDir::metrics() const { return (fs::path(root) / "metrics.jsonl").string(); }
+std::string ExperimentDir::checkpoint() const {
+  return (fs::path(root) / "checkpoint.pt").string();
+}
+std::string ExperimentDir::backbone() const { return (fs::path(root) / "backbone.pt").string(); }
+
+void save_archive(torch::serialize::OutputArchive& archive, const std::string& path) {
+  write_file_atomically(path, [&](const std::string& tmp) { archive.save_to(tmp); });
+}
+
+void load_archive(torch::serialize::InputArchive& archive, const std::string& path,
+                  const std::string& what) {
+  if (!fs::is_regular_file(path)) throw FormatError(what + " '" + path + "': no such file");
+  try {
+    archive.load_from(path);
+  } catch (const c10::Error& e) {
+    throw FormatError(what + " '" + path + "' cannot be read (truncated or not a vicreg file): " +
+                      e.what_without_backtrace());
+  }
+}
+
+namespace {
+
+std::string read_string(torch::serialize::InputArchive& archive, const std::string& key) {
+  c10::IValue v;
+  archive.read(key, v);
+  return v.toStringRef();
+}
+
+int64_t read_int(torch::serialize::InputArchive& archive, const std::string& key) {
+  c10::IValue v;
+  archive.read(key, v);
+  return v.toInt();
+}
+
+double read_double(torch::serialize::InputArchive& archive, const std::string& key) {
+  c10::IValue v;
+  archive.read(key, v);
+  return v.toDouble();
+}
+
+/// The config stored in a loaded checkpoint archive read from `path`.
+TrainConfig checkpoint_config(torch::serialize::InputArchive& archive, const std::string& path) {
+  TrainConfig config;
+  try {
+    update_from_json(config, nlohmann::json::parse(read_string(archive, "config")));
+  } catch (const std::exception& e) {
+    throw FormatError("checkpoint '" + path + "' has no valid config: " + e.what());
+  }
+  return config;
+}
+
+/// Module::load() in LibTorch 1.13 replaces each tensor with what the archive holds, whatever its
+/// shape: a checkpoint of another architecture would load silently. Read every parameter and
+/// buffer by name and check its shape before copying it in.
+void load_checked(torch::nn::Module& module, torch::serialize::InputArchive& archive,
+                  const std::string& prefix) {
+  torch::NoGradGuard no_grad;
+  const auto load = [&](const std::string& key, torch::Tensor& target, bool is_buffer) {
+    torch::Tensor stored;
+    if (!archive.try_read(key, stored, is_buffer)) {
+      throw FormatError("'" + prefix + key + "' is missing (another architecture?)");
+    }
+    if (stored.sizes() != target.sizes()) {
+      std::ostringstream msg;
+      msg << "'" << prefix << key << "' has shape " << stored.sizes() << ", the model expects "
+          << target.sizes() << " (another architecture or width?)";
+      throw FormatError(msg.str());
+    }
+    target.copy_(stored);
+  };
+  for (auto& p : module.named_parameters(/*recurse=*/false)) load(p.key(), p.value(), false);
+  for (auto& b : module.named_buffers(/*recurse=*/false)) load(b.key(), b.value(), true);
+  for (const auto& child : module.named_children()) {
+    torch::serialize::InputArchive sub;
+    if (!archive.try_read(child.key(), sub)) {
+      throw FormatError("'" + prefix + child.key() + "' is missing (another architecture?)");
+    }
+    load_checked(*child.value(), sub, prefix + child.key() + ".");
+  }
+}
+
+}  // namespace
+
+void load_module_checked(torch::nn::Module& module, torch::serialize::InputArchive& archive) {
+  load_checked(module, archive, "");
+}
+
+void write_checkpoint(const std::string& path, const torch::nn::Module& model,
+                      const torch::optim::Optimizer& optimizer, const CheckpointState& state) {
+  torch::serialize::OutputArchive archive, model_archive, optimizer_archive;
+  model.save(model_archive);
+  optimizer.save(optimizer_archive);
+  archive.write("model", model_archive);
+  archive.write("optimizer", optimizer_archive);
+  archive.write("step", c10::IValue(state.step));
+  archive.write("epoch", c10::IValue(state.epoch));
+  archive.write("elapsed_s", c10::IValue(state.elapsed_s));
+  archive.write("rng_state", state.rng_state);
+  archive.write("config", c10::IValue(to_json(state.config).dump()));
+  archive.write("in_channels", c10::IValue(state.in_channels));
+  archive.write("image_size", c10::IValue(state.image_size));
+  archive.write("in_features", c10::IValue(state.in_features));
+  save_archive(archive, path);
+}
+
+CheckpointState read_checkpoint(const std::string& path, torch::nn::Module& model,
+                                torch::optim::Optimizer& optimizer) {
+  torch::serialize::InputArchive archive;
+  load_archive(archive, path, "checkpoint");
+  CheckpointState s;
+  s.config = checkpoint_config(archive, path);
+  try {
+    torch::serialize::InputArchive model_archive, optimizer_archive;
+    archive.read("model", model_archive);
+    load_module_checked(model, model_archive);
+    archive.read("optimizer", optimizer_archive);
+    optimizer.load(optimizer_archive);
+    s.step = read_int(archive, "step");
+    s.epoch = read_int(archive, "epoch");
+    s.elapsed_s = read_double(archive, "elapsed_s");
+    archive.read("rng_state", s.rng_state);
+    c10::IValue probe;
+    if (archive.try_read("in_channels", probe)) {
+      s.in_channels = read_int(archive, "in_channels");
+      s.image_size = read_int(archive, "image_size");
+      s.in_features = read_int(archive, "in_features");
+    }
+  } catch (const c10::Error& e) {
+    throw FormatError("checkpoint '" + path +
+                      "' does not match this model or is corrupt: " + e.what_without_backtrace());
+  } catch (const Error& e) {
+    throw FormatError("checkpoint '" + path + "' does not match this model: " + e.what());
+  }
+  return s;
+}
+
+TrainConfig read_checkpoint_config(const std::string& path) {
+  torch::serialize::InputArchive archive;
+  load_archive(archive, path, "checkpoint");
+  return checkpoint_config(archive, path);
+}
+
+namespace {
+
+/// True for LibTorch's torch::save archives (a TorchScript module: constants.pkl, code/), false
+/// for anything else (Python's torch.save zip, safetensors, ...).
+bool is_libtorch_archive(const std::string& path) {
+  if (sniff_format(read_file_head(path, "backbone", 9)) != FileFormat::Zip) return false;
+  try {
+    caffe2::serialize::PyTorchStreamReader zip(path);
+    return zip.hasRecord("constants.pkl");
+  } catch (const c10::Error&) {
+    return false;
+  }
+}
+
+int64_t metadata_int(const std::map<std::string, std::string>& m, const std::string& key) {
+  const auto it = m.find(key);
+  if (it == m.end()) throw FormatError("metadata '" + key + "' is missing");
+  try {
+    return std::stoll(it->second);
+  } catch (const std::exception&) {
+    throw FormatError("metadata '" + key + "' is not an integer: " + it->second);
+  }
+}
+
+/// The backbone of a safetensors or torch.save file.
+Backbone backbone_from_weights(const std::string& path) {
+  WeightsFile file;
+  try {
+    file = read_weights(path);
+  } catch (const FormatError& e) {
+    throw FormatError("backbone '" + path +
+                      "' cannot be read (a backbone.pt, safetensors "
+                      "or torch.save file was expected): " +
+                      e.what());
+  }
+  Backbone b;
+  EncoderConfig ec;
+  if (file.metadata.count("vicreg.config")) {  // written by export_backbone
+    try {
+      update_from_json(b.config, nlohmann::json::parse(file.metadata.at("vicreg.config")));
+      b.in_channels = metadata_int(file.metadata, "vicreg.in_channels");
+      b.image_size = metadata_int(file.metadata, "vicreg.image_size");
+      b.in_features = metadata_int(file.metadata, "vicreg.in_features");
+    } catch (const std::exception& e) {
+      throw FormatError("backbone '" + path + "' has broken vicreg metadata: " + e.what());
+    }
+    ec = b.config.encoder_config(b.config.model.arch, b.in_channels, b.image_size, b.in_features);
+  } else {
+    ec = infer_encoder_config(file.tensors, "backbone '" + path + "'");
+    b.config.model.arch = ec.arch;
+    b.config.data.channels = ec.in_channels;
+    b.in_channels = ec.in_channels;
+    b.image_size = 0;  // not recorded: the data's recipe decides
+  }
+  b.encoder = make_encoder(ec);
+  load_encoder_weights(*b.encoder, file.tensors, "backbone '" + path + "'");
+  b.encoder->eval();
+  return b;
+}
+
+}  // namespace
+
+Backbone read_backbone(const std::string& path) {
+  if (!fs::is_regular_file(path)) {
+    throw FormatError("backbone '" + path + "': no such file");
+  }
+  if (!is_libtorch_archive(path)) return backbone_from_weights(path);
+  torch::serialize::InputArchive archive;
+  load_archive(archive, path, "backbone");
+  Backbone b;
+  try {
+    update_from_json(b.config, nlohmann::json::parse(read_string(archive, "config")));
+    b.in_channels = read_int(archive, "in_channels");
+    b.image_size = read_int(archive, "image_size");
+    b.in_features = read_int(archive, "in_features");
+    b.encoder = make_encoder(
+        b.config.encoder_config(b.config.model.arch, b.in_channels, b.image_size, b.in_features));
+    torch::serialize::InputArchive weights;
+    archive.read("backbone", weights);
+    load_module_checked(*b.encoder, weights);
+  } catch (const std::exception& e) {
+    throw FormatError("backbone '" + path +
+                      "' is not a vicreg backbone, or its weights do "
+                      "not fit its stored architecture: " +
+                      e.what());
+  }
+  b.encoder->eval();
+  return b;
+}
+
+Backbone read_checkpoint_backbone(const std::string& path) {
+  torch::serialize::InputArchive archive;
+  load_archive(archive, path, "checkpoint");
+  Backbone b;
+  b.config = checkpoint_config(archive, path);
+  c10::IValue probe;
+  if (!archive.try_read("in_channels", probe)) {
+    throw FormatError("checkpoint '" + path +
+                      "' does not record its input shape (written "
+                      "before vicreg 0.1's export); use the run's backbone.pt instead");
+  }
+  try {
+    b.in_channels = read_int(archive, "in_channels");
+    b.image_size = read_int(archive, "image_size");
+    b.in_features = read_int(archive, "in_features");
+    b.encoder = make_encoder(
+        b.config.encoder_config(b.config.model.arch, b.in_channels, b.image_size, b.in_features));
+    torch::serialize::InputArchive model_archive, weights;
+    archive.read("model", model_archive);
+    model_archive.read("backbone", weights);
+    load_module_checked(*b.encoder, weights);
+  } catch (const std::exception& e) {
+    throw FormatError("checkpoint '" + path +
+                      "' does not fit the backbone it describes: " + e.what());
+  }
+  b.encoder->eval();
+  return b;
+}
+
+EncoderConfig infer_encoder_config(const NamedTensors& weights, const std::string& source) {
+  // The prefix under which a ResNet's first block is.
+  const std::string probe = "layer1.0.conv1.weight";
+  std::vector<std::string> prefixes;
+  for (const auto& [name, t] : weights) {
+    if (name.size() >= probe.size() &&
+        name.compare(name.size() - probe.size(), probe.size(), probe) == 0) {
+      const std::string p = name.substr(0, name.size() - probe.size());
+      if (p.empty() || p.back() == '.') prefixes.push_back(p);
+    }
+  }
+  if (prefixes.empty()) {
+    throw FormatError(source +
+                      ": holds no ResNet with torchvision's names (no "
+                      "layer1.0.conv1.weight), and no vicreg metadata; name the "
+                      "architecture instead (--init-backbone with --arch, or with --config)");
+  }
+  const std::string p = choose_encoder_prefix(prefixes, source);
+  std::map<std::string, torch::Tensor> by_name(weights.begin(), weights.end());
+  const auto conv1 = by_name.find(p + "conv1.weight");
+  if (conv1 == by_name.end() || conv1->second.dim() != 4) {
+    throw FormatError(source + ": no 4-d " + p + "conv1.weight");
+  }
+  const bool bottleneck = by_name.count(p + "layer1.0.conv3.weight") > 0;
+  std::vector<int64_t> blocks;
+  for (int layer = 1; layer <= 4; ++layer) {
+    int64_t n = 0;
+    while (by_name.count(p + "layer" + std::to_string(layer) + "." + std::to_string(n) +
+                         ".conv1.weight")) {
+      ++n;
+    }
+    blocks.push_back(n);
+  }
+  const std::vector<int64_t> short_stages = {2, 2, 2, 2}, long_stages = {3, 4, 6, 3};
+  EncoderConfig ec;
+  if (!bottleneck && blocks == short_stages) {
+    ec.arch = Arch::ResNet18;
+  } else if (!bottleneck && blocks == long_stages) {
+    ec.arch = Arch::ResNet34;
+  } else if (bottleneck && blocks == long_stages) {
+    ec.arch = Arch::ResNet50;
+  } else {
+    throw FormatError(source + ": a ResNet with " + (bottleneck ? "Bottleneck" : "BasicBlock") +
+                      " blocks [" + std::to_string(blocks[0]) + "," + std::to_string(blocks[1]) +
+                      "," + std::to_string(blocks[2]) + "," + std::to_string(blocks[3]) +
+                      "], which is none of resnet18, resnet34, resnet50");
+  }
+  const int64_t kernel = conv1->second.size(3);
+  if (kernel != 3 && kernel != 7) {
+    throw FormatError(source + ": conv1 has a " + std::to_string(kernel) + "x" +
+                      std::to_string(kernel) +
+                      " kernel; vicreg's ResNets have 7x7 "
+                      "(torchvision) or 3x3 (small-image stem)");
+  }
+  ec.in_channels = conv1->second.size(1);
+  ec.image_size = kernel == 3 ? 32 : 224;  // what selects the stem in make_encoder
+  return ec;
+}
+
+std::string torchvision_recipe(const Backbone& backbone) {
+  const auto* resnet = dynamic_cast<const ResNetImpl*>(backbone.encoder.get());
+  if (!resnet) return "";
+  const std::string c = std::to_string(resnet->options.in_channels());
+  std::string how =
+      "m = torchvision.models.resnet" + std::to_string(resnet->options.depth()) + "()";
+  if (resnet->options.small_stem()) {
+    how += "; m.conv1 = nn.Conv2d(" + c + ", 64, 3, 1, 1, bias=False); m.maxpool = nn.Identity()";
+  } else if (resnet->options.in_channels() != 3) {
+    how += "; m.conv1 = nn.Conv2d(" + c + ", 64, 7, 2, 3, bias=False)";
+  }
+  return how +
+         "; m.load_state_dict(tensors, strict=False) (missing: fc.weight, fc.bias); "
+         "m.fc = nn.Identity() for the representation";
+}
+
+int64_t export_backbone(const Backbone& backbone, const std::string& path) {
+  const NamedTensors state = module_state(*backbone.encoder);
+  std::map<std::string, std::string> meta = {
+      {"format", "pt"},
+      {"vicreg.arch", to_string(backbone.config.model.arch)},
+      {"vicreg.config", to_json(backbone.config).dump()},
+      {"vicreg.in_channels", std::to_string(backbone.in_channels)},
+      {"vicreg.image_size", std::to_string(backbone.image_size)},
+      {"vicreg.in_features", std::to_string(backbone.in_features)}};
+  const std::string how = torchvision_recipe(backbone);
+  if (!how.empty()) meta["vicreg.torchvision"] = how;
+  write_safetensors(path, state, meta);
+  return static_cast<int64_t>(state.size());
+}
+
+Encoder load_backbone(const std::string& path) { return read_backbone(path).encoder; }
+
+TrainedModel read_model(const std::string& checkpoint, const Dataset& data) {
+  TrainedModel m;
+  torch::serialize::InputArchive archive;
+  load_archive(archive, checkpoint, "checkpoint");
+  m.config = checkpoint_config(archive, checkpoint);  // one read of the file for both
+  try {
+    m.model = VICReg(m.config.model_config(data));
+    torch::serialize::InputArchive model_archive;
+    archive.read("model", model_archive);
+    load_module_checked(*m.model, model_archive);
+    m.step = read_int(archive, "step");
+  } catch (const std::exception& e) {
+    throw FormatError("checkpoint '" + checkpoint +
+                      "' does not fit the model it describes "
+                      "on this data (" +
+                      data.name + "): " + e.what());
+  }
+  m.model->eval();
+  return m;
+}
+
+void write_backbone(const Backbone& backbone, const std::string& path) {
+  torch::serialize::OutputArchive out, weights;
+  backbone.encoder->save(weights);
+  out.write("backbone", weights);
+  out.write("config", c10::IValue(to_json(backbone.config).dump()));
+  out.write("in_channels", c10::IValue(backbone.in_channels));
+  out.write("image_size", c10::IValue(backbone.image_size));
+  out.write("in_features", c10::IValue(backbone.in_features));
+  save_archive(out, path);
+}
+
+}  // namespace vicreg

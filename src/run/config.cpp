@@ -1,0 +1,355 @@
+#include "vicreg/run/config.h"
+
+#include "vicreg/augment.h"
+#include "vicreg/error.h"
+#include "vicreg/io/files.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+
+namespace vicreg {
+
+template <>
+const NameTable<Section>& name_table<Section>() {
+  static const NameTable<Section> t{"config section",
+                                    {{Section::Data, "data"},
+                                     {Section::Model, "model"},
+                                     {Section::Optim, "optim"},
+                                     {Section::Loss, "loss"},
+                                     {Section::Seed, "seed"},
+                                     {Section::Runtime, "runtime"},
+                                     {Section::Distributed, "distributed"}}};
+  return t;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks and derived settings
+
+std::string TrainConfig::resolved_recipe() const {
+  switch (data.dataset) {
+    case DatasetKind::Npy:
+      return data.recipe;
+    case DatasetKind::FashionMnist:
+    case DatasetKind::Mnist:
+      return data.recipe.empty() ? "fashion-mnist" : data.recipe;
+    case DatasetKind::Cifar10:
+    case DatasetKind::Cifar100:
+      return data.recipe.empty() ? "cifar" : data.recipe;
+    case DatasetKind::ImageFolder:
+      break;
+  }
+  return data.recipe.empty() ? "imagenet" : data.recipe;
+}
+
+void TrainConfig::validate() const {
+  const auto check = [](bool ok, const std::string& what) {
+    if (!ok) throw UsageError(what);
+  };
+  const bool vectors = data.dataset == DatasetKind::Npy;
+  const auto& recipes = recipe_names();
+  check(vectors || data.recipe.empty() ||
+            std::find(recipes.begin(), recipes.end(), data.recipe) != recipes.end(),
+        "unknown --recipe '" + data.recipe + "': use " + join_names(recipes));
+  check(!vectors || data.recipe.empty() || data.recipe == "vector",
+        "--dataset npy uses the vector augmentations: leave --recipe out (or say vector)");
+  check(data.image_size >= 0 && data.image_size <= 4096, "--image-size must be in [0, 4096]");
+  check(data.channels == 1 || data.channels == 3, "--channels must be 1 or 3");
+  check(!model.arch_b || !model.shared_weights, "--arch-b needs --no-shared-weights");
+  const bool mlp_a = model.arch == Arch::Mlp,
+             mlp_b = model.arch_b.value_or(model.arch) == Arch::Mlp;
+  check(mlp_a == vectors && mlp_b == vectors,
+        "--arch mlp is for vector data (--dataset npy), and vector data need --arch mlp");
+  parse_layer_spec(model.mlp);  // throws with the spec in the message
+  parse_layer_spec(model.encoder_mlp);
+  check(model.width >= 1 && model.width <= 4096, "--width must be in [1, 4096]");
+  check(model.stages >= 1 && model.stages <= 8, "--stages must be in [1, 8]");
+  check(optim.epochs >= 1, "--epochs must be at least 1");
+  check(optim.batch_size >= 2,
+        "--batch-size must be at least 2 (the variance and covariance terms need two samples), "
+        "got " +
+            std::to_string(optim.batch_size));
+  check(std::isfinite(optim.base_lr) && optim.base_lr > 0, "--base-lr must be > 0");
+  check(std::isfinite(optim.wd) && optim.wd >= 0, "--wd must be >= 0");
+  check(optim.momentum >= 0 && optim.momentum < 1, "--momentum must be in [0, 1)");
+  check(optim.eta > 0, "--eta must be > 0");
+  check(optim.warmup_epochs >= 0 && optim.warmup_epochs <= static_cast<double>(optim.epochs),
+        "--warmup-epochs must be in [0, --epochs]");
+  check(optim.end_lr_ratio >= 0 && optim.end_lr_ratio <= 1, "--end-lr-ratio must be in [0, 1]");
+  check(loss.sim_coeff >= 0 && loss.std_coeff >= 0 && loss.cov_coeff >= 0 &&
+            std::isfinite(loss.sim_coeff + loss.std_coeff + loss.cov_coeff),
+        "--sim-coeff, --std-coeff and --cov-coeff must be finite and >= 0");
+  const std::string& device = runtime.device;
+  check(device == "cpu" || device.rfind("cuda", 0) == 0, "--device must be cpu or cuda[:N]");
+  check(runtime.threads >= 0, "--threads must be >= 0 (0: all cores)");
+  check(runtime.workers >= 1 && runtime.workers <= 256, "--workers must be in [1, 256]");
+  check(runtime.prefetch >= 1, "--prefetch must be at least 1");
+  check(!runtime.exp_dir.empty(), "--exp-dir must not be empty");
+  check(runtime.log_every >= 1, "--log-every must be at least 1");
+  check(runtime.max_steps >= 0, "--max-steps must be >= 0");
+  check(runtime.eval_every >= 0, "--eval-every must be >= 0 (0: never)");
+  check(runtime.eval_bank >= 0, "--eval-bank must be >= 0 (0: the whole training split)");
+  check(std::isfinite(distributed.dist_timeout) && distributed.dist_timeout >= 1,
+        "--dist-timeout must be at least 1 second");
+}
+
+DatasetConfig TrainConfig::dataset_config(Split split) const {
+  DatasetConfig dc;
+  dc.dataset = data.dataset;
+  dc.data_dir = runtime.data_dir;
+  dc.split = split;
+  dc.channels = data.channels;
+  return dc;
+}
+
+int64_t TrainConfig::crop_size(const Dataset& d) const {
+  if (d.is_vector()) return 0;
+  return make_recipe(resolved_recipe(), static_cast<int>(d.channels),
+                     static_cast<int>(data.image_size))
+      .view_a.crop.size;
+}
+
+EncoderConfig TrainConfig::encoder_config(Arch arch, int64_t in_channels, int64_t image_size,
+                                          int64_t in_features) const {
+  EncoderConfig e;
+  e.arch = arch;
+  e.in_channels = in_channels;
+  e.image_size = image_size;
+  e.in_features = in_features;
+  e.width = model.width;
+  e.stages = model.stages;
+  e.mlp_hidden = model.encoder_mlp;
+  return e;
+}
+
+VICRegModelConfig TrainConfig::model_config(const Dataset& d) const {
+  const int64_t size = crop_size(d);
+  VICRegModelConfig mc;
+  mc.encoder = encoder_config(model.arch, d.channels, size, d.features());
+  mc.encoder_b = encoder_config(model.arch_b.value_or(model.arch), d.channels, size, d.features());
+  mc.mlp = model.mlp;
+  mc.shared_weights = model.shared_weights;
+  return mc;
+}
+
+OptimizerConfig TrainConfig::optimizer_config() const {
+  OptimizerConfig oc;
+  oc.kind = optim.optimizer;
+  oc.weight_decay = optim.wd;
+  oc.momentum = optim.momentum;
+  oc.eta = optim.eta;
+  oc.clip_lr = optim.clip_lr;
+  return oc;
+}
+
+WarmupCosineSchedule TrainConfig::schedule(int64_t steps_per_epoch) const {
+  WarmupCosineSchedule s;
+  s.peak_lr = optim.optimizer == OptimizerKind::AdamW ? optim.base_lr
+                                                      : scaled_lr(optim.base_lr, optim.batch_size);
+  s.total_steps = optim.epochs * steps_per_epoch;
+  s.warmup_steps = std::min<int64_t>(
+      s.total_steps, static_cast<int64_t>(std::llround(optim.warmup_epochs * steps_per_epoch)));
+  s.end_ratio = optim.end_lr_ratio;
+  s.validate();
+  return s;
+}
+
+VICRegLossOptions TrainConfig::loss_options() const {
+  return VICRegLossOptions()
+      .sim_coeff(loss.sim_coeff)
+      .std_coeff(loss.std_coeff)
+      .cov_coeff(loss.cov_coeff)
+      .preset(loss.loss_preset);
+}
+
+LoaderOptions TrainConfig::loader_options(int rank, int world) const {
+  LoaderOptions lo;
+  lo.batch_size = optim.batch_size;
+  lo.workers = runtime.workers;
+  lo.prefetch = runtime.prefetch;
+  lo.seed = seed;
+  lo.shard_rank = rank;
+  lo.shard_count = world;
+  return lo;
+}
+
+DistributedOptions TrainConfig::distributed_options() const {
+  DistributedOptions o;
+  o.backend = distributed.dist_backend;
+  o.timeout = std::chrono::milliseconds(static_cast<int64_t>(distributed.dist_timeout * 1000));
+  o.device = torch::Device(runtime.device);
+  return o;
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON
+
+namespace {
+
+using nlohmann::json;
+
+template <class T>
+json value_json(const T& v) {
+  if constexpr (std::is_enum_v<T>) {
+    return to_string(v);
+  } else {
+    return v;
+  }
+}
+
+json value_json(const std::optional<Arch>& v) { return v ? json(to_string(*v)) : json(nullptr); }
+
+template <class T>
+void read_value(const json& j, T& out) {
+  if constexpr (std::is_enum_v<T>) {
+    if (!j.is_string()) throw UsageError("expected one of " + join_names(names_of<T>()));
+    out = parse_name<T>(j.get<std::string>());
+  } else if constexpr (std::is_same_v<T, bool> || std::is_same_v<T, std::string>) {
+    out = j.get<T>();
+  } else {  // numbers: integers must be integers, and fit
+    if (!j.is_number()) throw UsageError("expected a number");
+    if constexpr (std::is_integral_v<T>) {
+      if (!j.is_number_integer()) throw UsageError("expected an integer");
+      if constexpr (std::is_unsigned_v<T>) {
+        if (j.is_number_unsigned()) {
+          out = j.get<T>();
+        } else {
+          const auto v = j.get<int64_t>();
+          if (v < 0) throw UsageError("expected an integer >= 0");
+          out = static_cast<T>(v);
+        }
+      } else {
+        const auto v = j.get<int64_t>();
+        if (v < static_cast<int64_t>(std::numeric_limits<T>::min()) ||
+            v > static_cast<int64_t>(std::numeric_limits<T>::max())) {
+          throw UsageError("integer out of range");
+        }
+        out = static_cast<T>(v);
+      }
+    } else {
+      out = j.get<T>();
+    }
+  }
+}
+
+void read_value(const json& j, std::optional<Arch>& out) {
+  if (j.is_null() || (j.is_string() && j.get<std::string>().empty())) {
+    out.reset();  // vicreg 0.1 wrote "" for "the same as arch"
+  } else {
+    Arch a{};
+    read_value(j, a);
+    out = a;
+  }
+}
+
+/// Sets the setting `key` (of `section` when given); false when there is none such.
+bool set_setting(TrainConfig& config, const std::string& key, const Section* section,
+                 const json& value) {
+  bool found = false;
+  for_each_setting(config, [&](const Setting& s, auto& field) {
+    if (found || key != s.key || (section != nullptr && *section != s.section)) return;
+    found = true;
+    try {
+      read_value(value, field);
+    } catch (const std::exception& e) {
+      throw UsageError("config: key '" + key + "' has a wrong value (" + value.dump() +
+                       "): " + e.what());
+    }
+  });
+  return found;
+}
+
+}  // namespace
+
+json to_json(const TrainConfig& config) {
+  json j = json::object();
+  for_each_setting(config, [&](const Setting& s, const auto& field) {
+    if (s.section == Section::Seed) {
+      j[s.key] = value_json(field);
+    } else {
+      j[to_string(s.section)][s.key] = value_json(field);
+    }
+  });
+  return j;
+}
+
+void update_from_json(TrainConfig& config, const json& j) {
+  if (!j.is_object()) throw UsageError("config: expected a JSON object");
+  for (const auto& [key, value] : j.items()) {
+    if (set_setting(config, key, nullptr, value)) continue;  // a flat key
+    bool is_section = false;
+    for (const auto& [section, name] : name_table<Section>().entries) {
+      if (name != key || section == Section::Seed) continue;
+      is_section = true;
+      if (!value.is_object()) {
+        throw UsageError("config: section '" + key + "' must be a JSON object");
+      }
+      for (const auto& [k, v] : value.items()) {
+        if (!set_setting(config, k, &section, v)) {
+          throw UsageError("config: unknown key '" + k + "' in section '" + key + "'");
+        }
+      }
+    }
+    if (!is_section) throw UsageError("config: unknown key '" + key + "'");
+  }
+}
+
+TrainConfig read_config_file(const std::string& path, TrainConfig config) {
+  const std::string text = read_file(path, "--config file", 1 << 20);
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    throw FormatError("--config '" + path + "' is not valid JSON: " + e.what());
+  }
+  try {
+    update_from_json(config, j);
+  } catch (const UsageError& e) {
+    throw UsageError("--config '" + path + "': " + e.what());
+  }
+  return config;
+}
+
+TrainConfig config_for_resume(const TrainConfig& stored, const TrainConfig& given) {
+  TrainConfig merged = stored;
+  merged.runtime = given.runtime;
+  merged.distributed = given.distributed;
+  if (merged.runtime.data_dir.empty()) merged.runtime.data_dir = stored.runtime.data_dir;
+  return merged;
+}
+
+std::vector<std::string> differing_settings(const TrainConfig& a, const TrainConfig& b,
+                                            const std::vector<std::string>* only) {
+  std::vector<json> values;
+  for_each_setting(b,
+                   [&](const Setting&, const auto& field) { values.push_back(value_json(field)); });
+  std::vector<std::string> out;
+  size_t k = 0;
+  for_each_setting(a, [&](const Setting& s, const auto& field) {
+    const json v = value_json(field);
+    const bool asked =
+        only == nullptr || std::find(only->begin(), only->end(), s.key) != only->end();
+    if (v != values[k++] && asked && !decided_by_command_line(s.section)) {
+      std::string flag = s.key;
+      std::replace(flag.begin(), flag.end(), '_', '-');
+      out.push_back("--" + flag + " " + v.dump());
+    }
+  });
+  return out;
+}
+
+std::vector<std::string> setting_keys(const json& j) {
+  std::vector<std::string> out;
+  if (!j.is_object()) return out;
+  for (const auto& [key, value] : j.items()) {
+    if (value.is_object()) {
+      for (const auto& [k, v] : value.items()) out.push_back(k);
+    } else {
+      out.push_back(key);
+    }
+  }
+  return out;
+}
+
+}  // namespace vicreg

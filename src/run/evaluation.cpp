@@ -1,0 +1,229 @@
+#include "vicreg/run/evaluation.h"
+
+#include "vicreg/error.h"
+#include "vicreg/io/state_dict.h"
+#include "vicreg/run/artifacts.h"
+#include "vicreg/runtime.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <chrono>
+
+namespace vicreg {
+
+template <>
+const NameTable<Baseline>& name_table<Baseline>() {
+  static const NameTable<Baseline> t{
+      "--baseline", {{Baseline::Pixels, "pixels"}, {Baseline::RandomInit, "random-init"}}};
+  return t;
+}
+
+namespace {
+
+std::string input_text(bool vector, int64_t features, int64_t channels) {
+  return vector ? std::to_string(features) + " features" : std::to_string(channels) + " channels";
+}
+
+/// The expander's output for representations y: [N, D] float32 on the CPU.
+torch::Tensor project(Subject& s, const torch::Tensor& y) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> z;
+  for (int64_t i = 0; i < y.size(0); i += 4096) {
+    const torch::Tensor chunk = y.narrow(0, i, std::min<int64_t>(4096, y.size(0) - i));
+    z.push_back(s.projector->forward(chunk.to(s.device)).to(torch::kCPU, torch::kFloat));
+  }
+  return torch::cat(z);
+}
+
+nlohmann::json stats_json(const CollapseStats& c) {
+  return {{"std_mean", c.std_mean},
+          {"std_min", c.std_min},
+          {"covariance", c.covariance},
+          {"rankme", c.rankme},
+          {"dim", c.dim}};
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+}  // namespace
+
+Subject load_subject(const SubjectSpec& spec, const std::vector<Split>& splits) {
+  const int given = !spec.backbone.empty() + !spec.checkpoint.empty() + spec.baseline.has_value() +
+                    !spec.init_backbone.empty();
+  if (given != 1) {
+    throw UsageError(
+        "give exactly one of --backbone (a run's backbone.pt), --checkpoint (its "
+        "checkpoint.pt), --init-backbone FILE or --baseline pixels|random-init");
+  }
+  if (spec.config && !spec.baseline && spec.init_backbone.empty()) {
+    throw UsageError(
+        "--config applies to --baseline and --init-backbone only (a backbone or "
+        "checkpoint carries its own settings)");
+  }
+  if (splits.empty()) throw UsageError("load_subject: no split asked for");
+  Subject s;
+  s.device = usable_device(spec.device);
+  Backbone b;
+  if (!spec.backbone.empty()) {
+    b = read_backbone(spec.backbone);
+    s.config = b.config;
+    s.name = spec.backbone;
+  } else if (!spec.checkpoint.empty()) {
+    s.config = read_checkpoint_config(spec.checkpoint);
+    s.name = spec.checkpoint;
+  } else {
+    s.config = spec.config.value_or(TrainConfig{});
+    s.name = spec.baseline ? "baseline:" + to_string(*spec.baseline) : spec.init_backbone;
+  }
+  if (!spec.data_dir.empty()) s.config.runtime.data_dir = spec.data_dir;
+  for (const Split split : splits) {
+    (split == Split::Train ? s.train : s.test) = load_dataset(s.config.dataset_config(split));
+  }
+  const Dataset& shape = splits.front() == Split::Train ? s.train : s.test;
+  const VICRegModelConfig mc = s.config.model_config(shape);
+  int64_t image_size = mc.encoder.image_size;
+  if (!spec.backbone.empty()) {
+    const bool vector = shape.is_vector();
+    if (vector ? shape.features() != b.in_features : shape.channels != b.in_channels) {
+      throw UsageError("backbone '" + spec.backbone + "' takes " +
+                       (vector ? "vectors of " : "images of ") +
+                       input_text(vector, b.in_features, b.in_channels) + ", the data have " +
+                       input_text(vector, shape.features(), shape.channels) +
+                       " (for other data, give --init-backbone FILE with --config SETTINGS.json)");
+    }
+    s.encoder = b.encoder;
+    if (b.image_size > 0) image_size = b.image_size;  // 0: not recorded (foreign weights)
+  } else if (!spec.checkpoint.empty()) {
+    const TrainedModel m = read_model(spec.checkpoint, shape);
+    s.encoder = m.model->backbone;
+    s.projector = m.model->projector;
+  } else if (!spec.init_backbone.empty()) {
+    s.encoder = VICReg(mc)->backbone;  // the model of the config, weights from the file
+    const WeightsFile file = read_weights(spec.init_backbone);
+    load_encoder_weights(*s.encoder, file.tensors, "--init-backbone '" + spec.init_backbone + "'");
+  } else if (*spec.baseline == Baseline::RandomInit) {
+    torch::manual_seed(s.config.seed);  // the run's model before its first step
+    s.encoder = VICReg(mc)->backbone;
+  } else {
+    const int64_t dim =
+        shape.is_vector() ? shape.features() : shape.channels * image_size * image_size;
+    s.encoder = std::make_shared<PixelEncoderImpl>(dim);
+  }
+  if (!shape.is_vector()) {
+    s.transform = eval_transform_for(s.config.resolved_recipe(), static_cast<int>(shape.channels),
+                                     image_size);
+  }
+  s.encoder->to(s.device);
+  s.encoder->eval();
+  if (s.projector) {
+    s.projector->to(s.device);
+    s.projector->eval();
+  }
+  return s;
+}
+
+torch::Tensor subject_features(Subject& s, const Dataset& data, bool embedding) {
+  if (embedding && !s.projector) {
+    throw UsageError(
+        "--embedding needs the expander: give --checkpoint EXP_DIR/checkpoint.pt "
+        "instead of --backbone");
+  }
+  const torch::Tensor y = compute_representations(*s.encoder, data, s.transform, 512, s.device);
+  return embedding ? project(s, y) : y;
+}
+
+nlohmann::json evaluate_subject(Subject& s, const EvalRequest& r) {
+  const bool finetune = r.protocol == Protocol::Finetune;
+  if (r.embedding && (finetune || r.augment)) {
+    throw UsageError(
+        "--embedding evaluates fixed embeddings: use it with --protocol knn or "
+        "linear without --augment");
+  }
+  if (r.embedding && !s.projector) {
+    throw UsageError(
+        "--embedding needs the expander: give --checkpoint EXP_DIR/checkpoint.pt "
+        "instead of --backbone");
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  const torch::Tensor ytr = s.train.require_labels(), yte = s.test.require_labels();
+  if (ytr.min().item<int64_t>() < 0 || yte.min().item<int64_t>() < 0) {
+    throw UsageError("the labels of '" + to_string(s.config.data.dataset) + "' must be >= 0");
+  }
+  const bool image_data = !s.train.is_vector();
+  Accuracy acc;
+  nlohmann::json settings, diagnostics;
+  double feature_s = 0;
+  int64_t train_used = s.train.size();
+  // Collapse diagnostics of the test split's representations and (with an expander) embeddings.
+  const auto diagnose = [&](const torch::Tensor& test_y) {
+    diagnostics["representation"] = stats_json(collapse_stats(test_y));
+    if (s.projector) diagnostics["embedding"] = stats_json(collapse_stats(project(s, test_y)));
+  };
+  if (finetune || r.augment) {
+    ClassifierOptions co =
+        finetune ? ProtocolDefaults::finetune() : ProtocolDefaults::linear_augmented();
+    co.batch_size = r.batch_size;
+    co.seed = r.seed;
+    co.epochs = r.epochs.value_or(co.epochs);
+    co.lr_head = r.lr.value_or(co.lr_head);
+    if (finetune) co.lr_backbone = r.lr_backbone.value_or(co.lr_backbone);
+    co.weight_decay = r.wd.value_or(co.weight_decay);
+    Dataset train = s.train;
+    if (finetune) {
+      train = s.train.subset(balanced_subset(ytr, r.label_fraction, r.seed));
+      train_used = train.size();
+    }
+    const ViewConfig augment =
+        image_data ? classifier_augmentation(s.config.resolved_recipe(),
+                                             static_cast<int>(s.train.channels), s.transform.size)
+                   : ViewConfig{};
+    diagnose(subject_features(s, s.test, false));  // of the model as given, before any training
+    acc = train_classifier(*s.encoder, train, s.test, augment, s.transform, co, s.device);
+    settings = {{"epochs", co.epochs},   {"batch_size", co.batch_size},
+                {"lr_head", co.lr_head}, {"lr_backbone", co.lr_backbone},
+                {"wd", co.weight_decay}, {"augment", image_data},
+                {"seed", co.seed}};
+    if (finetune) settings["label_fraction"] = r.label_fraction;
+  } else {
+    const torch::Tensor ftr = subject_features(s, s.train, r.embedding);
+    const torch::Tensor rep_te = subject_features(s, s.test, false);
+    const torch::Tensor fte = r.embedding ? project(s, rep_te) : rep_te;
+    feature_s = seconds_since(t0);
+    if (r.protocol == Protocol::Knn) {
+      const int64_t classes = std::max(ytr.max().item<int64_t>(), yte.max().item<int64_t>()) + 1;
+      acc = accuracy(knn_scores(ftr, ytr, fte, r.knn.k, r.knn.temperature, classes), yte);
+      settings = {{"k", r.knn.k}, {"temperature", r.knn.temperature}};
+    } else {
+      LinearProbeOptions o = ProtocolDefaults::linear();
+      o.epochs = r.epochs.value_or(o.epochs);
+      o.batch_size = r.batch_size;
+      o.lr = r.lr.value_or(o.lr);
+      o.weight_decay = r.wd.value_or(o.weight_decay);
+      o.seed = r.seed;
+      acc = linear_probe(ftr, ytr, fte, yte, o);
+      settings = {{"epochs", o.epochs},   {"batch_size", o.batch_size},   {"lr", o.lr},
+                  {"wd", o.weight_decay}, {"standardize", o.standardize}, {"augment", false},
+                  {"seed", o.seed}};
+    }
+    diagnose(rep_te);
+  }
+  return {{"protocol", to_string(r.protocol)},
+          {"top1", acc.top1},
+          {"top5", acc.top5},
+          {"features", r.embedding ? "embedding" : "representation"},
+          {"subject", s.name},
+          {"dataset", to_string(s.config.data.dataset)},
+          {"settings", settings},
+          {"diagnostics", diagnostics},
+          {"rankme", diagnostics["representation"]["rankme"]},
+          {"seconds", seconds_since(t0)},
+          {"feature_seconds", feature_s},
+          {"threads", at::get_num_threads()},
+          {"train_samples", train_used},
+          {"test_samples", s.test.size()}};
+}
+
+}  // namespace vicreg

@@ -1,0 +1,111 @@
+#include "vicreg/run/progress.h"
+
+#include "vicreg/error.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+
+namespace vicreg {
+
+void IntervalStats::add(const StepStats& s) {
+  ++steps;
+  sum.loss += s.loss;
+  sum.invariance += s.invariance;
+  sum.variance += s.variance;
+  sum.covariance += s.covariance;
+  sum.std_z += s.std_z;
+  sum.std_z_min += s.std_z_min;
+}
+
+StepStats IntervalStats::mean(double last_lr) const {
+  const double k = 1.0 / static_cast<double>(std::max<int64_t>(steps, 1));
+  StepStats m;
+  m.loss = sum.loss * k;
+  m.invariance = sum.invariance * k;
+  m.variance = sum.variance * k;
+  m.covariance = sum.covariance * k;
+  m.std_z = sum.std_z * k;
+  m.std_z_min = sum.std_z_min * k;
+  m.lr = last_lr;
+  return m;
+}
+
+template <>
+const NameTable<ProgressStyle>& name_table<ProgressStyle>() {
+  static const NameTable<ProgressStyle> t{"--progress",
+                                          {{ProgressStyle::Auto, "auto"},
+                                           {ProgressStyle::Bar, "bar"},
+                                           {ProgressStyle::Plain, "plain"},
+                                           {ProgressStyle::None, "none"}}};
+  return t;
+}
+
+std::string clock_time(double seconds) {
+  const auto s = static_cast<int64_t>(std::max(0.0, seconds));
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%d:%02d:%02d", static_cast<int>(s / 3600),
+                static_cast<int>((s / 60) % 60), static_cast<int>(s % 60));
+  return buf;
+}
+
+MetricsLog::MetricsLog(const std::string& path) : path_(path), out_(path, std::ios::app) {
+  if (!out_) throw FormatError("cannot write '" + path + "' (is the directory writable?)");
+}
+
+void MetricsLog::write(const nlohmann::json& line) {
+  out_ << line.dump() << "\n" << std::flush;
+  if (!out_) throw FormatError("cannot write '" + path_ + "' (is the disk full?)");
+}
+
+ProgressReporter::ProgressReporter(ProgressStyle style, bool main_rank) {
+  if (!main_rank) return;
+  bar_ = style == ProgressStyle::Bar || (style == ProgressStyle::Auto && isatty(STDERR_FILENO));
+  plain_ = style == ProgressStyle::Plain || (style == ProgressStyle::Auto && !bar_);
+}
+
+void ProgressReporter::note(const std::string& line) const {
+  if (active()) std::fprintf(stderr, "%s\n", line.c_str());
+}
+
+void ProgressReporter::interval(const nlohmann::json& m, int64_t epochs, int64_t per_epoch,
+                                int64_t total, double eta_s) const {
+  if (!active()) return;
+  const auto step = m["step"].get<int64_t>();
+  const auto epoch = static_cast<long long>((step - 1) / per_epoch + 1);
+  const double loss = m["loss"].get<double>(), ips = m["images_per_s"].get<double>();
+  if (bar_) {
+    const int width = 24;
+    const int filled = static_cast<int>(width * step / std::max<int64_t>(total, 1));
+    std::fprintf(stderr, "\r[%s%s] epoch %lld/%lld step %lld/%lld loss %.4f %.0f img/s ETA %s ",
+                 std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(), epoch,
+                 static_cast<long long>(epochs), static_cast<long long>(step),
+                 static_cast<long long>(total), loss, ips, clock_time(eta_s).c_str());
+    return;
+  }
+  std::fprintf(stderr,
+               "epoch %lld/%lld step %lld/%lld lr %.4g loss %.4f (inv %.4f var %.4f cov %.4f) "
+               "std(z) %.3f %.0f img/s data wait %.1f%% elapsed %s ETA %s\n",
+               epoch, static_cast<long long>(epochs), static_cast<long long>(step),
+               static_cast<long long>(total), m["lr"].get<double>(), loss,
+               m["invariance"].get<double>(), m["variance"].get<double>(),
+               m["covariance"].get<double>(), m["std_z"].get<double>(), ips,
+               100.0 * m["data_wait_fraction"].get<double>(),
+               clock_time(m["elapsed_s"].get<double>()).c_str(), clock_time(eta_s).c_str());
+}
+
+void ProgressReporter::probe(const nlohmann::json& p, int64_t per_epoch) const {
+  if (!active()) return;
+  std::fprintf(stderr, "%sepoch %lld kNN top-1 %.2f %% top-5 %.2f %% (bank %lld), RankMe %.1f\n",
+               bar_ ? "\n" : "", static_cast<long long>(p["step"].get<int64_t>() / per_epoch),
+               100 * p["knn_top1"].get<double>(), 100 * p["knn_top5"].get<double>(),
+               static_cast<long long>(p["bank"].get<int64_t>()),
+               p["rankme_representation"].get<double>());
+}
+
+void ProgressReporter::finish() const {
+  if (bar_) std::fprintf(stderr, "\n");
+}
+
+}  // namespace vicreg

@@ -1,0 +1,395 @@
+#include "vicreg/run/trainer.h"
+
+#include "vicreg/error.h"
+#include "vicreg/evaluate.h"
+#include "vicreg/io/files.h"
+#include "vicreg/io/state_dict.h"
+#include "vicreg/runtime.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <limits>
+
+namespace vicreg {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+std::string joined(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& s : v) out += " " + s;
+  return out;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Construction
+
+Trainer::Trainer(TrainConfig config, std::string resume, std::shared_ptr<ProcessGroup> group,
+                 std::optional<std::vector<std::string>> given)
+    : config_(std::move(config)),
+      given_keys_(std::move(given)),
+      device_(torch::kCPU),
+      group_(std::move(group)) {
+  config_.validate();
+  given_ = config_;
+  if (group_ && group_->world_size() > 1) {
+    rank_ = group_->rank();
+    world_ = group_->world_size();
+  } else {
+    group_ = nullptr;
+  }
+  device_ = usable_device(config_.runtime.device);
+  set_threads(config_.runtime.threads);
+
+  resume_config(resume);
+  load_data();
+  build_model(/*fresh=*/resume_.empty());
+  build_optimizer();
+  if (!resume_.empty()) {
+    const CheckpointState s = read_checkpoint(resume_, *model_, *optimizer_);
+    step_ = s.step;
+    elapsed_before_ = s.elapsed_s;
+    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    generator.set_state(s.rng_state);
+    model_->to(device_);
+  }
+  join_group();
+}
+
+void Trainer::resume_config(const std::string& resume) {
+  const std::string checkpoint = ExperimentDir{config_.runtime.exp_dir}.checkpoint();
+  resume_ = resume.empty() && fs::exists(checkpoint) ? checkpoint : resume;
+  if (resume_.empty()) return;
+  // The checkpoint decides what shapes the run; the command line where and how it runs
+  // (config_for_resume: by section).
+  config_ = config_for_resume(read_checkpoint_config(resume_), given_);
+  const std::vector<std::string> ignored =
+      differing_settings(given_, config_, given_keys_ ? &*given_keys_ : nullptr);
+  if (!ignored.empty() && is_main()) {
+    std::fprintf(stderr, "vicreg train: resuming from '%s', whose settings are kept; ignoring%s\n",
+                 resume_.c_str(), joined(ignored).c_str());
+  }
+}
+
+void Trainer::load_data() {
+  data_ = std::make_shared<Dataset>(load_dataset(config_.dataset_config(Split::Train)));
+  std::shared_ptr<TwoViewTransform> transform;
+  if (data_->is_vector()) {
+    transform = std::make_shared<VectorTwoViewTransform>(VectorAugment{});
+  } else {
+    const Recipe recipe = make_recipe(config_.resolved_recipe(), static_cast<int>(data_->channels),
+                                      static_cast<int>(config_.data.image_size));
+    image_size_ = recipe.view_a.crop.size;
+    transform = std::make_shared<ImageTwoViewTransform>(recipe);
+  }
+  const int64_t batch = config_.optim.batch_size;
+  if (world_ > 1 && batch / world_ < 2) {
+    throw UsageError("--batch-size " + std::to_string(batch) + " over " + std::to_string(world_) +
+                     " processes leaves fewer than 2 rows per process: use at least " +
+                     std::to_string(2 * world_));
+  }
+  loader_ =
+      std::make_unique<TwoViewLoader>(data_, transform, config_.loader_options(rank_, world_));
+  schedule_ = config_.schedule(loader_->batches_per_epoch());
+  loss_options_ = config_.loss_options();
+}
+
+void Trainer::build_model(bool fresh) {
+  torch::manual_seed(config_.seed);
+  model_ = VICReg(config_.model_config(*data_));
+  if (fresh && !config_.model.init_backbone.empty()) init_backbone();
+  model_->to(device_);
+}
+
+void Trainer::build_optimizer() {
+  optimizer_ = make_optimizer(model_->parameters(), config_.optimizer_config());
+}
+
+void Trainer::join_group() {
+  if (!group_) return;
+  // Every rank must have resumed from the same step (a checkpoint on a filesystem every host
+  // sees), or their optimizers and data would part ways.
+  std::vector<torch::Tensor> step0 = {torch::full(
+      {1}, static_cast<double>(step_), torch::TensorOptions(device_).dtype(torch::kDouble))};
+  group_->broadcast(step0, 0);
+  const auto main_step = static_cast<int64_t>(step0[0].item<double>());
+  if (main_step != step_) {
+    throw UsageError("rank " + std::to_string(rank_) + " starts at step " + std::to_string(step_) +
+                     " but rank 0 resumes at step " + std::to_string(main_step) + " from " +
+                     ExperimentDir{config_.runtime.exp_dir}.checkpoint() +
+                     ": every rank must read the same checkpoint (put --exp-dir on a filesystem "
+                     "all hosts share, or copy the file)");
+  }
+  // Same seed, same checkpoint: the ranks agree already; the broadcast makes sure of it.
+  if (config_.distributed.sync_bn) convert_sync_batchnorm(*model_, group_);
+  broadcast_module(*model_, *group_);
+}
+
+void Trainer::init_backbone() {
+  const std::string& path = config_.model.init_backbone;
+  const WeightsFile file = read_weights(path);
+  const std::string source = "--init-backbone '" + path + "'";
+  WeightsLoadReport r = load_encoder_weights(*model_->backbone, file.tensors, source);
+  // Without shared weights, the second branch starts from the same weights when it has the same
+  // architecture.
+  if (model_->backbone_b && model_->config.encoder_b.arch == model_->config.encoder.arch) {
+    load_encoder_weights(*model_->backbone_b, file.tensors, source);
+  }
+  if (!is_main()) return;
+  std::string skipped;
+  for (const auto& k : r.head) skipped += " " + k;
+  std::fprintf(stderr, "vicreg train: backbone initialised from %s: %lld tensors%s%s%s\n",
+               path.c_str(), static_cast<long long>(r.loaded),
+               r.prefix.empty() ? "" : (" under '" + r.prefix + "'").c_str(),
+               skipped.empty() ? "" : ("; skipped the classifier" + skipped).c_str(),
+               r.other ? ("; ignored " + std::to_string(r.other) + " other entries").c_str() : "");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files
+
+Backbone Trainer::backbone() const {
+  Backbone b;
+  b.encoder = model_->backbone;
+  b.config = config_;
+  b.in_channels = data_->channels;
+  b.image_size = data_->is_vector() ? 0 : model_->config.encoder.image_size;
+  b.in_features = data_->features();
+  return b;
+}
+
+void Trainer::save_checkpoint() const {
+  CheckpointState s;
+  s.step = step_;
+  s.epoch = step_ / loader_->batches_per_epoch();
+  s.elapsed_s = elapsed_before_;
+  s.rng_state = at::detail::getDefaultCPUGenerator().get_state();
+  s.config = config_;
+  const Backbone b = backbone();
+  s.in_channels = b.in_channels;
+  s.image_size = b.image_size;
+  s.in_features = b.in_features;
+  write_checkpoint(ExperimentDir{config_.runtime.exp_dir}.checkpoint(), *model_, *optimizer_, s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// One step
+
+StepStats Trainer::train_step(const TwoViewBatch& batch) {
+  StepStats s;
+  s.lr = schedule_.lr_at(step_);
+  set_learning_rate(*optimizer_, s.lr);
+  const torch::Tensor x_a = batch.view_a.to(device_, /*non_blocking=*/true);
+  const torch::Tensor x_b = batch.view_b.to(device_, /*non_blocking=*/true);
+  optimizer_->zero_grad();
+  const VICRegOutput out = model_->forward(x_a, x_b);
+  VICRegLossTerms terms;
+  try {
+    terms = group_ ? vicreg_loss_sharded(out.z_a, out.z_b, *group_, loss_options_)
+                   : vicreg_loss(out.z_a, out.z_b, loss_options_);
+  } catch (const c10::Error& e) {
+    throw DivergedError(step_, "training diverged at step " + std::to_string(step_) + ": " +
+                                   e.what_without_backtrace());
+  }
+  terms.total.backward();
+  if (group_) all_reduce_gradients(model_->parameters(), *group_);
+  const torch::Tensor& std_per_dim = terms.std_a;  // over the global batch
+  last_y_ = out.y_a.detach();
+  last_z_ = out.z_a.detach();
+  const auto d = [](const torch::Tensor& t) { return t.detach().to(torch::kDouble); };
+  const torch::Tensor numbers =
+      torch::stack({d(terms.total), d(terms.invariance), d(terms.variance), d(terms.covariance),
+                    d(std_per_dim.mean()), d(std_per_dim.min())})
+          .cpu();
+  const double* n = numbers.data_ptr<double>();
+  s.loss = n[0];
+  s.invariance = n[1];
+  s.variance = n[2];
+  s.covariance = n[3];
+  s.std_z = n[4];
+  s.std_z_min = n[5];
+  if (!std::isfinite(s.loss)) {
+    throw DivergedError(step_, "training diverged at step " + std::to_string(step_) +
+                                   ": the loss is " + std::to_string(s.loss));
+  }
+  optimizer_->step();
+  ++step_;
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The loop
+
+int64_t Trainer::stop_step() const {
+  const int64_t total = schedule_.total_steps;
+  return config_.runtime.max_steps > 0 ? std::min(total, config_.runtime.max_steps) : total;
+}
+
+bool Trainer::stop_requested(const TrainHooks& hooks) {
+  bool stop = hooks.stop_requested != nullptr && hooks.stop_requested->load();
+  if (group_) {
+    // A signal may reach one rank only: they stop together, at the same step.
+    std::vector<torch::Tensor> flag = {torch::full({1}, stop ? 1.0f : 0.0f, device_)};
+    group_->all_reduce_sum(flag);
+    stop = flag[0].item<float>() > 0;
+  }
+  return stop;
+}
+
+nlohmann::json Trainer::interval_line(const IntervalStats& interval, double lr, double seconds,
+                                      double wait_seconds, double elapsed) const {
+  const StepStats m = interval.mean(lr);
+  const double dt = std::max(seconds, 1e-9);
+  return {{"epoch", static_cast<double>(step_) / loader_->batches_per_epoch()},
+          {"step", step_},
+          {"lr", m.lr},
+          {"loss", m.loss},
+          {"invariance", m.invariance},
+          {"variance", m.variance},
+          {"covariance", m.covariance},
+          {"std_z", m.std_z},
+          {"std_z_min", m.std_z_min},
+          {"rankme_y", rankme(last_y_.to(torch::kCPU))},
+          {"rankme_z", rankme(last_z_.to(torch::kCPU))},
+          {"images_per_s", 2.0 * config_.optim.batch_size * interval.steps / dt},
+          {"data_wait_fraction", wait_seconds / dt},
+          {"elapsed_s", elapsed}};
+}
+
+nlohmann::json Trainer::knn_probe() {
+  if (!test_data_) {
+    test_data_ = std::make_shared<Dataset>(load_dataset(config_.dataset_config(Split::Test)));
+    test_data_->require_labels();
+  }
+  // The bank: the first eval_bank training samples.
+  const int64_t bank_size = config_.runtime.eval_bank;
+  const int64_t n = bank_size > 0 ? std::min(bank_size, data_->size()) : data_->size();
+  data_->require_labels();
+  const Dataset bank = data_->subset(torch::arange(n));
+  EvalTransform t;
+  if (!data_->is_vector()) {
+    t = eval_transform_for(config_.resolved_recipe(), static_cast<int>(data_->channels),
+                           image_size_);
+  }
+  const KnnOptions k = ProtocolDefaults::knn();
+  const torch::Tensor xb = compute_representations(*model_->backbone, bank, t, 512, device_);
+  const torch::Tensor xq = compute_representations(*model_->backbone, *test_data_, t, 512, device_);
+  const int64_t classes =
+      std::max(bank.labels.max().item<int64_t>(), test_data_->labels.max().item<int64_t>()) + 1;
+  const Accuracy a =
+      accuracy(knn_scores(xb, bank.labels, xq, k.k, k.temperature, classes), test_data_->labels);
+  return {{"event", "knn"},
+          {"step", step_},
+          {"epoch", static_cast<double>(step_) / loader_->batches_per_epoch()},
+          {"knn_top1", a.top1},
+          {"knn_top5", a.top5},
+          {"bank", n},
+          {"rankme_representation", rankme(xq)}};
+}
+
+TrainResult Trainer::run(const TrainHooks& hooks) {
+  const ExperimentDir dir{config_.runtime.exp_dir};
+  std::unique_ptr<MetricsLog> metrics;  // rank 0 alone writes files
+  if (is_main()) {
+    fs::create_directories(dir.root);
+    write_file_atomically(dir.config(), to_json(config_).dump(2) + "\n");
+    metrics = std::make_unique<MetricsLog>(dir.metrics());
+  }
+  const ProgressReporter progress(hooks.progress, is_main());
+  const int64_t per_epoch = loader_->batches_per_epoch();
+  const int64_t total = schedule_.total_steps, stop_at = stop_step(), start_step = step_;
+  progress.note(
+      "vicreg train: " + to_string(config_.data.dataset) + ", " + std::to_string(data_->size()) +
+      " samples, " + std::to_string(per_epoch) + " steps/epoch, " +
+      std::to_string(config_.optim.epochs) + " epochs, " +
+      (start_step > 0 ? "resuming at step " + std::to_string(start_step) : "from scratch") + "; " +
+      describe_runtime());
+  if (group_) {
+    const int64_t batch = config_.optim.batch_size;
+    progress.note("vicreg train: " + std::to_string(world_) + " processes (" + group_->backend() +
+                  "), global batch " + std::to_string(batch) + " = " + std::to_string(world_) +
+                  " x " + std::to_string(batch / world_) + ", BatchNorm " +
+                  (config_.distributed.sync_bn ? "synchronised" : "per process"));
+  }
+
+  TrainResult result;
+  result.already_finished = step_ >= total;
+  result.last_loss = std::numeric_limits<double>::quiet_NaN();
+  model_->train();
+  loader_->start(step_);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto t_interval = t0;
+  IntervalStats interval;
+  double wait_at_interval = 0.0;
+
+  while (step_ < stop_at) {
+    StepStats s;
+    try {
+      s = train_step(loader_->next());
+    } catch (const DivergedError&) {
+      progress.finish();
+      throw;  // checkpoint.pt still holds the last good state
+    }
+    interval.add(s);
+    result.last_loss = s.loss;
+    const bool epoch_end = step_ % per_epoch == 0;
+    const bool stop = stop_requested(hooks);
+    if (is_main() &&
+        (step_ % config_.runtime.log_every == 0 || epoch_end || step_ == stop_at || stop)) {
+      const double dt = seconds_since(t_interval);
+      const nlohmann::json line =
+          interval_line(interval, s.lr, dt, loader_->wait_seconds() - wait_at_interval,
+                        elapsed_before_ + seconds_since(t0));
+      metrics->write(line);
+      progress.interval(line, config_.optim.epochs, per_epoch, total,
+                        (stop_at - step_) * dt / interval.steps);
+      interval = {};
+      t_interval = std::chrono::steady_clock::now();
+      wait_at_interval = loader_->wait_seconds();
+    }
+    const int64_t every = config_.runtime.eval_every;
+    if (is_main() && epoch_end && every > 0 && (step_ / per_epoch) % every == 0) {
+      // The other ranks wait for it in the next step's collectives (within --dist-timeout).
+      const nlohmann::json probe = knn_probe();
+      metrics->write(probe);
+      progress.probe(probe, per_epoch);
+    }
+    if (epoch_end || stop || step_ == stop_at) {
+      const double session = seconds_since(t0);
+      elapsed_before_ += session;
+      if (is_main()) save_checkpoint();
+      elapsed_before_ -= session;  // keep counting this session from t0
+    }
+    if (stop) {
+      result.stopped = result.stop_requested = true;
+      break;
+    }
+  }
+  const double session = seconds_since(t0);
+  elapsed_before_ += session;
+  progress.finish();
+  result.step = step_;
+  result.session_steps = step_ - start_step;
+  result.epoch = step_ / per_epoch;
+  result.finished = step_ >= total;
+  result.stopped = result.stopped || !result.finished;
+  result.data_wait_fraction = loader_->wait_seconds() / std::max(session, 1e-9);
+  result.images_per_second =
+      2.0 * config_.optim.batch_size * (step_ - start_step) / std::max(session, 1e-9);
+  if (is_main()) write_backbone(backbone(), dir.backbone());
+  return result;
+}
+
+}  // namespace vicreg
