@@ -302,7 +302,7 @@ Encoder make_encoder(const EncoderConfig& config) {
     if (config.in_features < 1) {
       throw UsageError("--arch mlp needs vector data (--dataset npy): no input size");
     }
-    return std::make_shared<MLPImpl>(MLPOptions(config.in_features, config.mlp_hidden));
+    return std::make_shared<MLPImpl>(MLPOptions(config.in_features, config.encoder_mlp));
   }
   if (config.in_features > 0 && config.image_size <= 0) {
     throw UsageError("--arch " + to_string(config.arch) +

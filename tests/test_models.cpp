@@ -86,7 +86,7 @@ TEST(Models, ConvNetShapesAndNames) {
 TEST(Models, MLPEncoder) {
   EncoderConfig c{vicreg::Arch::Mlp};
   c.in_features = 10;
-  c.mlp_hidden = "32-16";
+  c.encoder_mlp = "32-16";
   auto net = vicreg::make_encoder(c);
   EXPECT_EQ(net->output_dim(), 16);
   EXPECT_EQ(net->forward(torch::randn({4, 10})).sizes(), torch::IntArrayRef({4, 16}));

@@ -217,7 +217,7 @@ struct EncoderConfig {
   int64_t width = 32;
   int64_t stages = 4;
   /// mlp: hidden layers.
-  std::string mlp_hidden = "1024-1024";
+  std::string encoder_mlp = "1024-1024";
   bool zero_init_residual = true;
 };
 

@@ -1,3 +1,6 @@
+// The restricted unpickler (about 500 lines, one file on purpose): its opcode handlers, the
+// object model they build and the bounds checks that keep it restricted belong together, so that
+// whoever reviews what an untrusted file can make it do reads one file.
 #include "vicreg/io/torch_pickle.h"
 
 #include "vicreg/error.h"

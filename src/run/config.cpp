@@ -119,7 +119,7 @@ EncoderConfig TrainConfig::encoder_config(Arch arch, int64_t in_channels, int64_
   e.in_features = in_features;
   e.width = model.width;
   e.stages = model.stages;
-  e.mlp_hidden = model.encoder_mlp;
+  e.encoder_mlp = model.encoder_mlp;
   return e;
 }
 
