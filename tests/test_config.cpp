@@ -8,8 +8,6 @@
 
 #include <gtest/gtest.h>
 
-#include <algorithm>
-
 #include <set>
 #include <string>
 #include <type_traits>
@@ -253,8 +251,7 @@ TEST(TrainFlags, EveryFlagSetsItsSetting) {
   std::vector<std::string> args;
   vicreg::for_each_setting(target, [&](const Setting& s, const auto& field) {
     using T = std::decay_t<decltype(field)>;
-    std::string flag = std::string("--") + s.key;
-    std::replace(flag.begin(), flag.end(), '_', '-');
+    const std::string flag = vicreg::flag_name(s.key);
     if constexpr (std::is_same_v<T, bool>) {
       args.push_back(field ? flag : "--no-" + flag.substr(2));
     } else {

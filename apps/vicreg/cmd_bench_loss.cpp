@@ -11,8 +11,17 @@ namespace vicreg::cli {
 
 namespace {
 
+/// The library's default shapes (LossComparison), as the flag writes them.
+std::vector<std::string> default_shapes() {
+  std::vector<std::string> out;
+  for (const auto& [n, d] : LossComparison{}.shapes) {
+    out.push_back(std::to_string(n) + "x" + std::to_string(d));
+  }
+  return out;
+}
+
 struct BenchLossArgs {
-  std::vector<std::string> shapes = {"256x2048", "512x8192", "2048x8192", "2048x512", "4096x256"};
+  std::vector<std::string> shapes = default_shapes();
   int threads = 0;
   std::string device = "cpu", dtype = "float", preset = "official", json;
   double min_time = 1.0;

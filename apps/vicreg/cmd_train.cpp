@@ -6,7 +6,6 @@
 #include "vicreg/error.h"
 #include "vicreg/run/trainer.h"
 
-#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <cstdio>
@@ -36,9 +35,7 @@ struct TrainArgs {
   std::vector<std::string> given() const {
     std::vector<std::string> keys = config_file_keys;
     for_each_setting(config, [&](const Setting& s, const auto&) {
-      std::string flag = std::string("--") + s.key;
-      std::replace(flag.begin(), flag.end(), '_', '-');
-      if (cmd->count(flag) > 0) keys.push_back(s.key);
+      if (cmd->count(flag_name(s.key)) > 0) keys.push_back(s.key);
     });
     return keys;
   }
@@ -120,8 +117,7 @@ Run setup_train(CLI::App& cmd, const std::vector<std::string>& argv) {
   // The --config file's settings become the defaults that flags override.
   a->cmd = &cmd;
   if (argv.size() > 1 && argv[1] == "train") {
-    a->config = config_from_argv(argv);
-    a->config_file_keys = config_file_keys(argv);
+    a->config = config_from_argv(argv, {}, &a->config_file_keys);
   }
   cmd.add_option("--config", a->config_file,
                  "JSON file of settings (a run's config.json, or keys as the flags with '_' for "

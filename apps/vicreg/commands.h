@@ -53,10 +53,10 @@ void add_setting_flags(CLI::App& cmd, TrainConfig& config);
 /// Throws CLI::ParseError for bad flags, UsageError/FormatError for a bad --config.
 TrainConfig parse_train_config(const std::vector<std::string>& args);
 
-/// The --config file named on a command line, read over `config` (no --config: unchanged).
-TrainConfig config_from_argv(const std::vector<std::string>& argv, TrainConfig config = {});
-/// The keys of the settings that file names.
-std::vector<std::string> config_file_keys(const std::vector<std::string>& argv);
+/// The --config file named on a command line, read over `config` (no --config: unchanged); with
+/// `keys`, the keys of the settings it names are appended.
+TrainConfig config_from_argv(const std::vector<std::string>& argv, TrainConfig config = {},
+                             std::vector<std::string>* keys = nullptr);
 
 /// Writes `doc` to `path` (--json). Throws FormatError naming the file.
 void write_json(const std::string& path, const nlohmann::json& doc);

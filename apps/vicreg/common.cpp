@@ -4,7 +4,6 @@
 #include "vicreg/error.h"
 #include "vicreg/io/files.h"
 
-#include <algorithm>
 #include <cstring>
 #include <optional>
 #include <type_traits>
@@ -65,15 +64,9 @@ std::string join_choices(const std::vector<std::string>& names) {
   return out;
 }
 
-std::string flag_of(const char* key) {
-  std::string flag = std::string("--") + key;
-  std::replace(flag.begin(), flag.end(), '_', '-');
-  return flag;
-}
-
 template <class T>
 void add_flag(CLI::App& cmd, const Setting& s, T& field) {
-  const std::string flag = flag_of(s.key);
+  const std::string flag = flag_name(s.key);
   if constexpr (std::is_same_v<T, bool>) {
     cmd.add_flag(flag + ",!--no-" + flag.substr(2), field, s.help);
   } else if constexpr (std::is_same_v<T, std::optional<Arch>>) {
@@ -115,18 +108,10 @@ std::vector<std::string> config_files(const std::vector<std::string>& argv) {
 
 }  // namespace
 
-TrainConfig config_from_argv(const std::vector<std::string>& argv, TrainConfig config) {
-  for (const std::string& path : config_files(argv)) config = read_config_file(path, config);
+TrainConfig config_from_argv(const std::vector<std::string>& argv, TrainConfig config,
+                             std::vector<std::string>* keys) {
+  for (const std::string& path : config_files(argv)) config = read_config_file(path, config, keys);
   return config;
-}
-
-std::vector<std::string> config_file_keys(const std::vector<std::string>& argv) {
-  std::vector<std::string> keys;
-  for (const std::string& path : config_files(argv)) {  // read already by config_from_argv
-    for (const std::string& k : setting_keys(nlohmann::json::parse(read_file(path, "--config"))))
-      keys.push_back(k);
-  }
-  return keys;
 }
 
 TrainConfig parse_train_config(const std::vector<std::string>& args) {

@@ -182,6 +182,12 @@ DistributedOptions TrainConfig::distributed_options() const {
   return o;
 }
 
+std::string flag_name(const char* key) {
+  std::string flag = std::string("--") + key;
+  std::replace(flag.begin(), flag.end(), '_', '-');
+  return flag;
+}
+
 // ---------------------------------------------------------------------------------------------
 // JSON
 
@@ -295,7 +301,8 @@ void update_from_json(TrainConfig& config, const json& j) {
   }
 }
 
-TrainConfig read_config_file(const std::string& path, TrainConfig config) {
+TrainConfig read_config_file(const std::string& path, TrainConfig config,
+                             std::vector<std::string>* keys) {
   const std::string text = read_file(path, "--config file", 1 << 20);
   json j;
   try {
@@ -307,6 +314,10 @@ TrainConfig read_config_file(const std::string& path, TrainConfig config) {
     update_from_json(config, j);
   } catch (const UsageError& e) {
     throw UsageError("--config '" + path + "': " + e.what());
+  }
+  if (keys != nullptr) {
+    const std::vector<std::string> named = setting_keys(j);
+    keys->insert(keys->end(), named.begin(), named.end());
   }
   return config;
 }
@@ -331,9 +342,7 @@ std::vector<std::string> differing_settings(const TrainConfig& a, const TrainCon
     const bool asked =
         only == nullptr || std::find(only->begin(), only->end(), s.key) != only->end();
     if (v != values[k++] && asked && !decided_by_command_line(s.section)) {
-      std::string flag = s.key;
-      std::replace(flag.begin(), flag.end(), '_', '-');
-      out.push_back("--" + flag + " " + v.dump());
+      out.push_back(flag_name(s.key) + " " + v.dump());
     }
   });
   return out;

@@ -44,6 +44,15 @@ nlohmann::json stats_json(const CollapseStats& c) {
           {"dim", c.dim}};
 }
 
+/// Embeddings need the expander, which only a checkpoint has.
+void require_expander(const Subject& s) {
+  if (!s.projector) {
+    throw UsageError(
+        "--embedding needs the expander: give --checkpoint EXP_DIR/checkpoint.pt "
+        "instead of --backbone");
+  }
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
@@ -126,11 +135,7 @@ Subject load_subject(const SubjectSpec& spec, const std::vector<Split>& splits) 
 }
 
 torch::Tensor subject_features(Subject& s, const Dataset& data, bool embedding) {
-  if (embedding && !s.projector) {
-    throw UsageError(
-        "--embedding needs the expander: give --checkpoint EXP_DIR/checkpoint.pt "
-        "instead of --backbone");
-  }
+  if (embedding) require_expander(s);
   const torch::Tensor y = compute_representations(*s.encoder, data, s.transform, 512, s.device);
   return embedding ? project(s, y) : y;
 }
@@ -142,11 +147,7 @@ nlohmann::json evaluate_subject(Subject& s, const EvalRequest& r) {
         "--embedding evaluates fixed embeddings: use it with --protocol knn or "
         "linear without --augment");
   }
-  if (r.embedding && !s.projector) {
-    throw UsageError(
-        "--embedding needs the expander: give --checkpoint EXP_DIR/checkpoint.pt "
-        "instead of --backbone");
-  }
+  if (r.embedding) require_expander(s);
   const auto t0 = std::chrono::steady_clock::now();
   const torch::Tensor ytr = s.train.require_labels(), yte = s.test.require_labels();
   if (ytr.min().item<int64_t>() < 0 || yte.min().item<int64_t>() < 0) {

@@ -246,6 +246,9 @@ void for_each_setting(Config& c, Visit&& visit) {
         c.distributed.dist_timeout);
 }
 
+/// The flag of a setting's key: "--base-lr" for "base_lr".
+std::string flag_name(const char* key);
+
 /// The config as JSON: one object per section ("seed" at the top).
 nlohmann::json to_json(const TrainConfig& config);
 
@@ -254,9 +257,11 @@ nlohmann::json to_json(const TrainConfig& config);
 /// unknown key or a value of the wrong type or name.
 void update_from_json(TrainConfig& config, const nlohmann::json& json);
 
-/// `config` with the settings of a JSON file (--config) read over it. Throws FormatError when
-/// the file cannot be read or is not JSON, UsageError for a bad setting; both name the file.
-TrainConfig read_config_file(const std::string& path, TrainConfig config = {});
+/// `config` with the settings of a JSON file (--config) read over it; with `keys`, the keys of the
+/// settings the file names are appended to it. Throws FormatError when the file cannot be read or
+/// is not JSON, UsageError for a bad setting; both name the file.
+TrainConfig read_config_file(const std::string& path, TrainConfig config = {},
+                             std::vector<std::string>* keys = nullptr);
 
 /// The config a run resumed from a checkpoint continues with: `stored`'s data, model, optim, loss
 /// and seed; `given`'s runtime and distributed sections (an empty runtime.data_dir keeps the
