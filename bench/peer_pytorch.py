@@ -4,7 +4,10 @@
   train:    the default vicreg configuration as a plain PyTorch loop (ConvNet 4x2 convs width 32,
             expander 1024-1024-1024, batch 128, the facebookresearch/vicreg loss, AdamW with 1-D
             parameters out of weight decay,
-            torchvision augmentations of the fashion-mnist recipe, DataLoader with 2 workers).
+            torchvision augmentations of the fashion-mnist recipe, DataLoader with 2 workers);
+            --precision bf16 --channels-last: as the PyTorch references train (autocast around the
+            forward passes and the loss, as facebookresearch/vicreg's main_vicreg.py);
+            --reuse-batch: the step alone, on one batch.
   augment:  facebookresearch/vicreg's per-image ImageNet pipeline (PIL decode + two 224-px views,
             torchvision transforms) on one core, over the JPEGs train_bench writes.
 Prints one JSON object.
@@ -89,6 +92,9 @@ def bench_train(args):
     torch.set_num_threads(args.threads)
     backbone = ConvNet()
     proj = projector(256)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    backbone = backbone.to(memory_format=fmt)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
     params = list(backbone.parameters()) + list(proj.parameters())
     opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1]},
                              {"params": [p for p in params if p.ndim == 1], "weight_decay": 0.0}],
@@ -96,10 +102,13 @@ def bench_train(args):
     loader = torch.utils.data.DataLoader(FashionPairs(), batch_size=args.batch, shuffle=True, drop_last=True,
                                          num_workers=args.workers, persistent_workers=True)
     it = iter(loader)
+    first = next(it)
     def step():
-        x, y = next(it)
+        x, y = first if args.reuse_batch else next(it)
+        x, y = x.to(memory_format=fmt), y.to(memory_format=fmt)
         opt.zero_grad()
-        loss = vicreg_loss(proj(backbone(x)), proj(backbone(y)))
+        with autocast:  # as facebookresearch/vicreg's main_vicreg.py: the loss under autocast too
+            loss = vicreg_loss(proj(backbone(x)), proj(backbone(y)))
         loss.backward()
         opt.step()
     for _ in range(3):
@@ -110,6 +119,8 @@ def bench_train(args):
     dt = time.perf_counter() - t0
     return {"peer": "pytorch-train", "threads": args.threads, "workers": args.workers,
             "steps": args.steps, "batch": args.batch, "images_per_s": 2 * args.batch * args.steps / dt,
+            "precision": args.precision, "channels_last": args.channels_last,
+            "reuse_batch": args.reuse_batch,
             "torch": torch.__version__}
 
 
@@ -162,6 +173,13 @@ if __name__ == "__main__":
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: torch.autocast('cpu', bfloat16) around the forward passes and the loss")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="the backbone's weights and the batches in channels_last memory format")
+    ap.add_argument("--reuse-batch", action="store_true",
+                    help="train on one batch over and over: the step alone, without the loader "
+                         "(train_bench's BM_TrainStep)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--jpeg-dir", default="/tmp/vicreg_bench_jpeg")

@@ -44,31 +44,55 @@ vicreg::TrainConfig default_config(const std::string& name) {
   return c;
 }
 
-/// One optimizer step (forward of both views, loss, backward, LARS) of the default config on a
-/// batch already made: what the model costs, without the data pipeline.
+/// One optimizer step (forward of both views, loss, backward, optimizer) of the default config
+/// on a batch already made: what the model costs, without the data pipeline. Arguments: the
+/// precision (0 fp32, 1 bf16) and the memory format (0 contiguous, 1 channels_last). Counters:
+/// images/s and the peak tensor memory of a step above what was allocated before it (the
+/// counting allocator).
 void BM_TrainStep(benchmark::State& state) {
-  vicreg::Trainer trainer(default_config("step"));
+  const bool bf16 = state.range(0) == 1, channels_last = state.range(1) == 1;
+  vicreg::enable_memory_tracking();
+  auto config = default_config(std::string("step") + (bf16 ? "_bf16" : "_fp32") +
+                               (channels_last ? "_cl" : ""));
+  config.runtime.precision = bf16 ? vicreg::Precision::Bf16 : vicreg::Precision::Fp32;
+  config.runtime.channels_last = channels_last ? vicreg::Toggle::On : vicreg::Toggle::Off;
+  vicreg::Trainer trainer(config);
   // One real batch from the loader, reused.
   vicreg::TwoViewLoader loader(
       std::make_shared<vicreg::Dataset>(vicreg::load_dataset({})),
-      std::make_shared<vicreg::ImageTwoViewTransform>(vicreg::make_recipe("fashion-mnist", 1)),
+      std::make_shared<vicreg::ImageTwoViewTransform>(vicreg::make_recipe("fashion-mnist", 1),
+                                                      trainer.channels_last()),
       {trainer.config().optim.batch_size, 1, 1, 0});
   loader.start();
   const vicreg::TwoViewBatch batch = loader.next();
-  trainer.train_step(batch);  // warm-up
+  trainer.train_step(batch);  // warm-up (optimizer state allocated)
+  const torch::Device cpu(torch::kCPU);
+  const int64_t resident = vicreg::memory_stats(cpu).current_bytes;
+  vicreg::reset_peak_memory(cpu);
   for (auto _ : state) trainer.train_step(batch);
+  const double peak = static_cast<double>(vicreg::memory_stats(cpu).peak_bytes - resident);
   const double images = 2.0 * static_cast<double>(trainer.config().optim.batch_size);
   state.counters["images/s"] =
       benchmark::Counter(images, benchmark::Counter::kIsIterationInvariantRate);
-  state.SetLabel(vicreg::describe_runtime().substr(0, 60));
+  state.counters["step_peak_MiB"] = peak / (1 << 20);
+  state.SetLabel(std::string(bf16 ? "bf16" : "fp32") + (channels_last ? " channels_last" : "") +
+                 "; " + vicreg::describe_runtime().substr(0, 60));
 }
-BENCHMARK(BM_TrainStep)->Unit(benchmark::kMillisecond)->MinTime(5.0)->UseRealTime();
+BENCHMARK(BM_TrainStep)
+    ->ArgNames({"bf16", "channels_last"})
+    ->Args({0, 0})
+    ->Args({0, 1})
+    ->Args({1, 0})
+    ->Args({1, 1})
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(5.0)
+    ->UseRealTime();
 
 /// The training loop with its loader, default config: the fraction of wall time next() waited.
 void BM_TrainLoopDataWait(benchmark::State& state) {
   double wait = 0, ips = 0;
   for (auto _ : state) {
-    auto c = default_config("loop");
+    auto c = default_config("loop");  // the default: auto precision and memory format
     c.runtime.max_steps = 20;
     vicreg::Trainer trainer(c);
     const auto r = trainer.run({vicreg::ProgressStyle::None});

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Pretraining benchmarks with their baselines, in one run on this machine:
-#   - build/bench/train_bench: one training step of the default config (images/s), the data wait
-#     of the training loop, and augmentation throughput per worker for each recipe;
+#   - build/bench/train_bench: one training step of the default config (images/s and peak memory,
+#     fp32 and bf16, contiguous and channels_last), the data wait of the training loop, and
+#     augmentation throughput per worker for each recipe;
 #   - bench/peer_pytorch.py (Debian's python3-torch, python3-torchvision): the same model, batch
-#     and augmentations in a plain PyTorch loop, and torchvision/PIL's ImageNet pipeline on one core.
+#     and augmentations in a plain PyTorch loop, in fp32 and at its best (autocast bf16 +
+#     channels_last, as the PyTorch references train), and torchvision/PIL's ImageNet pipeline on
+#     one core.
 # Prints the ratios against the targets (README, "Performance"). Needs Fashion-MNIST.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,20 +23,34 @@ mkdir -p "$out"
 "$root/build/bench/train_bench" --threads="$threads" --benchmark_out="$out/train_bench.json" \
   --benchmark_out_format=json
 /usr/bin/python3 "$root/bench/peer_pytorch.py" train --threads "$threads" > "$out/peer_train.json"
+/usr/bin/python3 "$root/bench/peer_pytorch.py" train --threads "$threads" --precision bf16 \
+  --channels-last > "$out/peer_train_bf16.json"
+/usr/bin/python3 "$root/bench/peer_pytorch.py" train --threads "$threads" --reuse-batch \
+  > "$out/peer_step.json"
+/usr/bin/python3 "$root/bench/peer_pytorch.py" train --threads "$threads" --reuse-batch \
+  --precision bf16 --channels-last > "$out/peer_step_bf16.json"
 /usr/bin/python3 "$root/bench/peer_pytorch.py" augment > "$out/peer_augment.json"
 /usr/bin/python3 - "$out" "$threads" <<'PY'
 import json, sys
 out, threads = sys.argv[1], sys.argv[2]
 b = {x["name"]: x for x in json.load(open(out + "/train_bench.json"))["benchmarks"]}
 peer_train = json.load(open(out + "/peer_train.json"))["images_per_s"]
+peer_bf16 = json.load(open(out + "/peer_train_bf16.json"))["images_per_s"]
+peer_step = json.load(open(out + "/peer_step.json"))["images_per_s"]
+peer_step_bf16 = json.load(open(out + "/peer_step_bf16.json"))["images_per_s"]
 peer_aug = json.load(open(out + "/peer_augment.json"))["images_per_s"]
-step = b["BM_TrainStep/min_time:5.000/real_time"]["images/s"]
+steps = {(p, c): b["BM_TrainStep/bf16:%d/channels_last:%d/min_time:5.000/real_time" % (p, c)]
+         for p in (0, 1) for c in (0, 1)}
+step = steps[(0, 0)]["images/s"]
 loop = b["BM_TrainLoopDataWait/iterations:1/real_time"]
 aug = {r: b["BM_Augment/%s/min_time:%s/real_time" % (r, t)]["images/s"]
        for r, t in [("imagenet", "3.000"), ("cifar", "2.000"), ("fashion_mnist", "2.000")]}
+bf16 = steps[(1, 0)]["images/s"]  # the CPU's auto: bf16, contiguous
 rows = [
-    ("training step, default config (images/s, both views)", step, peer_train, step / peer_train, ">= 1.2x"),
-    ("training loop with loader (images/s)", loop["images/s"], peer_train, loop["images/s"] / peer_train, ">= 1.2x"),
+    ("training step, fp32 contiguous vs the peer's fp32 step (images/s, both views)", step, peer_step, step / peer_step, ">= 1.2x"),
+    ("training step, bf16 (auto) vs the peer's bf16 + channels_last step", bf16, peer_step_bf16, bf16 / peer_step_bf16, ">= 1.2x"),
+    ("training step, bf16 (auto) vs our fp32", bf16, step, bf16 / step, ">= 1.8x"),
+    ("training loop with loader, auto settings vs the peer's bf16 + channels_last loop", loop["images/s"], peer_bf16, loop["images/s"] / peer_bf16, ">= 1.2x"),
     ("imagenet augmentation, 1 worker (images/s)", aug["imagenet"], peer_aug, aug["imagenet"] / peer_aug, ">= 3x"),
     ("cifar augmentation, 1 worker (images/s)", aug["cifar"], None, None, ""),
     ("fashion-mnist augmentation, 1 worker (images/s)", aug["fashion_mnist"], None, None, ""),
@@ -43,4 +60,12 @@ print("| measure | vicreg | peer | ratio | target |\n|---|---:|---:|---:|---|")
 for name, v, p, r, t in rows:
     print("| %s | %.0f | %s | %s | %s |" % (name, v, "%.0f" % p if p else "-", "%.2fx" % r if r else "-", t))
 print("| data wait in the training loop | %.2f %% | | | < 5 %% |" % loop["data_wait_%"])
+print("\n| training step | images/s | peak memory per step (MiB) |\n|---|---:|---:|")
+for (p, c), x in sorted(steps.items()):
+    print("| %s%s | %.0f | %.0f |" % ("bf16" if p else "fp32", " + channels_last" if c else "",
+                                     x["images/s"], x["step_peak_MiB"]))
+print("\npeer (plain PyTorch %s), images/s: loop fp32 %.0f, loop bf16 + channels_last %.0f, "
+      "step fp32 %.0f, step bf16 + channels_last %.0f"
+      % (json.load(open(out + "/peer_train.json"))["torch"], peer_train, peer_bf16, peer_step,
+         peer_step_bf16))
 PY

@@ -149,7 +149,7 @@ void hflip(cv::Mat& img) {
 }
 
 void normalize_into(const cv::Mat& img, const std::vector<float>& mean,
-                    const std::vector<float>& std, float* out) {
+                    const std::vector<float>& std, float* out, bool hwc) {
   check_image(img, "normalize");
   const int c = img.channels();
   if (static_cast<int>(mean.size()) != c || static_cast<int>(std.size()) != c) {
@@ -163,6 +163,16 @@ void normalize_into(const cv::Mat& img, const std::vector<float>& mean,
   }
   const int h = img.rows, w = img.cols;
   const int64_t plane = static_cast<int64_t>(h) * w;
+  if (hwc || c == 1) {  // the image's own layout: one pass, row by row
+    for (int y = 0; y < h; ++y) {
+      const uint8_t* row = img.ptr<uint8_t>(y);
+      float* dst = out + static_cast<int64_t>(y) * w * c;
+      for (int x = 0; x < w; ++x) {
+        for (int ch = 0; ch < c; ++ch) dst[x * c + ch] = table[ch][row[x * c + ch]];
+      }
+    }
+    return;
+  }
   for (int y = 0; y < h; ++y) {
     const uint8_t* row = img.ptr<uint8_t>(y);
     for (int ch = 0; ch < c; ++ch) {
@@ -260,7 +270,7 @@ void ViewConfig::validate(int channels) const {
   }
 }
 
-void ViewConfig::apply(const cv::Mat& img, Rng& rng, float* out) const {
+void ViewConfig::apply(const cv::Mat& img, Rng& rng, float* out, bool hwc) const {
   cv::Mat v = crop(img, rng);
   // Every coin is drawn whatever the outcome, so the stream is the same for every setting.
   if (coin(rng, flip_p)) hflip(v);
@@ -271,7 +281,7 @@ void ViewConfig::apply(const cv::Mat& img, Rng& rng, float* out) const {
   const double sigma = uniform(rng, blur_sigma_min, blur_sigma_max);
   if (do_blur) gaussian_blur(v, sigma);
   if (coin(rng, solarize_p)) solarize(v, solarize_threshold);
-  normalize_into(v, mean, std, out);
+  normalize_into(v, mean, std, out, hwc);
 }
 
 namespace {

@@ -53,11 +53,15 @@ cv::Mat resize_center(const cv::Mat& img, int size) {
 
 torch::Tensor compute_representations(EncoderImpl& encoder, const Dataset& data,
                                       const EvalTransform& transform, int64_t batch_size,
-                                      const torch::Device& device) {
+                                      const torch::Device& device, Precision precision) {
   TORCH_CHECK(batch_size >= 1, "compute_representations: batch_size must be >= 1");
   const bool was_training = encoder.is_training();
   encoder.eval();
   torch::NoGradGuard no_grad;
+  const bool hwc = has_channels_last_weights(encoder);
+  const auto image_options =
+      torch::TensorOptions(torch::kFloat)
+          .memory_format(hwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   std::vector<torch::Tensor> out;
   const int64_t n = data.size();
   for (int64_t start = 0; start < n; start += batch_size) {
@@ -67,17 +71,37 @@ torch::Tensor compute_representations(EncoderImpl& encoder, const Dataset& data,
       x = data.vectors.narrow(0, start, b);
     } else {
       const int64_t s = transform.size;
-      x = torch::empty({b, data.channels, s, s}, torch::kFloat);
+      x = torch::empty({b, data.channels, s, s}, image_options);
       float* dst = x.data_ptr<float>();
       for (int64_t i = 0; i < b; ++i) {
         normalize_into(resize_center(data.image(start + i), static_cast<int>(s)), transform.mean,
-                       transform.std, dst + i * data.channels * s * s);
+                       transform.std, dst + i * data.channels * s * s, hwc);
       }
     }
-    out.push_back(encoder.forward(x.to(device)).to(torch::kCPU, torch::kFloat));
+    torch::Tensor y;
+    {
+      const AutocastGuard autocast(device, precision);
+      y = encoder.forward(x.to(device));
+    }
+    out.push_back(y.to(torch::kCPU, torch::kFloat));
   }
   if (was_training) encoder.train();
   return torch::cat(out);
+}
+
+torch::Tensor compute_embeddings(ExpanderImpl& expander, const torch::Tensor& y,
+                                 const torch::Device& device, Precision precision) {
+  const bool was_training = expander.is_training();
+  expander.eval();
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> z;
+  for (int64_t i = 0; i < y.size(0); i += 4096) {
+    const torch::Tensor chunk = y.narrow(0, i, std::min<int64_t>(4096, y.size(0) - i));
+    const AutocastGuard autocast(device, precision);
+    z.push_back(expander.forward(chunk.to(device)).to(torch::kCPU, torch::kFloat));
+  }
+  if (was_training) expander.train();
+  return torch::cat(z);
 }
 
 Accuracy accuracy(const torch::Tensor& scores, const torch::Tensor& labels) {
@@ -316,12 +340,16 @@ Accuracy train_classifier(EncoderImpl& encoder, const Dataset& train, const Data
       const torch::Tensor idx = order.narrow(0, start, b);
       const torch::Tensor x = augmented_batch(train, idx, augment, options.seed, epoch).to(device);
       torch::Tensor features;
-      if (frozen) {
-        torch::NoGradGuard no_grad;
-        features = encoder.forward(x);
-      } else {
-        features = encoder.forward(x);
+      {
+        const AutocastGuard autocast(device, options.precision);
+        if (frozen) {
+          torch::NoGradGuard no_grad;
+          features = encoder.forward(x);
+        } else {
+          features = encoder.forward(x);
+        }
       }
+      features = features.to(torch::kFloat);  // the head in fp32
       opt.zero_grad();
       const torch::Tensor loss =
           F::cross_entropy(head(features), ytr.index_select(0, idx).to(device));
@@ -334,7 +362,8 @@ Accuracy train_classifier(EncoderImpl& encoder, const Dataset& train, const Data
     }
   }
   encoder.eval();
-  const torch::Tensor features = compute_representations(encoder, test, eval, 512, device);
+  const torch::Tensor features =
+      compute_representations(encoder, test, eval, 512, device, options.precision);
   torch::NoGradGuard no_grad;
   return accuracy(head(features.to(device)).cpu(), yte);
 }

@@ -31,8 +31,8 @@ std::vector<int64_t> ImageTwoViewTransform::view_shape(const Dataset& data) cons
 void ImageTwoViewTransform::apply(const Dataset& data, int64_t index, Rng& rng, float* out_a,
                                   float* out_b) const {
   const cv::Mat img = data.image(index);
-  recipe_.view_a.apply(img, rng, out_a);
-  recipe_.view_b.apply(img, rng, out_b);
+  recipe_.view_a.apply(img, rng, out_a, channels_last_);
+  recipe_.view_b.apply(img, rng, out_b, channels_last_);
 }
 
 std::vector<int64_t> VectorTwoViewTransform::view_shape(const Dataset& data) const {
@@ -124,8 +124,15 @@ TwoViewBatch TwoViewLoader::make_batch(int64_t global) const {
   batch.indices = epoch_order(batch.epoch).narrow(0, first, b).clone();
   std::vector<int64_t> shape = {b};
   shape.insert(shape.end(), view_shape_.begin(), view_shape_.end());
-  batch.view_a = torch::empty(shape, torch::kFloat);
-  batch.view_b = torch::empty(shape, torch::kFloat);
+  if (transform_->channels_last() && shape.size() == 4) {
+    // [B, C, H, W] with channels_last strides: the views are written as [H, W, C].
+    const auto format = at::MemoryFormat::ChannelsLast;
+    batch.view_a = torch::empty(shape, torch::TensorOptions(torch::kFloat).memory_format(format));
+    batch.view_b = torch::empty(shape, torch::TensorOptions(torch::kFloat).memory_format(format));
+  } else {
+    batch.view_a = torch::empty(shape, torch::kFloat);
+    batch.view_b = torch::empty(shape, torch::kFloat);
+  }
   const int64_t per_sample = batch.view_a.numel() / b;
   float* a = batch.view_a.data_ptr<float>();
   float* v = batch.view_b.data_ptr<float>();

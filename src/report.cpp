@@ -254,18 +254,21 @@ ModelSection model_section(const fs::path& checkpoint, const ReportOptions& opti
   const Dataset test = load_dataset(tc.dataset_config(Split::Test));
   TrainedModel tm = read_model(checkpoint.string(), test);
   const torch::Device device(options.device);
+  const Precision precision =
+      resolve_precision(options.precision, device, tc.runtime.precision).precision;
   tm.model->to(device);
+  if (use_channels_last(Toggle::Auto, !test.is_vector() && is_convolutional(tc.model.arch), device,
+                        precision, tc.runtime.channels_last)) {
+    to_channels_last(*tm.model->backbone);
+  }
   EvalTransform t;
   if (!test.is_vector()) {
     t = eval_transform_for(tc.resolved_recipe(), static_cast<int>(test.channels),
                            tm.model->config.encoder.image_size);
   }
-  const torch::Tensor y_test = compute_representations(*tm.model->backbone, test, t, 512, device);
-  torch::Tensor z_test;
-  {
-    torch::NoGradGuard no_grad;
-    z_test = tm.model->projector->forward(y_test.to(device)).to(torch::kCPU, torch::kFloat);
-  }
+  const torch::Tensor y_test =
+      compute_representations(*tm.model->backbone, test, t, 512, device, precision);
+  const torch::Tensor z_test = compute_embeddings(*tm.model->projector, y_test, device, precision);
   const CollapseStats sy = collapse_stats(y_test), sz = collapse_stats(z_test);
   out.html = "<h2>Final model on the test split (" + std::to_string(test.size()) +
              " samples, step " + std::to_string(tm.step) +
@@ -284,7 +287,8 @@ ModelSection model_section(const fs::path& checkpoint, const ReportOptions& opti
     const int64_t bank_n =
         options.bank > 0 ? std::min(options.bank, full_train.size()) : full_train.size();
     const Dataset bank = full_train.subset(torch::arange(bank_n));
-    const torch::Tensor y_bank = compute_representations(*tm.model->backbone, bank, t, 512, device);
+    const torch::Tensor y_bank =
+        compute_representations(*tm.model->backbone, bank, t, 512, device, precision);
     out.grid = neighbour_grid(test, y_test, bank, y_bank, options, out.grid_rows);
   }
   return out;

@@ -4,6 +4,7 @@
 #include "vicreg/run/trainer.h"
 
 #include "vicreg/data.h"
+#include "vicreg/loader.h"
 
 #include "support/synthetic_data.h"
 #include "support/temp_dir.h"
@@ -43,7 +44,22 @@ class Train : public vicreg::testing::TempDirTest {
     c.runtime.workers = 2;
     c.runtime.log_every = 2;
     c.runtime.exp_dir = (dir_ / name).string();
+    // The same numbers on every machine (auto would pick bf16 where the CPU has it).
+    c.runtime.precision = vicreg::Precision::Fp32;
     return c;
+  }
+
+  /// A batch of the small config's data, as the trainer's loader makes it.
+  vicreg::TwoViewBatch batch_of(const vicreg::Trainer& t, bool channels_last = false) {
+    auto data = std::make_shared<vicreg::Dataset>(
+        vicreg::load_dataset(t.config().dataset_config(vicreg::Split::Train)));
+    vicreg::TwoViewLoader loader(
+        data,
+        std::make_shared<vicreg::ImageTwoViewTransform>(
+            vicreg::make_recipe(t.config().resolved_recipe(), 1, 16), channels_last),
+        {t.config().optim.batch_size, 1, 1, 0});
+    loader.start();
+    return loader.next();
   }
 
   static void expect_same_parameters(vicreg::VICReg a, vicreg::VICReg b) {
@@ -104,7 +120,10 @@ TEST_F(Train, LossFallsAndTheExperimentDirIsComplete) {
   in >> j;
   vicreg::TrainConfig back;
   vicreg::update_from_json(back, j);
-  EXPECT_EQ(vicreg::to_json(back), vicreg::to_json(c));
+  auto resolved = c;  // what auto chose is recorded
+  resolved.runtime.channels_last = vicreg::Toggle::On;
+  EXPECT_TRUE(trainer.channels_last());
+  EXPECT_EQ(vicreg::to_json(back), vicreg::to_json(resolved));
 
   // The backbone alone, rebuilt from its file, gives the trained model's representations.
   auto backbone = vicreg::load_backbone((fs::path(c.runtime.exp_dir) / "backbone.pt").string());
@@ -333,6 +352,149 @@ TEST_F(Train, OnlineKnnProbeAndCollapseDiagnosticsInTheMetrics) {
   // Ten well-separated classes (the place of a bright square): far above chance (10 %).
   EXPECT_GE(probes[1]["knn_top1"].get<double>(), 0.3);
   EXPECT_GE(probes[1]["knn_top5"].get<double>(), probes[1]["knn_top1"].get<double>());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mixed precision (precision.h)
+
+TEST_F(Train, Bf16StepsAgreeWithFp32WithinBf16Tolerance) {
+  auto c = small("fp32");
+  vicreg::Trainer fp32(c);
+  auto cb = small("bf16");
+  cb.runtime.precision = vicreg::Precision::Bf16;
+  vicreg::Trainer bf16(cb);
+  EXPECT_EQ(bf16.precision().precision, vicreg::Precision::Bf16);
+  EXPECT_FALSE(bf16.channels_last());  // auto: off for bf16 on a CPU
+  EXPECT_TRUE(fp32.channels_last());   // and on for fp32
+  const auto batch = batch_of(fp32);
+  for (int i = 0; i < 3; ++i) {
+    const auto a = fp32.train_step(batch), b = bf16.train_step(batch);
+    EXPECT_NEAR(b.loss, a.loss, 0.03 * std::abs(a.loss)) << "step " << i;
+    EXPECT_NEAR(b.variance, a.variance, 0.03 * std::abs(a.variance) + 1e-3) << "step " << i;
+    EXPECT_NEAR(b.std_z, a.std_z, 0.02 * a.std_z) << "step " << i;
+  }
+  // Master weights, BatchNorm statistics and gradients stay fp32; they moved alike.
+  const auto pa = fp32.model()->named_parameters(), pb = bf16.model()->named_parameters();
+  for (const auto& p : pb) {
+    EXPECT_EQ(p.value().scalar_type(), torch::kFloat) << p.key();
+    EXPECT_EQ(p.value().grad().scalar_type(), torch::kFloat) << p.key();
+    const auto diff = (p.value() - pa[p.key()]).abs().max().item<double>();
+    EXPECT_LT(diff, 0.02 + 0.02 * pa[p.key()].abs().max().item<double>()) << p.key();
+  }
+  for (const auto& b : bf16.model()->named_buffers()) {
+    if (b.value().is_floating_point()) {
+      EXPECT_EQ(b.value().scalar_type(), torch::kFloat) << b.key();
+    }
+  }
+}
+
+TEST_F(Train, ChannelsLastTrainsLikeContiguous) {
+  auto c = small("contiguous");
+  c.runtime.channels_last = vicreg::Toggle::Off;
+  vicreg::Trainer plain(c);
+  EXPECT_FALSE(plain.channels_last());
+  auto cl_config = small("channels_last");
+  cl_config.runtime.channels_last = vicreg::Toggle::On;
+  vicreg::Trainer cl(cl_config);
+  EXPECT_TRUE(cl.channels_last());
+  EXPECT_TRUE(vicreg::has_channels_last_weights(*cl.model()) ||
+              cl.model()->parameters().front().size(1) == 1);
+  const auto a = plain.train_step(batch_of(plain)), b = cl.train_step(batch_of(cl, true));
+  EXPECT_NEAR(a.loss, b.loss, 1e-4 * std::abs(a.loss));
+  EXPECT_NEAR(a.std_z, b.std_z, 1e-4);
+}
+
+TEST_F(Train, Bf16StopAndResumeGivesTheSameParametersAsOneRun) {
+  auto c = small("bf16_straight");
+  c.runtime.precision = vicreg::Precision::Bf16;
+  c.optim.epochs = 2;
+  vicreg::Trainer straight(c);
+  straight.run({vicreg::ProgressStyle::None});
+  auto c2 = small("bf16_resumed");
+  c2.runtime.precision = vicreg::Precision::Bf16;
+  c2.optim.epochs = 2;
+  c2.runtime.max_steps = 5;
+  vicreg::Trainer(c2).run({vicreg::ProgressStyle::None});
+  c2.runtime.max_steps = 0;
+  c2.runtime.precision = vicreg::Precision::Auto;  // auto continues in the run's precision
+  vicreg::Trainer last(c2);
+  EXPECT_EQ(last.precision().precision, vicreg::Precision::Bf16);
+  EXPECT_EQ(last.step(), 5);
+  EXPECT_EQ(last.run({vicreg::ProgressStyle::None}).step, 12);
+  expect_same_parameters(straight.model(), last.model());
+}
+
+TEST_F(Train, ConfigRecordsThePrecisionAutoChose) {
+  auto c = small("auto");
+  c.runtime.precision = vicreg::Precision::Auto;
+  c.runtime.max_steps = 1;
+  vicreg::Trainer t(c);
+  t.run({vicreg::ProgressStyle::None});
+  std::ifstream in(fs::path(c.runtime.exp_dir) / "config.json");
+  nlohmann::json j;
+  in >> j;
+  const auto chosen = vicreg::resolve_precision(vicreg::Precision::Auto, torch::kCPU).precision;
+  EXPECT_EQ(j["runtime"]["precision"], vicreg::to_string(chosen));
+  EXPECT_EQ(t.config().runtime.precision, chosen);
+  auto bad = small("fp16");
+  bad.runtime.precision = vicreg::Precision::Fp16;
+  EXPECT_THROW(vicreg::Trainer{bad}, vicreg::UsageError);
+}
+
+TEST_F(Train, LossScalingSkipsNonFiniteStepsThenStopsAsDiverged) {
+  auto c = small("scaled");
+  c.runtime.loss_scale = vicreg::Toggle::On;
+  c.runtime.max_skipped_steps = 2;
+  vicreg::Trainer t(c);
+  ASSERT_TRUE(t.scaler().enabled());
+  const auto good = batch_of(t);
+  auto bad = good;
+  bad.view_a = good.view_a.clone();
+  bad.view_a[0][0][0][0] = std::numeric_limits<float>::quiet_NaN();
+
+  EXPECT_FALSE(t.train_step(good).skipped);
+  EXPECT_EQ(t.scaler().scale(), 65536.0);
+  EXPECT_EQ(t.scaler().growth_tracker(), 1);
+  std::map<std::string, torch::Tensor> before;
+  for (const auto& p : t.model()->named_parameters()) before[p.key()] = p.value().clone();
+  const auto s = t.train_step(bad);  // NaN embeddings: skipped, not an error
+  EXPECT_TRUE(s.skipped);
+  EXPECT_EQ(t.step(), 2);                  // the schedule moves on
+  EXPECT_EQ(t.scaler().scale(), 32768.0);  // backoff
+  for (const auto& p : t.model()->named_parameters()) {
+    EXPECT_TRUE(torch::equal(p.value(), before[p.key()])) << p.key();  // no update
+  }
+  EXPECT_FALSE(t.train_step(good).skipped);  // a good step resets the count
+  EXPECT_TRUE(t.train_step(bad).skipped);
+  try {
+    t.train_step(bad);
+    FAIL() << "expected DivergedError";
+  } catch (const vicreg::DivergedError& e) {
+    EXPECT_NE(std::string(e.what()).find("2 steps in a row"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(Train, LossScalerStateIsCheckpointedAndLogged) {
+  auto c = small("scaler_resume");
+  c.runtime.loss_scale = vicreg::Toggle::On;
+  c.runtime.max_steps = 4;
+  c.runtime.log_every = 2;
+  vicreg::Trainer(c).run({vicreg::ProgressStyle::None});
+  c.runtime.max_steps = 0;
+  vicreg::Trainer resumed(c);
+  EXPECT_EQ(resumed.step(), 4);
+  EXPECT_EQ(resumed.scaler().growth_tracker(), 4);
+  EXPECT_EQ(resumed.scaler().scale(), 65536.0);
+  const auto m = read_metrics(fs::path(c.runtime.exp_dir) / "metrics.jsonl");
+  ASSERT_FALSE(m.empty());
+  EXPECT_EQ(m[0]["loss_scale"].get<double>(), 65536.0);
+  EXPECT_EQ(m[0]["skipped_steps"].get<int64_t>(), 0);
+  // Without loss scaling, neither is logged.
+  auto plain = small("no_scaler");
+  plain.runtime.max_steps = 2;
+  vicreg::Trainer(plain).run({vicreg::ProgressStyle::None});
+  EXPECT_FALSE(
+      read_metrics(fs::path(plain.runtime.exp_dir) / "metrics.jsonl")[0].contains("loss_scale"));
 }
 
 }  // namespace

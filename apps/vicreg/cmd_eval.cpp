@@ -57,6 +57,12 @@ void add_subject_flags(CLI::App& cmd, SubjectArgs& a) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd.add_option("--device", a.spec.device, "cpu, cuda or cuda:N")->capture_default_str();
+  add_choice_flag(cmd, "--precision", a.spec.precision,
+                  "Extract features under autocast: auto (bf16 on CPUs with bf16 instructions and "
+                  "GPUs that have it, fp16 on older GPUs, else fp32), fp32, bf16 or fp16");
+  add_choice_flag(cmd, "--channels-last", a.spec.channels_last,
+                  "Convolutional backbones in channels_last memory format: auto (as vicreg "
+                  "train: on for fp32 on CPUs and on GPUs), on or off");
 }
 
 struct EvalArgs {

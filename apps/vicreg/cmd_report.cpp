@@ -57,6 +57,9 @@ Run setup_report(CLI::App& cmd, const std::vector<std::string>&) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd.add_option("--device", o.device, "cpu, cuda or cuda:N")->capture_default_str();
+  add_choice_flag(cmd, "--precision", o.precision,
+                  "Extract features under autocast: auto (as vicreg train chooses), fp32, bf16 or "
+                  "fp16");
   return [a] { return run_report(*a); };
 }
 

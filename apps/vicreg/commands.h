@@ -44,6 +44,20 @@ E parse_choice(const std::string& text) {
   }
 }
 
+/// "a,b,c".
+std::string join_choices(const std::vector<std::string>& names);
+
+/// A flag that takes one of the names of enum E into `field`, listing them in --help.
+template <class E>
+CLI::Option* add_choice_flag(CLI::App& cmd, const std::string& flag, E& field,
+                             const std::string& help) {
+  return cmd
+      .add_option_function<std::string>(
+          flag, [&field](const std::string& v) { field = parse_choice<E>(v); }, help)
+      ->type_name("{" + join_choices(names_of<E>()) + "}")
+      ->default_str(to_string(field));
+}
+
 /// Adds one flag per setting of `config` (for_each_setting) to `cmd`: "--base-lr" for base_lr,
 /// "--X/--no-X" for booleans, the enum's names for choices. Flags given twice take the last.
 void add_setting_flags(CLI::App& cmd, TrainConfig& config);

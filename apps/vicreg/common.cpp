@@ -58,12 +58,6 @@ std::string& who() {
 
 namespace {
 
-std::string join_choices(const std::vector<std::string>& names) {
-  std::string out;
-  for (const auto& n : names) out += (out.empty() ? "" : ",") + n;
-  return out;
-}
-
 template <class T>
 void add_flag(CLI::App& cmd, const Setting& s, T& field) {
   const std::string flag = flag_name(s.key);
@@ -77,16 +71,19 @@ void add_flag(CLI::App& cmd, const Setting& s, T& field) {
         },
         s.help);
   } else if constexpr (std::is_enum_v<T>) {
-    cmd.add_option_function<std::string>(
-           flag, [&field](const std::string& v) { field = parse_choice<T>(v); }, s.help)
-        ->type_name("{" + join_choices(names_of<T>()) + "}")
-        ->default_str(to_string(field));
+    add_choice_flag(cmd, flag, field, s.help);
   } else {
     cmd.add_option(flag, field, s.help)->capture_default_str();
   }
 }
 
 }  // namespace
+
+std::string join_choices(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ",") + n;
+  return out;
+}
 
 void add_setting_flags(CLI::App& cmd, TrainConfig& config) {
   // A flag given twice takes its last value (so a script's flags can be overridden by appending).

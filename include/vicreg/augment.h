@@ -44,10 +44,11 @@ void solarize(cv::Mat& img, int threshold = 128);
 void gaussian_blur(cv::Mat& img, double sigma);
 /// Mirror left-right.
 void hflip(cv::Mat& img);
-/// uint8 HWC -> float CHW, (x / 255 - mean[c]) / std[c]. mean and std have one entry per channel.
-/// out: [C, H, W] float32, contiguous.
+/// uint8 HWC -> float, (x / 255 - mean[c]) / std[c]. mean and std have one entry per channel.
+/// out: [C, H, W] float32, contiguous; with `hwc`, [H, W, C] (the bytes of a channels_last
+/// [C, H, W] tensor).
 void normalize_into(const cv::Mat& img, const std::vector<float>& mean,
-                    const std::vector<float>& std, float* out);
+                    const std::vector<float>& std, float* out, bool hwc = false);
 
 // ---------------------------------------------------------------------------------------------
 // Random ops
@@ -89,8 +90,8 @@ struct ViewConfig {
   /// Throws std::invalid_argument naming the field unless every probability is in [0, 1], the
   /// ranges are ordered and positive, and mean/std match `channels` (std > 0).
   void validate(int channels) const;
-  /// img: uint8 [H, W] or [H, W, 3]; out: [C, size, size] float32.
-  void apply(const cv::Mat& img, Rng& rng, float* out) const;
+  /// img: uint8 [H, W] or [H, W, 3]; out: [C, size, size] float32 ([size, size, C] with `hwc`).
+  void apply(const cv::Mat& img, Rng& rng, float* out, bool hwc = false) const;
 };
 
 /// The two views' settings: asymmetric probabilities as in the reference.

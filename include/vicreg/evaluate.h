@@ -7,6 +7,7 @@
 #include "vicreg/data.h"
 #include "vicreg/models.h"
 #include "vicreg/names.h"
+#include "vicreg/precision.h"
 
 #include <torch/types.h>
 
@@ -27,10 +28,19 @@ struct EvalTransform {
 EvalTransform eval_transform_for(const std::string& recipe, int channels, int64_t size);
 
 /// The encoder's output for every sample, in order, computed in eval mode without gradients in
-/// batches of `batch_size` on `device`. Returns [N, output_dim] float32 on the CPU.
+/// batches of `batch_size` on `device`, under autocast in `precision` (bf16/fp16; never Auto),
+/// images in channels_last memory format when the encoder's convolutions are (precision.h).
+/// Returns [N, output_dim] float32 on the CPU.
 torch::Tensor compute_representations(EncoderImpl& encoder, const Dataset& data,
                                       const EvalTransform& transform, int64_t batch_size = 512,
-                                      const torch::Device& device = torch::kCPU);
+                                      const torch::Device& device = torch::kCPU,
+                                      Precision precision = Precision::Fp32);
+
+/// The expander's output for representations y [N, D], in eval mode without gradients, in
+/// chunks on `device` under autocast in `precision`. Returns [N, embedding_dim] float32 on the CPU.
+torch::Tensor compute_embeddings(ExpanderImpl& expander, const torch::Tensor& y,
+                                 const torch::Device& device = torch::kCPU,
+                                 Precision precision = Precision::Fp32);
 
 /// Top-1 and top-5 accuracy (fractions in [0, 1]) of scores [N, C] against labels [N].
 struct Accuracy {
@@ -105,6 +115,8 @@ struct ClassifierOptions {
   double weight_decay = 0.0;
   double momentum = 0.9;
   uint64_t seed = 0;
+  /// The backbone's forward passes under autocast in this precision; the head trains in fp32.
+  Precision precision = Precision::Fp32;
 };
 
 /// Supervised training of `encoder` and a linear head on `train` (images augmented by `augment`

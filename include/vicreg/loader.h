@@ -31,19 +31,26 @@ class TwoViewTransform {
   virtual std::vector<int64_t> view_shape(const Dataset& data) const = 0;
   virtual void apply(const Dataset& data, int64_t index, Rng& rng, float* out_a,
                      float* out_b) const = 0;
+  /// Whether apply() writes [H, W, C] for a [C, H, W] view: the batch is then channels_last.
+  virtual bool channels_last() const { return false; }
 };
 
 /// Images: one decode (or view) per sample, then the recipe's two views.
 class ImageTwoViewTransform : public TwoViewTransform {
  public:
-  explicit ImageTwoViewTransform(Recipe recipe) : recipe_(std::move(recipe)) {}
+  /// channels_last: write each view as [H, W, C], so that batches come in channels_last memory
+  /// format with no copy (precision.h).
+  explicit ImageTwoViewTransform(Recipe recipe, bool channels_last = false)
+      : recipe_(std::move(recipe)), channels_last_(channels_last) {}
   std::vector<int64_t> view_shape(const Dataset& data) const override;
   void apply(const Dataset& data, int64_t index, Rng& rng, float* out_a,
              float* out_b) const override;
+  bool channels_last() const override { return channels_last_; }
   const Recipe& recipe() const { return recipe_; }
 
  private:
   Recipe recipe_;
+  bool channels_last_;
 };
 
 /// Vectors: two independent draws of VectorAugment (mixing partners drawn from the data set).
@@ -75,9 +82,11 @@ struct LoaderOptions {
 };
 
 struct TwoViewBatch {
-  torch::Tensor view_a, view_b;  ///< [B / W, ...] float32 (this shard's rows)
-  torch::Tensor labels;          ///< [B] int64 (undefined when the data have none)
-  torch::Tensor indices;         ///< [B] int64: which samples
+  /// [B / W, ...] float32 (this shard's rows); images in channels_last memory format when the
+  /// transform writes them so.
+  torch::Tensor view_a, view_b;
+  torch::Tensor labels;   ///< [B] int64 (undefined when the data have none)
+  torch::Tensor indices;  ///< [B] int64: which samples
   int64_t epoch = 0;
   int64_t index = 0;  ///< batch index within the epoch
 };

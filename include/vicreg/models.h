@@ -201,6 +201,8 @@ TORCH_MODULE(Expander);
 
 /// The encoders make_encoder() builds: resnet18, resnet34, resnet50, convnet, mlp.
 enum class Arch { ResNet18, ResNet34, ResNet50, ConvNet, Mlp };
+/// Whether the backbone is made of 2-D convolutions (channels_last applies).
+inline bool is_convolutional(Arch arch) { return arch != Arch::Mlp; }
 template <>
 const NameTable<Arch>& name_table<Arch>();
 

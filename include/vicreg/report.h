@@ -9,6 +9,7 @@
 #pragma once
 
 #include "vicreg/error.h"
+#include "vicreg/precision.h"
 #include "vicreg/svg.h"
 
 #include <cstdint>
@@ -22,6 +23,7 @@ struct ReportOptions {
   std::string out;       ///< empty: EXP_DIR/report.html
   std::string data_dir;  ///< empty: the run's
   std::string device = "cpu";
+  Precision precision = Precision::Auto;  ///< of feature extraction (precision.h)
   int64_t queries = 10;    ///< test images in the neighbour grid (one per class first)
   int64_t neighbours = 8;  ///< training neighbours shown per test image
   int64_t bank = 10000;    ///< training images searched (the first ones; 0: all)

@@ -10,8 +10,15 @@ namespace vicreg {
 
 /// Sets LibTorch's intra-op thread count and, when LibTorch's BLAS is OpenBLAS, OpenBLAS's own
 /// thread count (Debian's LibTorch starts with one thread, OpenBLAS with one per core).
-/// threads <= 0 means one per available core. Returns the count that was set.
+/// threads <= 0 means one per available core. Returns the count that was set. Also calls
+/// keep_freed_memory().
 int set_threads(int threads);
+
+/// Keeps glibc's malloc from returning freed blocks of up to 32 MiB to the operating system
+/// (mallopt: mmap threshold 32 MiB, trim threshold 1 GiB), so that a training step reuses the
+/// memory of the previous one instead of page-faulting it in again (2.3x on the default loop).
+/// Once per process; what LibTorch allocates is unchanged.
+void keep_freed_memory();
 
 /// The device named `name` (cpu, cuda, cuda:N), checked to be usable here. Throws UsageError
 /// naming --device when CUDA is asked for and this LibTorch has no CUDA device, c10::Error for a

@@ -40,6 +40,16 @@ void load_archive(torch::serialize::InputArchive& archive, const std::string& pa
 
 namespace {
 
+/// The config a vicreg file stores. Files written before the precision and memory format were
+/// recorded (0.1) were trained in fp32 and contiguous, all there was.
+TrainConfig stored_config(const std::string& json_text) {
+  TrainConfig c;
+  c.runtime.precision = Precision::Fp32;
+  c.runtime.channels_last = Toggle::Off;
+  update_from_json(c, nlohmann::json::parse(json_text));
+  return c;
+}
+
 std::string read_string(torch::serialize::InputArchive& archive, const std::string& key) {
   c10::IValue v;
   archive.read(key, v);
@@ -62,7 +72,7 @@ double read_double(torch::serialize::InputArchive& archive, const std::string& k
 TrainConfig checkpoint_config(torch::serialize::InputArchive& archive, const std::string& path) {
   TrainConfig config;
   try {
-    update_from_json(config, nlohmann::json::parse(read_string(archive, "config")));
+    config = stored_config(read_string(archive, "config"));
   } catch (const std::exception& e) {
     throw FormatError("checkpoint '" + path + "' has no valid config: " + e.what());
   }
@@ -120,6 +130,10 @@ void write_checkpoint(const std::string& path, const torch::nn::Module& model,
   archive.write("in_channels", c10::IValue(state.in_channels));
   archive.write("image_size", c10::IValue(state.image_size));
   archive.write("in_features", c10::IValue(state.in_features));
+  if (state.loss_scaler.defined()) {
+    archive.write("loss_scaler", state.loss_scaler);
+    archive.write("skipped_in_a_row", c10::IValue(state.skipped_in_a_row));
+  }
   save_archive(archive, path);
 }
 
@@ -144,6 +158,11 @@ CheckpointState read_checkpoint(const std::string& path, torch::nn::Module& mode
       s.in_channels = read_int(archive, "in_channels");
       s.image_size = read_int(archive, "image_size");
       s.in_features = read_int(archive, "in_features");
+    }
+    torch::Tensor scaler;
+    if (archive.try_read("loss_scaler", scaler)) {
+      s.loss_scaler = scaler;
+      s.skipped_in_a_row = read_int(archive, "skipped_in_a_row");
     }
   } catch (const c10::Error& e) {
     throw FormatError("checkpoint '" + path +
@@ -199,7 +218,7 @@ Backbone backbone_from_weights(const std::string& path) {
   EncoderConfig ec;
   if (file.metadata.count("vicreg.config")) {  // written by export_backbone
     try {
-      update_from_json(b.config, nlohmann::json::parse(file.metadata.at("vicreg.config")));
+      b.config = stored_config(file.metadata.at("vicreg.config"));
       b.in_channels = metadata_int(file.metadata, "vicreg.in_channels");
       b.image_size = metadata_int(file.metadata, "vicreg.image_size");
       b.in_features = metadata_int(file.metadata, "vicreg.in_features");
@@ -231,7 +250,7 @@ Backbone read_backbone(const std::string& path) {
   load_archive(archive, path, "backbone");
   Backbone b;
   try {
-    update_from_json(b.config, nlohmann::json::parse(read_string(archive, "config")));
+    b.config = stored_config(read_string(archive, "config"));
     b.in_channels = read_int(archive, "in_channels");
     b.image_size = read_int(archive, "image_size");
     b.in_features = read_int(archive, "in_features");

@@ -90,6 +90,7 @@ void TrainConfig::validate() const {
   check(runtime.max_steps >= 0, "--max-steps must be >= 0");
   check(runtime.eval_every >= 0, "--eval-every must be >= 0 (0: never)");
   check(runtime.eval_bank >= 0, "--eval-bank must be >= 0 (0: the whole training split)");
+  check(runtime.max_skipped_steps >= 1, "--max-skipped-steps must be at least 1");
   check(std::isfinite(distributed.dist_timeout) && distributed.dist_timeout >= 1,
         "--dist-timeout must be at least 1 second");
 }

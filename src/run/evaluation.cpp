@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 
 namespace vicreg {
 
@@ -27,13 +28,7 @@ std::string input_text(bool vector, int64_t features, int64_t channels) {
 
 /// The expander's output for representations y: [N, D] float32 on the CPU.
 torch::Tensor project(Subject& s, const torch::Tensor& y) {
-  torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> z;
-  for (int64_t i = 0; i < y.size(0); i += 4096) {
-    const torch::Tensor chunk = y.narrow(0, i, std::min<int64_t>(4096, y.size(0) - i));
-    z.push_back(s.projector->forward(chunk.to(s.device)).to(torch::kCPU, torch::kFloat));
-  }
-  return torch::cat(z);
+  return compute_embeddings(*s.projector, y, s.device, s.precision.precision);
 }
 
 nlohmann::json stats_json(const CollapseStats& c) {
@@ -88,6 +83,13 @@ Subject load_subject(const SubjectSpec& spec, const std::vector<Split>& splits) 
     s.name = spec.baseline ? "baseline:" + to_string(*spec.baseline) : spec.init_backbone;
   }
   if (!spec.data_dir.empty()) s.config.runtime.data_dir = spec.data_dir;
+  // A run's files record the precision it was trained in; auto evaluates in it.
+  const bool trained_here = !spec.backbone.empty() || !spec.checkpoint.empty();
+  s.precision = resolve_precision(spec.precision, s.device,
+                                  trained_here ? s.config.runtime.precision : Precision::Auto);
+  if (!s.precision.warning.empty()) {
+    std::fprintf(stderr, "vicreg: warning: %s\n", s.precision.warning.c_str());
+  }
   for (const Split split : splits) {
     (split == Split::Train ? s.train : s.test) = load_dataset(s.config.dataset_config(split));
   }
@@ -127,6 +129,12 @@ Subject load_subject(const SubjectSpec& spec, const std::vector<Split>& splits) 
   }
   s.encoder->to(s.device);
   s.encoder->eval();
+  const bool convolutional =
+      !shape.is_vector() && !spec.baseline.has_value() && is_convolutional(s.config.model.arch);
+  if (use_channels_last(spec.channels_last, convolutional, s.device, s.precision.precision,
+                        trained_here ? s.config.runtime.channels_last : Toggle::Auto)) {
+    to_channels_last(*s.encoder);
+  }
   if (s.projector) {
     s.projector->to(s.device);
     s.projector->eval();
@@ -136,7 +144,8 @@ Subject load_subject(const SubjectSpec& spec, const std::vector<Split>& splits) 
 
 torch::Tensor subject_features(Subject& s, const Dataset& data, bool embedding) {
   if (embedding) require_expander(s);
-  const torch::Tensor y = compute_representations(*s.encoder, data, s.transform, 512, s.device);
+  const torch::Tensor y =
+      compute_representations(*s.encoder, data, s.transform, 512, s.device, s.precision.precision);
   return embedding ? project(s, y) : y;
 }
 
@@ -172,6 +181,7 @@ nlohmann::json evaluate_subject(Subject& s, const EvalRequest& r) {
     co.lr_head = r.lr.value_or(co.lr_head);
     if (finetune) co.lr_backbone = r.lr_backbone.value_or(co.lr_backbone);
     co.weight_decay = r.wd.value_or(co.weight_decay);
+    co.precision = s.precision.precision;
     Dataset train = s.train;
     if (finetune) {
       train = s.train.subset(balanced_subset(ytr, r.label_fraction, r.seed));
@@ -223,6 +233,7 @@ nlohmann::json evaluate_subject(Subject& s, const EvalRequest& r) {
           {"seconds", seconds_since(t0)},
           {"feature_seconds", feature_s},
           {"threads", at::get_num_threads()},
+          {"precision", to_string(s.precision.precision)},
           {"train_samples", train_used},
           {"test_samples", s.test.size()}};
 }

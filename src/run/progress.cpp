@@ -6,11 +6,16 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <limits>
 
 namespace vicreg {
 
 void IntervalStats::add(const StepStats& s) {
   ++steps;
+  if (s.skipped) {
+    ++skipped;
+    return;
+  }
   sum.loss += s.loss;
   sum.invariance += s.invariance;
   sum.variance += s.variance;
@@ -20,7 +25,9 @@ void IntervalStats::add(const StepStats& s) {
 }
 
 StepStats IntervalStats::mean(double last_lr) const {
-  const double k = 1.0 / static_cast<double>(std::max<int64_t>(steps, 1));
+  const int64_t counted = steps - skipped;
+  const double k =
+      counted > 0 ? 1.0 / static_cast<double>(counted) : std::numeric_limits<double>::quiet_NaN();
   StepStats m;
   m.loss = sum.loss * k;
   m.invariance = sum.invariance * k;

@@ -54,6 +54,7 @@ Trainer::Trainer(TrainConfig config, std::string resume, std::shared_ptr<Process
   set_threads(config_.runtime.threads);
 
   resume_config(resume);
+  choose_numerics();
   load_data();
   build_model(/*fresh=*/resume_.empty());
   build_optimizer();
@@ -63,9 +64,33 @@ Trainer::Trainer(TrainConfig config, std::string resume, std::shared_ptr<Process
     elapsed_before_ = s.elapsed_s;
     at::Generator generator = at::detail::getDefaultCPUGenerator();
     generator.set_state(s.rng_state);
+    if (scaler_.enabled() && s.loss_scaler.defined()) {
+      scaler_.load_state(s.loss_scaler);
+      skipped_in_a_row_ = s.skipped_in_a_row;
+    }
     model_->to(device_);
   }
   join_group();
+}
+
+void Trainer::choose_numerics() {
+  RuntimeConfig& r = config_.runtime;
+  precision_ = resolve_precision(r.precision, device_, trained_precision_);
+  if (!precision_.warning.empty() && is_main()) {
+    std::fprintf(stderr, "vicreg train: warning: %s\n", precision_.warning.c_str());
+  }
+  const bool images = config_.data.dataset != DatasetKind::Npy;
+  const bool convolutional = images && is_convolutional(config_.model.arch) &&
+                             (config_.model.shared_weights || !config_.model.arch_b ||
+                              is_convolutional(*config_.model.arch_b));
+  channels_last_ = use_channels_last(r.channels_last, convolutional, device_, precision_.precision,
+                                     trained_channels_last_);
+  const bool scaling = r.loss_scale == Toggle::On ||
+                       (r.loss_scale == Toggle::Auto && precision_.precision == Precision::Fp16);
+  scaler_ = GradScaler(scaling);
+  // config.json (and the checkpoint) record what was chosen: a resumed run keeps it.
+  r.precision = precision_.precision;
+  r.channels_last = channels_last_ ? Toggle::On : Toggle::Off;
 }
 
 void Trainer::resume_config(const std::string& resume) {
@@ -74,7 +99,10 @@ void Trainer::resume_config(const std::string& resume) {
   if (resume_.empty()) return;
   // The checkpoint decides what shapes the run; the command line where and how it runs
   // (config_for_resume: by section).
-  config_ = config_for_resume(read_checkpoint_config(resume_), given_);
+  const TrainConfig stored = read_checkpoint_config(resume_);
+  trained_precision_ = stored.runtime.precision;
+  trained_channels_last_ = stored.runtime.channels_last;
+  config_ = config_for_resume(stored, given_);
   const std::vector<std::string> ignored =
       differing_settings(given_, config_, given_keys_ ? &*given_keys_ : nullptr);
   if (!ignored.empty() && is_main()) {
@@ -92,7 +120,7 @@ void Trainer::load_data() {
     const Recipe recipe = make_recipe(config_.resolved_recipe(), static_cast<int>(data_->channels),
                                       static_cast<int>(config_.data.image_size));
     image_size_ = recipe.view_a.crop.size;
-    transform = std::make_shared<ImageTwoViewTransform>(recipe);
+    transform = std::make_shared<ImageTwoViewTransform>(recipe, channels_last_);
   }
   const int64_t batch = config_.optim.batch_size;
   if (world_ > 1 && batch / world_ < 2) {
@@ -104,6 +132,8 @@ void Trainer::load_data() {
       std::make_unique<TwoViewLoader>(data_, transform, config_.loader_options(rank_, world_));
   schedule_ = config_.schedule(loader_->batches_per_epoch());
   loss_options_ = config_.loss_options();
+  // With loss scaling, non-finite embeddings (an fp16 overflow) make a skipped step, not an error.
+  loss_options_.check_finite(!scaler_.enabled());
 }
 
 void Trainer::build_model(bool fresh) {
@@ -111,6 +141,8 @@ void Trainer::build_model(bool fresh) {
   model_ = VICReg(config_.model_config(*data_));
   if (fresh && !config_.model.init_backbone.empty()) init_backbone();
   model_->to(device_);
+  // Before the optimizer exists and before a checkpoint is copied in (copy_ keeps the format).
+  if (channels_last_) to_channels_last(*model_);
 }
 
 void Trainer::build_optimizer() {
@@ -181,6 +213,10 @@ void Trainer::save_checkpoint() const {
   s.in_channels = b.in_channels;
   s.image_size = b.image_size;
   s.in_features = b.in_features;
+  if (scaler_.enabled()) {
+    s.loss_scaler = scaler_.state();
+    s.skipped_in_a_row = skipped_in_a_row_;
+  }
   write_checkpoint(ExperimentDir{config_.runtime.exp_dir}.checkpoint(), *model_, *optimizer_, s);
 }
 
@@ -194,7 +230,13 @@ StepStats Trainer::train_step(const TwoViewBatch& batch) {
   const torch::Tensor x_a = batch.view_a.to(device_, /*non_blocking=*/true);
   const torch::Tensor x_b = batch.view_b.to(device_, /*non_blocking=*/true);
   optimizer_->zero_grad();
-  const VICRegOutput out = model_->forward(x_a, x_b);
+  VICRegOutput out;
+  {
+    // The encoders and expanders under autocast; the loss outside it, in fp32 (the fused loss
+    // accumulates bf16/fp16 embeddings in fp32 and returns their gradients in their dtype).
+    const AutocastGuard autocast(device_, precision_.precision);
+    out = model_->forward(x_a, x_b);
+  }
   VICRegLossTerms terms;
   try {
     terms = group_ ? vicreg_loss_sharded(out.z_a, out.z_b, *group_, loss_options_)
@@ -203,7 +245,7 @@ StepStats Trainer::train_step(const TwoViewBatch& batch) {
     throw DivergedError(step_, "training diverged at step " + std::to_string(step_) + ": " +
                                    e.what_without_backtrace());
   }
-  terms.total.backward();
+  scaler_.scale(terms.total).backward();
   if (group_) all_reduce_gradients(model_->parameters(), *group_);
   const torch::Tensor& std_per_dim = terms.std_a;  // over the global batch
   last_y_ = out.y_a.detach();
@@ -220,11 +262,26 @@ StepStats Trainer::train_step(const TwoViewBatch& batch) {
   s.covariance = n[3];
   s.std_z = n[4];
   s.std_z_min = n[5];
-  if (!std::isfinite(s.loss)) {
-    throw DivergedError(step_, "training diverged at step " + std::to_string(step_) +
-                                   ": the loss is " + std::to_string(s.loss));
+  if (scaler_.enabled()) {
+    // Gradients are the same on every rank after the all-reduce: so is the decision.
+    s.skipped = scaler_.unscale(model_->parameters()) || !std::isfinite(s.loss);
+    if (!s.skipped) optimizer_->step();
+    scaler_.update(s.skipped);
+    skipped_in_a_row_ = s.skipped ? skipped_in_a_row_ + 1 : 0;
+    if (skipped_in_a_row_ >= config_.runtime.max_skipped_steps) {
+      throw DivergedError(step_, "training diverged at step " + std::to_string(step_) + ": " +
+                                     std::to_string(skipped_in_a_row_) +
+                                     " steps in a row had non-finite gradients (loss scale now " +
+                                     std::to_string(scaler_.scale()) + ", loss " +
+                                     std::to_string(s.loss) + ")");
+    }
+  } else {
+    if (!std::isfinite(s.loss)) {
+      throw DivergedError(step_, "training diverged at step " + std::to_string(step_) +
+                                     ": the loss is " + std::to_string(s.loss));
+    }
+    optimizer_->step();
   }
-  optimizer_->step();
   ++step_;
   return s;
 }
@@ -252,20 +309,25 @@ nlohmann::json Trainer::interval_line(const IntervalStats& interval, double lr, 
                                       double wait_seconds, double elapsed) const {
   const StepStats m = interval.mean(lr);
   const double dt = std::max(seconds, 1e-9);
-  return {{"epoch", static_cast<double>(step_) / loader_->batches_per_epoch()},
-          {"step", step_},
-          {"lr", m.lr},
-          {"loss", m.loss},
-          {"invariance", m.invariance},
-          {"variance", m.variance},
-          {"covariance", m.covariance},
-          {"std_z", m.std_z},
-          {"std_z_min", m.std_z_min},
-          {"rankme_y", rankme(last_y_.to(torch::kCPU))},
-          {"rankme_z", rankme(last_z_.to(torch::kCPU))},
-          {"images_per_s", 2.0 * config_.optim.batch_size * interval.steps / dt},
-          {"data_wait_fraction", wait_seconds / dt},
-          {"elapsed_s", elapsed}};
+  nlohmann::json line = {{"epoch", static_cast<double>(step_) / loader_->batches_per_epoch()},
+                         {"step", step_},
+                         {"lr", m.lr},
+                         {"loss", m.loss},
+                         {"invariance", m.invariance},
+                         {"variance", m.variance},
+                         {"covariance", m.covariance},
+                         {"std_z", m.std_z},
+                         {"std_z_min", m.std_z_min},
+                         {"rankme_y", rankme(last_y_.to(torch::kCPU))},
+                         {"rankme_z", rankme(last_z_.to(torch::kCPU))},
+                         {"images_per_s", 2.0 * config_.optim.batch_size * interval.steps / dt},
+                         {"data_wait_fraction", wait_seconds / dt},
+                         {"elapsed_s", elapsed}};
+  if (scaler_.enabled()) {
+    line["loss_scale"] = scaler_.scale();
+    line["skipped_steps"] = interval.skipped;
+  }
+  return line;
 }
 
 nlohmann::json Trainer::knn_probe() {
@@ -284,8 +346,10 @@ nlohmann::json Trainer::knn_probe() {
                            image_size_);
   }
   const KnnOptions k = ProtocolDefaults::knn();
-  const torch::Tensor xb = compute_representations(*model_->backbone, bank, t, 512, device_);
-  const torch::Tensor xq = compute_representations(*model_->backbone, *test_data_, t, 512, device_);
+  const Precision p = precision_.precision;
+  const torch::Tensor xb = compute_representations(*model_->backbone, bank, t, 512, device_, p);
+  const torch::Tensor xq =
+      compute_representations(*model_->backbone, *test_data_, t, 512, device_, p);
   const int64_t classes =
       std::max(bank.labels.max().item<int64_t>(), test_data_->labels.max().item<int64_t>()) + 1;
   const Accuracy a =
@@ -314,8 +378,10 @@ TrainResult Trainer::run(const TrainHooks& hooks) {
       "vicreg train: " + to_string(config_.data.dataset) + ", " + std::to_string(data_->size()) +
       " samples, " + std::to_string(per_epoch) + " steps/epoch, " +
       std::to_string(config_.optim.epochs) + " epochs, " +
-      (start_step > 0 ? "resuming at step " + std::to_string(start_step) : "from scratch") + "; " +
-      describe_runtime());
+      (start_step > 0 ? "resuming at step " + std::to_string(start_step) : "from scratch") +
+      "; precision " + to_string(precision_.precision) + " (" + precision_.reason + ")" +
+      (channels_last_ ? ", channels_last" : "") + (scaler_.enabled() ? ", loss scaling" : "") +
+      "; " + describe_runtime());
   if (group_) {
     const int64_t batch = config_.optim.batch_size;
     progress.note("vicreg train: " + std::to_string(world_) + " processes (" + group_->backend() +

@@ -55,6 +55,10 @@ struct CheckpointState {
   TrainConfig config;
   /// The input shape, so that the backbone can be rebuilt without the data (export).
   int64_t in_channels = 0, image_size = 0, in_features = 0;
+  /// Loss scaling: GradScaler::state() (undefined when the run has none; absent before 0.2) and
+  /// the steps skipped in a row up to this one.
+  torch::Tensor loss_scaler;
+  int64_t skipped_in_a_row = 0;
 };
 
 /// Writes checkpoint.pt atomically: `model`, `optimizer` and `state`.
@@ -86,6 +90,10 @@ struct Backbone {
   Encoder encoder;
   TrainConfig config;
   int64_t in_channels = 0, image_size = 0, in_features = 0;
+  /// Loss scaling: GradScaler::state() (undefined when the run has none; absent before 0.2) and
+  /// the steps skipped in a row up to this one.
+  torch::Tensor loss_scaler;
+  int64_t skipped_in_a_row = 0;
 };
 
 /// Writes a run's backbone.pt: the encoder with its config and input shape.

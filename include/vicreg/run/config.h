@@ -27,6 +27,7 @@
 #include "vicreg/models.h"
 #include "vicreg/names.h"
 #include "vicreg/optim.h"
+#include "vicreg/precision.h"
 
 #include <nlohmann/json.hpp>
 
@@ -93,6 +94,11 @@ struct RuntimeConfig {
   int64_t max_steps = 0;      ///< stop after this many steps in all (0: no limit)
   int64_t eval_every = 0;     ///< kNN probe on the test split every N epochs (0: never)
   int64_t eval_bank = 10000;  ///< training samples in the kNN bank (the first ones; 0: all)
+  /// The forward passes' precision (precision.h); a run records the one auto chose.
+  Precision precision = Precision::Auto;
+  Toggle channels_last = Toggle::Auto;  ///< convolutional backbones in channels_last
+  Toggle loss_scale = Toggle::Auto;     ///< dynamic loss scaling; auto: with fp16
+  int64_t max_skipped_steps = 20;       ///< loss scaling: skipped steps in a row before stopping
 };
 
 /// The process group (WORLD_SIZE > 1; distributed.h).
@@ -232,6 +238,22 @@ void for_each_setting(Config& c, Visit&& visit) {
   visit(
       Setting{S::Runtime, "eval_bank", "Training samples in the kNN bank of --eval-every (0: all)"},
       c.runtime.eval_bank);
+  visit(Setting{S::Runtime, "precision",
+                "Forward passes in auto, fp32, bf16 or fp16 (autocast; the loss, weights and "
+                "optimizer stay fp32). auto: bf16 on CPUs with bf16 instructions and on GPUs that "
+                "have it, fp16 on older GPUs, else fp32"},
+        c.runtime.precision);
+  visit(Setting{S::Runtime, "channels_last",
+                "Convolutional backbones' weights and batches in channels_last memory format: "
+                "auto (on for fp32 on CPUs and on GPUs; off for bf16 on CPUs, where it is "
+                "slower), on or off"},
+        c.runtime.channels_last);
+  visit(Setting{S::Runtime, "loss_scale",
+                "Dynamic loss scaling (PyTorch's GradScaler): auto (with fp16 only), on or off"},
+        c.runtime.loss_scale);
+  visit(Setting{S::Runtime, "max_skipped_steps",
+                "With loss scaling: stop as diverged after this many skipped steps in a row"},
+        c.runtime.max_skipped_steps);
   // distributed
   visit(Setting{S::Distributed, "sync_bn",
                 "With several processes (torchrun), BatchNorm statistics over all of them "

@@ -31,6 +31,9 @@ struct SubjectSpec {
   std::optional<TrainConfig> config;
   std::string data_dir;        ///< where the data are; empty: as in training
   std::string device = "cpu";  ///< cpu, cuda, cuda:N
+  /// Features are extracted under autocast in this precision (auto: as training chooses it).
+  Precision precision = Precision::Auto;
+  Toggle channels_last = Toggle::Auto;  ///< convolutional backbones in channels_last
 };
 
 /// A subject loaded, in eval mode on its device, with its data.
@@ -42,6 +45,7 @@ struct Subject {
   Dataset train, test;          ///< the splits asked for
   EvalTransform transform;
   torch::Device device = torch::kCPU;
+  PrecisionChoice precision;  ///< of feature extraction (and of finetune's backbone)
 };
 
 /// Loads the subject and the splits of its data set. Throws UsageError for a spec that does not

@@ -16,14 +16,18 @@ namespace vicreg {
 struct StepStats {
   double loss = 0, invariance = 0, variance = 0, covariance = 0, lr = 0;
   double std_z = 0, std_z_min = 0;  ///< mean and min over dimensions of the std of z_a
+  /// Loss scaling: the optimizer step was skipped (an inf or NaN gradient).
+  bool skipped = false;
 };
 
 /// The steps of one log interval, summed.
 struct IntervalStats {
-  int64_t steps = 0;
+  int64_t steps = 0;    ///< all steps, skipped ones included
+  int64_t skipped = 0;  ///< steps whose update was skipped (their numbers are left out)
   StepStats sum;
   void add(const StepStats& s);
-  /// The interval's mean of every number (lr: the last step's).
+  /// The mean of every number over the steps not skipped (lr: the last step's; NaN when every
+  /// step was skipped).
   StepStats mean(double last_lr) const;
 };
 

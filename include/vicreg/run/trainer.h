@@ -7,6 +7,7 @@
 #include "vicreg/loss.h"
 #include "vicreg/models.h"
 #include "vicreg/optim.h"
+#include "vicreg/precision.h"
 #include "vicreg/run/artifacts.h"
 #include "vicreg/run/config.h"
 #include "vicreg/run/progress.h"
@@ -67,7 +68,15 @@ class Trainer {
   int64_t step() const { return step_; }
   int64_t steps_per_epoch() const { return loader_->batches_per_epoch(); }
   int64_t total_steps() const { return schedule_.total_steps; }
-  /// One optimizer step on a batch; returns its numbers. Throws DivergedError.
+  /// The precision the forward passes run in (auto resolved), and whether the convolutional
+  /// backbone and its batches are in channels_last memory format.
+  const PrecisionChoice& precision() const { return precision_; }
+  bool channels_last() const { return channels_last_; }
+  const GradScaler& scaler() const { return scaler_; }
+  /// One optimizer step on a batch (forward passes under autocast in precision(), the loss in
+  /// fp32); returns its numbers. With loss scaling, a step whose gradients are not finite is
+  /// skipped (StepStats::skipped). Throws DivergedError on a non-finite loss without loss scaling,
+  /// or after max_skipped_steps skipped steps in a row with it.
   StepStats train_step(const TwoViewBatch& batch);
   /// Writes checkpoint.pt atomically.
   void save_checkpoint() const;
@@ -75,6 +84,9 @@ class Trainer {
  private:
   // Construction, in order.
   void resume_config(const std::string& resume);
+  /// Resolves precision, channels_last and loss scaling for the device and the model, and
+  /// records the choices in config_.
+  void choose_numerics();
   void load_data();
   void build_model(bool fresh);
   void build_optimizer();
@@ -106,6 +118,12 @@ class Trainer {
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   WarmupCosineSchedule schedule_;
   VICRegLossOptions loss_options_;
+  Precision trained_precision_ = Precision::Auto;  ///< the checkpoint's (resume)
+  Toggle trained_channels_last_ = Toggle::Auto;    ///< the checkpoint's (resume)
+  PrecisionChoice precision_;
+  bool channels_last_ = false;
+  GradScaler scaler_;
+  int64_t skipped_in_a_row_ = 0;  ///< loss scaling: steps skipped since the last good one
   int64_t step_ = 0;
   double elapsed_before_ = 0;  ///< wall seconds of earlier sessions (resume)
   int64_t image_size_ = 0;

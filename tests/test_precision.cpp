@@ -1,0 +1,281 @@
+// Mixed precision and channels_last (precision.h): choosing the precision, the autocast guard,
+// BatchNorm statistics and the loss in fp32 under autocast, channels_last giving the same outputs
+// and batches, and GradScaler's semantics.
+#include "vicreg/precision.h"
+
+#include "vicreg/error.h"
+#include "vicreg/loader.h"
+#include "vicreg/loss.h"
+#include "vicreg/models.h"
+#include "vicreg/runtime.h"
+
+#include <ATen/autocast_mode.h>
+#include <c10/core/CPUAllocator.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <limits>
+
+namespace {
+
+using vicreg::Precision;
+
+TEST(Precision, NamesAndChoices) {
+  EXPECT_EQ(vicreg::parse_name<Precision>("bf16"), Precision::Bf16);
+  EXPECT_EQ(vicreg::to_string(Precision::Fp16), "fp16");
+  EXPECT_THROW(vicreg::parse_name<Precision>("fp8"), vicreg::UsageError);
+  EXPECT_EQ(vicreg::parse_name<vicreg::Toggle>("off"), vicreg::Toggle::Off);
+
+  const torch::Device cpu(torch::kCPU);
+  const auto a = vicreg::resolve_precision(Precision::Auto, cpu);
+  EXPECT_EQ(a.precision, vicreg::cpu_has_native_bf16() ? Precision::Bf16 : Precision::Fp32);
+  EXPECT_NE(a.reason.find("auto"), std::string::npos);
+  EXPECT_EQ(vicreg::resolve_precision(Precision::Fp32, cpu).precision, Precision::Fp32);
+  const auto b = vicreg::resolve_precision(Precision::Bf16, cpu);
+  EXPECT_EQ(b.precision, Precision::Bf16);
+  EXPECT_EQ(b.warning.empty(), vicreg::cpu_has_native_bf16());
+  // fp16 on a CPU is an error that names the alternative.
+  try {
+    vicreg::resolve_precision(Precision::Fp16, cpu);
+    FAIL() << "expected UsageError";
+  } catch (const vicreg::UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("bf16"), std::string::npos) << e.what();
+  }
+  // auto continues a run in the precision it was trained in; fp16 runs continue on a CPU as auto.
+  EXPECT_EQ(vicreg::resolve_precision(Precision::Auto, cpu, Precision::Fp32).precision,
+            Precision::Fp32);
+  EXPECT_EQ(vicreg::resolve_precision(Precision::Auto, cpu, Precision::Bf16).precision,
+            Precision::Bf16);
+  EXPECT_EQ(vicreg::resolve_precision(Precision::Auto, cpu, Precision::Fp16).precision,
+            a.precision);
+  EXPECT_EQ(vicreg::resolve_precision(Precision::Fp32, cpu, Precision::Bf16).precision,
+            Precision::Fp32);
+}
+
+TEST(Precision, AutocastGuardCoversItsScopeOnly) {
+  torch::nn::Linear linear(8, 4);
+  const auto x = torch::randn({3, 8});
+  const torch::Device cpu(torch::kCPU);
+  {
+    const vicreg::AutocastGuard guard(cpu, Precision::Bf16);
+    EXPECT_TRUE(at::autocast::is_cpu_enabled());
+    EXPECT_EQ(linear(x).scalar_type(), torch::kBFloat16);
+    {
+      const vicreg::AutocastGuard fp32(cpu, Precision::Fp32);  // does nothing
+      EXPECT_EQ(linear(x).scalar_type(), torch::kBFloat16);
+    }
+  }
+  EXPECT_FALSE(at::autocast::is_cpu_enabled());
+  EXPECT_EQ(linear(x).scalar_type(), torch::kFloat);
+  EXPECT_EQ(linear->weight.scalar_type(), torch::kFloat);  // master weights untouched
+}
+
+TEST(Precision, BatchNormStatisticsStayFp32UnderAutocast) {
+  torch::manual_seed(0);
+  vicreg::BatchNorm bn(16);
+  bn->train();
+  torch::nn::Conv2d conv(torch::nn::Conv2dOptions(3, 16, 3).bias(false));
+  // Large means make bf16 accumulation visibly wrong (8 bits of mantissa: ~0.4 % per add).
+  const auto x = torch::randn({32, 3, 10, 10}) + 30.0;
+  torch::Tensor y, out;
+  {
+    const vicreg::AutocastGuard guard(torch::kCPU, Precision::Bf16);
+    y = conv(x);
+    out = bn(y);
+  }
+  ASSERT_EQ(y.scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(bn->running_mean.scalar_type(), torch::kFloat);
+  EXPECT_EQ(bn->running_var.scalar_type(), torch::kFloat);
+  EXPECT_EQ(bn->weight.scalar_type(), torch::kFloat);
+  // running_mean = 0.9 * 0 + 0.1 * batch mean of the bf16 activations, computed exactly.
+  const auto mean = y.to(torch::kDouble).mean({0, 2, 3});
+  const auto var = y.to(torch::kDouble).var({0, 2, 3}, /*unbiased=*/true);
+  EXPECT_TRUE(torch::allclose(bn->running_mean.to(torch::kDouble), 0.1 * mean, 1e-5, 1e-6))
+      << (bn->running_mean.to(torch::kDouble) - 0.1 * mean).abs().max();
+  EXPECT_TRUE(torch::allclose(bn->running_var.to(torch::kDouble), 0.9 + 0.1 * var, 1e-4, 1e-5));
+  // The normalised output has mean 0 and std 1 per channel to bf16's precision.
+  const auto o = out.to(torch::kDouble);
+  EXPECT_LT(o.mean({0, 2, 3}).abs().max().item<double>(), 0.02);
+  EXPECT_LT((o.std({0, 2, 3}) - 1).abs().max().item<double>(), 0.02);
+}
+
+TEST(Precision, TheLossReturnsFp32FromBf16Embeddings) {
+  torch::manual_seed(1);
+  const auto za = torch::randn({32, 64}), zb = za + 0.1 * torch::randn({32, 64});
+  const auto exact = vicreg::vicreg_loss(za.to(torch::kDouble), zb.to(torch::kDouble));
+  const auto a = za.to(torch::kBFloat16).requires_grad_(), b = zb.to(torch::kBFloat16);
+  const auto terms = vicreg::vicreg_loss(a, b);
+  EXPECT_EQ(terms.total.scalar_type(), torch::kFloat);
+  EXPECT_EQ(terms.std_a.scalar_type(), torch::kFloat);
+  // Only the inputs' rounding to bf16 separates it from the fp64 loss (no bf16 accumulation:
+  // that would cost percents over 32 x 64 elements).
+  const auto same_inputs = vicreg::vicreg_loss(a.detach().to(torch::kDouble), b.to(torch::kDouble));
+  EXPECT_NEAR(terms.total.item<double>(), same_inputs.total.item<double>(),
+              1e-5 * std::abs(same_inputs.total.item<double>()));
+  EXPECT_NEAR(terms.total.item<double>(), exact.total.item<double>(),
+              1e-2 * std::abs(exact.total.item<double>()));
+  terms.total.backward();
+  EXPECT_EQ(a.grad().scalar_type(), torch::kBFloat16);  // gradients in the inputs' dtype
+}
+
+vicreg::Encoder encoder(vicreg::Arch arch, int64_t channels) {
+  vicreg::EncoderConfig c;
+  c.arch = arch;
+  c.in_channels = channels;
+  c.image_size = 16;
+  c.width = 8;
+  c.stages = 3;
+  return vicreg::make_encoder(c);
+}
+
+TEST(Precision, ChannelsLastGivesTheSameOutputs) {
+  for (const auto arch : {vicreg::Arch::ConvNet, vicreg::Arch::ResNet18}) {
+    torch::manual_seed(2);
+    auto plain = encoder(arch, 3);
+    torch::manual_seed(2);
+    auto cl = encoder(arch, 3);
+    const int64_t converted = vicreg::to_channels_last(*cl);
+    EXPECT_GT(converted, 0);
+    EXPECT_TRUE(vicreg::has_channels_last_weights(*cl));
+    EXPECT_FALSE(vicreg::has_channels_last_weights(*plain));
+    EXPECT_EQ(vicreg::to_channels_last(*cl), 0);  // idempotent
+    const auto x = torch::randn({6, 3, 16, 16});
+    for (bool train : {true, false}) {
+      plain->train(train);
+      cl->train(train);
+      const auto y_plain = plain->forward(x);
+      const auto y_cl = cl->forward(x.contiguous(at::MemoryFormat::ChannelsLast));
+      EXPECT_TRUE(torch::allclose(y_plain, y_cl, 1e-4, 1e-5))
+          << vicreg::to_string(arch) << " train " << train << ": " << (y_plain - y_cl).abs().max();
+    }
+    // Gradients reach the weights in their own format.
+    cl->train();
+    cl->forward(x).sum().backward();
+    for (const auto& p : cl->parameters()) {
+      if (p.dim() == 4) {
+        EXPECT_TRUE(p.grad().defined());
+      }
+    }
+  }
+  const torch::Device cpu(torch::kCPU), cuda(torch::kCUDA);
+  using vicreg::Toggle;
+  EXPECT_FALSE(
+      vicreg::use_channels_last(Toggle::On, /*convolutional=*/false, cpu, Precision::Fp32));
+  EXPECT_TRUE(vicreg::use_channels_last(Toggle::Auto, true, cpu, Precision::Fp32));
+  EXPECT_FALSE(vicreg::use_channels_last(Toggle::Auto, true, cpu, Precision::Bf16));
+  EXPECT_TRUE(vicreg::use_channels_last(Toggle::On, true, cpu, Precision::Bf16));
+  EXPECT_TRUE(vicreg::use_channels_last(Toggle::Auto, true, cuda, Precision::Fp16));
+  EXPECT_FALSE(vicreg::use_channels_last(Toggle::Off, true, cpu, Precision::Fp32));
+}
+
+TEST(Precision, ChannelsLastBatchesHoldTheSameValuesWithoutACopy) {
+  auto data = std::make_shared<vicreg::Dataset>();
+  data->name = "synthetic";
+  data->channels = 3;
+  torch::manual_seed(3);
+  data->images = torch::randint(0, 256, {20, 12, 12, 3}, torch::kUInt8);
+  const auto recipe = vicreg::make_recipe("cifar", 3, 10);
+  const vicreg::LoaderOptions o{4, 2, 2, /*seed=*/7};
+  vicreg::TwoViewLoader plain(data, std::make_shared<vicreg::ImageTwoViewTransform>(recipe), o);
+  vicreg::TwoViewLoader cl(data, std::make_shared<vicreg::ImageTwoViewTransform>(recipe, true), o);
+  plain.start();
+  cl.start();
+  for (int i = 0; i < 3; ++i) {
+    const auto a = plain.next(), b = cl.next();
+    EXPECT_EQ(b.view_a.sizes(), a.view_a.sizes());
+    EXPECT_TRUE(b.view_a.is_contiguous(at::MemoryFormat::ChannelsLast));
+    EXPECT_FALSE(b.view_a.is_contiguous());
+    EXPECT_TRUE(torch::equal(a.view_a, b.view_a));
+    EXPECT_TRUE(torch::equal(a.view_b, b.view_b));
+  }
+}
+
+TEST(Precision, MemoryCountingServesOneDnnRawAllocations) {
+  // oneDNN's bf16 and channels_last reorders allocate through Allocator::raw_allocate, which needs
+  // the counting allocator's DataPtr context to be its data pointer.
+  vicreg::enable_memory_tracking();
+  const torch::Device cpu(torch::kCPU);
+  const int64_t before = vicreg::memory_stats(cpu).current_bytes;
+  c10::Allocator* allocator = c10::GetCPUAllocator();
+  void* p = allocator->raw_allocate(1000);
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(vicreg::memory_stats(cpu).current_bytes, before + 1000);
+  allocator->raw_deallocate(p);
+  EXPECT_EQ(vicreg::memory_stats(cpu).current_bytes, before);
+  // A bf16 channels_last step of a convolutional encoder runs under it.
+  auto e = encoder(vicreg::Arch::ConvNet, 3);
+  vicreg::to_channels_last(*e);
+  const vicreg::AutocastGuard guard(cpu, Precision::Bf16);
+  e->forward(torch::randn({4, 3, 16, 16}).contiguous(at::MemoryFormat::ChannelsLast))
+      .sum()
+      .backward();
+}
+
+// ---------------------------------------------------------------------------------------------
+// GradScaler
+
+std::vector<torch::Tensor> params_with_grads(std::vector<float> grads) {
+  std::vector<torch::Tensor> params;
+  for (float g : grads) {
+    auto p = torch::zeros({3}, torch::requires_grad());
+    p.mutable_grad() = torch::full({3}, g);
+    params.push_back(p);
+  }
+  return params;
+}
+
+TEST(GradScaler, ScalesUnscalesAndFindsNonFiniteGradients) {
+  vicreg::GradScaler scaler(true);
+  EXPECT_EQ(scaler.scale(), 65536.0);
+  EXPECT_EQ(scaler.scale(torch::tensor(2.0f)).item<float>(), 131072.0f);
+  auto good = params_with_grads({65536.0f, -131072.0f});
+  EXPECT_FALSE(scaler.unscale(good));
+  EXPECT_EQ(good[0].grad()[0].item<float>(), 1.0f);
+  EXPECT_EQ(good[1].grad()[2].item<float>(), -2.0f);
+  for (float bad : {std::numeric_limits<float>::infinity(), std::nanf("")}) {
+    auto params = params_with_grads({1.0f, bad});
+    EXPECT_TRUE(scaler.unscale(params)) << bad;
+  }
+  // A parameter without a gradient is left alone.
+  auto no_grad = torch::zeros({2}, torch::requires_grad());
+  EXPECT_FALSE(scaler.unscale({no_grad}));
+
+  vicreg::GradScaler off;  // disabled: the identity
+  EXPECT_FALSE(off.enabled());
+  EXPECT_EQ(off.scale(torch::tensor(2.0f)).item<float>(), 2.0f);
+  auto inf = params_with_grads({std::numeric_limits<float>::infinity()});
+  EXPECT_FALSE(off.unscale(inf));
+}
+
+TEST(GradScaler, BacksOffOnOverflowAndGrowsAfterTheInterval) {
+  vicreg::GradScalerOptions o;
+  o.growth_interval = 3;
+  vicreg::GradScaler s(true, o);
+  s.update(true);  // backoff x0.5, tracker reset
+  EXPECT_EQ(s.scale(), 32768.0);
+  EXPECT_EQ(s.growth_tracker(), 0);
+  s.update(false);
+  s.update(false);
+  EXPECT_EQ(s.scale(), 32768.0);
+  EXPECT_EQ(s.growth_tracker(), 2);
+  s.update(true);  // an overflow restarts the count
+  EXPECT_EQ(s.scale(), 16384.0);
+  for (int i = 0; i < 3; ++i) s.update(false);
+  EXPECT_EQ(s.scale(), 32768.0);  // x2 after 3 good steps in a row
+  EXPECT_EQ(s.growth_tracker(), 0);
+  s.update(false);
+
+  vicreg::GradScaler restored(true, o);
+  restored.load_state(s.state());
+  EXPECT_EQ(restored.scale(), s.scale());
+  EXPECT_EQ(restored.growth_tracker(), 1);
+  EXPECT_THROW(restored.load_state(torch::tensor({-1.0, 0.0}, torch::kDouble)),
+               vicreg::FormatError);
+  EXPECT_THROW(restored.load_state(torch::tensor({1.0, 0.5}, torch::kDouble)), vicreg::FormatError);
+  EXPECT_THROW(restored.load_state(torch::tensor({1.0f, 0.0f})), vicreg::FormatError);
+  o.backoff_factor = 1.5;
+  EXPECT_THROW(vicreg::GradScaler(true, o), vicreg::UsageError);
+}
+
+}  // namespace
