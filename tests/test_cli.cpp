@@ -1,5 +1,6 @@
 // The vicreg CLI, run as a user runs it: exit codes, output, files, and every rejected argument.
 #include "vicreg/data.h"
+#include "vicreg/precision.h"
 
 #include "support/free_port.h"
 #include "support/synthetic_data.h"
@@ -300,6 +301,55 @@ TEST_F(CliTrain, DivergenceExitsNonZeroNamingTheStep) {
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("diverged at step"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("last good checkpoint is kept"), std::string::npos) << r.err;
+}
+
+TEST_F(CliTrain, PrecisionIsChosenPrintedRecordedAndKeptByEval) {
+  vicreg::testing::write_idx_dataset(dir_ / "data", 50, 16, 2, "t10k");
+  Result r = run(small("bf16", "--max-steps 2 --precision bf16 --progress plain"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("; precision bf16 (as asked)"), std::string::npos) << r.err;
+  auto config = nlohmann::json::parse(slurp(dir_ / "bf16" / "config.json"));
+  EXPECT_EQ(config["runtime"]["precision"], "bf16");
+  EXPECT_EQ(config["runtime"]["channels_last"], "off");  // auto: off for bf16 on a CPU
+  // auto: what this machine's CPU supports, printed with the reason and recorded.
+  r = run(small("auto", "--max-steps 1 --progress plain"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("; precision " +
+                       vicreg::to_string(vicreg::cpu_has_native_bf16() ? vicreg::Precision::Bf16
+                                                                       : vicreg::Precision::Fp32) +
+                       " (auto: the CPU has"),
+            std::string::npos)
+      << r.err;
+  // eval keeps the run's precision unless told otherwise, and says so in its JSON.
+  const fs::path json = dir_ / "knn.json";
+  r = run("eval --threads 1 --protocol knn --checkpoint " +
+          (dir_ / "bf16" / "checkpoint.pt").string() + " --json " + json.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(slurp(json))["precision"], "bf16");
+  r = run("eval --threads 1 --protocol knn --precision fp32 --channels-last on --checkpoint " +
+          (dir_ / "bf16" / "checkpoint.pt").string() + " --json " + json.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(slurp(json))["precision"], "fp32");
+  r = run("report --threads 1 --precision fp32 --exp-dir " + (dir_ / "bf16").string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  // Impossible combinations are named errors.
+  r = run(small("fp16", "--precision fp16"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("--precision fp16 needs a CUDA device"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("use --precision bf16"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir_ / "fp16" / "checkpoint.pt"));
+  r = run(small("fp8", "--precision fp8"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("unknown --precision 'fp8': use auto, fp32, bf16 or fp16"),
+            std::string::npos)
+      << r.err;
+  r = run("eval --protocol knn --precision fp16 --checkpoint " +
+          (dir_ / "bf16" / "checkpoint.pt").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("needs a CUDA device"), std::string::npos) << r.err;
+  r = run(small("ls", "--loss-scale sometimes"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("'sometimes': use auto, on or off"), std::string::npos) << r.err;
 }
 
 // ---------------------------------------------------------------------------------------------

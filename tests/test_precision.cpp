@@ -7,11 +7,13 @@
 #include "vicreg/loader.h"
 #include "vicreg/loss.h"
 #include "vicreg/models.h"
+#include "vicreg/run/progress.h"
 #include "vicreg/runtime.h"
 
 #include <ATen/autocast_mode.h>
 #include <c10/core/CPUAllocator.h>
 #include <gtest/gtest.h>
+#include <torch/cuda.h>
 #include <torch/torch.h>
 
 #include <cmath>
@@ -276,6 +278,67 @@ TEST(GradScaler, BacksOffOnOverflowAndGrowsAfterTheInterval) {
   EXPECT_THROW(restored.load_state(torch::tensor({1.0f, 0.0f})), vicreg::FormatError);
   o.backoff_factor = 1.5;
   EXPECT_THROW(vicreg::GradScaler(true, o), vicreg::UsageError);
+}
+
+TEST(GradScaler, SkippedStepsAreCountedAndLeftOutOfTheIntervalMeans) {
+  vicreg::IntervalStats interval;
+  vicreg::StepStats good;
+  good.loss = 2.0;
+  good.std_z = 0.5;
+  vicreg::StepStats skipped;
+  skipped.loss = std::numeric_limits<double>::infinity();
+  skipped.skipped = true;
+  interval.add(good);
+  interval.add(skipped);
+  EXPECT_EQ(interval.steps, 2);
+  EXPECT_EQ(interval.skipped, 1);
+  const auto m = interval.mean(0.1);
+  EXPECT_EQ(m.loss, 2.0);
+  EXPECT_EQ(m.std_z, 0.5);
+  vicreg::IntervalStats all_skipped;
+  all_skipped.add(skipped);
+  EXPECT_TRUE(std::isnan(all_skipped.mean(0.1).loss));  // written as null, not as a number
+}
+
+// ---------------------------------------------------------------------------------------------
+// CUDA (run where a CUDA LibTorch finds a device)
+
+TEST(PrecisionCuda, Fp16AndBf16StepsWithLossScaling) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const torch::Device cuda(torch::kCUDA);
+  EXPECT_NE(vicreg::resolve_precision(Precision::Auto, cuda).precision, Precision::Fp32);
+  std::vector<Precision> precisions = {Precision::Fp16};
+  if (vicreg::device_has_native_bf16(cuda)) precisions.push_back(Precision::Bf16);
+  for (const Precision p : precisions) {
+    torch::manual_seed(4);
+    auto e = encoder(vicreg::Arch::ConvNet, 3);
+    e->to(cuda);
+    vicreg::to_channels_last(*e);
+    vicreg::Expander expander(e->output_dim(), "64-64");
+    expander->to(cuda);
+    const auto x = torch::randn({8, 3, 16, 16}, cuda).contiguous(at::MemoryFormat::ChannelsLast);
+    torch::Tensor za, zb;
+    {
+      const vicreg::AutocastGuard guard(cuda, p);
+      za = expander(e->forward(x));
+      zb = expander(e->forward(x.flip(3)));
+    }
+    EXPECT_EQ(za.scalar_type(), vicreg::compute_dtype(p));
+    const auto terms = vicreg::vicreg_loss(za, zb);
+    EXPECT_EQ(terms.total.scalar_type(), torch::kFloat);
+    vicreg::GradScaler scaler(true);
+    scaler.scale(terms.total).backward();
+    std::vector<torch::Tensor> params = e->parameters();
+    for (const auto& q : expander->parameters()) params.push_back(q);
+    EXPECT_FALSE(scaler.unscale(params)) << vicreg::to_string(p);
+    for (const auto& q : params) {
+      EXPECT_EQ(q.scalar_type(), torch::kFloat);
+      EXPECT_TRUE(torch::isfinite(q.grad()).all().item<bool>());
+    }
+    // The fused unscale kernel finds an inf like the CPU path.
+    params[0].mutable_grad()[0] = std::numeric_limits<float>::infinity();
+    EXPECT_TRUE(scaler.unscale(params));
+  }
 }
 
 }  // namespace

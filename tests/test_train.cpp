@@ -10,6 +10,7 @@
 #include "support/temp_dir.h"
 
 #include <gtest/gtest.h>
+#include <torch/cuda.h>
 #include <torch/torch.h>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -472,6 +473,29 @@ TEST_F(Train, LossScalingSkipsNonFiniteStepsThenStopsAsDiverged) {
   } catch (const vicreg::DivergedError& e) {
     EXPECT_NE(std::string(e.what()).find("2 steps in a row"), std::string::npos) << e.what();
   }
+}
+
+TEST_F(Train, CudaFp16RunsWithLossScalingAndResumes) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  auto c = small("cuda_fp16");
+  c.runtime.device = "cuda";
+  c.runtime.precision = vicreg::Precision::Fp16;
+  c.runtime.max_steps = 4;
+  vicreg::Trainer t(c);
+  EXPECT_TRUE(t.scaler().enabled());  // auto: with fp16
+  EXPECT_TRUE(t.channels_last());     // auto: on for GPUs
+  const auto r = t.run({vicreg::ProgressStyle::None});
+  EXPECT_EQ(r.step, 4);
+  EXPECT_TRUE(std::isfinite(r.last_loss));
+  const auto m = read_metrics(fs::path(c.runtime.exp_dir) / "metrics.jsonl");
+  EXPECT_TRUE(m.back().contains("loss_scale"));
+  c.runtime.max_steps = 6;
+  c.runtime.precision = vicreg::Precision::Auto;  // continues in fp16
+  vicreg::Trainer resumed(c);
+  EXPECT_EQ(resumed.precision().precision, vicreg::Precision::Fp16);
+  EXPECT_EQ(resumed.scaler().scale(), t.scaler().scale());
+  EXPECT_EQ(resumed.scaler().growth_tracker(), t.scaler().growth_tracker());
+  EXPECT_EQ(resumed.run({vicreg::ProgressStyle::None}).step, 6);
 }
 
 TEST_F(Train, LossScalerStateIsCheckpointedAndLogged) {

@@ -63,7 +63,7 @@ struct ModelConfig {
 /// How: optimizer and schedule.
 struct OptimConfig {
   OptimizerKind optimizer = OptimizerKind::AdamW;
-  int64_t epochs = 12;
+  int64_t epochs = 15;
   int64_t batch_size = 128;  ///< the global batch (split over the processes)
   double base_lr = 1e-3;     ///< lr = base_lr * batch / 256 (LARS, SGD); AdamW: lr = base_lr
   double wd = 1e-6;
