@@ -164,7 +164,8 @@ TEST(Precision, ChannelsLastGivesTheSameOutputs) {
   using vicreg::Toggle;
   EXPECT_FALSE(
       vicreg::use_channels_last(Toggle::On, /*convolutional=*/false, cpu, Precision::Fp32));
-  EXPECT_TRUE(vicreg::use_channels_last(Toggle::Auto, true, cpu, Precision::Fp32));
+  EXPECT_FALSE(vicreg::use_channels_last(Toggle::Auto, true, cpu, Precision::Fp32));
+  EXPECT_TRUE(vicreg::use_channels_last(Toggle::Auto, true, cpu, Precision::Fp32, Toggle::On));
   EXPECT_FALSE(vicreg::use_channels_last(Toggle::Auto, true, cpu, Precision::Bf16));
   EXPECT_TRUE(vicreg::use_channels_last(Toggle::On, true, cpu, Precision::Bf16));
   EXPECT_TRUE(vicreg::use_channels_last(Toggle::Auto, true, cuda, Precision::Fp16));

@@ -122,8 +122,8 @@ TEST_F(Train, LossFallsAndTheExperimentDirIsComplete) {
   vicreg::TrainConfig back;
   vicreg::update_from_json(back, j);
   auto resolved = c;  // what auto chose is recorded
-  resolved.runtime.channels_last = vicreg::Toggle::On;
-  EXPECT_TRUE(trainer.channels_last());
+  resolved.runtime.channels_last = vicreg::Toggle::Off;
+  EXPECT_FALSE(trainer.channels_last());
   EXPECT_EQ(vicreg::to_json(back), vicreg::to_json(resolved));
 
   // The backbone alone, rebuilt from its file, gives the trained model's representations.
@@ -365,8 +365,8 @@ TEST_F(Train, Bf16StepsAgreeWithFp32WithinBf16Tolerance) {
   cb.runtime.precision = vicreg::Precision::Bf16;
   vicreg::Trainer bf16(cb);
   EXPECT_EQ(bf16.precision().precision, vicreg::Precision::Bf16);
-  EXPECT_FALSE(bf16.channels_last());  // auto: off for bf16 on a CPU
-  EXPECT_TRUE(fp32.channels_last());   // and on for fp32
+  EXPECT_FALSE(bf16.channels_last());  // auto: off on a CPU
+  EXPECT_FALSE(fp32.channels_last());
   const auto batch = batch_of(fp32);
   for (int i = 0; i < 3; ++i) {
     const auto a = fp32.train_step(batch), b = bf16.train_step(batch);

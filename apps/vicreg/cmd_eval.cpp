@@ -62,7 +62,7 @@ void add_subject_flags(CLI::App& cmd, SubjectArgs& a) {
                   "GPUs that have it, fp16 on older GPUs, else fp32), fp32, bf16 or fp16");
   add_choice_flag(cmd, "--channels-last", a.spec.channels_last,
                   "Convolutional backbones in channels_last memory format: auto (as vicreg "
-                  "train: on for fp32 on CPUs and on GPUs), on or off");
+                  "train: on for GPUs, off for CPUs), on or off");
 }
 
 struct EvalArgs {

@@ -72,9 +72,9 @@ class AutocastGuard {
 };
 
 /// Whether to use channels_last for a model: never for models without convolutions; auto: on
-/// CPUs in fp32 only (measured, default step: fp32 1.52x faster in channels_last, bf16 0.82x:
-/// oneDNN's bf16 convolutions are fastest on contiguous tensors here; docs/decisions.md), and on
-/// CUDA devices always (tensor cores take NHWC; PyTorch's own advice for mixed precision).
+/// CUDA devices (tensor cores take NHWC; PyTorch's own advice for mixed precision), off on CPUs,
+/// where it was measured no faster in fp32 (803 against 815 images/s, default step) and slower in
+/// bf16 (1,197 against 1,245): docs/decisions.md. `precision` is for devices where that differs.
 /// `trained`: the choice a run being resumed or evaluated recorded (Auto: none, or a new run);
 /// auto keeps it, since the memory format changes the last bits of every convolution.
 bool use_channels_last(Toggle setting, bool convolutional, const torch::Device& device,
