@@ -100,6 +100,23 @@ PYBIND11_MODULE(_C, m) {
       [](const std::string& path) { return PyBackbone{vicreg::read_backbone(path)}; },
       py::arg("path"), py::call_guard<py::gil_scoped_release>());
   m.def(
+      "build_backbone",
+      [](const std::string& arch, int64_t in_channels, int64_t image_size) {
+        vicreg::Backbone b;
+        b.config.model.arch = vicreg::parse_name<vicreg::Arch>(arch);
+        vicreg::EncoderConfig ec;
+        ec.arch = b.config.model.arch;
+        ec.in_channels = b.in_channels = in_channels;
+        ec.image_size = b.image_size = image_size;
+        b.encoder = vicreg::make_encoder(ec);
+        b.encoder->eval();
+        return PyBackbone{b};
+      },
+      "A freshly initialised encoder of an architecture (convnet, resnet18 ... resnet200x2) for "
+      "images of in_channels x image_size x image_size (ResNets: the small stem up to 64 px)",
+      py::arg("arch"), py::arg("in_channels") = 3, py::arg("image_size") = 224,
+      py::call_guard<py::gil_scoped_release>());
+  m.def(
       "export_backbone",
       [](const PyBackbone& p, const std::string& path) {
         return vicreg::export_backbone(p.b, path);

@@ -4,6 +4,7 @@
 
 #include "vicreg/error.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <zlib.h>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -12,13 +13,19 @@
 #include <array>
 #include <cctype>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
+#include <optional>
+#include <ostream>
 #include <regex>
 #include <set>
 #include <stdexcept>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 namespace vicreg {
@@ -213,34 +220,256 @@ std::vector<std::string> images_under(const std::filesystem::path& dir) {
 
 }  // namespace
 
-ImageFolder scan_image_folder(const std::string& root) {
+// ---------------------------------------------------------------------------------------------
+// FileList
+
+FileList::FileList(std::initializer_list<std::string> paths) {
+  reserve(paths.size());
+  for (const auto& p : paths) push_back(p);
+}
+
+FileList::FileList(const std::vector<std::string>& paths) {
+  reserve(paths.size());
+  for (const auto& p : paths) push_back(p);
+}
+
+void FileList::reserve(size_t n) {
+  dir_.reserve(n);
+  end_.reserve(n);
+}
+
+void FileList::push_back(const std::string& path) {
+  const auto slash = path.find_last_of('/');
+  const size_t split = slash == std::string::npos ? 0 : slash + 1;
+  uint32_t dir = 0;
+  if (!dir_.empty() && dirs_[dir_.back()].size() == split &&
+      path.compare(0, split, dirs_[dir_.back()]) == 0) {
+    dir = dir_.back();  // the same folder as the last file: the usual case
+  } else {
+    std::string folder = path.substr(0, split);
+    const auto found = dir_index_.find(folder);
+    if (found != dir_index_.end()) {
+      dir = found->second;
+    } else {
+      TORCH_CHECK(dirs_.size() < UINT32_MAX, "FileList: too many folders");
+      dir = static_cast<uint32_t>(dirs_.size());
+      dir_index_.emplace(folder, dir);
+      dirs_.push_back(std::move(folder));
+    }
+  }
+  names_.append(path, split, std::string::npos);
+  dir_.push_back(dir);
+  end_.push_back(names_.size());
+}
+
+std::string_view FileList::name(size_t i) const {
+  TORCH_CHECK(i < size(), "FileList: index ", i, " out of range [0, ", size(), ")");
+  const uint64_t begin = i == 0 ? 0 : end_[i - 1];
+  return std::string_view(names_).substr(begin, end_[i] - begin);
+}
+
+std::string FileList::operator[](size_t i) const {
+  const std::string_view n = name(i);
+  std::string path = dirs_[dir_[i]];
+  path.append(n.data(), n.size());
+  return path;
+}
+
+std::vector<std::string> FileList::to_vector() const { return {begin(), end()}; }
+
+bool operator==(const FileList& a, const std::vector<std::string>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < b.size(); ++i) {
+    if (a[i] != b[i]) return false;
+  }
+  return true;
+}
+
+std::ostream& operator<<(std::ostream& out, const FileList& files) {
+  out << "{";
+  for (size_t i = 0; i < files.size(); ++i) out << (i > 0 ? ", " : "") << files[i];
+  return out << "}";
+}
+
+std::vector<std::string> class_folders(const std::string& root) {
+  std::vector<std::string> classes;
+  for (const auto& e : std::filesystem::directory_iterator(root)) {
+    if (e.is_directory()) classes.push_back(e.path().filename().string());
+  }
+  std::sort(classes.begin(), classes.end());
+  return classes;
+}
+
+ImageFolder scan_image_folder(const std::string& root, const std::vector<std::string>* classes,
+                              bool require_all) {
   std::error_code ec;
   if (!std::filesystem::is_directory(root, ec)) {
     throw FormatError("image folder '" + root + "': no such directory");
   }
   ImageFolder folder;
-  for (const auto& e : std::filesystem::directory_iterator(root)) {
-    if (e.is_directory()) folder.classes.push_back(e.path().filename().string());
-  }
-  std::sort(folder.classes.begin(), folder.classes.end());
+  folder.classes = classes != nullptr ? *classes : class_folders(root);
   for (size_t c = 0; c < folder.classes.size(); ++c) {
-    for (auto& f : images_under(std::filesystem::path(root) / folder.classes[c])) {
-      folder.files.push_back(std::move(f));
+    const auto dir = std::filesystem::path(root) / folder.classes[c];
+    if (!std::filesystem::is_directory(dir, ec)) {
+      if (!require_all) continue;
+      throw FormatError("image folder '" + root + "' has no folder for the class '" +
+                        folder.classes[c] + "' of the class list");
+    }
+    for (const auto& f : images_under(dir)) {
+      folder.files.push_back(f);
       folder.labels.push_back(static_cast<int64_t>(c));
     }
   }
   if (folder.classes.empty()) {
+    std::vector<std::string> files;
     for (const auto& e : std::filesystem::directory_iterator(root)) {
-      if (e.is_regular_file() && is_image_file(e.path())) folder.files.push_back(e.path().string());
+      if (e.is_regular_file() && is_image_file(e.path())) files.push_back(e.path().string());
     }
-    std::sort(folder.files.begin(), folder.files.end());
+    std::sort(files.begin(), files.end());
+    folder.files = FileList(files);
   }
   if (folder.files.empty()) {
     throw FormatError("image folder '" + root +
                       "' holds no images (.jpg, .jpeg, .png, .bmp, .webp), neither directly "
                       "nor in one subfolder per class");
   }
+  // A copy holds no growth slack (vectors and strings copy at their size, not their capacity):
+  // about 40 % less memory for a large tree.
+  folder.files = FileList(folder.files);
   return folder;
+}
+
+std::vector<std::string> read_class_list(const std::string& path) {
+  const auto fail_list = [&path](const std::string& what) {
+    throw FormatError("class list '" + path + "': " + what);
+  };
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) fail_list("no such file");
+  std::ifstream in(path);
+  std::vector<std::string> names;
+  std::string line;
+  int64_t number = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    const auto first = line.find_first_not_of(" \t\r");
+    if (first == std::string::npos) continue;
+    const auto last = line.find_last_not_of(" \t\r");
+    std::string name = line.substr(first, last - first + 1);
+    if (name.find('/') != std::string::npos || name == "." || name == "..") {
+      fail_list("line " + std::to_string(number) + " ('" + name +
+                "') is not a class folder name (one name per line, no '/')");
+    }
+    names.push_back(std::move(name));
+  }
+  if (in.bad()) fail_list("cannot be read");
+  if (names.empty()) fail_list("names no class (one class folder name per line)");
+  std::sort(names.begin(), names.end());
+  const auto dup = std::adjacent_find(names.begin(), names.end());
+  if (dup != names.end()) fail_list("names the class '" + *dup + "' twice");
+  return names;
+}
+
+namespace {
+
+/// Sorted indices: from each class's members (in order of appearance), take(n_c) of them, drawn
+/// by a generator seeded with `seed`.
+template <class Take>
+torch::Tensor stratified_pick(const torch::Tensor& labels, int64_t n, uint64_t seed, Take take) {
+  std::map<int64_t, std::vector<int64_t>> by_class;
+  if (labels.defined()) {
+    const torch::Tensor y = labels.to(torch::kCPU, torch::kLong).contiguous();
+    const int64_t* p = y.data_ptr<int64_t>();
+    for (int64_t i = 0; i < y.numel(); ++i) by_class[p[i]].push_back(i);
+  } else {
+    auto& all = by_class[0];
+    for (int64_t i = 0; i < n; ++i) all.push_back(i);
+  }
+  torch::Generator gen = at::detail::createCPUGenerator(seed);
+  std::vector<torch::Tensor> picked;
+  for (const auto& [label, members] : by_class) {
+    const auto count = static_cast<int64_t>(members.size());
+    const int64_t k = take(count);
+    if (k <= 0) continue;
+    const torch::Tensor order = torch::randperm(count, gen).narrow(0, 0, k);
+    picked.push_back(torch::tensor(members, torch::kLong).index_select(0, order));
+  }
+  if (picked.empty()) return torch::empty({0}, torch::kLong);
+  return std::get<0>(torch::cat(picked).sort());
+}
+
+}  // namespace
+
+torch::Tensor balanced_subset(const torch::Tensor& labels, double fraction, uint64_t seed) {
+  TORCH_CHECK(labels.dim() == 1 && labels.numel() > 0, "balanced_subset: expected labels [N]");
+  TORCH_CHECK(fraction > 0 && fraction <= 1, "--label-fraction must be in (0, 1], got ", fraction);
+  return stratified_pick(labels, labels.numel(), seed, [fraction](int64_t count) {
+    return std::min(count,
+                    std::max<int64_t>(1, std::llround(fraction * static_cast<double>(count))));
+  });
+}
+
+torch::Tensor subset_by_file_names(const Dataset& data, const std::string& list_path) {
+  const auto fail_list = [&list_path](const std::string& what) {
+    throw FormatError("subset file '" + list_path + "': " + what);
+  };
+  if (data.files.empty()) {
+    throw UsageError("--train-subset names image files: it is for --dataset image-folder");
+  }
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(list_path, ec)) fail_list("no such file");
+  // File name -> index in the split (-1: several files have that name).
+  std::unordered_map<std::string_view, int64_t> by_name;
+  by_name.reserve(data.files.size());
+  for (size_t i = 0; i < data.files.size(); ++i) {
+    const auto [it, fresh] = by_name.emplace(data.files.name(i), static_cast<int64_t>(i));
+    if (!fresh) it->second = -1;
+  }
+  std::ifstream in(list_path);
+  std::string line;
+  std::vector<int64_t> picked;
+  std::vector<std::string> missing;
+  int64_t missing_count = 0;
+  while (std::getline(in, line)) {
+    const auto first = line.find_first_not_of(" \t\r");
+    if (first == std::string::npos) continue;
+    const auto last = line.find_last_not_of(" \t\r");
+    std::string entry = line.substr(first, last - first + 1);
+    const auto slash = entry.find_last_of('/');
+    if (slash != std::string::npos) entry = entry.substr(slash + 1);
+    const auto it = by_name.find(entry);
+    if (it == by_name.end()) {
+      if (missing.size() < 3) missing.push_back(entry);
+      ++missing_count;
+    } else if (it->second < 0) {
+      fail_list("names '" + entry + "', which several files of '" + data.source +
+                "' are called: file names must be unique");
+    } else {
+      picked.push_back(it->second);
+    }
+  }
+  if (in.bad()) fail_list("cannot be read");
+  if (missing_count > 0) {
+    std::string names;
+    for (const auto& m : missing) names += (names.empty() ? "" : ", ") + m;
+    fail_list("names " + std::to_string(missing_count) + " image(s) that the training split '" +
+              data.source + "' lacks (" + names + (missing_count > 3 ? ", ..." : "") +
+              "): is it the subset of this data set, and --classes the same?");
+  }
+  if (picked.empty()) fail_list("names no image (one image file name per line)");
+  std::sort(picked.begin(), picked.end());
+  picked.erase(std::unique(picked.begin(), picked.end()), picked.end());
+  return torch::tensor(picked, torch::kLong);
+}
+
+torch::Tensor holdout_indices(const torch::Tensor& labels, int64_t n, double fraction,
+                              uint64_t seed) {
+  TORCH_CHECK(fraction > 0 && fraction < 1, "--holdout must be in (0, 1), got ", fraction);
+  TORCH_CHECK(!labels.defined() || (labels.dim() == 1 && labels.numel() == n),
+              "holdout_indices: expected labels [", n, "]");
+  return stratified_pick(labels, n, seed, [fraction](int64_t count) -> int64_t {
+    if (count < 2) return 0;
+    return std::clamp<int64_t>(std::llround(fraction * static_cast<double>(count)), 1, count - 1);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -282,11 +511,13 @@ Dataset Dataset::subset(const torch::Tensor& indices) const {
   out.name = name;
   out.classes = classes;
   out.channels = channels;
+  out.source = source;
   if (images.defined()) out.images = images.index_select(0, idx).contiguous();
   if (vectors.defined()) out.vectors = vectors.index_select(0, idx).contiguous();
   if (labels.defined()) out.labels = labels.index_select(0, idx);
   if (!files.empty()) {
     const int64_t* p = idx.data_ptr<int64_t>();
+    out.files.reserve(static_cast<size_t>(idx.numel()));
     for (int64_t i = 0; i < idx.numel(); ++i) out.files.push_back(files[static_cast<size_t>(p[i])]);
   }
   return out;
@@ -337,71 +568,142 @@ Dataset from_images(const std::string& name, LabeledImages data) {
 
 }  // namespace
 
-Dataset load_dataset(const DatasetConfig& config) {
-  const std::string& name = to_string(config.dataset);
-  const std::string& split = to_string(config.split);
-  const std::string dir_text =
-      config.data_dir.empty() ? default_data_dir(config.dataset) : config.data_dir;
-  if (dir_text.empty()) {
-    throw UsageError("--dataset " + name + " needs --data-dir");
+namespace {
+
+namespace fs = std::filesystem;
+
+bool is_dir(const fs::path& p) {
+  std::error_code ec;
+  return fs::is_directory(p, ec);
+}
+
+bool is_file(const fs::path& p) {
+  std::error_code ec;
+  return fs::is_regular_file(p, ec);
+}
+
+/// How to give a held-out split, for the error when there is none.
+std::string how_to_hold_out(const std::string& what) {
+  return "give " + what +
+         ", or --holdout FRACTION to hold out a class-stratified part of the training data "
+         "(pretraining then never sees it); evaluation never measures on the training data";
+}
+
+Dataset idx_split(const std::string& name, DatasetKind kind, const fs::path& dir, bool train) {
+  const std::string prefix = train ? "train" : "t10k";
+  const std::string images = idx_path(dir, prefix + "-images-idx3-ubyte");
+  Dataset d =
+      from_images(name, read_idx_split(images, idx_path(dir, prefix + "-labels-idx1-ubyte")));
+  if (kind == DatasetKind::FashionMnist) {
+    d.classes = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                 "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
+  } else {
+    d.classes = {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"};
   }
-  const std::filesystem::path dir(dir_text);
-  const bool train = config.split == Split::Train;
-  const DatasetKind kind = config.dataset;
-  if (kind == DatasetKind::FashionMnist || kind == DatasetKind::Mnist) {
-    const std::string prefix = train ? "train" : "t10k";
-    Dataset d = from_images(name, read_idx_split(idx_path(dir, prefix + "-images-idx3-ubyte"),
-                                                 idx_path(dir, prefix + "-labels-idx1-ubyte")));
-    if (kind == DatasetKind::FashionMnist) {
-      d.classes = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
-    } else {
-      d.classes = {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"};
-    }
-    return d;
-  }
+  d.source = images;
+  return d;
+}
+
+Dataset cifar_split(const std::string& name, DatasetKind kind, const fs::path& dir, bool train) {
+  std::vector<std::string> files;
   if (kind == DatasetKind::Cifar10) {
-    std::vector<std::string> files;
     if (train) {
       for (int i = 1; i <= 5; ++i)
         files.push_back((dir / ("data_batch_" + std::to_string(i) + ".bin")).string());
     } else {
       files.push_back((dir / "test_batch.bin").string());
     }
-    Dataset d = from_images(name, read_cifar_bin(files, false));
+  } else {
+    files.push_back((dir / (train ? "train.bin" : "test.bin")).string());
+  }
+  Dataset d = from_images(name, read_cifar_bin(files, kind == DatasetKind::Cifar100));
+  if (kind == DatasetKind::Cifar10) {
     d.classes = {"airplane", "automobile", "bird",  "cat",  "deer",
                  "dog",      "frog",       "horse", "ship", "truck"};
-    return d;
   }
-  if (kind == DatasetKind::Cifar100) {
-    return from_images(name,
-                       read_cifar_bin({(dir / (train ? "train.bin" : "test.bin")).string()}, true));
-  }
-  if (kind == DatasetKind::ImageFolder) {
-    if (config.channels != 1 && config.channels != 3) {
-      throw UsageError("image-folder: channels must be 1 or 3");
+  d.source = kind == DatasetKind::Cifar10 && train ? (dir / "data_batch_{1..5}.bin").string()
+                                                   : files.front();
+  return d;
+}
+
+Dataset from_folder(const std::string& name, ImageFolder folder, int64_t channels,
+                    const std::string& root) {
+  Dataset d;
+  d.name = name;
+  d.files = std::move(folder.files);
+  d.classes = folder.classes;
+  d.channels = channels;
+  d.source = root;
+  if (!folder.labels.empty()) d.labels = torch::tensor(folder.labels, torch::kLong);
+  return d;
+}
+
+/// The training folder of an image-folder data set: root/train if there is one, else root itself
+/// (its class folders), unless root holds only the held-out split's folders.
+fs::path image_train_dir(const fs::path& root) {
+  if (is_dir(root / "train")) return root / "train";
+  for (const char* held : {"val", "test"}) {
+    if (is_dir(root / held)) {
+      throw FormatError("image folder '" + root.string() + "' has a " + held +
+                        "/ folder but no train/ folder: put the training images in " +
+                        (root / "train").string() +
+                        "/<class>/, or point --data-dir at the training folder and --val-dir at "
+                        "the held-out one");
     }
-    std::error_code ec;
-    const auto split_dir = dir / split;
-    const ImageFolder folder = scan_image_folder(
-        std::filesystem::is_directory(split_dir, ec) ? split_dir.string() : dir.string());
-    Dataset d;
-    d.name = name;
-    d.files = folder.files;
-    d.classes = folder.classes;
-    d.channels = config.channels;
-    if (!folder.labels.empty()) d.labels = torch::tensor(folder.labels, torch::kLong);
-    return d;
   }
-  // npy
-  std::error_code ec;
-  std::filesystem::path matrix = dir, labels;
-  if (std::filesystem::is_directory(dir, ec)) {
-    matrix = dir / (split + ".npy");
-    labels = dir / (split + "_labels.npy");
-  } else {
-    labels = dir.parent_path() / (dir.stem().string() + "_labels.npy");
+  return root;
+}
+
+Dataset image_folder_split(const std::string& name, const DatasetConfig& c, const fs::path& root,
+                           bool train) {
+  if (c.channels != 1 && c.channels != 3) {
+    throw UsageError("image-folder: channels must be 1 or 3");
   }
+  if (!is_dir(root)) throw FormatError("image folder '" + root.string() + "': no such directory");
+  std::optional<std::vector<std::string>> listed;
+  if (!c.classes_file.empty()) listed = read_class_list(c.classes_file);
+  const fs::path train_dir = image_train_dir(root);
+  if (train) {
+    return from_folder(name, scan_image_folder(train_dir.string(), listed ? &*listed : nullptr),
+                       c.channels, train_dir.string());
+  }
+  fs::path held;
+  if (!c.val_dir.empty()) {
+    held = c.val_dir;
+  } else if (train_dir != root) {
+    for (const char* sub : {"val", "test"}) {
+      if (is_dir(root / sub)) {
+        held = root / sub;
+        break;
+      }
+    }
+  }
+  if (held.empty()) {
+    throw FormatError("image folder '" + root.string() +
+                      "' has no held-out split (no val/ or test/ folder beside train/): " +
+                      how_to_hold_out("--val-dir DIR (a folder of the same class folders)"));
+  }
+  if (!is_dir(held))
+    throw FormatError("held-out image folder '" + held.string() + "': no such directory");
+  // Labels by the training split's class names, so that a class missing from the held-out split
+  // does not shift the others.
+  const std::vector<std::string> classes = listed ? *listed : class_folders(train_dir.string());
+  if (!classes.empty()) {
+    for (const auto& name_here : class_folders(held.string())) {
+      if (!listed && !std::binary_search(classes.begin(), classes.end(), name_here)) {
+        throw FormatError("held-out image folder '" + held.string() + "' has the class folder '" +
+                          name_here + "', which the training folder '" + train_dir.string() +
+                          "' lacks: the two must have the same classes");
+      }
+    }
+  }
+  return from_folder(name,
+                     scan_image_folder(held.string(), classes.empty() ? nullptr : &classes,
+                                       /*require_all=*/false),
+                     c.channels, held.string());
+}
+
+Dataset npy_file(const std::string& name, const fs::path& matrix, const fs::path& labels) {
   torch::Tensor x = read_npy(matrix.string());
   if (x.dim() != 2 || (x.scalar_type() != torch::kFloat && x.scalar_type() != torch::kDouble)) {
     npy_error(matrix.string(), "must hold a 2-D float32 or float64 matrix [samples, features]");
@@ -409,11 +711,12 @@ Dataset load_dataset(const DatasetConfig& config) {
   if (x.size(0) == 0 || x.size(1) == 0) npy_error(matrix.string(), "is empty");
   Dataset d;
   d.name = name;
+  d.source = matrix.string();
   d.vectors = x.to(torch::kFloat).contiguous();
   if (!torch::isfinite(d.vectors).all().item<bool>()) {
     npy_error(matrix.string(), "holds NaN or Inf values");
   }
-  if (std::filesystem::exists(labels, ec)) {
+  if (is_file(labels)) {
     torch::Tensor y = read_npy(labels.string());
     if (y.dim() != 1 || y.size(0) != x.size(0) || y.is_floating_point()) {
       npy_error(labels.string(), "labels must be a 1-D integer array with one entry per row of '" +
@@ -421,6 +724,104 @@ Dataset load_dataset(const DatasetConfig& config) {
     }
     d.labels = y.to(torch::kLong);
   }
+  return d;
+}
+
+/// The labels file of a matrix file: {stem}_labels.npy beside it.
+fs::path labels_beside(const fs::path& matrix) {
+  return matrix.parent_path() / (matrix.stem().string() + "_labels.npy");
+}
+
+Dataset npy_split(const std::string& name, const DatasetConfig& c, const fs::path& dir,
+                  bool train) {
+  if (train) {
+    const fs::path matrix = is_dir(dir) ? dir / "train.npy" : dir;
+    return npy_file(name, matrix, labels_beside(matrix));
+  }
+  fs::path matrix;
+  if (!c.val_dir.empty()) {
+    matrix = c.val_dir;
+  } else if (is_dir(dir)) {
+    for (const char* stem : {"val", "test"}) {
+      if (is_file(dir / (std::string(stem) + ".npy"))) {
+        matrix = dir / (std::string(stem) + ".npy");
+        break;
+      }
+    }
+  }
+  if (matrix.empty()) {
+    throw FormatError(
+        "npy data '" + dir.string() + "' have no held-out split (" +
+        (is_dir(dir) ? "no val.npy or test.npy beside train.npy" : "a single file") + "): " +
+        how_to_hold_out("--val-data FILE (with FILE_labels.npy beside it), or put val.npy and "
+                        "val_labels.npy beside train.npy"));
+  }
+  return npy_file(name, matrix, labels_beside(matrix));
+}
+
+/// The split as the files give it (no --holdout).
+Dataset split_from_files(const DatasetConfig& c, const fs::path& dir, bool train) {
+  const std::string& name = to_string(c.dataset);
+  // The held-out split of a built-in data set may live elsewhere (--val-dir).
+  const fs::path held_dir = c.val_dir.empty() ? dir : fs::path(c.val_dir);
+  switch (c.dataset) {
+    case DatasetKind::FashionMnist:
+    case DatasetKind::Mnist:
+      return idx_split(name, c.dataset, train ? dir : held_dir, train);
+    case DatasetKind::Cifar10:
+    case DatasetKind::Cifar100:
+      return cifar_split(name, c.dataset, train ? dir : held_dir, train);
+    case DatasetKind::ImageFolder:
+      return image_folder_split(name, c, dir, train);
+    case DatasetKind::Npy:
+      break;
+  }
+  return npy_split(name, c, dir, train);
+}
+
+std::string percent(double fraction) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g %%", 100 * fraction);
+  return buf;
+}
+
+}  // namespace
+
+Dataset load_dataset(const DatasetConfig& config) {
+  const std::string& name = to_string(config.dataset);
+  const std::string dir_text =
+      config.data_dir.empty() ? default_data_dir(config.dataset) : config.data_dir;
+  if (dir_text.empty()) {
+    throw UsageError("--dataset " + name + " needs --data-dir");
+  }
+  if (!(config.holdout >= 0 && config.holdout < 1)) {
+    throw UsageError("--holdout must be in [0, 1) (0: none), got " +
+                     std::to_string(config.holdout));
+  }
+  if (config.holdout > 0 && !config.val_dir.empty()) {
+    throw UsageError("--holdout and --val-dir both name a held-out split: give one of them");
+  }
+  if (!config.classes_file.empty() && config.dataset != DatasetKind::ImageFolder) {
+    throw UsageError("--classes selects class folders: it is for --dataset image-folder");
+  }
+  const fs::path dir(dir_text);
+  const bool train = config.split == Split::Train;
+  if (config.holdout == 0) return split_from_files(config, dir, train);
+  // Both splits from the training data: the held-out part and the rest, disjoint by index.
+  Dataset all = split_from_files(config, dir, true);
+  const torch::Tensor held = holdout_indices(all.labels, all.size(), config.holdout);
+  const std::string part = "a " + percent(config.holdout) +
+                           " class-stratified held-out part (--holdout, seed " +
+                           std::to_string(kHoldoutSeed) + ")";
+  if (!train) {
+    Dataset d = all.subset(held);
+    d.source = all.source + ": " + part;
+    return d;
+  }
+  torch::Tensor keep = torch::ones({all.size()}, torch::kBool);
+  keep.index_fill_(0, held, false);
+  Dataset d = all.subset(keep.nonzero().flatten());
+  d.source = all.source + " without " + part;
   return d;
 }
 

@@ -237,24 +237,6 @@ CollapseStats collapse_stats(const torch::Tensor& z) {
   return s;
 }
 
-torch::Tensor balanced_subset(const torch::Tensor& labels, double fraction, uint64_t seed) {
-  TORCH_CHECK(labels.dim() == 1 && labels.numel() > 0, "balanced_subset: expected labels [N]");
-  TORCH_CHECK(fraction > 0 && fraction <= 1, "--label-fraction must be in (0, 1], got ", fraction);
-  const torch::Tensor y = labels.to(torch::kCPU, torch::kLong).contiguous();
-  std::map<int64_t, std::vector<int64_t>> by_class;
-  const int64_t* p = y.data_ptr<int64_t>();
-  for (int64_t i = 0; i < y.numel(); ++i) by_class[p[i]].push_back(i);
-  torch::Generator gen = at::detail::createCPUGenerator(seed);
-  std::vector<torch::Tensor> picked;
-  for (const auto& [label, members] : by_class) {
-    const auto count = static_cast<int64_t>(members.size());
-    const int64_t take = std::max<int64_t>(1, std::llround(fraction * static_cast<double>(count)));
-    const torch::Tensor order = torch::randperm(count, gen).narrow(0, 0, take);
-    picked.push_back(torch::tensor(members, torch::kLong).index_select(0, order));
-  }
-  return std::get<0>(torch::cat(picked).sort());
-}
-
 ViewConfig classifier_augmentation(const std::string& recipe, int channels, int64_t size) {
   ViewConfig v = make_recipe(recipe, channels, static_cast<int>(size)).view_a;
   v.flip_p = 0.5;

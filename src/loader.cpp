@@ -2,6 +2,7 @@
 
 #include "vicreg/error.h"
 
+#include <opencv2/core/base.hpp>
 #include <opencv2/core/utility.hpp>
 
 #include <algorithm>
@@ -136,10 +137,33 @@ TwoViewBatch TwoViewLoader::make_batch(int64_t global) const {
   const int64_t per_sample = batch.view_a.numel() / b;
   float* a = batch.view_a.data_ptr<float>();
   float* v = batch.view_b.data_ptr<float>();
-  const int64_t* idx = batch.indices.data_ptr<int64_t>();
+  int64_t* idx = batch.indices.data_ptr<int64_t>();
+  const bool files = !data_->files.empty();
+  const int64_t n = data_->size();
   for (int64_t i = 0; i < b; ++i) {
-    Rng rng(sample_seed(options_.seed, batch.epoch, first + i));
-    transform_->apply(*data_, idx[i], rng, a + i * per_sample, v + i * per_sample);
+    // An unreadable file: an error naming it, or (skip_bad_images) the next sample in its place.
+    for (int64_t attempt = 0;; ++attempt) {
+      try {
+        Rng rng(sample_seed(options_.seed, batch.epoch, first + i));
+        transform_->apply(*data_, idx[i], rng, a + i * per_sample, v + i * per_sample);
+        break;
+      } catch (const std::exception& e) {
+        const bool unreadable = dynamic_cast<const FormatError*>(&e) != nullptr ||
+                                dynamic_cast<const cv::Exception*>(&e);
+        if (!files || !unreadable) throw;
+        if (!options_.skip_bad_images) {
+          throw FormatError(std::string(e.what()) +
+                            "; remove or replace it, or give --skip-bad-images to skip such "
+                            "files (counted in metrics.jsonl)");
+        }
+        batch.skipped.push_back(e.what());
+        if (attempt >= 1000) {
+          throw FormatError("more than 1000 unreadable images in a row in '" + data_->source +
+                            "' (the last: " + e.what() + "): is the data set readable at all?");
+        }
+        idx[i] = (idx[i] + 1) % n;
+      }
+    }
   }
   if (data_->labels.defined()) batch.labels = data_->labels.index_select(0, batch.indices);
   return batch;

@@ -11,6 +11,7 @@
 #include <torch/nn/modules/pooling.h>
 
 #include <algorithm>
+#include <map>
 #include <ostream>
 #include <sstream>
 #include <stdexcept>
@@ -156,28 +157,48 @@ torch::Tensor ResidualBlockImpl::forward(torch::Tensor x) {
   return torch::relu(out + identity);
 }
 
-ResNetImpl::ResNetImpl(const ResNetOptions& options_) : options(options_) {
-  static const std::vector<int64_t> kBlocks18 = {2, 2, 2, 2}, kBlocks34 = {3, 4, 6, 3};
-  const int64_t depth = options.depth();
-  if (depth != 18 && depth != 34 && depth != 50) {
-    throw UsageError("ResNet depth " + std::to_string(depth) +
-                     " is not supported: use 18, 34 or 50");
+namespace {
+
+/// Blocks per stage of each ResNet depth (BasicBlock below 50, Bottleneck from 50).
+const std::map<int64_t, std::vector<int64_t>>& resnet_blocks() {
+  static const std::map<int64_t, std::vector<int64_t>> t = {
+      {18, {2, 2, 2, 2}},   {34, {3, 4, 6, 3}},   {50, {3, 4, 6, 3}},
+      {101, {3, 4, 23, 3}}, {152, {3, 8, 36, 3}}, {200, {3, 24, 36, 3}}};
+  return t;
+}
+
+}  // namespace
+
+std::optional<int64_t> resnet_depth(bool bottleneck, const std::vector<int64_t>& blocks) {
+  for (const auto& [depth, b] : resnet_blocks()) {
+    if ((depth >= 50) == bottleneck && b == blocks) return depth;
   }
+  return std::nullopt;
+}
+
+ResNetImpl::ResNetImpl(const ResNetOptions& options_) : options(options_) {
+  const int64_t depth = options.depth(), widen = options.widen();
+  const auto found = resnet_blocks().find(depth);
+  if (found == resnet_blocks().end()) {
+    throw UsageError("ResNet depth " + std::to_string(depth) +
+                     " is not supported: use 18, 34, 50, 101, 152 or 200");
+  }
+  TORCH_CHECK(widen >= 1 && widen <= 16, "ResNet: widen must be in [1, 16], got ", widen);
   TORCH_CHECK(options.in_channels() >= 1, "ResNet: in_channels must be >= 1, got ",
               options.in_channels());
-  const bool bottleneck = depth == 50;
-  const std::vector<int64_t>& blocks = depth == 18 ? kBlocks18 : kBlocks34;  // 50 as 34
-  const int64_t expansion = bottleneck ? 4 : 1;
+  const bool bottleneck = depth >= 50;
+  const std::vector<int64_t>& blocks = found->second;
+  const int64_t expansion = bottleneck ? 4 : 1, stem = 64 * widen;
 
-  conv1 = register_module("conv1", options.small_stem() ? conv(options.in_channels(), 64, 3, 1)
-                                                        : conv(options.in_channels(), 64, 7, 2));
-  bn1 = register_module("bn1", BatchNorm(64));
-  int64_t in_planes = 64;
+  conv1 = register_module("conv1", options.small_stem() ? conv(options.in_channels(), stem, 3, 1)
+                                                        : conv(options.in_channels(), stem, 7, 2));
+  bn1 = register_module("bn1", BatchNorm(stem));
+  int64_t in_planes = stem;
   torch::nn::Sequential* layers[] = {&layer1, &layer2, &layer3, &layer4};
   for (int stage = 0; stage < 4; ++stage) {
-    const int64_t planes = int64_t{64} << stage;
+    const int64_t planes = stem << stage;
     torch::nn::Sequential layer;
-    for (int64_t b = 0; b < blocks[stage]; ++b) {
+    for (int64_t b = 0; b < blocks[static_cast<size_t>(stage)]; ++b) {
       const int64_t stride = (b == 0 && stage > 0) ? 2 : 1;
       layer->push_back(ResidualBlock(in_planes, planes, stride, bottleneck));
       in_planes = planes * expansion;
@@ -292,9 +313,47 @@ const NameTable<Arch>& name_table<Arch>() {
                                  {{Arch::ResNet18, "resnet18"},
                                   {Arch::ResNet34, "resnet34"},
                                   {Arch::ResNet50, "resnet50"},
+                                  {Arch::ResNet101, "resnet101"},
+                                  {Arch::ResNet152, "resnet152"},
+                                  {Arch::ResNet200, "resnet200"},
+                                  {Arch::ResNet50x2, "resnet50x2"},
+                                  {Arch::ResNet50x4, "resnet50x4"},
+                                  {Arch::ResNet50x5, "resnet50x5"},
+                                  {Arch::ResNet200x2, "resnet200x2"},
                                   {Arch::ConvNet, "convnet"},
                                   {Arch::Mlp, "mlp"}}};
   return t;
+}
+
+namespace {
+
+struct ResNetEntry {
+  Arch arch;
+  ResNetShape shape;
+};
+const std::vector<ResNetEntry>& resnet_table() {
+  static const std::vector<ResNetEntry> t = {
+      {Arch::ResNet18, {18, 1}},    {Arch::ResNet34, {34, 1}},   {Arch::ResNet50, {50, 1}},
+      {Arch::ResNet101, {101, 1}},  {Arch::ResNet152, {152, 1}}, {Arch::ResNet200, {200, 1}},
+      {Arch::ResNet50x2, {50, 2}},  {Arch::ResNet50x4, {50, 4}}, {Arch::ResNet50x5, {50, 5}},
+      {Arch::ResNet200x2, {200, 2}}};
+  return t;
+}
+
+}  // namespace
+
+std::optional<ResNetShape> resnet_shape(Arch arch) {
+  for (const auto& e : resnet_table()) {
+    if (e.arch == arch) return e.shape;
+  }
+  return std::nullopt;
+}
+
+std::optional<Arch> resnet_arch(int64_t depth, int64_t widen) {
+  for (const auto& e : resnet_table()) {
+    if (e.shape.depth == depth && e.shape.widen == widen) return e.arch;
+  }
+  return std::nullopt;
 }
 
 Encoder make_encoder(const EncoderConfig& config) {
@@ -318,9 +377,10 @@ Encoder make_encoder(const EncoderConfig& config) {
     return std::make_shared<ConvNetImpl>(
         ConvNetOptions().in_channels(config.in_channels).width(config.width).stages(config.stages));
   }
-  const int depth = config.arch == Arch::ResNet18 ? 18 : config.arch == Arch::ResNet34 ? 34 : 50;
+  const ResNetShape shape = resnet_shape(config.arch).value();
   return std::make_shared<ResNetImpl>(ResNetOptions()
-                                          .depth(depth)
+                                          .depth(shape.depth)
+                                          .widen(shape.widen)
                                           .in_channels(config.in_channels)
                                           .small_stem(config.image_size <= 64)
                                           .zero_init_residual(config.zero_init_residual));

@@ -1,5 +1,8 @@
 // The vicreg CLI, run as a user runs it: exit codes, output, files, and every rejected argument.
 #include "vicreg/data.h"
+#include "vicreg/io/safetensors.h"
+#include "vicreg/io/state_dict.h"
+#include "vicreg/models.h"
 #include "vicreg/precision.h"
 
 #include "support/free_port.h"
@@ -486,6 +489,136 @@ TEST_F(CliTrain, EvalCheckpointEmbeddingFinetuneAndBaselines) {
     EXPECT_NE(b.code, 0) << c.args;
     EXPECT_NE(b.err.find(c.message), std::string::npos) << c.args << "\n" << b.err;
   }
+}
+
+TEST_F(CliTrain, ImageNetLayoutFoldersHeldOutSplitsSubsetsAndForeignWeights) {
+  // train/<class>/ and val/<class>/ as ImageNet is laid out: 3 classes, 8 + 3 images each.
+  const fs::path root = dir_ / "imagenet", flat = dir_ / "flat";
+  cv::RNG rng(5);
+  const auto write_image = [&](const fs::path& p, int c) {
+    cv::Mat img(20, 20, CV_8UC3, cv::Scalar(80 * c, 40, 200 - 80 * c));
+    cv::Mat noise(20, 20, CV_8UC3);
+    rng.fill(noise, cv::RNG::UNIFORM, 0, 40);
+    fs::create_directories(p.parent_path());
+    ASSERT_TRUE(cv::imwrite(p.string(), img + noise));
+  };
+  for (int c = 0; c < 3; ++c) {
+    const std::string cls = "n0" + std::to_string(c);
+    for (int i = 0; i < 8; ++i) {
+      const std::string name = cls + "_" + std::to_string(i) + ".png";
+      write_image(root / "train" / cls / name, c);
+      write_image(flat / cls / name, c);
+    }
+    for (int i = 0; i < 3; ++i)
+      write_image(root / "val" / cls / (cls + "_v" + std::to_string(i) + ".png"), c);
+  }
+  const std::string model =
+      " --recipe cifar --image-size 16 --width 8 --stages 3 --mlp 32-32 --batch-size 8 "
+      "--max-steps 2 --threads 1 --workers 1 --progress plain";
+  Result r = run("train --dataset image-folder --data-dir " + root.string() + model +
+                 " --exp-dir " + (dir_ / "in").string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("24 samples (" + (root / "train").string() + ")"), std::string::npos)
+      << r.err;
+  const std::string backbone = (dir_ / "in" / "backbone.pt").string();
+  const fs::path json = dir_ / "e.json";
+  r = run("eval --threads 1 --protocol knn --k 3 --backbone " + backbone + " --json " +
+          json.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto doc = nlohmann::json::parse(slurp(json));
+  EXPECT_EQ(doc["splits"]["train"]["source"], (root / "train").string());
+  EXPECT_EQ(doc["splits"]["train"]["samples"], 24);
+  EXPECT_EQ(doc["splits"]["test"]["source"], (root / "val").string());
+  EXPECT_EQ(doc["splits"]["test"]["samples"], 9);
+  EXPECT_EQ(doc["splits"]["classes"], 3);
+  EXPECT_NE(r.out.find("held-out split: " + (root / "val").string() + ", 9 samples; 3 classes"),
+            std::string::npos)
+      << r.out;
+
+  // The same images without a held-out split: an error, or --holdout.
+  r = run("eval --threads 1 --protocol knn --backbone " + backbone + " --data-dir " +
+          flat.string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("no held-out split"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--holdout FRACTION"), std::string::npos) << r.err;
+  r = run("eval --threads 1 --protocol knn --k 3 --backbone " + backbone + " --data-dir " +
+          flat.string() + " --holdout 0.25 --json " + json.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  doc = nlohmann::json::parse(slurp(json));
+  EXPECT_EQ(doc["splits"]["train"]["samples"], 18);
+  EXPECT_EQ(doc["splits"]["test"]["samples"], 6);
+  // Training with --holdout never sees the held-out part and records it for eval.
+  r = run("train --dataset image-folder --data-dir " + flat.string() + " --holdout 0.25" + model +
+          " --eval-every 1 --epochs 1 --exp-dir " + (dir_ / "ho").string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("18 samples ("), std::string::npos) << r.err;
+  r = run("eval --threads 1 --protocol knn --k 3 --checkpoint " +
+          (dir_ / "ho" / "checkpoint.pt").string() + " --json " + json.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(slurp(json))["splits"]["test"]["samples"], 6);
+  // A training run whose probe has no held-out split stops before its first step.
+  r = run("train --dataset image-folder --data-dir " + flat.string() + model +
+          " --eval-every 1 --exp-dir " + (dir_ / "noval").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("no held-out split"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir_ / "noval" / "checkpoint.pt"));
+
+  // --train-subset: the reference's subset files, one image name per line.
+  std::ofstream(dir_ / "subset.txt") << "n00_1.png\nn01_2.png\nn02_3.png\n";
+  r = run("eval --threads 1 --protocol knn --k 3 --backbone " + backbone + " --train-subset " +
+          (dir_ / "subset.txt").string() + " --json " + json.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(slurp(json))["splits"]["train"]["samples"], 3);
+  std::ofstream(dir_ / "subset.txt") << "n00_1.png\nn07_0.JPEG\n";
+  r = run("eval --threads 1 --protocol knn --backbone " + backbone + " --train-subset " +
+          (dir_ / "subset.txt").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("n07_0.JPEG"), std::string::npos) << r.err;
+  r = run("eval --threads 1 --protocol finetune --label-fraction 0.5 --backbone " + backbone +
+          " --train-subset " + (dir_ / "subset.txt").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("give one"), std::string::npos) << r.err;
+
+  // Weights without a run (a torchvision-layout ResNet-18): --dataset says what the data are.
+  vicreg::EncoderConfig ec;
+  ec.arch = vicreg::Arch::ResNet18;
+  ec.in_channels = 3;
+  ec.image_size = 224;
+  const std::string tv = (dir_ / "tv.safetensors").string();
+  vicreg::write_safetensors(tv, vicreg::module_state(*vicreg::make_encoder(ec)));
+  const std::string emb = (dir_ / "tv.npy").string();
+  r = run("embed --threads 1 --backbone " + tv + " --data-dir " + root.string() + " --out " + emb);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("--dataset"), std::string::npos) << r.err;
+  r = run("embed --threads 1 --backbone " + tv +
+          " --dataset image-folder --image-size 32 --data-dir " + root.string() + " --out " + emb);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find((root / "val").string()), std::string::npos) << r.out;
+  EXPECT_EQ(vicreg::read_npy(emb).sizes(), (std::vector<int64_t>{9, 512}));
+
+  // A table in a single file has no held-out split either.
+  vicreg::write_npy((dir_ / "table.npy").string(), torch::randn({40, 6}));
+  vicreg::write_npy((dir_ / "table_labels.npy").string(), torch::arange(40, torch::kLong) % 4);
+  r =
+      run("train --dataset npy --arch mlp --encoder-mlp 16-8 --mlp 16-16 --batch-size 8 "
+          "--max-steps 2 --threads 1 --workers 1 --progress none --data-dir " +
+          (dir_ / "table.npy").string() + " --exp-dir " + (dir_ / "tab").string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string tab = (dir_ / "tab" / "backbone.pt").string();
+  r = run("eval --threads 1 --protocol knn --backbone " + tab);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("a single file"), std::string::npos) << r.err;
+  r = run("eval --threads 1 --protocol knn --backbone " + tab + " --holdout 0.25 --json " +
+          json.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  doc = nlohmann::json::parse(slurp(json));
+  EXPECT_EQ(doc["splits"]["test"]["samples"], 12);  // 25 % of each of 4 classes of 10
+  EXPECT_LT(doc["top1"].get<double>(), 0.9);        // random rows: no row finds itself
+  vicreg::write_npy((dir_ / "wide.npy").string(), torch::randn({5, 7}));
+  r = run("eval --threads 1 --protocol knn --backbone " + tab + " --val-data " +
+          (dir_ / "wide.npy").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("7 features"), std::string::npos) << r.err;
 }
 
 TEST_F(CliTrain, ExportsSafetensorsAndStartsFromThem) {

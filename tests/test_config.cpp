@@ -8,6 +8,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <set>
 #include <string>
 #include <type_traits>
@@ -55,9 +56,9 @@ TEST(Config, EverySettingHasOneKeyAndReadsBackFromJson) {
   const TrainConfig c;
   const std::vector<std::string> k = keys(c);
   EXPECT_EQ(std::set<std::string>(k.begin(), k.end()).size(), k.size()) << "a key is repeated";
-  // vicreg 0.1's 40 settings, each kept under its name, and 0.2's precision, channels_last,
-  // loss_scale and max_skipped_steps.
-  EXPECT_EQ(k.size(), 44u);
+  // vicreg 0.1's 40 settings, each kept under its name, 0.2's precision, channels_last,
+  // loss_scale and max_skipped_steps, and holdout, classes, val_dir and skip_bad_images.
+  EXPECT_EQ(k.size(), 48u);
   const TrainConfig other = changed_everywhere(c);
   const nlohmann::json j = vicreg::to_json(other);
   TrainConfig back;
@@ -149,14 +150,16 @@ TEST(Config, ResumeTakesTheCheckpointsSectionsAndTheCommandLinesRuntime) {
     EXPECT_NE(at(g), at(s)) << setting.key << " was not changed by the test";
     ++checked;
   });
-  EXPECT_EQ(checked, 44);
+  EXPECT_EQ(checked, 48);
   // An empty data_dir keeps where the run found its data.
   TrainConfig with_dir = stored;
   with_dir.runtime.data_dir = "/data/fm";
   EXPECT_EQ(vicreg::config_for_resume(with_dir, TrainConfig{}).runtime.data_dir, "/data/fm");
+  with_dir.runtime.val_dir = "/data/val";
+  EXPECT_EQ(vicreg::config_for_resume(with_dir, TrainConfig{}).runtime.val_dir, "/data/val");
   // Only the checkpoint's sections are named as overridden.
   const std::vector<std::string> named = vicreg::differing_settings(given, merged);
-  EXPECT_EQ(named.size(), 27u);  // data 4, model 8, optim 10, loss 4, seed 1
+  EXPECT_EQ(named.size(), 29u);  // data 6, model 8, optim 10, loss 4, seed 1
   for (const std::string& n : named) {
     EXPECT_EQ(n.find("--threads"), std::string::npos) << n;
     EXPECT_EQ(n.find("--data-dir"), std::string::npos) << n;
@@ -178,6 +181,14 @@ TEST(Config, ValidateNamesTheFlag) {
       {[](TrainConfig& c) { c.data.recipe = "simclr"; }, "unknown --recipe 'simclr'"},
       {[](TrainConfig& c) { c.runtime.device = "tpu"; }, "--device must be cpu or cuda"},
       {[](TrainConfig& c) { c.distributed.dist_timeout = 0; }, "--dist-timeout"},
+      {[](TrainConfig& c) { c.data.holdout = 1; }, "--holdout must be in [0, 1)"},
+      {[](TrainConfig& c) { c.data.holdout = std::nan(""); }, "--holdout must be in [0, 1)"},
+      {[](TrainConfig& c) {
+         c.data.holdout = 0.1;
+         c.runtime.val_dir = "/v";
+       },
+       "--holdout and --val-dir both"},
+      {[](TrainConfig& c) { c.data.classes = "c.txt"; }, "it is for --dataset image-folder"},
   };
   for (const Case& c : cases) {
     TrainConfig config;

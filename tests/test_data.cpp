@@ -3,6 +3,7 @@
 // dataset-fashion-mnist is installed.
 #include "vicreg/data.h"
 
+#include "support/synthetic_data.h"
 #include "support/temp_dir.h"
 
 #include <gtest/gtest.h>
@@ -14,6 +15,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -251,6 +253,27 @@ void write_png(const fs::path& path, int value, int channels = 3) {
   ASSERT_TRUE(cv::imwrite(path.string(), m));
 }
 
+TEST_F(Readers, GrayscaleAlphaAnd16BitImagesDecodeToTheRequestedChannels) {
+  // (CMYK JPEGs, which OpenCV cannot write, are checked from Python: tests/python.)
+  const std::string gray = (dir_ / "gray.png").string(), rgba = (dir_ / "rgba.png").string(),
+                    deep = (dir_ / "deep.png").string();
+  ASSERT_TRUE(cv::imwrite(gray, cv::Mat(4, 5, CV_8UC1, cv::Scalar(90))));
+  ASSERT_TRUE(cv::imwrite(rgba, cv::Mat(4, 5, CV_8UC4, cv::Scalar(10, 20, 30, 0))));  // BGRA
+  ASSERT_TRUE(cv::imwrite(deep, cv::Mat(4, 5, CV_16UC3, cv::Scalar(0, 257 * 100, 65535))));
+  for (const int channels : {3, 1}) {
+    for (const std::string& f : {gray, rgba, deep}) {
+      const cv::Mat m = vicreg::decode_image(f, channels);
+      EXPECT_EQ(m.channels(), channels) << f;
+      EXPECT_EQ(m.depth(), CV_8U) << f;
+      EXPECT_EQ(m.rows, 4);
+      EXPECT_EQ(m.cols, 5);
+    }
+  }
+  EXPECT_EQ(vicreg::decode_image(gray, 3).at<cv::Vec3b>(1, 1), cv::Vec3b(90, 90, 90));
+  EXPECT_EQ(vicreg::decode_image(rgba, 3).at<cv::Vec3b>(1, 1), cv::Vec3b(30, 20, 10));  // RGB
+  EXPECT_EQ(vicreg::decode_image(deep, 3).at<cv::Vec3b>(1, 1), cv::Vec3b(255, 100, 0));
+}
+
 TEST_F(Readers, ImageFolderWithClassesAndWithout) {
   write_png(dir_ / "labelled" / "dog" / "b.png", 10);
   write_png(dir_ / "labelled" / "cat" / "a.png", 20);
@@ -282,6 +305,32 @@ TEST_F(Readers, ImageFolderWithClassesAndWithout) {
 
 // ---------------------------------------------------------------------------------------------
 // load_dataset
+
+TEST(DatasetTest, FileListHoldsEachFolderOnceAndGivesThePathsBack) {
+  const std::vector<std::string> paths = {"/data/train/n01/a.JPEG",
+                                          "/data/train/n01/b.JPEG",
+                                          "/data/train/n02/a.JPEG",
+                                          "rel/x.png",
+                                          "plain.png",
+                                          "/data/train/n01/c.JPEG",
+                                          "/data/train/n01/",
+                                          "/"};
+  vicreg::FileList f(paths);
+  ASSERT_EQ(f.size(), paths.size());
+  EXPECT_EQ(f, paths);
+  EXPECT_EQ(f.to_vector(), paths);
+  EXPECT_EQ(std::vector<std::string>(f.begin(), f.end()), paths);
+  EXPECT_EQ(f.name(0), "a.JPEG");
+  EXPECT_EQ(f.name(4), "plain.png");
+  EXPECT_EQ(f.name(6), "");
+  EXPECT_EQ(f[5], "/data/train/n01/c.JPEG");  // its folder again, after others
+  vicreg::FileList g = {"x/1", "x/2"};
+  g.push_back("y/3");
+  EXPECT_EQ(g, (std::vector<std::string>{"x/1", "x/2", "y/3"}));
+  EXPECT_FALSE(g == (std::vector<std::string>{"x/1", "x/2"}));
+  EXPECT_TRUE(vicreg::FileList().empty());
+  EXPECT_THROW(g.name(3), c10::Error);
+}
 
 TEST(DatasetTest, SubsetGathersSamplesAndLabels) {
   vicreg::Dataset d;
@@ -372,6 +421,257 @@ TEST_F(Readers, LoadDatasetByName) {
   c.dataset = vicreg::DatasetKind::Cifar100;
   c.data_dir = "";
   EXPECT_THROW(vicreg::load_dataset(c), vicreg::UsageError);  // needs --data-dir
+}
+
+// ---------------------------------------------------------------------------------------------
+// Splits: the held-out split is never training data
+
+/// The files of `d` as a set, for overlap checks.
+std::set<std::string> file_set(const vicreg::Dataset& d) {
+  return std::set<std::string>(d.files.begin(), d.files.end());
+}
+
+bool disjoint(const std::set<std::string>& a, const std::set<std::string>& b) {
+  for (const auto& x : a) {
+    if (b.count(x) > 0) return false;
+  }
+  return true;
+}
+
+/// Each row of a vector data set [N, F] with F >= 1 as its first column's value (a sample id).
+std::set<float> row_ids(const vicreg::Dataset& d) {
+  const torch::Tensor c = d.vectors.select(1, 0).contiguous();
+  return std::set<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+}
+
+class Splits : public Readers {
+ protected:
+  vicreg::DatasetConfig folder_config(const fs::path& root, vicreg::Split split) {
+    vicreg::DatasetConfig c;
+    c.dataset = vicreg::DatasetKind::ImageFolder;
+    c.data_dir = root.string();
+    c.split = split;
+    return c;
+  }
+
+  /// root/<split>/<class>/<i>.png, `per_class` images per class.
+  void write_classes(const fs::path& dir, const std::vector<std::string>& classes, int per_class) {
+    for (size_t c = 0; c < classes.size(); ++c) {
+      for (int i = 0; i < per_class; ++i) {
+        write_png(dir / classes[c] / (classes[c] + "_" + std::to_string(i) + ".png"),
+                  static_cast<int>(10 * c + i));
+      }
+    }
+  }
+
+  template <typename F>
+  void expect_message(F&& f, const std::vector<std::string>& needles) {
+    try {
+      f();
+      ADD_FAILURE() << "expected an error containing '" << needles.front() << "'";
+    } catch (const std::runtime_error& e) {
+      for (const auto& n : needles)
+        EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
+    }
+  }
+};
+
+TEST_F(Splits, ImageNetLayoutTrainsOnTrainAndMeasuresOnVal) {
+  const fs::path root = dir_ / "imagenet";
+  write_classes(root / "train", {"n01", "n02", "n03"}, 4);
+  write_classes(root / "val", {"n02", "n03"}, 2);  // a class missing from val keeps the labels
+  const auto train = vicreg::load_dataset(folder_config(root, vicreg::Split::Train));
+  const auto val = vicreg::load_dataset(folder_config(root, vicreg::Split::Test));
+  EXPECT_EQ(train.size(), 12);
+  EXPECT_EQ(val.size(), 4);
+  EXPECT_EQ(train.classes, (std::vector<std::string>{"n01", "n02", "n03"}));
+  EXPECT_EQ(val.classes, train.classes);
+  EXPECT_EQ(train.source, (root / "train").string());
+  EXPECT_EQ(val.source, (root / "val").string());
+  for (const auto& f : train.files) EXPECT_EQ(f.rfind((root / "train").string(), 0), 0u) << f;
+  for (const auto& f : val.files) EXPECT_EQ(f.rfind((root / "val").string(), 0), 0u) << f;
+  EXPECT_TRUE(disjoint(file_set(train), file_set(val)));
+  EXPECT_TRUE(val.labels.equal(torch::tensor({1, 1, 2, 2}, torch::kLong)));
+  // test/ when there is no val/.
+  fs::rename(root / "val", root / "test");
+  EXPECT_EQ(vicreg::load_dataset(folder_config(root, vicreg::Split::Test)).source,
+            (root / "test").string());
+  // A held-out class that training lacks, and a root with val/ but no train/.
+  write_classes(root / "test", {"n09"}, 1);
+  expect_message([&] { vicreg::load_dataset(folder_config(root, vicreg::Split::Test)); },
+                 {"'n09'", "lacks"});
+  fs::rename(root / "train", root / "training");
+  expect_message([&] { vicreg::load_dataset(folder_config(root, vicreg::Split::Train)); },
+                 {"no train/ folder", root.string()});
+}
+
+TEST_F(Splits, AFolderWithoutHeldOutSplitIsAnErrorOrAStratifiedHoldout) {
+  const fs::path root = dir_ / "flowers";
+  write_classes(root, {"daisy", "rose"}, 8);
+  auto c = folder_config(root, vicreg::Split::Test);
+  expect_message([&] { vicreg::load_dataset(c); }, {"no held-out split", "--val-dir", "--holdout"});
+  // --val-dir anywhere.
+  write_classes(dir_ / "elsewhere", {"rose"}, 3);
+  c.val_dir = (dir_ / "elsewhere").string();
+  const auto val = vicreg::load_dataset(c);
+  EXPECT_EQ(val.size(), 3);
+  EXPECT_TRUE((val.labels == 1).all().item<bool>());
+  // --holdout: seeded, stratified, disjoint, together the whole folder.
+  c.val_dir.clear();
+  c.holdout = 0.25;
+  const auto held = vicreg::load_dataset(c);
+  c.split = vicreg::Split::Train;
+  const auto rest = vicreg::load_dataset(c);
+  EXPECT_EQ(held.size(), 4);
+  EXPECT_EQ(rest.size(), 12);
+  EXPECT_EQ((held.labels == 0).sum().item<int64_t>(), 2);
+  EXPECT_EQ((held.labels == 1).sum().item<int64_t>(), 2);
+  EXPECT_TRUE(disjoint(file_set(held), file_set(rest)));
+  std::set<std::string> all = file_set(held);
+  for (const auto& f : rest.files) all.insert(f);
+  EXPECT_EQ(all.size(), 16u);
+  EXPECT_NE(held.source.find("25 % class-stratified held-out part"), std::string::npos)
+      << held.source;
+  EXPECT_EQ(file_set(vicreg::load_dataset(c)), file_set(rest));  // the same every time
+  c.val_dir = (dir_ / "elsewhere").string();
+  EXPECT_THROW(vicreg::load_dataset(c), vicreg::UsageError);  // --holdout and --val-dir
+}
+
+TEST_F(Splits, NpyHeldOutBesideOrGivenOrHeldOut) {
+  // Rows whose first column is their id.
+  const auto rows = [](int first, int n) {
+    return torch::cat(
+        {torch::arange(first, first + n, torch::kFloat).unsqueeze(1), torch::randn({n, 3})}, 1);
+  };
+  vicreg::write_npy((dir_ / "train.npy").string(), rows(0, 20));
+  vicreg::write_npy((dir_ / "train_labels.npy").string(), torch::arange(20, torch::kLong) % 2);
+  vicreg::DatasetConfig c;
+  c.dataset = vicreg::DatasetKind::Npy;
+  c.data_dir = dir_.string();
+  c.split = vicreg::Split::Test;
+  expect_message([&] { vicreg::load_dataset(c); }, {"no val.npy or test.npy", "--val-data"});
+  vicreg::write_npy((dir_ / "test.npy").string(), rows(100, 5));
+  EXPECT_EQ(vicreg::load_dataset(c).source, (dir_ / "test.npy").string());
+  vicreg::write_npy((dir_ / "val.npy").string(), rows(200, 6));
+  const auto val = vicreg::load_dataset(c);
+  EXPECT_EQ(val.size(), 6);  // val.npy first
+  EXPECT_FALSE(val.labels.defined());
+  // A single file: the defect was that its "test split" was itself.
+  c.data_dir = (dir_ / "train.npy").string();
+  expect_message([&] { vicreg::load_dataset(c); }, {"a single file", "--holdout"});
+  c.val_dir = (dir_ / "test.npy").string();
+  EXPECT_EQ(row_ids(vicreg::load_dataset(c)), (std::set<float>{100, 101, 102, 103, 104}));
+  c.val_dir.clear();
+  c.holdout = 0.2;
+  const auto held = vicreg::load_dataset(c);
+  c.split = vicreg::Split::Train;
+  const auto rest = vicreg::load_dataset(c);
+  EXPECT_EQ(held.size(), 4);
+  EXPECT_EQ(rest.size(), 16);
+  std::set<float> ids = row_ids(held);
+  for (float id : row_ids(rest)) EXPECT_TRUE(ids.insert(id).second) << "row " << id << " in both";
+  EXPECT_EQ(ids.size(), 20u);
+  EXPECT_EQ((held.labels == 0).sum().item<int64_t>(), 2);
+  // Another width of held-out data is caught where both splits meet (load_subject); here the
+  // reader only checks each file.
+}
+
+TEST_F(Splits, BuiltInDataSetsHoldOutFromTrainOrReadTheirTestFiles) {
+  vicreg::testing::write_idx_dataset(dir_ / "mnist", 40, 8, 1, "train");
+  vicreg::testing::write_idx_dataset(dir_ / "other", 10, 8, 2, "t10k");
+  vicreg::DatasetConfig c;
+  c.dataset = vicreg::DatasetKind::Mnist;
+  c.data_dir = (dir_ / "mnist").string();
+  c.split = vicreg::Split::Test;
+  expect_message([&] { vicreg::load_dataset(c); }, {"t10k-images-idx3-ubyte", "no such file"});
+  c.val_dir = (dir_ / "other").string();
+  const auto test = vicreg::load_dataset(c);
+  EXPECT_EQ(test.size(), 10);
+  EXPECT_NE(test.source.find("t10k-images"), std::string::npos);
+  c.val_dir.clear();
+  c.holdout = 0.1;
+  const auto held = vicreg::load_dataset(c);
+  c.split = vicreg::Split::Train;
+  const auto rest = vicreg::load_dataset(c);
+  ASSERT_EQ(held.size(), 10);  // one of each of the 10 classes
+  ASSERT_EQ(rest.size(), 30);
+  EXPECT_TRUE(std::get<0>(held.labels.sort()).equal(torch::arange(10, torch::kLong)));
+  // No held-out image is a training image (the synthetic images are all different).
+  const torch::Tensor a = held.images.flatten(1), b = rest.images.flatten(1);
+  for (int64_t i = 0; i < a.size(0); ++i) {
+    EXPECT_FALSE((b == a[i]).all(1).any().item<bool>()) << "held-out image " << i << " trains";
+  }
+}
+
+TEST_F(Splits, HoldoutIsStratifiedDeterministicAndKeepsSingletonsInTraining) {
+  const torch::Tensor labels =
+      torch::tensor({0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2}, torch::kLong);
+  const torch::Tensor h = vicreg::holdout_indices(labels, 15, 0.3);
+  EXPECT_TRUE(h.equal(vicreg::holdout_indices(labels, 15, 0.3)));
+  EXPECT_FALSE(h.equal(vicreg::holdout_indices(labels, 15, 0.3, 7)));
+  const torch::Tensor y = labels.index_select(0, h);
+  EXPECT_EQ((y == 0).sum().item<int64_t>(), 3);
+  EXPECT_EQ((y == 1).sum().item<int64_t>(), 1);
+  EXPECT_EQ((y == 2).sum().item<int64_t>(), 0);  // its only sample stays in training
+  EXPECT_EQ(vicreg::holdout_indices({}, 10, 0.5).numel(), 5);
+  EXPECT_THROW(vicreg::holdout_indices(labels, 15, 1.0), c10::Error);
+}
+
+TEST_F(Splits, ClassListsSelectClassFoldersInBothSplits) {
+  const fs::path root = dir_ / "imagenet";
+  write_classes(root / "train", {"a", "b", "c", "d"}, 2);
+  write_classes(root / "val", {"a", "b", "c", "d"}, 1);
+  const fs::path list = dir_ / "classes.txt";
+  std::ofstream(list) << "d\n  b \n\n";
+  auto c = folder_config(root, vicreg::Split::Train);
+  c.classes_file = list.string();
+  const auto train = vicreg::load_dataset(c);
+  EXPECT_EQ(train.classes, (std::vector<std::string>{"b", "d"}));
+  EXPECT_EQ(train.size(), 4);
+  c.split = vicreg::Split::Test;
+  const auto val = vicreg::load_dataset(c);
+  EXPECT_EQ(val.size(), 2);
+  EXPECT_TRUE(val.labels.equal(torch::tensor({0, 1}, torch::kLong)));
+  EXPECT_NE(val.files[1].find("/val/d/"), std::string::npos);
+  // Bad lists: each error names the file.
+  std::ofstream(list) << "b\nzebra\n";
+  c.split = vicreg::Split::Train;
+  expect_message([&] { vicreg::load_dataset(c); }, {"'zebra'", "no folder"});
+  std::ofstream(list) << "b\nb\n";
+  expect_error_from([&] { vicreg::read_class_list(list.string()); }, list.string(), "twice");
+  std::ofstream(list) << "\n \n";
+  expect_error_from([&] { vicreg::read_class_list(list.string()); }, list.string(), "no class");
+  std::ofstream(list) << "train/a\n";
+  expect_error_from([&] { vicreg::read_class_list(list.string()); }, list.string(), "line 1");
+  expect_error_from([&] { vicreg::read_class_list((dir_ / "none.txt").string()); },
+                    (dir_ / "none.txt").string(), "no such file");
+  c.dataset = vicreg::DatasetKind::Mnist;
+  EXPECT_THROW(vicreg::load_dataset(c), vicreg::UsageError);
+}
+
+TEST_F(Splits, TrainSubsetFilesPickImagesByName) {
+  const fs::path root = dir_ / "imagenet";
+  write_classes(root / "train", {"n01", "n02"}, 3);
+  const auto train = vicreg::load_dataset(folder_config(root, vicreg::Split::Train));
+  const fs::path list = dir_ / "1percent.txt";
+  std::ofstream(list) << "n02_1.png\nn01/n01_0.png\n\nn02_1.png\n";
+  const torch::Tensor idx = vicreg::subset_by_file_names(train, list.string());
+  ASSERT_EQ(idx.numel(), 2);
+  const auto sub = train.subset(idx);
+  EXPECT_NE(sub.files[0].find("n01_0.png"), std::string::npos);
+  EXPECT_NE(sub.files[1].find("n02_1.png"), std::string::npos);
+  EXPECT_TRUE(sub.labels.equal(torch::tensor({0, 1}, torch::kLong)));
+  std::ofstream(list) << "n01_0.png\nn05_1.JPEG\nn05_2.JPEG\n";
+  expect_error_from([&] { vicreg::subset_by_file_names(train, list.string()); }, list.string(),
+                    "names 2 image(s)");
+  write_png(root / "train" / "n02" / "deeper" / "n01_0.png", 1);  // two files of one name
+  const auto dup = vicreg::load_dataset(folder_config(root, vicreg::Split::Train));
+  std::ofstream(list) << "n01_0.png\n";
+  expect_error_from([&] { vicreg::subset_by_file_names(dup, list.string()); }, list.string(),
+                    "several files");
+  vicreg::Dataset vectors;
+  vectors.vectors = torch::zeros({2, 2});
+  EXPECT_THROW(vicreg::subset_by_file_names(vectors, list.string()), vicreg::UsageError);
 }
 
 }  // namespace

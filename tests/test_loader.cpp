@@ -3,6 +3,12 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <opencv2/imgcodecs.hpp>
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
 #include <set>
 #include <stdexcept>
 
@@ -155,7 +161,48 @@ TEST(Loader, ForwardsAWorkersError) {
     FAIL() << "expected the decode error";
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("/nonexistent/"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("--skip-bad-images"), std::string::npos) << e.what();
   }
+}
+
+TEST(Loader, SkipsUnreadableImagesDeterministicallyWhenAsked) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("vicreg_skip_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  auto data = std::make_shared<vicreg::Dataset>();
+  data->name = "files";
+  data->source = dir.string();
+  data->channels = 3;
+  for (int i = 0; i < 6; ++i) {
+    const std::string f = (dir / (std::to_string(i) + ".png")).string();
+    data->files.push_back(f);
+    if (i == 2) {
+      std::ofstream(f) << "not a png";  // undecodable
+    } else if (i != 4) {                // 4 vanished
+      ASSERT_TRUE(cv::imwrite(f, cv::Mat(8, 8, CV_8UC3, cv::Scalar(i * 40, 0, 0))));
+    }
+  }
+  data->labels = torch::arange(6);
+  const auto transform =
+      std::make_shared<vicreg::ImageTwoViewTransform>(vicreg::make_recipe("cifar", 3, 8));
+  vicreg::LoaderOptions o{6, 2, 2, 0};
+  o.shuffle = false;
+  o.skip_bad_images = true;
+  std::vector<vicreg::TwoViewBatch> runs;
+  for (int r = 0; r < 2; ++r) {
+    vicreg::TwoViewLoader loader(data, transform, o);
+    loader.start();
+    runs.push_back(loader.next());
+  }
+  const auto& b = runs[0];
+  ASSERT_EQ(b.skipped.size(), 2u);
+  EXPECT_NE(b.skipped[0].find("2.png"), std::string::npos) << b.skipped[0];
+  EXPECT_NE(b.skipped[1].find("4.png"), std::string::npos) << b.skipped[1];
+  // Each bad sample's place goes to the next readable one; labels follow the samples used.
+  EXPECT_TRUE(b.indices.equal(torch::tensor({0, 1, 3, 3, 5, 5}, torch::kLong)));
+  EXPECT_TRUE(b.labels.equal(b.indices));
+  EXPECT_TRUE(torch::equal(b.view_a, runs[1].view_a));
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Loader, VectorViews) {

@@ -18,13 +18,46 @@ std::set<std::string> names(const torch::nn::Module& m) {
 
 TEST(Models, ResNetParameterCountsMatchTorchvisionWithoutFc) {
   // torchvision's totals minus the 1000-class fc (512*1000+1000, 2048*1000+1000).
-  const std::pair<int, int64_t> expected[] = {
-      {18, 11689512 - 513000}, {34, 21797672 - 513000}, {50, 25557032 - 2049000}};
+  const std::pair<int, int64_t> expected[] = {{18, 11689512 - 513000},
+                                              {34, 21797672 - 513000},
+                                              {50, 25557032 - 2049000},
+                                              {101, 44549160 - 2049000},
+                                              {152, 60192808 - 2049000}};
   for (const auto& [depth, count] : expected) {
     vicreg::ResNetImpl net(vicreg::ResNetOptions().depth(depth));
     EXPECT_EQ(vicreg::count_parameters(net), count) << "resnet" << depth;
-    EXPECT_EQ(net.output_dim(), depth == 50 ? 2048 : 512);
+    EXPECT_EQ(net.output_dim(), depth >= 50 ? 2048 : 512);
   }
+  EXPECT_THROW(vicreg::ResNetImpl(vicreg::ResNetOptions().depth(77)), vicreg::UsageError);
+}
+
+TEST(Models, WideResNetsWidenEveryWidth) {
+  // The official resnet50x2: stem, blocks and output all twice as wide (4096-d), unlike
+  // torchvision's wide_resnet50_2 (2048-d). Its full shape check against the reference
+  // definition is in tests/python/test_weights.py.
+  vicreg::EncoderConfig c;
+  c.arch = vicreg::Arch::ResNet50x2;
+  c.in_channels = 3;
+  c.image_size = 224;
+  const vicreg::Encoder e = vicreg::make_encoder(c);
+  EXPECT_EQ(e->output_dim(), 4096);
+  const auto p = e->named_parameters();
+  EXPECT_EQ(p["conv1.weight"].sizes(), torch::IntArrayRef({128, 3, 7, 7}));
+  EXPECT_EQ(p["layer1.0.conv1.weight"].sizes(), torch::IntArrayRef({128, 128, 1, 1}));
+  EXPECT_EQ(p["layer4.2.conv3.weight"].sizes(), torch::IntArrayRef({4096, 1024, 1, 1}));
+  EXPECT_EQ(e->forward(torch::randn({1, 3, 64, 64})).sizes(), torch::IntArrayRef({1, 4096}));
+  for (const char* name : {"resnet101", "resnet152", "resnet200", "resnet50x2", "resnet50x4",
+                           "resnet50x5", "resnet200x2"}) {
+    const vicreg::Arch a = vicreg::parse_name<vicreg::Arch>(name);
+    const auto shape = vicreg::resnet_shape(a);
+    ASSERT_TRUE(shape) << name;
+    EXPECT_EQ(vicreg::resnet_arch(shape->depth, shape->widen), a) << name;
+    EXPECT_TRUE(vicreg::is_convolutional(a));
+  }
+  EXPECT_FALSE(vicreg::resnet_shape(vicreg::Arch::ConvNet));
+  EXPECT_EQ(vicreg::resnet_depth(true, {3, 24, 36, 3}), 200);
+  EXPECT_EQ(vicreg::resnet_depth(false, {3, 4, 6, 3}), 34);
+  EXPECT_FALSE(vicreg::resnet_depth(true, {2, 5, 6, 3}));
 }
 
 TEST(Models, ResNetNamesMatchTorchvision) {

@@ -359,6 +359,25 @@ TEST_F(Weights, InfersTheResNetFromItsWeights) {
   NamedTensors odd = torchvision_state(*resnet(18, 3, 224), "", 512);
   odd.emplace_back("layer1.2.conv1.weight", torch::zeros({64, 64, 3, 3}));
   expect_error([&] { vicreg::infer_encoder_config(odd, "F"); }, "BasicBlock blocks [3,2,2,2]");
+  // The official wide ResNets: the widening from the stem.
+  vicreg::EncoderConfig wide;
+  wide.arch = vicreg::Arch::ResNet50x2;
+  wide.in_channels = 3;
+  wide.image_size = 224;
+  NamedTensors w = torchvision_state(*vicreg::make_encoder(wide), "backbone.", 4096);
+  EXPECT_EQ(vicreg::infer_encoder_config(w, "t").arch, vicreg::Arch::ResNet50x2);
+  // torchvision's wide_resnet50_2 (64-channel stem, 128-wide blocks) is another model.
+  for (auto& [k, t] : w) {
+    if (k == "backbone.conv1.weight") t = torch::zeros({64, 3, 7, 7});
+  }
+  expect_error([&] { vicreg::infer_encoder_config(w, "F"); }, "wide_resnet50_2");
+  // A widening the zoo does not have.
+  NamedTensors x3 = torchvision_state(*resnet(50, 3, 224), "", 2048);
+  for (auto& [k, t] : x3) {
+    if (k == "conv1.weight") t = torch::zeros({192, 3, 7, 7});
+    if (k == "layer1.0.conv1.weight") t = torch::zeros({192, 192, 1, 1});
+  }
+  expect_error([&] { vicreg::infer_encoder_config(x3, "F"); }, "none of resnet18");
 }
 
 TEST_F(Weights, ExportedBackbonesReadBackWithTheirSettings) {

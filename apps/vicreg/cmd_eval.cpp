@@ -53,6 +53,31 @@ void add_subject_flags(CLI::App& cmd, SubjectArgs& a) {
   cmd.add_flag("--embedding", a.embedding,
                "Use the expander's output (the embedding) instead of the representation");
   cmd.add_option("--data-dir", a.spec.data_dir, "Where the data are (default: as in training)");
+  cmd.add_option("--val-dir,--val-data", a.spec.val_dir,
+                 "The held-out split to measure on (default: as in training; image-folder: val/ "
+                 "or test/ beside train/; npy: val.npy or test.npy beside train.npy)");
+  add_optional_choice(cmd, "--dataset", a.spec.dataset,
+                      "Evaluate on another data set than the subject's (weights without a run's "
+                      "settings: the data set they are evaluated on)");
+  cmd.add_option_function<std::string>(
+      "--recipe", [&a](const std::string& v) { a.spec.recipe = v; },
+      "The augmentation recipe whose crop size and normalisation evaluation uses (default: the "
+      "run's, or the data set's)");
+  cmd.add_option_function<int64_t>(
+         "--image-size", [&a](int64_t v) { a.spec.image_size = v; },
+         "Crop size (default: the run's, or the recipe's)")
+      ->check(CLI::NonNegativeNumber);
+  cmd.add_option_function<int64_t>(
+      "--channels", [&a](int64_t v) { a.spec.channels = v; },
+      "image-folder: decode to 3 (RGB) or 1 channel (default: the run's)");
+  cmd.add_option_function<double>(
+         "--holdout", [&a](double v) { a.spec.holdout = v; },
+         "Measure on this class-stratified fraction of the training data, the rest being the "
+         "training split (as vicreg train --holdout; default: the run's)")
+      ->check(CLI::Range(0.0, 0.99));
+  cmd.add_option_function<std::string>(
+      "--classes", [&a](const std::string& v) { a.spec.classes = v; },
+      "image-folder: a file of class folder names, one per line (default: the run's)");
   cmd.add_option("--threads", a.threads, "Intra-op threads (0: one per core)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
@@ -80,6 +105,13 @@ int run_eval(EvalArgs& a) {
   Subject s = load_subject(a.subject.resolved(), {Split::Train, Split::Test});
   nlohmann::json doc = evaluate_subject(s, r);
   doc["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const nlohmann::json& sp = doc["splits"];
+  std::printf("training split: %s, %lld samples; held-out split: %s, %lld samples; %lld classes\n",
+              sp["train"]["source"].get<std::string>().c_str(),
+              static_cast<long long>(sp["train"]["samples"].get<int64_t>()),
+              sp["test"]["source"].get<std::string>().c_str(),
+              static_cast<long long>(sp["test"]["samples"].get<int64_t>()),
+              static_cast<long long>(sp["classes"].get<int64_t>()));
   std::printf(
       "%s on the %s of %s, %s (%lld train / %lld test): top-1 %.2f %%, top-5 %.2f %%; "
       "%.1f s\n",
@@ -117,9 +149,10 @@ int run_embed(EmbedArgs& a) {
   const torch::Tensor f = subject_features(s, data, a.subject.embedding);
   write_npy(a.out, f);
   if (!a.labels_out.empty()) write_npy(a.labels_out, data.require_labels());
-  std::printf("wrote %lld x %lld %ss of the %s split to %s\n", static_cast<long long>(f.size(0)),
-              static_cast<long long>(f.size(1)),
-              a.subject.embedding ? "embedding" : "representation", a.split.c_str(), a.out.c_str());
+  std::printf("wrote %lld x %lld %ss of the %s split (%s) to %s\n",
+              static_cast<long long>(f.size(0)), static_cast<long long>(f.size(1)),
+              a.subject.embedding ? "embedding" : "representation", a.split.c_str(),
+              data.source.c_str(), a.out.c_str());
   return 0;
 }
 
@@ -157,11 +190,15 @@ Run setup_eval(CLI::App& cmd, const std::vector<std::string>&) {
   cmd.add_flag("--augment", r.augment,
                "linear: train the head on augmented images (crop and flip) through the frozen "
                "backbone every epoch, instead of on cached features");
-  cmd.add_option("--label-fraction", r.label_fraction,
-                 "finetune: fraction of the labelled training split used, class-balanced (e.g. "
-                 "0.01, 0.1)")
-      ->check(CLI::Range(1e-9, 1.0))
-      ->capture_default_str();
+  cmd.add_option_function<double>(
+         "--label-fraction", [&r](double v) { r.label_fraction = v; },
+         "finetune: fraction of the labelled training split used, class-balanced (e.g. 0.01, "
+         "0.1; default 0.1)")
+      ->check(CLI::Range(1e-9, 1.0));
+  cmd.add_option("--train-subset", r.train_subset,
+                 "image-folder: train on just the images this file names, one file name per line "
+                 "(the reference's 1 % / 10 % ImageNet subsets, e.g. 1percent.txt); every "
+                 "protocol, instead of --label-fraction");
   cmd.add_option("--seed", r.seed, "linear/finetune: seed (head, order, subset)")
       ->capture_default_str();
   cmd.add_option("--k", r.knn.k, "knn: neighbours")
@@ -179,7 +216,9 @@ Run setup_embed(CLI::App& cmd, const std::vector<std::string>&) {
   add_subject_flags(cmd, a->subject);
   cmd.add_option("--out", a->out, "Output .npy, [N, D] float32")->required();
   cmd.add_option("--labels-out", a->labels_out, "Labels as .npy, [N] int64");
-  cmd.add_option("--split", a->split, "train or test")
+  cmd.add_option("--split", a->split,
+                 "train, or test: the held-out split evaluation measures on (the test files, "
+                 "val/ or test/, --val-dir, or the --holdout part)")
       ->check(CLI::IsMember(names_of<Split>()))
       ->capture_default_str();
   return [a] { return run_embed(*a); };

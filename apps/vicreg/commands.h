@@ -11,6 +11,7 @@
 #include <CLI/CLI.hpp>
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -56,6 +57,16 @@ CLI::Option* add_choice_flag(CLI::App& cmd, const std::string& flag, E& field,
           flag, [&field](const std::string& v) { field = parse_choice<E>(v); }, help)
       ->type_name("{" + join_choices(names_of<E>()) + "}")
       ->default_str(to_string(field));
+}
+
+/// A flag that takes one of the names of enum E into an optional `field` (unset: not given).
+template <class E>
+CLI::Option* add_optional_choice(CLI::App& cmd, const std::string& flag, std::optional<E>& field,
+                                 const std::string& help) {
+  return cmd
+      .add_option_function<std::string>(
+          flag, [&field](const std::string& v) { field = parse_choice<E>(v); }, help)
+      ->type_name("{" + join_choices(names_of<E>()) + "}");
 }
 
 /// Adds one flag per setting of `config` (for_each_setting) to `cmd`: "--base-lr" for base_lr,

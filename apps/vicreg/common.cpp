@@ -61,6 +61,7 @@ namespace {
 template <class T>
 void add_flag(CLI::App& cmd, const Setting& s, T& field) {
   const std::string flag = flag_name(s.key);
+  const std::string names = s.alias != nullptr ? flag + "," + flag_name(s.alias) : flag;
   if constexpr (std::is_same_v<T, bool>) {
     cmd.add_flag(flag + ",!--no-" + flag.substr(2), field, s.help);
   } else if constexpr (std::is_same_v<T, std::optional<Arch>>) {
@@ -73,7 +74,7 @@ void add_flag(CLI::App& cmd, const Setting& s, T& field) {
   } else if constexpr (std::is_enum_v<T>) {
     add_choice_flag(cmd, flag, field, s.help);
   } else {
-    cmd.add_option(flag, field, s.help)->capture_default_str();
+    cmd.add_option(names, field, s.help)->capture_default_str();
   }
 }
 

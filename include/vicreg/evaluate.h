@@ -84,11 +84,6 @@ struct CollapseStats {
 };
 CollapseStats collapse_stats(const torch::Tensor& z);
 
-/// A class-balanced subset of a labelled split, as sorted indices: from each class c with n_c
-/// samples, max(1, round(fraction * n_c)) of them, drawn without replacement by a generator seeded
-/// with `seed` (the same seed gives the same subset). fraction in (0, 1].
-torch::Tensor balanced_subset(const torch::Tensor& labels, double fraction, uint64_t seed);
-
 /// The raw-pixel baseline as an encoder: the normalised input, flattened ([N, C, S, S] ->
 /// [N, C * S * S]; vectors pass through).
 class PixelEncoderImpl : public EncoderImpl {

@@ -79,6 +79,10 @@ struct LoaderOptions {
   /// together see exactly what one would). batch_size must be divisible by shard_count.
   int shard_rank = 0;
   int shard_count = 1;
+  /// An image file that cannot be read (undecodable, vanished) is skipped: its place in the batch
+  /// goes to the next readable sample of the data set (deterministically) and the batch lists it
+  /// in `skipped`. Without it such a file stops the stream with an error naming it.
+  bool skip_bad_images = false;
 };
 
 struct TwoViewBatch {
@@ -89,6 +93,8 @@ struct TwoViewBatch {
   torch::Tensor indices;  ///< [B] int64: which samples
   int64_t epoch = 0;
   int64_t index = 0;  ///< batch index within the epoch
+  /// With skip_bad_images: the errors of the files skipped in this batch (each names its file).
+  std::vector<std::string> skipped;
 };
 
 /// An endless stream of batches: batch g of the stream is batch g % batches_per_epoch() of epoch

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -77,8 +78,12 @@ int64_t convert_sync_batchnorm(torch::nn::Module& module, std::shared_ptr<Proces
 // ResNet (torchvision's v1.5: stride in the 3x3 conv of the bottleneck)
 
 struct ResNetOptions {
-  /// 18, 34 or 50.
+  /// 18, 34 (BasicBlock), 50, 101, 152 or 200 (Bottleneck).
   TORCH_ARG(int64_t, depth) = 50;
+  /// facebookresearch/vicreg's widening (its resnet50x2, x4, x5, resnet200x2): every width, the
+  /// stem's and each block's output included, times this. Not torchvision's wide_resnet50_2,
+  /// which widens only the inner 3x3 convolutions of the blocks.
+  TORCH_ARG(int64_t, widen) = 1;
   TORCH_ARG(int64_t, in_channels) = 3;
   /// 3x3 stride-1 first conv and no max-pool (solo-learn's CIFAR stem), for inputs up to 64 px.
   TORCH_ARG(bool, small_stem) = false;
@@ -111,7 +116,7 @@ class ResNetImpl : public EncoderImpl {
   explicit ResNetImpl(const ResNetOptions& options);
   /// x: [N, in_channels, H, W] -> [N, output_dim] (after global average pooling; no fc)
   torch::Tensor forward(torch::Tensor x) override;
-  /// 512 for ResNet-18/34, 2048 for ResNet-50.
+  /// 512 for ResNet-18/34, 2048 for ResNet-50/101/152/200, times the widening (resnet50x2: 4096).
   int64_t output_dim() const override { return output_dim_; }
 
   ResNetOptions options;
@@ -199,8 +204,32 @@ TORCH_MODULE(Expander);
 // ---------------------------------------------------------------------------------------------
 // Building encoders by name, and the two-branch model
 
-/// The encoders make_encoder() builds: resnet18, resnet34, resnet50, convnet, mlp.
-enum class Arch { ResNet18, ResNet34, ResNet50, ConvNet, Mlp };
+/// The encoders make_encoder() builds: torchvision's resnet18/34/50/101/152 and resnet200, the
+/// official VICReg model zoo's wide resnet50x2/x4/x5 and resnet200x2, convnet, mlp.
+enum class Arch {
+  ResNet18,
+  ResNet34,
+  ResNet50,
+  ResNet101,
+  ResNet152,
+  ResNet200,
+  ResNet50x2,
+  ResNet50x4,
+  ResNet50x5,
+  ResNet200x2,
+  ConvNet,
+  Mlp
+};
+/// A ResNet's depth and widening (resnet50x2: {50, 2}); nullopt for convnet and mlp.
+struct ResNetShape {
+  int64_t depth = 0, widen = 1;
+};
+std::optional<ResNetShape> resnet_shape(Arch arch);
+/// The depth of a ResNet with these blocks per stage (torchvision's layer1..layer4); nullopt when
+/// no depth has them.
+std::optional<int64_t> resnet_depth(bool bottleneck, const std::vector<int64_t>& blocks);
+/// The ResNet arch of a depth and widening; nullopt when there is none.
+std::optional<Arch> resnet_arch(int64_t depth, int64_t widen);
 /// Whether the backbone is made of 2-D convolutions (channels_last applies).
 inline bool is_convolutional(Arch arch) { return arch != Arch::Mlp; }
 template <>

@@ -10,7 +10,8 @@ n x n Gram matrix when n < d, a closed-form backward pass, fp32 accumulation for
 inputs. See the README of the vicreg repository for the presets and the formulas.
 
 Weights: vicreg.load_backbone(path) runs a vicreg backbone (backbone.pt, an exported
-.safetensors, or a torchvision ResNet state dict) from Python; vicreg.save_safetensors /
+.safetensors, or a torchvision or official-zoo ResNet state dict) from Python;
+vicreg.build_backbone(arch) builds a fresh one; vicreg.save_safetensors /
 vicreg.load_weights read and write safetensors (Debian has no safetensors package) and read
 torch.save state dicts the way the CLI's --init-backbone does.
 """
@@ -23,7 +24,7 @@ from torch import nn
 from . import _C
 
 __all__ = ["VICRegLossTerms", "vicreg_loss", "vicreg_loss_reference", "VICRegLoss",
-           "Backbone", "load_backbone", "save_safetensors", "load_weights"]
+           "Backbone", "load_backbone", "build_backbone", "save_safetensors", "load_weights"]
 
 PRESETS = ("official", "paper")
 
@@ -124,6 +125,13 @@ def load_backbone(path: str) -> Backbone:
     """A backbone.pt, a safetensors file from `vicreg export`, or a ResNet state dict with
     torchvision's names (safetensors or torch.save; the architecture is read off the weights)."""
     return Backbone(_C.load_backbone(str(path)))
+
+
+def build_backbone(arch: str, in_channels: int = 3, image_size: int = 224) -> Backbone:
+    """A freshly initialised vicreg encoder: convnet, resnet18/34/50/101/152/200, or the official
+    VICReg zoo's wide resnet50x2/x4/x5 and resnet200x2 (ResNets take the small-image stem for
+    image_size <= 64)."""
+    return Backbone(_C.build_backbone(arch, in_channels, image_size))
 
 
 def save_safetensors(tensors: Dict[str, torch.Tensor], path: str,

@@ -331,20 +331,34 @@ EncoderConfig infer_encoder_config(const NamedTensors& weights, const std::strin
     }
     blocks.push_back(n);
   }
-  const std::vector<int64_t> short_stages = {2, 2, 2, 2}, long_stages = {3, 4, 6, 3};
-  EncoderConfig ec;
-  if (!bottleneck && blocks == short_stages) {
-    ec.arch = Arch::ResNet18;
-  } else if (!bottleneck && blocks == long_stages) {
-    ec.arch = Arch::ResNet34;
-  } else if (bottleneck && blocks == long_stages) {
-    ec.arch = Arch::ResNet50;
-  } else {
-    throw FormatError(source + ": a ResNet with " + (bottleneck ? "Bottleneck" : "BasicBlock") +
-                      " blocks [" + std::to_string(blocks[0]) + "," + std::to_string(blocks[1]) +
-                      "," + std::to_string(blocks[2]) + "," + std::to_string(blocks[3]) +
-                      "], which is none of resnet18, resnet34, resnet50");
+  // Depth from the blocks per stage, widening from the stem: the reference's wide ResNets multiply
+  // every width, the stem's too.
+  const std::optional<int64_t> depth = resnet_depth(bottleneck, blocks);
+  const int64_t stem = conv1->second.size(0);
+  const std::string described = std::string("a ResNet with ") +
+                                (bottleneck ? "Bottleneck" : "BasicBlock") + " blocks [" +
+                                std::to_string(blocks[0]) + "," + std::to_string(blocks[1]) + "," +
+                                std::to_string(blocks[2]) + "," + std::to_string(blocks[3]) +
+                                "] and a " + std::to_string(stem) + "-channel stem";
+  const torch::Tensor& inner = by_name.at(p + "layer1.0.conv1.weight");
+  if (inner.dim() != 4 || inner.size(0) != stem) {
+    throw FormatError(source + ": " + described + " whose first block is " +
+                      std::to_string(inner.dim() == 4 ? inner.size(0) : 0) +
+                      " wide: neither a torchvision ResNet nor one of the official VICReg wide "
+                      "ResNets (torchvision's wide_resnet50_2 widens only the blocks' inner "
+                      "convolutions, which vicreg does not build)");
   }
+  const std::optional<Arch> arch =
+      depth && stem % 64 == 0 ? resnet_arch(*depth, stem / 64) : std::nullopt;
+  if (!arch) {
+    std::string names;
+    for (const std::string& n : names_of<Arch>()) {
+      if (resnet_shape(parse_name<Arch>(n))) names += (names.empty() ? "" : ", ") + n;
+    }
+    throw FormatError(source + ": " + described + ", which is none of " + names);
+  }
+  EncoderConfig ec;
+  ec.arch = *arch;
   const int64_t kernel = conv1->second.size(3);
   if (kernel != 3 && kernel != 7) {
     throw FormatError(source + ": conv1 has a " + std::to_string(kernel) + "x" +
@@ -359,7 +373,8 @@ EncoderConfig infer_encoder_config(const NamedTensors& weights, const std::strin
 
 std::string torchvision_recipe(const Backbone& backbone) {
   const auto* resnet = dynamic_cast<const ResNetImpl*>(backbone.encoder.get());
-  if (!resnet) return "";
+  // torchvision has no resnet200 and no model of the reference's widening.
+  if (!resnet || resnet->options.widen() != 1 || resnet->options.depth() == 200) return "";
   const std::string c = std::to_string(resnet->options.in_channels());
   std::string how =
       "m = torchvision.models.resnet" + std::to_string(resnet->options.depth()) + "()";

@@ -56,6 +56,11 @@ void TrainConfig::validate() const {
         "--dataset npy uses the vector augmentations: leave --recipe out (or say vector)");
   check(data.image_size >= 0 && data.image_size <= 4096, "--image-size must be in [0, 4096]");
   check(data.channels == 1 || data.channels == 3, "--channels must be 1 or 3");
+  check(data.holdout >= 0 && data.holdout < 1, "--holdout must be in [0, 1) (0: none)");
+  check(data.holdout == 0 || runtime.val_dir.empty(),
+        "--holdout and --val-dir both name a held-out split: give one of them");
+  check(data.classes.empty() || data.dataset == DatasetKind::ImageFolder,
+        "--classes selects class folders: it is for --dataset image-folder");
   check(!model.arch_b || !model.shared_weights, "--arch-b needs --no-shared-weights");
   const bool mlp_a = model.arch == Arch::Mlp,
              mlp_b = model.arch_b.value_or(model.arch) == Arch::Mlp;
@@ -101,6 +106,9 @@ DatasetConfig TrainConfig::dataset_config(Split split) const {
   dc.data_dir = runtime.data_dir;
   dc.split = split;
   dc.channels = data.channels;
+  dc.val_dir = runtime.val_dir;
+  dc.holdout = data.holdout;
+  dc.classes_file = data.classes;
   return dc;
 }
 
@@ -172,6 +180,7 @@ LoaderOptions TrainConfig::loader_options(int rank, int world) const {
   lo.seed = seed;
   lo.shard_rank = rank;
   lo.shard_count = world;
+  lo.skip_bad_images = runtime.skip_bad_images;
   return lo;
 }
 
@@ -328,6 +337,7 @@ TrainConfig config_for_resume(const TrainConfig& stored, const TrainConfig& give
   merged.runtime = given.runtime;
   merged.distributed = given.distributed;
   if (merged.runtime.data_dir.empty()) merged.runtime.data_dir = stored.runtime.data_dir;
+  if (merged.runtime.val_dir.empty()) merged.runtime.val_dir = stored.runtime.val_dir;
   return merged;
 }
 

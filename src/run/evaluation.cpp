@@ -48,6 +48,36 @@ void require_expander(const Subject& s) {
   }
 }
 
+/// The data settings of `spec` over `c` (SubjectSpec's rules).
+void apply_data_settings(const SubjectSpec& spec, TrainConfig& c) {
+  if (spec.dataset && *spec.dataset != c.data.dataset) {
+    c.data = DataConfig{};
+    c.data.dataset = *spec.dataset;
+    c.runtime.data_dir.clear();
+    c.runtime.val_dir.clear();
+  }
+  if (spec.recipe) c.data.recipe = *spec.recipe;
+  if (spec.image_size) c.data.image_size = *spec.image_size;
+  if (spec.channels) c.data.channels = *spec.channels;
+  if (spec.classes) c.data.classes = *spec.classes;
+  if (!spec.data_dir.empty()) c.runtime.data_dir = spec.data_dir;
+  // The command line's held-out split replaces the run's.
+  if (spec.holdout) {
+    c.data.holdout = *spec.holdout;
+    if (*spec.holdout > 0) c.runtime.val_dir.clear();
+  }
+  if (!spec.val_dir.empty()) {
+    c.runtime.val_dir = spec.val_dir;
+    if (!spec.holdout) c.data.holdout = 0;
+  }
+  c.validate();
+}
+
+/// "3 channels" / "12 features" of a split.
+std::string shape_text(const Dataset& d) {
+  return input_text(d.is_vector(), d.features(), d.channels);
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
@@ -82,7 +112,16 @@ Subject load_subject(const SubjectSpec& spec, const std::vector<Split>& splits) 
     s.config = spec.config.value_or(TrainConfig{});
     s.name = spec.baseline ? "baseline:" + to_string(*spec.baseline) : spec.init_backbone;
   }
-  if (!spec.data_dir.empty()) s.config.runtime.data_dir = spec.data_dir;
+  // Foreign weights carry no data settings: the default run's data set is a guess that a
+  // --data-dir of other data would contradict.
+  const bool foreign = !spec.backbone.empty() && b.image_size == 0;
+  if (foreign && !spec.dataset && !spec.data_dir.empty()) {
+    throw UsageError("'" + spec.backbone +
+                     "' holds weights without a run's settings: name the data with --dataset (" +
+                     join_names(names_of<DatasetKind>()) +
+                     ") beside --data-dir, and --image-size for crops other than its recipe's");
+  }
+  apply_data_settings(spec, s.config);
   // A run's files record the precision it was trained in; auto evaluates in it.
   const bool trained_here = !spec.backbone.empty() || !spec.checkpoint.empty();
   s.precision = resolve_precision(spec.precision, s.device,
@@ -94,6 +133,11 @@ Subject load_subject(const SubjectSpec& spec, const std::vector<Split>& splits) 
     (split == Split::Train ? s.train : s.test) = load_dataset(s.config.dataset_config(split));
   }
   const Dataset& shape = splits.front() == Split::Train ? s.train : s.test;
+  if (splits.size() > 1 && (shape_text(s.train) != shape_text(s.test))) {
+    throw FormatError("the held-out split '" + s.test.source + "' has " + shape_text(s.test) +
+                      ", the training split '" + s.train.source + "' " + shape_text(s.train) +
+                      ": they must be of the same data");
+  }
   const VICRegModelConfig mc = s.config.model_config(shape);
   int64_t image_size = mc.encoder.image_size;
   if (!spec.backbone.empty()) {
@@ -106,7 +150,8 @@ Subject load_subject(const SubjectSpec& spec, const std::vector<Split>& splits) 
                        " (for other data, give --init-backbone FILE with --config SETTINGS.json)");
     }
     s.encoder = b.encoder;
-    if (b.image_size > 0) image_size = b.image_size;  // 0: not recorded (foreign weights)
+    // The crop size it was trained at (0: not recorded, foreign weights), unless asked otherwise.
+    if (b.image_size > 0 && !spec.image_size) image_size = b.image_size;
   } else if (!spec.checkpoint.empty()) {
     const TrainedModel m = read_model(spec.checkpoint, shape);
     s.encoder = m.model->backbone;
@@ -157,16 +202,28 @@ nlohmann::json evaluate_subject(Subject& s, const EvalRequest& r) {
         "linear without --augment");
   }
   if (r.embedding) require_expander(s);
+  if (!r.train_subset.empty() && r.label_fraction) {
+    throw UsageError(
+        "--train-subset and --label-fraction both choose the labelled training images: give one");
+  }
   const auto t0 = std::chrono::steady_clock::now();
-  const torch::Tensor ytr = s.train.require_labels(), yte = s.test.require_labels();
+  // The training split, or the images of --train-subset.
+  Dataset subset;
+  if (!r.train_subset.empty()) {
+    subset = s.train.subset(subset_by_file_names(s.train, r.train_subset));
+    subset.source += " (the " + std::to_string(subset.size()) + " images of --train-subset '" +
+                     r.train_subset + "')";
+  }
+  const Dataset& train_split = r.train_subset.empty() ? s.train : subset;
+  const torch::Tensor ytr = train_split.require_labels(), yte = s.test.require_labels();
   if (ytr.min().item<int64_t>() < 0 || yte.min().item<int64_t>() < 0) {
     throw UsageError("the labels of '" + to_string(s.config.data.dataset) + "' must be >= 0");
   }
-  const bool image_data = !s.train.is_vector();
+  const bool image_data = !train_split.is_vector();
   Accuracy acc;
   nlohmann::json settings, diagnostics;
   double feature_s = 0;
-  int64_t train_used = s.train.size();
+  int64_t train_used = train_split.size();
   // Collapse diagnostics of the test split's representations and (with an expander) embeddings.
   const auto diagnose = [&](const torch::Tensor& test_y) {
     diagnostics["representation"] = stats_json(collapse_stats(test_y));
@@ -182,24 +239,27 @@ nlohmann::json evaluate_subject(Subject& s, const EvalRequest& r) {
     if (finetune) co.lr_backbone = r.lr_backbone.value_or(co.lr_backbone);
     co.weight_decay = r.wd.value_or(co.weight_decay);
     co.precision = s.precision.precision;
-    Dataset train = s.train;
-    if (finetune) {
-      train = s.train.subset(balanced_subset(ytr, r.label_fraction, r.seed));
-      train_used = train.size();
+    const double fraction = r.label_fraction.value_or(0.1);
+    Dataset fraction_subset;
+    if (finetune && r.train_subset.empty()) {
+      fraction_subset = train_split.subset(balanced_subset(ytr, fraction, r.seed));
+      train_used = fraction_subset.size();
     }
+    const Dataset& train = fraction_subset.size() > 0 ? fraction_subset : train_split;
     const ViewConfig augment =
-        image_data ? classifier_augmentation(s.config.resolved_recipe(),
-                                             static_cast<int>(s.train.channels), s.transform.size)
-                   : ViewConfig{};
+        image_data
+            ? classifier_augmentation(s.config.resolved_recipe(),
+                                      static_cast<int>(train_split.channels), s.transform.size)
+            : ViewConfig{};
     diagnose(subject_features(s, s.test, false));  // of the model as given, before any training
     acc = train_classifier(*s.encoder, train, s.test, augment, s.transform, co, s.device);
     settings = {{"epochs", co.epochs},   {"batch_size", co.batch_size},
                 {"lr_head", co.lr_head}, {"lr_backbone", co.lr_backbone},
                 {"wd", co.weight_decay}, {"augment", image_data},
                 {"seed", co.seed}};
-    if (finetune) settings["label_fraction"] = r.label_fraction;
+    if (finetune && r.train_subset.empty()) settings["label_fraction"] = fraction;
   } else {
-    const torch::Tensor ftr = subject_features(s, s.train, r.embedding);
+    const torch::Tensor ftr = subject_features(s, train_split, r.embedding);
     const torch::Tensor rep_te = subject_features(s, s.test, false);
     const torch::Tensor fte = r.embedding ? project(s, rep_te) : rep_te;
     feature_s = seconds_since(t0);
@@ -221,6 +281,14 @@ nlohmann::json evaluate_subject(Subject& s, const EvalRequest& r) {
     }
     diagnose(rep_te);
   }
+  if (!r.train_subset.empty()) settings["train_subset"] = r.train_subset;
+  const int64_t classes = !train_split.classes.empty()
+                              ? static_cast<int64_t>(train_split.classes.size())
+                              : std::max(ytr.max().item<int64_t>(), yte.max().item<int64_t>()) + 1;
+  const nlohmann::json splits = {
+      {"train", {{"source", train_split.source}, {"samples", train_used}}},
+      {"test", {{"source", s.test.source}, {"samples", s.test.size()}}},
+      {"classes", classes}};
   return {{"protocol", to_string(r.protocol)},
           {"top1", acc.top1},
           {"top5", acc.top5},
@@ -235,7 +303,8 @@ nlohmann::json evaluate_subject(Subject& s, const EvalRequest& r) {
           {"threads", at::get_num_threads()},
           {"precision", to_string(s.precision.precision)},
           {"train_samples", train_used},
-          {"test_samples", s.test.size()}};
+          {"test_samples", s.test.size()},
+          {"splits", splits}};
 }
 
 }  // namespace vicreg

@@ -128,6 +128,8 @@ void Trainer::load_data() {
                      " processes leaves fewer than 2 rows per process: use at least " +
                      std::to_string(2 * world_));
   }
+  // The probe's held-out split, checked before the first step rather than at the first probe.
+  if (config_.runtime.eval_every > 0) load_test_data();
   loader_ =
       std::make_unique<TwoViewLoader>(data_, transform, config_.loader_options(rank_, world_));
   schedule_ = config_.schedule(loader_->batches_per_epoch());
@@ -323,6 +325,7 @@ nlohmann::json Trainer::interval_line(const IntervalStats& interval, double lr, 
                          {"images_per_s", 2.0 * config_.optim.batch_size * interval.steps / dt},
                          {"data_wait_fraction", wait_seconds / dt},
                          {"elapsed_s", elapsed}};
+  if (config_.runtime.skip_bad_images) line["bad_images"] = interval.bad_images;
   if (scaler_.enabled()) {
     line["loss_scale"] = scaler_.scale();
     line["skipped_steps"] = interval.skipped;
@@ -330,15 +333,17 @@ nlohmann::json Trainer::interval_line(const IntervalStats& interval, double lr, 
   return line;
 }
 
+void Trainer::load_test_data() {
+  test_data_ = std::make_shared<Dataset>(load_dataset(config_.dataset_config(Split::Test)));
+  test_data_->require_labels();
+  data_->require_labels();
+}
+
 nlohmann::json Trainer::knn_probe() {
-  if (!test_data_) {
-    test_data_ = std::make_shared<Dataset>(load_dataset(config_.dataset_config(Split::Test)));
-    test_data_->require_labels();
-  }
+  if (!test_data_) load_test_data();
   // The bank: the first eval_bank training samples.
   const int64_t bank_size = config_.runtime.eval_bank;
   const int64_t n = bank_size > 0 ? std::min(bank_size, data_->size()) : data_->size();
-  data_->require_labels();
   const Dataset bank = data_->subset(torch::arange(n));
   EvalTransform t;
   if (!data_->is_vector()) {
@@ -376,7 +381,7 @@ TrainResult Trainer::run(const TrainHooks& hooks) {
   const int64_t total = schedule_.total_steps, stop_at = stop_step(), start_step = step_;
   progress.note(
       "vicreg train: " + to_string(config_.data.dataset) + ", " + std::to_string(data_->size()) +
-      " samples, " + std::to_string(per_epoch) + " steps/epoch, " +
+      " samples (" + data_->source + "), " + std::to_string(per_epoch) + " steps/epoch, " +
       std::to_string(config_.optim.epochs) + " epochs, " +
       (start_step > 0 ? "resuming at step " + std::to_string(start_step) : "from scratch") +
       "; precision " + to_string(precision_.precision) + " (" + precision_.reason + ")" +
@@ -403,7 +408,14 @@ TrainResult Trainer::run(const TrainHooks& hooks) {
   while (step_ < stop_at) {
     StepStats s;
     try {
-      s = train_step(loader_->next());
+      const TwoViewBatch batch = loader_->next();
+      for (const std::string& bad : batch.skipped) {
+        ++interval.bad_images;
+        if (warned_bad_.insert(bad).second) {
+          std::fprintf(stderr, "vicreg train: warning: skipped %s\n", bad.c_str());
+        }
+      }
+      s = train_step(batch);
     } catch (const DivergedError&) {
       progress.finish();
       throw;  // checkpoint.pt still holds the last good state

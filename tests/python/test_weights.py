@@ -102,6 +102,65 @@ def randomize(m, seed):
     return m.eval()
 
 
+# The official VICReg model zoo, written here from its definition (not from vicreg's code): a
+# torchvision-named ResNet whose every width, the stem's and each block's output included, is
+# multiplied by `widen`, with a zero padding of 1 before a stem convolution padded by 2.
+ZOO = {"resnet50": ([3, 4, 6, 3], 1), "resnet101": ([3, 4, 23, 3], 1),
+       "resnet50x2": ([3, 4, 6, 3], 2), "resnet50x4": ([3, 4, 6, 3], 4),
+       "resnet50x5": ([3, 4, 6, 3], 5), "resnet200x2": ([3, 24, 36, 3], 2)}
+
+
+class ZooBottleneck(nn.Module):
+    def __init__(self, inplanes, planes, stride, downsample, device):
+        super().__init__()
+        kw = dict(bias=False, device=device)
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, **kw)
+        self.bn1 = nn.BatchNorm2d(planes, device=device)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, **kw)
+        self.bn2 = nn.BatchNorm2d(planes, device=device)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, **kw)
+        self.bn3 = nn.BatchNorm2d(planes * 4, device=device)
+        self.relu = nn.ReLU()
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class ZooResNet(nn.Module):
+    def __init__(self, layers, widen, device=None):
+        super().__init__()
+        self.padding = nn.ConstantPad2d(1, 0.0)
+        self.inplanes = 64 * widen
+        self.conv1 = nn.Conv2d(3, self.inplanes, 7, 2, 2, bias=False, device=device)
+        self.bn1 = nn.BatchNorm2d(self.inplanes, device=device)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        planes = 64 * widen
+        for i, n in enumerate(layers):
+            stride = 1 if i == 0 else 2
+            downsample = None
+            if stride != 1 or self.inplanes != planes * 4:
+                downsample = nn.Sequential(
+                    nn.Conv2d(self.inplanes, planes * 4, 1, stride, bias=False, device=device),
+                    nn.BatchNorm2d(planes * 4, device=device))
+            blocks = [ZooBottleneck(self.inplanes, planes, stride, downsample, device)]
+            self.inplanes = planes * 4
+            blocks += [ZooBottleneck(self.inplanes, planes, 1, None, device) for _ in range(n - 1)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            planes *= 2
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(self.padding(x)))))
+        for i in range(1, 5):
+            x = getattr(self, f"layer{i}")(x)
+        return torch.flatten(self.avgpool(x), 1)
+
+
 class WeightsTest(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory(prefix="vicreg_py_")
@@ -203,6 +262,54 @@ class WeightsTest(unittest.TestCase):
                     # What C++ holds is what Python saved, name for name.
                     for k, v in b.state_dict().items():
                         self.assertTrue(torch.equal(v, sd[k]), (kind, k))
+
+    # The official model zoo's wide ResNets
+
+    def test_zoo_architectures_have_the_reference_shapes(self):
+        for arch, (layers, widen) in ZOO.items():
+            with self.subTest(arch=arch):
+                ref = ZooResNet(layers, widen, device="meta").state_dict()
+                ours = vicreg.build_backbone(arch)
+                self.assertEqual(ours.arch, arch)
+                self.assertEqual(ours.output_dim, 2048 * widen)
+                shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+                self.assertEqual(shapes, {k: tuple(v.shape) for k, v in ref.items()})
+                self.assertEqual(sum(v.numel() for k, v in ref.items()
+                                     if not k.endswith(("running_mean", "running_var",
+                                                        "num_batches_tracked"))),
+                                 sum(v.numel() for k, v in ours.state_dict().items()
+                                     if not k.endswith(("running_mean", "running_var",
+                                                        "num_batches_tracked"))))
+                del ours
+
+    def test_official_resnet50x2_state_dict_is_read_as_resnet50x2(self):
+        m = randomize(ZooResNet(*ZOO["resnet50x2"]), 3)
+        path = self.path("resnet50x2.pth")
+        torch.save(m.state_dict(), path)  # as the released resnet50x2.pth: the backbone alone
+        b = vicreg.load_backbone(path)
+        self.assertEqual(b.arch, "resnet50x2")
+        self.assertEqual(b.output_dim, 4096)
+        x = torch.randn(1, 3, 64, 64)
+        with torch.no_grad():
+            ya, yb = m(x), b(x)
+        torch.testing.assert_close(yb, ya, rtol=1e-4, atol=1e-4 * float(ya.abs().max()))
+        # The CLI embeds with it as the reference evaluates it (224 crops of an image folder).
+        for k in range(2):
+            for split in ("train", "val"):
+                os.makedirs(self.path(f"img/{split}/n0{k}"), exist_ok=True)
+                for i in range(2):
+                    rgb = np.random.default_rng(10 * k + i).integers(0, 256, (40, 40, 3),
+                                                                     dtype=np.uint8)
+                    Image.fromarray(rgb).save(self.path(f"img/{split}/n0{k}/{i}.png"))
+        out = self.path("emb.npy")
+        self.cli("embed", "--backbone", path, "--dataset", "image-folder", "--data-dir",
+                 self.path("img"), "--image-size", "64", "--threads", "1", "--out", out)
+        self.assertEqual(np.load(out).shape, (4, 4096))
+        # torchvision's wide_resnet50_2 is another model: named, not misread.
+        torch.save(torchvision.models.wide_resnet50_2().state_dict(), self.path("tvwide.pth"))
+        r = self.cli("eval", "--backbone", self.path("tvwide.pth"), ok=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("wide_resnet50_2", r.stderr)
 
     def test_cli_trains_and_evaluates_from_a_pytorch_state_dict(self):
         write_idx(self.path("data"), "train", 40, 16, 1)

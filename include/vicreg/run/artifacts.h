@@ -103,8 +103,9 @@ void write_backbone(const Backbone& backbone, const std::string& path);
 ///   - a run's backbone.pt;
 ///   - a safetensors file written by export_backbone() (its metadata carries the settings);
 ///   - any other safetensors or torch.save state dict of a ResNet with torchvision's names
-///     (torchvision's, the official VICReg release): the architecture is read off the weights
-///     (infer_encoder_config); config is the default one with that arch, image_size 0 (unknown).
+///     (torchvision's, the official VICReg releases, wide ones included): the architecture is read
+///     off the weights (infer_encoder_config); config is the default one with that arch, image_size
+///     0 (unknown).
 /// Throws naming the file if it is missing, not a backbone, or its weights do not fit.
 Backbone read_backbone(const std::string& path);
 /// read_backbone(path).encoder
@@ -115,13 +116,16 @@ Backbone read_checkpoint_backbone(const std::string& path);
 
 /// The settings of a ResNet encoder from its weights (torchvision names, possibly under a prefix
 /// such as "backbone." or "module."): depth from the blocks per stage (18, 34: BasicBlock
-/// [2,2,2,2], [3,4,6,3]; 50: Bottleneck [3,4,6,3]), in_channels and the stem (7x7: torchvision's,
-/// 3x3: the small-image one) from conv1.weight. Throws FormatError naming `source` when the
+/// [2,2,2,2], [3,4,6,3]; 50, 101, 152, 200: Bottleneck [3,4,6,3], [3,4,23,3], [3,8,36,3],
+/// [3,24,36,3]), the widening from conv1's output channels / 64 (the official resnet50x2/x4/x5,
+/// resnet200x2), in_channels and the stem (7x7: torchvision's, 3x3: the small-image one) from
+/// conv1.weight. Throws FormatError naming `source` when the
 /// weights are no ResNet vicreg builds.
 EncoderConfig infer_encoder_config(const NamedTensors& weights, const std::string& source);
 
 /// How to build the torchvision model that a ResNet backbone's weights load into (Python, one
-/// line); empty for the other encoders.
+/// line); empty for the other encoders and for ResNets torchvision lacks (resnet200, the wide
+/// ones).
 std::string torchvision_recipe(const Backbone& backbone);
 
 /// Writes a backbone as safetensors with torchvision's names (a ResNet loads into

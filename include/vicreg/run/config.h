@@ -44,6 +44,10 @@ struct DataConfig {
   std::string recipe;      ///< augment.h's recipe names; empty: the data set's natural one
   int64_t image_size = 0;  ///< crop size; 0: the recipe's
   int64_t channels = 3;    ///< image-folder only: 3 (RGB) or 1
+  /// In (0, 1): hold out this fraction of the training data (class-stratified, seeded) as the
+  /// evaluation split; pretraining never sees it. 0: the data set's own held-out split.
+  double holdout = 0;
+  std::string classes;  ///< image-folder: a class list file (--classes); empty: every class folder
 };
 
 /// What is trained: the backbone(s) and the expander.
@@ -85,6 +89,9 @@ struct RuntimeConfig {
   /// Where the data are: empty means, on resume, where the run found them, else the data set's
   /// default (fashion-mnist: Debian's /usr/share/datasets/fashion-mnist).
   std::string data_dir;
+  /// Where the held-out split is (DatasetConfig::val_dir); empty means, on resume, where the run
+  /// found it, else beside the training data.
+  std::string val_dir;
   std::string device = "cpu";  ///< cpu, cuda, cuda:N
   int threads = 0;             ///< intra-op threads; 0: one per core
   int workers = 2;             ///< loader threads
@@ -99,6 +106,9 @@ struct RuntimeConfig {
   Toggle channels_last = Toggle::Auto;  ///< convolutional backbones in channels_last
   Toggle loss_scale = Toggle::Auto;     ///< dynamic loss scaling; auto: with fp16
   int64_t max_skipped_steps = 20;       ///< loss scaling: skipped steps in a row before stopping
+  /// Unreadable image files during training are counted, logged and skipped (LoaderOptions)
+  /// instead of stopping the run.
+  bool skip_bad_images = false;
 };
 
 /// The process group (WORLD_SIZE > 1; distributed.h).
@@ -151,12 +161,13 @@ inline bool decided_by_command_line(Section s) {
   return s == Section::Runtime || s == Section::Distributed;
 }
 
-/// One setting of the table: its section, its key (the flag without "--", '_' for '-'), and the
-/// help text of its flag.
+/// One setting of the table: its section, its key (the flag without "--", '_' for '-'), the
+/// help text of its flag, and another name of the flag (or nullptr).
 struct Setting {
   Section section;
   const char* key;
   const char* help;
+  const char* alias = nullptr;
 };
 
 /// Calls visit(const Setting&, field&) for every setting of `config`, in the order of the
@@ -173,8 +184,19 @@ void for_each_setting(Config& c, Visit&& visit) {
   visit(Setting{S::Data, "image_size", "Crop size (0: the recipe's)"}, c.data.image_size);
   visit(Setting{S::Data, "channels", "image-folder: decode to 3 (RGB) or 1 channel"},
         c.data.channels);
+  visit(Setting{S::Data, "holdout",
+                "Hold out this fraction of the training data (class-stratified, the same samples "
+                "for every run) as the evaluation split; pretraining never sees it (0: the data "
+                "set's own test/validation split)"},
+        c.data.holdout);
+  visit(Setting{S::Data, "classes",
+                "image-folder: a file of class folder names, one per line (e.g. ImageNet-100's "
+                "list); only those classes are used, in both splits"},
+        c.data.classes);
   // model
-  visit(Setting{S::Model, "arch", "Backbone: resnet18, resnet34, resnet50, convnet, mlp"},
+  visit(Setting{S::Model, "arch",
+                "Backbone: convnet, mlp (vectors), resnet18/34/50/101/152/200, or the official "
+                "VICReg zoo's wide resnet50x2, resnet50x4, resnet50x5, resnet200x2"},
         c.model.arch);
   visit(Setting{S::Model, "width", "convnet: channels of the first stage"}, c.model.width);
   visit(Setting{S::Model, "stages", "convnet: stages"}, c.model.stages);
@@ -215,10 +237,18 @@ void for_each_setting(Config& c, Visit&& visit) {
   visit(Setting{S::Seed, "seed", "Seed of initialisation, data order and augmentation"}, c.seed);
   // runtime
   visit(Setting{S::Runtime, "data_dir",
-                "Folder of the data (fashion-mnist: /usr/share/datasets/fashion-mnist; npy: a "
-                "folder with train.npy [+ train_labels.npy], or the .npy file; on resume: where "
-                "the run found them)"},
+                "Folder of the data (fashion-mnist: /usr/share/datasets/fashion-mnist; "
+                "image-folder: a folder with train/<class>/ and val/<class>/ (or test/), or of "
+                "class folders; npy: a folder with train.npy [+ train_labels.npy] and val.npy or "
+                "test.npy, or the .npy file; on resume: where the run found them)"},
         c.runtime.data_dir);
+  visit(Setting{S::Runtime, "val_dir",
+                "The held-out split, if not beside the training data: image-folder: a folder of "
+                "the same class folders; npy: a .npy file (FILE_labels.npy beside it); "
+                "fashion-mnist, mnist, cifar: the folder of the test files (default: val/ or "
+                "test/ beside train/, val.npy or test.npy beside train.npy, the test files)",
+                "val_data"},
+        c.runtime.val_dir);
   visit(Setting{S::Runtime, "device", "cpu, cuda or cuda:N"}, c.runtime.device);
   visit(Setting{S::Runtime, "threads", "Intra-op threads (0: one per core)"}, c.runtime.threads);
   visit(Setting{S::Runtime, "workers", "Data loader threads"}, c.runtime.workers);
@@ -253,6 +283,11 @@ void for_each_setting(Config& c, Visit&& visit) {
   visit(Setting{S::Runtime, "max_skipped_steps",
                 "With loss scaling: stop as diverged after this many skipped steps in a row"},
         c.runtime.max_skipped_steps);
+  visit(Setting{S::Runtime, "skip_bad_images",
+                "image-folder: skip image files that cannot be read (undecodable, vanished), "
+                "each logged once and counted as bad_images in metrics.jsonl, instead of "
+                "stopping with an error that names the file"},
+        c.runtime.skip_bad_images);
   // distributed
   visit(Setting{S::Distributed, "sync_bn",
                 "With several processes (torchrun), BatchNorm statistics over all of them "

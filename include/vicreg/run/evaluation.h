@@ -29,7 +29,16 @@ struct SubjectSpec {
   std::optional<Baseline> baseline;
   /// The run settings of init_backbone and baseline (default: the default run).
   std::optional<TrainConfig> config;
-  std::string data_dir;        ///< where the data are; empty: as in training
+  std::string data_dir;  ///< where the data are; empty: as in training
+  /// Data settings over the subject's own (a run's; the default run's for foreign weights and
+  /// baselines). Another --dataset starts its data settings (recipe, crop size, holdout, class
+  /// list, folders) from that data set's defaults. Foreign weights (a torchvision or model-zoo
+  /// state dict) with a --data-dir need --dataset.
+  std::optional<DatasetKind> dataset;
+  std::optional<std::string> recipe, classes;
+  std::optional<int64_t> image_size, channels;
+  std::optional<double> holdout;
+  std::string val_dir;  ///< the held-out split (DatasetConfig::val_dir); empty: as in training
   std::string device = "cpu";  ///< cpu, cuda, cuda:N
   /// Features are extracted under autocast in this precision (auto: as training chooses it).
   Precision precision = Precision::Auto;
@@ -65,7 +74,10 @@ struct EvalRequest {
   std::optional<int64_t> epochs;
   int64_t batch_size = 256;
   std::optional<double> lr, lr_backbone, wd;
-  double label_fraction = 0.1;  ///< finetune
+  std::optional<double> label_fraction;  ///< finetune (default 0.1); not with train_subset
+  /// A file of training image names, one per line (the reference's 1 % / 10 % ImageNet subsets):
+  /// every protocol trains on just those (image-folder data).
+  std::string train_subset;
   KnnOptions knn;
   uint64_t seed = 0;
 };
@@ -73,7 +85,8 @@ struct EvalRequest {
 /// Runs the protocol on the subject (its train and test splits). Returns what `vicreg eval
 /// --json` writes: protocol, top1, top5, features, settings, diagnostics (the collapse statistics
 /// of the test representation and, with an expander, embedding), rankme, seconds,
-/// feature_seconds, threads, train_samples, test_samples, subject, dataset.
+/// feature_seconds, threads, train_samples, test_samples, subject, dataset, and splits (each
+/// split's source and samples, and the number of classes).
 nlohmann::json evaluate_subject(Subject& subject, const EvalRequest& request);
 
 }  // namespace vicreg

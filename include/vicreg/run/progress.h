@@ -22,8 +22,9 @@ struct StepStats {
 
 /// The steps of one log interval, summed.
 struct IntervalStats {
-  int64_t steps = 0;    ///< all steps, skipped ones included
-  int64_t skipped = 0;  ///< steps whose update was skipped (their numbers are left out)
+  int64_t steps = 0;       ///< all steps, skipped ones included
+  int64_t skipped = 0;     ///< steps whose update was skipped (their numbers are left out)
+  int64_t bad_images = 0;  ///< unreadable image files skipped by the loader (--skip-bad-images)
   StepStats sum;
   void add(const StepStats& s);
   /// The mean of every number over the steps not skipped (lr: the last step's; NaN when every

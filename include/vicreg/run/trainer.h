@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -105,8 +106,11 @@ class Trainer {
   /// The kNN probe of the current backbone (bank: eval_bank training samples; queries: the test
   /// split); returns the metrics line.
   nlohmann::json knn_probe();
+  /// Loads the probe's held-out split (throws when there is none) and checks both have labels.
+  void load_test_data();
   Backbone backbone() const;
 
+  std::set<std::string> warned_bad_;  ///< skipped files already reported (--skip-bad-images)
   TrainConfig config_;
   TrainConfig given_;  ///< the config as asked for (differs from config_ on resume)
   std::optional<std::vector<std::string>> given_keys_;  ///< the settings given explicitly
