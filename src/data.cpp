@@ -52,6 +52,8 @@ class GzFile {
   ~GzFile() {
     if (file_ != nullptr) gzclose(file_);
   }
+  /// True when the file is not compressed (valid after the first read).
+  bool direct() const { return gzdirect(file_) == 1; }
   GzFile(const GzFile&) = delete;
   GzFile& operator=(const GzFile&) = delete;
 
@@ -104,9 +106,27 @@ torch::Tensor read_idx(const std::string& path) {
     if (size <= 0 || size > (int64_t{1} << 31)) {
       fail(path, "dimension " + std::to_string(i) + " has size " + std::to_string(size));
     }
-    count *= size;
-    if (count > (int64_t{1} << 40)) fail(path, "declares more than 2^40 elements");
+    if (__builtin_mul_overflow(count, size, &count) || count > (int64_t{1} << 40)) {
+      fail(path, "declares more than 2^40 elements");
+    }
     sizes.push_back(size);
+  }
+  // The declared size is believed only as far as the file can hold it, before any allocation:
+  // a raw file must hold the bytes, a gzip file can inflate to at most 1032 times its size
+  // (deflate's limit).
+  std::error_code ec;
+  const uintmax_t file_bytes = std::filesystem::file_size(path, ec);
+  const auto header_bytes = static_cast<uintmax_t>(4 + 4 * ndims);
+  const auto declared = static_cast<uintmax_t>(count);
+  if (!ec && in.direct() && file_bytes < header_bytes + declared) {
+    fail(path, "truncated: the header declares " + std::to_string(declared) +
+                   " bytes of data, the file holds " + std::to_string(file_bytes - header_bytes) +
+                   " (an interrupted download?)");
+  }
+  if (!ec && !in.direct() && declared > 1032 * file_bytes) {
+    fail(path, "declares " + std::to_string(declared) +
+                   " bytes of data, more than a gzip file of " + std::to_string(file_bytes) +
+                   " bytes can inflate to (deflate's limit is 1032:1): a corrupt or hostile file");
   }
   torch::Tensor data = torch::empty(sizes, torch::kUInt8);
   const size_t got = in.read(data.data_ptr<uint8_t>(), static_cast<size_t>(count));
@@ -339,6 +359,17 @@ ImageFolder scan_image_folder(const std::string& root, const std::vector<std::st
   return folder;
 }
 
+namespace {
+
+/// A line of a list file without its surrounding blanks ("" for a blank line).
+std::string trimmed(const std::string& line) {
+  const auto first = line.find_first_not_of(" \t\r");
+  if (first == std::string::npos) return "";
+  return line.substr(first, line.find_last_not_of(" \t\r") - first + 1);
+}
+
+}  // namespace
+
 std::vector<std::string> read_class_list(const std::string& path) {
   const auto fail_list = [&path](const std::string& what) {
     throw FormatError("class list '" + path + "': " + what);
@@ -351,10 +382,8 @@ std::vector<std::string> read_class_list(const std::string& path) {
   int64_t number = 0;
   while (std::getline(in, line)) {
     ++number;
-    const auto first = line.find_first_not_of(" \t\r");
-    if (first == std::string::npos) continue;
-    const auto last = line.find_last_not_of(" \t\r");
-    std::string name = line.substr(first, last - first + 1);
+    std::string name = trimmed(line);
+    if (name.empty()) continue;
     if (name.find('/') != std::string::npos || name == "." || name == "..") {
       fail_list("line " + std::to_string(number) + " ('" + name +
                 "') is not a class folder name (one name per line, no '/')");
@@ -430,10 +459,8 @@ torch::Tensor subset_by_file_names(const Dataset& data, const std::string& list_
   std::vector<std::string> missing;
   int64_t missing_count = 0;
   while (std::getline(in, line)) {
-    const auto first = line.find_first_not_of(" \t\r");
-    if (first == std::string::npos) continue;
-    const auto last = line.find_last_not_of(" \t\r");
-    std::string entry = line.substr(first, last - first + 1);
+    std::string entry = trimmed(line);
+    if (entry.empty()) continue;
     const auto slash = entry.find_last_of('/');
     if (slash != std::string::npos) entry = entry.substr(slash + 1);
     const auto it = by_name.find(entry);

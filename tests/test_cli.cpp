@@ -250,6 +250,11 @@ TEST_F(CliTrain, SigintSavesACheckpointAndTheRunResumes) {
     usleep(50000);
   }
   ASSERT_FALSE(exited) << "the run ended before it was interrupted: " << slurp(dir_ / "sig.err");
+  // A second run on the same directory is refused, naming the one that holds it.
+  const Result second = run(small("sig", "--epochs 200 --progress none"));
+  EXPECT_EQ(second.code, 1);
+  EXPECT_NE(second.err.find("is in use by process " + std::to_string(pid)), std::string::npos)
+      << second.err;
   ASSERT_EQ(kill(pid, SIGINT), 0);
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
   ASSERT_TRUE(WIFEXITED(status));
@@ -297,6 +302,30 @@ TEST_F(CliTrain, RejectsBadInput) {
   const Result r = run(small("o", "--config " + (dir_ / "bad.json").string()));
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("unknown key 'nope'"), std::string::npos) << r.err;
+}
+
+TEST_F(CliTrain, AFullDiskIsAnErrorThatKeepsThePreviousCheckpoint) {
+  ASSERT_EQ(run(small("full", "--max-steps 3 --progress none")).code, 0);
+  const fs::path dir = dir_ / "full", checkpoint = dir / "checkpoint.pt";
+  const std::string before = slurp(checkpoint);
+  ASSERT_GT(before.size(), 20000u);
+  // The file-size limit makes writes past 8 KiB fail with EFBIG, as a full disk fails them with
+  // ENOSPC (SIGXFSZ ignored, so that the write returns the error instead of killing).
+  const Result r = shell("trap '' XFSZ; ulimit -f 8; exec " + std::string(VICREG_CLI) + " " +
+                         small("full", "--max-steps 6 --progress none"));
+  EXPECT_EQ(r.code, 1) << r.err;  // not 134 (an exception from a destructor)
+  EXPECT_NE(r.err.find("cannot write '" + checkpoint.string() + "'"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("is intact"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("terminate called"), std::string::npos) << r.err;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    EXPECT_EQ(e.path().filename().string().rfind(".checkpoint.pt.", 0), std::string::npos)
+        << "temporary left behind: " << e.path();
+  }
+  EXPECT_EQ(slurp(checkpoint), before);
+  // With room again, the run resumes from the checkpoint that was kept.
+  const Result again = run(small("full", "--max-steps 6 --progress plain"));
+  ASSERT_EQ(again.code, 0) << again.err;
+  EXPECT_NE(again.err.find("resuming at step 3"), std::string::npos) << again.err;
 }
 
 TEST_F(CliTrain, DivergenceExitsNonZeroNamingTheStep) {

@@ -9,6 +9,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <set>
 #include <string>
 #include <type_traits>
@@ -128,6 +130,23 @@ TEST(Config, BadJsonIsNamed) {
           << c.j.dump() << ": " << e.what();
     }
   }
+}
+
+TEST(Config, DeeplyNestedConfigFilesAreRefusedNotRecursedInto) {
+  const std::string path = std::filesystem::temp_directory_path() / "vicreg_deep_config.json";
+  std::ofstream(path) << "{\"epochs\": " << std::string(100000, '[') << std::string(100000, ']')
+                      << "}";
+  try {
+    vicreg::read_config_file(path);
+    ADD_FAILURE() << "accepted a 100,000-deep config";
+  } catch (const vicreg::FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("nested deeper than 1000 levels"), std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+  }
+  std::ofstream(path) << "{\"epochs\": [[[1]]]}";  // shallow: a plain wrong value
+  EXPECT_THROW(vicreg::read_config_file(path), vicreg::UsageError);
+  std::filesystem::remove(path);
 }
 
 TEST(Config, ResumeTakesTheCheckpointsSectionsAndTheCommandLinesRuntime) {

@@ -110,6 +110,12 @@ TEST_F(Idx, RejectsCorruptFiles) {
   const std::string gz = write("cut.gz", idx({3, 2, 3}, kPixels), true);
   fs::resize_file(gz, fs::file_size(gz) - 12);
   expect_error(gz, "truncated: the header declares 18 bytes of data, the file holds 15");
+  // Declared sizes are believed only as far as the file can hold them, before any allocation.
+  expect_error(write("bomb.gz", idx({1u << 16, 1u << 16, 1u << 8}, {}), true),
+               "more than a gzip file of");
+  expect_error(write("big", idx({1u << 16, 1u << 16, 1u << 8}, {})),
+               "declares 1099511627776 bytes of data, the file holds 0");
+  expect_error(write("wrap", idx({1u << 31, 1u << 31, 1u << 31}, {})), "more than 2^40 elements");
 }
 
 TEST_F(Idx, RejectsMismatchedSplits) {
@@ -200,14 +206,17 @@ TEST_F(Readers, NpyRoundTripsEveryDtype) {
 }
 
 std::string npy_bytes(const std::string& header_dict, const std::string& data) {
+  // Format 1.0 (2-byte header length), or 2.0 (4 bytes) for headers that need it.
+  const bool v2 = header_dict.size() > 60000;
+  const size_t prefix = v2 ? 12 : 10;
   std::string h = header_dict;
-  while ((10 + h.size() + 1) % 64 != 0) h.push_back(' ');
+  while ((prefix + h.size() + 1) % 64 != 0) h.push_back(' ');
   h.push_back('\n');
   std::string out = "\x93NUMPY";
-  out.push_back(1);
+  out.push_back(v2 ? 2 : 1);
   out.push_back(0);
-  out.push_back(static_cast<char>(h.size() & 0xff));
-  out.push_back(static_cast<char>(h.size() >> 8));
+  for (size_t i = 0; i < (v2 ? 4u : 2u); ++i)
+    out.push_back(static_cast<char>((h.size() >> (8 * i)) & 0xff));
   return out + h + data;
 }
 
@@ -240,6 +249,29 @@ TEST_F(Readers, NpyFortranOrderAndCorruptFiles) {
   expect_error_from(read(p), p, "not supported");
   p = put("hdr.npy", std::string("\x93NUMPY\x01\x00\xff", 9));
   expect_error_from(read(p), p, "truncated header");
+  // Hostile headers: negative and overflowing sizes, a size the file cannot hold (refused before
+  // any memory is taken), a long header (no regular expression to recurse on), no shape.
+  const auto header = [](const std::string& shape) {
+    return "{'descr': '<f4', 'fortran_order': False, 'shape': (" + shape + "), }";
+  };
+  p = put("neg.npy", npy_bytes(header("-2, 3"), std::string(24, '\0')));
+  expect_error_from(read(p), p, "'-2', not a non-negative integer");
+  p = put("wrap.npy", npy_bytes(header("999999999999, 999999999999, 999999999999"), ""));
+  expect_error_from(read(p), p, "more than 2^40 elements");
+  p = put("huge.npy", npy_bytes(header("1000000, 100000"), std::string(8, '\0')));
+  expect_error_from(read(p), p, "declares 400000000000 bytes of data, the file holds 8");
+  p = put("gap.npy", npy_bytes(header("2,, 3"), std::string(24, '\0')));
+  expect_error_from(read(p), p, "empty entry");
+  p = put("deep.npy", npy_bytes("{'descr': '<f4', 'fortran_order': False, 'x': '" +
+                                    std::string(500000, 'a') + "', 'shape': (2, 3), }",
+                                std::string(24, '\0')));
+  EXPECT_EQ(vicreg::read_npy(p).sizes(), (std::vector<int64_t>{2, 3}));
+  p = put("noshape.npy", npy_bytes("{'descr': '<f4', 'fortran_order': False, }", ""));
+  expect_error_from(read(p), p, "header has no 'shape'");
+  p = put("scalar.npy", npy_bytes(header(""), std::string(4, '\0')));
+  EXPECT_EQ(vicreg::read_npy(p).dim(), 0);
+  p = put("vec.npy", npy_bytes(header("3,"), std::string(12, '\0')));
+  EXPECT_EQ(vicreg::read_npy(p).sizes(), (std::vector<int64_t>{3}));
   p = (dir_ / "missing.npy").string();
   expect_error_from(read(p), p, "no such file");
 }

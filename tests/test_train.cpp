@@ -112,6 +112,7 @@ TEST_F(Train, LossFallsAndTheExperimentDirIsComplete) {
     EXPECT_TRUE(fs::exists(fs::path(c.runtime.exp_dir) / f)) << f;
   }
   for (const auto& e : fs::directory_iterator(c.runtime.exp_dir)) {  // no temporary left over
+    if (e.path().filename() == ".lock") continue;  // the directory's lock (one run at a time)
     EXPECT_NE(e.path().filename().string().front(), '.') << e.path();
   }
 
@@ -157,6 +158,11 @@ TEST_F(Train, StopAndResumeGivesTheSameParametersAsOneRun) {
     vicreg::TrainHooks hooks{vicreg::ProgressStyle::None, &stop};
     EXPECT_EQ(second.run(hooks).step, 9);
   }
+  // As if killed after logging steps past its checkpoint (9), midway through a line.
+  std::ofstream(fs::path(c2.runtime.exp_dir) / "metrics.jsonl", std::ios::app)
+      << R"({"step": 12, "loss": 1.0})"
+      << "\n"
+      << R"({"step": 13, "lo)";
   auto c4 = c2;
   c4.runtime.max_steps = 0;
   c4.runtime.workers = 1;  // the data do not depend on the number of workers
@@ -168,6 +174,10 @@ TEST_F(Train, StopAndResumeGivesTheSameParametersAsOneRun) {
   expect_same_parameters(straight.model(), last.model());
   const auto m = read_metrics(fs::path(c2.runtime.exp_dir) / "metrics.jsonl");
   EXPECT_EQ(m.back()["step"].get<int64_t>(), 18);
+  // Resumed twice: every step logged once, in order (the lines past the checkpoint were cut).
+  for (size_t k = 1; k < m.size(); ++k) {
+    EXPECT_GT(m[k]["step"].get<int64_t>(), m[k - 1]["step"].get<int64_t>()) << "line " << k;
+  }
 }
 
 TEST_F(Train, ResumeKeepsTheStoredModelSettings) {

@@ -124,6 +124,10 @@ TEST_F(Weights, SafetensorsReaderNamesWhatIsWrong) {
   check(safetensors_bytes(good_header, data).substr(0, 8 + good_header.size() + 4),
         "outside");  // cut in the data
   check(safetensors_bytes("{not json", ""), "not valid JSON");
+  // 100,000 nested arrays: refused at depth 1,000 instead of exhausting the stack.
+  check(
+      safetensors_bytes("{\"w\":" + std::string(100000, '[') + std::string(100000, ']') + "}", ""),
+      "nested deeper than 1000 levels");
   check(safetensors_bytes("[1,2]", ""), "not a JSON object");
   check(safetensors_bytes(R"({"w":{"dtype":"F32","shape":[2]}})", data), "data_offsets");
   check(safetensors_bytes(R"({"w":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,2]}})", "ab"),
@@ -183,20 +187,8 @@ TEST_F(Weights, TorchSaveFilesAreReadWithNestedDictsFlattened) {
   expect_error([&] { vicreg::read_weights(path("list.pth")); }, "not a state dict");
 }
 
-/// A torch.save archive with a hand-written pickle: {"w": a float tensor of `size` elements with
-/// stride 1 at `offset` over a storage of 2 floats}, as torch.save lays it out.
-void write_tensor_view_archive(const std::string& file, int size, int offset) {
-  const auto str = [](const std::string& v) {
-    std::string out = "X";
-    for (int i = 0; i < 4; ++i) out += static_cast<char>((v.size() >> (8 * i)) & 0xff);
-    return out + v;
-  };
-  const auto small_int = [](int v) { return std::string("K") + static_cast<char>(v); };
-  std::string pkl = "\x80\x02}" + str("w") + "ctorch._utils\n_rebuild_tensor_v2\n(";
-  pkl +=
-      "(" + str("storage") + "ctorch\nFloatStorage\n" + str("0") + str("cpu") + small_int(2) + "tQ";
-  pkl += small_int(offset) + small_int(size) + "\x85" + small_int(1) + "\x85" + "\x89";
-  pkl += "ccollections\nOrderedDict\n)RtRs.";
+/// A torch.save archive of a hand-written pickle, with data/0 a storage of 2 floats.
+void write_pickle_archive(const std::string& file, const std::string& pkl) {
   caffe2::serialize::PyTorchStreamWriter writer(file);
   writer.writeRecord("data.pkl", pkl.data(), pkl.size());
   const float storage[2] = {1.5f, -2.0f};
@@ -204,18 +196,86 @@ void write_tensor_view_archive(const std::string& file, int size, int offset) {
   writer.writeEndOfFile();
 }
 
+/// A torch.save archive with a hand-written pickle: {"w": a float tensor of sizes `size` and
+/// strides `stride` at `offset` over a storage of 2 floats}, as torch.save lays it out.
+void write_tensor_view_archive(const std::string& file, const std::vector<int64_t>& size,
+                               int64_t offset, std::vector<int64_t> stride = {}) {
+  if (stride.empty()) stride.assign(size.size(), 1);
+  const auto str = [](const std::string& v) {
+    std::string out = "X";
+    for (int i = 0; i < 4; ++i) out += static_cast<char>((v.size() >> (8 * i)) & 0xff);
+    return out + v;
+  };
+  const auto integer = [](int64_t v) {  // LONG1: 8 little-endian bytes, two's complement
+    std::string out = "\x8a\x08";
+    for (int i = 0; i < 8; ++i)
+      out += static_cast<char>((static_cast<uint64_t>(v) >> (8 * i)) & 0xff);
+    return out;
+  };
+  const auto tuple = [&integer](const std::vector<int64_t>& v) {
+    std::string out = "(";
+    for (const int64_t x : v) out += integer(x);
+    return out + "t";
+  };
+  std::string pkl = "\x80\x02}" + str("w") + "ctorch._utils\n_rebuild_tensor_v2\n(";
+  pkl +=
+      "(" + str("storage") + "ctorch\nFloatStorage\n" + str("0") + str("cpu") + integer(2) + "tQ";
+  pkl += integer(offset) + tuple(size) + tuple(stride) + "\x89";
+  pkl += "ccollections\nOrderedDict\n)RtRs.";
+  write_pickle_archive(file, pkl);
+}
+
 TEST_F(Weights, TorchSaveTensorViewsAreBoundsChecked) {
-  write_tensor_view_archive(path("ok.pth"), 1, 1);  // the second element
+  write_tensor_view_archive(path("ok.pth"), {1}, 1);  // the second element
   const vicreg::WeightsFile f = vicreg::read_torch_file(path("ok.pth"));
   ASSERT_EQ(f.tensors.size(), 1u);
   EXPECT_TRUE(torch::equal(f.tensors[0].second, torch::tensor({-2.0f})));
   // A view past the end of its storage would read other memory: refused.
-  write_tensor_view_archive(path("past.pth"), 4, 0);
+  write_tensor_view_archive(path("past.pth"), {4}, 0);
   expect_error([&] { vicreg::read_torch_file(path("past.pth")); },
                "reaches element 3 of a storage of 2");
-  write_tensor_view_archive(path("offset.pth"), 1, 2);
+  write_tensor_view_archive(path("offset.pth"), {1}, 2);
   expect_error([&] { vicreg::read_torch_file(path("offset.pth")); },
                "reaches element 2 of a storage of 2");
+  // Offsets and extents whose arithmetic would overflow int64 (a 2^63 offset would wrap back
+  // into the storage, or before it).
+  const int64_t big = int64_t{1} << 62;
+  write_tensor_view_archive(path("huge_offset.pth"), {1}, big);
+  expect_error([&] { vicreg::read_torch_file(path("huge_offset.pth")); }, "storage offset");
+  write_tensor_view_archive(path("negative.pth"), {1}, -4);
+  expect_error([&] { vicreg::read_torch_file(path("negative.pth")); }, "size and stride");
+  write_tensor_view_archive(path("extent.pth"), {int64_t{1} << 40, 2}, 0, {int64_t{1} << 40, 1});
+  expect_error([&] { vicreg::read_torch_file(path("extent.pth")); }, "out of range");
+  // 2^40 x 2^40 x 2^40 repeated elements (stride 0): the element count saturates, not wraps.
+  const int64_t t = int64_t{1} << 40;
+  write_tensor_view_archive(path("repeat.pth"), {t, t, t}, 0, {0, 0, 0});
+  expect_error([&] { vicreg::read_torch_file(path("repeat.pth")); }, "elements over a storage");
+}
+
+TEST_F(Weights, HostilePicklesAreRefusedWithoutCrashLeakOrUnboundedMemory) {
+  using namespace std::string_literals;  // the pickles hold NUL bytes
+  // 200,000 nested lists (a few hundred bytes compressed): released without recursion.
+  write_pickle_archive(path("deep.pth"),
+                       "\x80\x02" + std::string(200000, ']') + std::string(199999, 'a') + ".");
+  expect_error([&] { vicreg::read_torch_file(path("deep.pth")); }, "not a state dict");
+  // A list and a dict that contain themselves (DUP, then APPEND / SETITEM): no leak (the
+  // sanitizer build checks), no endless walk.
+  write_pickle_archive(path("cycle.pth"), "\x80\x02]2a.");
+  expect_error([&] { vicreg::read_torch_file(path("cycle.pth")); }, "not a state dict");
+  write_pickle_archive(path("dict_cycle.pth"), "\x80\x02}q\x00X\x01\x00\x00\x00kh\x00s."s);
+  expect_error([&] { vicreg::read_torch_file(path("dict_cycle.pth")); }, "without tensors");
+  // A dict under 8 keys of itself: 8^16 paths, cut off at the entry budget.
+  std::string fan = "\x80\x02}q\x00"s;
+  for (int k = 0; k < 8; ++k)
+    fan += "h\x00X\x01\x00\x00\x00"s + static_cast<char>('a' + k) + "h\x00s0"s;
+  write_pickle_archive(path("fan.pth"), fan + ".");
+  expect_error([&] { vicreg::read_torch_file(path("fan.pth")); }, "more than 1,000,000");
+  // 5 million None opcodes: stopped at the limit, not 1.7 GB later.
+  write_pickle_archive(path("nones.pth"), "\x80\x02" + std::string(5000000, 'N') + ".");
+  expect_error([&] { vicreg::read_torch_file(path("nones.pth")); }, "more than 4,000,000 values");
+  // TUPLE2 may not take values from below a MARK.
+  write_pickle_archive(path("mark.pth"), "\x80\x02NN(\x86.");
+  expect_error([&] { vicreg::read_torch_file(path("mark.pth")); }, "empty stack");
 }
 
 vicreg::Arch resnet_arch(int64_t depth) {

@@ -3,8 +3,10 @@
 #include "vicreg/error.h"
 
 #include <c10/util/Exception.h>
+#include <nlohmann/json.hpp>
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -146,6 +148,52 @@ FileFormat sniff_format(std::string_view head) {
   if (!head.empty() && static_cast<unsigned char>(head[0]) == 0x80) return FileFormat::LegacyPickle;
   if (head.size() >= 9 && head[8] == '{') return FileFormat::Safetensors;
   return FileFormat::Unknown;
+}
+
+nlohmann::json parse_json(std::string_view text, const std::string& what, int max_depth) {
+  // nlohmann's parser keeps its own stack; the callback sees each value's depth and stops the
+  // parse before a deep document is built (whose destruction and dump() would recurse).
+  const nlohmann::json::parser_callback_t limit = [&](int depth, nlohmann::json::parse_event_t,
+                                                      nlohmann::json&) {
+    if (depth > max_depth) {
+      throw FormatError(what + ": JSON nested deeper than " + std::to_string(max_depth) +
+                        " levels");
+    }
+    return true;
+  };
+  try {
+    return nlohmann::json::parse(text.begin(), text.end(), limit);
+  } catch (const nlohmann::json::exception& e) {
+    throw FormatError(what + " is not valid JSON: " + e.what());
+  }
+}
+
+DirectoryLock::DirectoryLock(const std::string& dir, const std::string& what) {
+  const std::string path = (fs::path(dir) / ".lock").string();
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw FormatError("cannot lock " + what + " '" + dir + "': " + errno_text());
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    char buf[32] = {};
+    const ssize_t n = ::pread(fd_, buf, sizeof buf - 1, 0);
+    ::close(fd_);
+    fd_ = -1;
+    if (err != EWOULDBLOCK) {
+      throw FormatError("cannot lock " + what + " '" + dir + "': " + std::strerror(err));
+    }
+    const std::string holder = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "?";
+    throw UsageError(what + " '" + dir + "' is in use by process " +
+                     holder.substr(0, holder.find_first_of("\n ")) +
+                     " (another vicreg train): wait for it, stop it, or give another --exp-dir");
+  }
+  const std::string pid = std::to_string(::getpid()) + "\n";
+  // Best effort: without the PID the lock still holds; only a second process's message lacks it.
+  const bool written = ::ftruncate(fd_, 0) == 0 && ::pwrite(fd_, pid.data(), pid.size(), 0) > 0;
+  static_cast<void>(written);
+}
+
+DirectoryLock::~DirectoryLock() {
+  if (fd_ >= 0) ::close(fd_);  // releases the flock
 }
 
 }  // namespace vicreg

@@ -7,7 +7,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <regex>
 #include <vector>
 
 namespace vicreg {
@@ -27,6 +26,43 @@ constexpr NpyType kNpyTypes[] = {{"<f4", torch::kFloat},
                                  {"<i8", torch::kLong},
                                  {"<i4", torch::kInt},
                                  {"|u1", torch::kUInt8}};
+
+}  // namespace
+
+namespace {
+
+std::string trim_blanks(const std::string& text) {
+  const auto first = text.find_first_not_of(" \t\r\n");
+  if (first == std::string::npos) return "";
+  return text.substr(first, text.find_last_not_of(" \t\r\n") - first + 1);
+}
+
+/// The value of 'key' in a .npy header dict: the text between `open` and `close` after the colon
+/// (open 0: from the colon up to `close` or the dict's end, trimmed). No regular expression: a
+/// header is the file's to choose, and std::regex recurses on long matches.
+std::string header_value(const std::string& path, const std::string& header, const std::string& key,
+                         char open, char close) {
+  const std::string quoted = "'" + key + "'";
+  const size_t at = header.find(quoted);
+  if (at == std::string::npos) npy_error(path, "header has no '" + key + "'");
+  size_t i = header.find_first_not_of(" \t", at + quoted.size());
+  if (i == std::string::npos || header[i] != ':') {
+    npy_error(path, "header's '" + key + "' has no value");
+  }
+  i = header.find_first_not_of(" \t", i + 1);
+  if (i == std::string::npos) npy_error(path, "header's '" + key + "' has no value");
+  if (open != 0) {
+    if (header[i] != open) npy_error(path, "header's '" + key + "' is malformed");
+    ++i;
+  }
+  size_t end = header.find(close, i);
+  if (end == std::string::npos) {
+    if (open != 0) npy_error(path, "header's '" + key + "' is not closed");
+    end = header.find('}', i);
+    if (end == std::string::npos) end = header.size();
+  }
+  return open != 0 ? header.substr(i, end - i) : trim_blanks(header.substr(i, end - i));
+}
 
 }  // namespace
 
@@ -51,11 +87,7 @@ torch::Tensor read_npy(const std::string& path) {
   in.read(header.data(), header_len);
   if (static_cast<uint32_t>(in.gcount()) != header_len) npy_error(path, "truncated header");
 
-  std::smatch m;
-  if (!std::regex_search(header, m, std::regex("'descr'\\s*:\\s*'([^']*)'"))) {
-    npy_error(path, "header has no 'descr'");
-  }
-  const std::string descr = m[1];
+  const std::string descr = header_value(path, header, "descr", '\'', '\'');
   const NpyType* type = nullptr;
   for (const auto& t : kNpyTypes) {
     if (descr == t.descr || (descr == "<u1" && std::string(t.descr) == "|u1")) type = &t;
@@ -65,24 +97,43 @@ torch::Tensor read_npy(const std::string& path) {
                         "' is not supported (use little-endian float32, float64, "
                         "int64, int32 or uint8, e.g. numpy's arr.astype('<f4'))");
   }
-  if (!std::regex_search(header, m, std::regex("'fortran_order'\\s*:\\s*(True|False)"))) {
-    npy_error(path, "header has no 'fortran_order'");
+  const std::string order = header_value(path, header, "fortran_order", 0, ',');
+  if (order != "True" && order != "False") {
+    npy_error(path, "header's 'fortran_order' is '" + order + "', not True or False");
   }
-  const bool fortran = m[1] == "True";
-  if (!std::regex_search(header, m, std::regex("'shape'\\s*:\\s*\\(([^)]*)\\)"))) {
-    npy_error(path, "header has no 'shape'");
-  }
+  const bool fortran = order == "True";
+  // Sizes: non-negative integers, their product checked without overflow before any allocation.
   std::vector<int64_t> shape;
-  const std::string dims = m[1];
-  const std::regex digits_re("\\d+");
-  std::sregex_iterator it(dims.begin(), dims.end(), digits_re), end;
+  const std::string dims = header_value(path, header, "shape", '(', ')');
   int64_t count = 1;
-  for (; it != end; ++it) {
-    const std::string digits = it->str();
-    if (digits.size() > 12) npy_error(path, "shape too large");
-    shape.push_back(std::stoll(digits));
-    count *= shape.back();
-    if (count > (int64_t{1} << 40)) npy_error(path, "shape too large");
+  size_t start = 0;
+  while (start <= dims.size()) {
+    size_t comma = dims.find(',', start);
+    if (comma == std::string::npos) comma = dims.size();
+    const std::string entry = trim_blanks(dims.substr(start, comma - start));
+    start = comma + 1;
+    if (entry.empty()) {
+      if (comma == dims.size()) break;  // "()" and the trailing comma of "(3,)"
+      npy_error(path, "header's shape (" + dims + ") has an empty entry");
+    }
+    if (entry.size() > 12 || entry.find_first_not_of("0123456789") != std::string::npos) {
+      npy_error(path, "header's shape (" + dims + ") has the entry '" + entry +
+                          "', not a non-negative integer of at most 12 digits");
+    }
+    shape.push_back(std::stoll(entry));
+    if (__builtin_mul_overflow(count, shape.back(), &count) || count > (int64_t{1} << 40)) {
+      npy_error(path, "header's shape (" + dims + ") declares more than 2^40 elements");
+    }
+  }
+  // The data must be in the file before memory is taken for it.
+  const auto data_start = static_cast<uintmax_t>(in.tellg());
+  const uintmax_t file_bytes = std::filesystem::file_size(path, ec);
+  const uintmax_t declared = static_cast<uintmax_t>(count) * torch::elementSize(type->dtype);
+  if (ec || file_bytes < data_start || file_bytes - data_start < declared) {
+    npy_error(path,
+              "truncated: the header declares " + std::to_string(declared) +
+                  " bytes of data, the file holds " +
+                  std::to_string(ec || file_bytes < data_start ? 0 : file_bytes - data_start));
   }
   if (fortran) std::reverse(shape.begin(), shape.end());
   torch::Tensor out = torch::empty(shape, type->dtype);

@@ -93,12 +93,8 @@ WeightsFile read_safetensors(const std::string& path) {
     fail(path, "header length " + std::to_string(n) + " does not fit in the file's " +
                    std::to_string(bytes.size()) + " bytes (truncated, or not safetensors)");
   }
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<long>(n));
-  } catch (const nlohmann::json::exception& e) {
-    fail(path, std::string("the header is not valid JSON (not a safetensors file?): ") + e.what());
-  }
+  const nlohmann::json header = parse_json(std::string_view(bytes).substr(8, n),
+                                           "safetensors file '" + path + "': the header");
   if (!header.is_object()) fail(path, "the header is not a JSON object");
 
   WeightsFile file;

@@ -40,6 +40,30 @@ struct PyObject {
   std::vector<PyRef> items;                      // Tuple, List
   std::vector<std::pair<PyRef, PyRef>> entries;  // Dict
   torch::Tensor tensor;                          // Storage (1-D, its dtype), Tensor
+
+  PyObject() = default;
+  PyObject(const PyObject&) = delete;
+  PyObject& operator=(const PyObject&) = delete;
+  /// Containers are released without recursion: a pickle may nest them deeper than the stack.
+  ~PyObject() {
+    std::vector<PyRef> pending;
+    move_children(pending);
+    while (!pending.empty()) {
+      PyRef o = std::move(pending.back());
+      pending.pop_back();
+      if (o && o.use_count() == 1) o->move_children(pending);  // o dies here, childless
+    }
+  }
+  /// Moves the contained values out (to be released by the caller, or to break a cycle).
+  void move_children(std::vector<PyRef>& out) {
+    for (PyRef& x : items) out.push_back(std::move(x));
+    for (auto& [k, v] : entries) {
+      out.push_back(std::move(k));
+      out.push_back(std::move(v));
+    }
+    items.clear();
+    entries.clear();
+  }
 };
 
 PyRef make(PyObject::Kind kind) {
@@ -94,6 +118,19 @@ class Unpickler {
   Unpickler(const std::string& path, const char* data, size_t size,
             caffe2::serialize::PyTorchStreamReader& zip)
       : path_(path), p_(data), end_(data + size), zip_(zip) {}
+  Unpickler(const Unpickler&) = delete;
+  Unpickler& operator=(const Unpickler&) = delete;
+  /// Breaks the reference cycles a pickle can make (DUP or BINGET, then APPEND or SETITEM of a
+  /// container into itself), which shared ownership alone would leak.
+  ~Unpickler() {
+    std::vector<PyRef> released;
+    for (const auto& weak : containers_) {
+      if (PyRef o = weak.lock()) o->move_children(released);
+    }
+  }
+
+  /// Limits of what a state dict's pickle may ask for (a ResNet-200x2 pushes about 25,000 values).
+  static constexpr int64_t kMaxPushes = 4'000'000;
 
   PyRef load() {
     while (true) {
@@ -290,7 +327,15 @@ class Unpickler {
     p_ = nl + 1;
     return s;
   }
-  void push(PyRef o) { stack_.push_back(std::move(o)); }
+  void push(PyRef o) {
+    if (++pushes_ > kMaxPushes) {
+      bad("the pickle builds more than 4,000,000 values (a state dict needs far fewer)");
+    }
+    if (o->kind == PyObject::Tuple || o->kind == PyObject::List || o->kind == PyObject::Dict) {
+      containers_.push_back(o);
+    }
+    stack_.push_back(std::move(o));
+  }
   void push_int(int64_t v) {
     auto o = make(PyObject::Int);
     o->i = v;
@@ -329,6 +374,8 @@ class Unpickler {
   }
   void memo(uint64_t k) {
     if (k > 10'000'000) bad("memo index");
+    if (memo_.size() >= 1'000'000 && memo_.count(k) == 0)
+      bad("a memo of more than 1,000,000 values");
     memo_[k] = top();
   }
   PyRef get(uint64_t k) {
@@ -409,7 +456,12 @@ class Unpickler {
         } else {
           last += (size[k] - 1) * stride[k];
         }
-        numel = std::min(numel * std::max<int64_t>(size[k], 1), kMax + 1);
+        // Saturating: the product of a few sizes of up to 2^40 each would overflow int64.
+        int64_t product = 0;
+        if (__builtin_mul_overflow(numel, std::max<int64_t>(size[k], 1), &product)) {
+          product = kMax + 1;
+        }
+        numel = std::min(product, kMax + 1);
       }
       if (!empty && numel > std::max<int64_t>(storage.numel(), int64_t{1} << 31)) {
         bad("a tensor of " + std::to_string(numel) + " elements over a storage of " +
@@ -447,18 +499,26 @@ class Unpickler {
   std::vector<size_t> marks_;
   std::unordered_map<uint64_t, PyRef> memo_;
   std::unordered_map<std::string, PyRef> storages_;
+  int64_t pushes_ = 0;
+  std::vector<std::weak_ptr<PyObject>> containers_;  ///< to break cycles when done
 };
 
-/// Flattens string-keyed dicts of tensors: {"a": {"b": t}} -> "a.b".
-void flatten(const PyRef& o, const std::string& prefix, NamedTensors& out, int depth) {
+/// Flattens string-keyed dicts of tensors: {"a": {"b": t}} -> "a.b". At most 16 levels and
+/// `budget` entries in all: dicts that hold themselves, or one dict under many keys at every
+/// level, would otherwise be walked without end.
+void flatten(const PyRef& o, const std::string& prefix, NamedTensors& out, int depth,
+             int64_t& budget, const std::string& path) {
   if (depth > 16) return;
   for (const auto& [k, v] : o->entries) {
+    if (--budget < 0) {
+      fail(path, "nests more than 1,000,000 dict entries (dicts that hold themselves?)");
+    }
     if (k->kind != PyObject::Str) continue;  // e.g. an optimizer's state, keyed by index
     const std::string name = prefix.empty() ? k->s : prefix + "." + k->s;
     if (v->kind == PyObject::Tensor)
       out.emplace_back(name, v->tensor);
     else if (v->kind == PyObject::Dict)
-      flatten(v, name, out, depth + 1);
+      flatten(v, name, out, depth + 1, budget, path);
   }
 }
 
@@ -509,7 +569,8 @@ WeightsFile read_torch_file(const std::string& path) {
   }
   WeightsFile file;
   file.format = "torch";
-  if (root->kind == PyObject::Dict) flatten(root, "", file.tensors, 0);
+  int64_t budget = 1'000'000;
+  if (root->kind == PyObject::Dict) flatten(root, "", file.tensors, 0, budget, path);
   if (file.tensors.empty()) {
     fail(path,
          std::string("holds a ") + kind_name(root->kind) + " without tensors, not a state dict");

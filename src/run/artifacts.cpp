@@ -24,7 +24,17 @@ std::string ExperimentDir::checkpoint() const {
 std::string ExperimentDir::backbone() const { return (fs::path(root) / "backbone.pt").string(); }
 
 void save_archive(torch::serialize::OutputArchive& archive, const std::string& path) {
-  write_file_atomically(path, [&](const std::string& tmp) { archive.save_to(tmp); });
+  // Serialised in memory, then written by the one atomic writer: LibTorch's file writer throws
+  // from its destructor when the disk fills up (std::terminate, exit 134, a temporary left
+  // behind); ours reports the error, removes the temporary and leaves the previous file intact.
+  std::ostringstream bytes;
+  archive.save_to(bytes);
+  try {
+    write_file_atomically(path, bytes.str());
+  } catch (const FormatError& e) {
+    throw FormatError(std::string(e.what()) + "; the previous '" +
+                      fs::path(path).filename().string() + "', if any, is intact");
+  }
 }
 
 void load_archive(torch::serialize::InputArchive& archive, const std::string& path,
@@ -46,7 +56,7 @@ TrainConfig stored_config(const std::string& json_text) {
   TrainConfig c;
   c.runtime.precision = Precision::Fp32;
   c.runtime.channels_last = Toggle::Off;
-  update_from_json(c, nlohmann::json::parse(json_text));
+  update_from_json(c, parse_json(json_text, "the stored settings"));
   return c;
 }
 

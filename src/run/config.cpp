@@ -314,12 +314,7 @@ void update_from_json(TrainConfig& config, const json& j) {
 TrainConfig read_config_file(const std::string& path, TrainConfig config,
                              std::vector<std::string>* keys) {
   const std::string text = read_file(path, "--config file", 1 << 20);
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    throw FormatError("--config '" + path + "' is not valid JSON: " + e.what());
-  }
+  const json j = parse_json(text, "--config '" + path + "'");
   try {
     update_from_json(config, j);
   } catch (const UsageError& e) {

@@ -1,6 +1,7 @@
 #include "vicreg/run/progress.h"
 
 #include "vicreg/error.h"
+#include "vicreg/io/files.h"
 
 #include <unistd.h>
 
@@ -57,7 +58,32 @@ std::string clock_time(double seconds) {
   return buf;
 }
 
-MetricsLog::MetricsLog(const std::string& path) : path_(path), out_(path, std::ios::app) {
+namespace {
+
+/// metrics.jsonl without the lines past `step` and without unreadable (partial) lines.
+void cut_metrics(const std::string& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in) return;  // nothing logged yet
+  std::string kept, line;
+  bool cut = false;
+  while (std::getline(in, line)) {
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    const bool keep = j.is_object() && j.contains("step") && j["step"].is_number_integer() &&
+                      j["step"].get<int64_t>() <= step;
+    if (keep) {
+      kept += line + "\n";
+    } else {
+      cut = true;
+    }
+  }
+  if (cut) write_file_atomically(path, kept);
+}
+
+}  // namespace
+
+MetricsLog::MetricsLog(const std::string& path, int64_t resume_step) : path_(path) {
+  if (resume_step >= 0) cut_metrics(path, resume_step);
+  out_.open(path, std::ios::app);
   if (!out_) throw FormatError("cannot write '" + path + "' (is the directory writable?)");
 }
 

@@ -371,10 +371,12 @@ nlohmann::json Trainer::knn_probe() {
 TrainResult Trainer::run(const TrainHooks& hooks) {
   const ExperimentDir dir{config_.runtime.exp_dir};
   std::unique_ptr<MetricsLog> metrics;  // rank 0 alone writes files
+  std::optional<DirectoryLock> lock;    // and holds the directory: one run per directory
   if (is_main()) {
     fs::create_directories(dir.root);
+    lock.emplace(dir.root, "experiment directory");
     write_file_atomically(dir.config(), to_json(config_).dump(2) + "\n");
-    metrics = std::make_unique<MetricsLog>(dir.metrics());
+    metrics = std::make_unique<MetricsLog>(dir.metrics(), step_);
   }
   const ProgressReporter progress(hooks.progress, is_main());
   const int64_t per_epoch = loader_->batches_per_epoch();

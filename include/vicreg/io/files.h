@@ -2,6 +2,8 @@
 // a file's format from its first bytes.
 #pragma once
 
+#include <nlohmann/json_fwd.hpp>
+
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -29,6 +31,30 @@ std::string read_file(const std::string& path, const std::string& what,
 /// The first `count` bytes of a file (fewer when it is shorter). Throws FormatError naming
 /// `what` and `path` when it is missing or unreadable.
 std::string read_file_head(const std::string& path, const std::string& what, size_t count);
+
+/// An exclusive lock on a directory (flock on DIR/.lock, which holds the owner's PID), held
+/// while the object lives and released by the kernel when the process dies (kill -9 included).
+/// Throws UsageError naming the holder's PID when another process holds it, FormatError when the
+/// lock file cannot be made.
+class DirectoryLock {
+ public:
+  DirectoryLock(const std::string& dir, const std::string& what);
+  ~DirectoryLock();
+  DirectoryLock(const DirectoryLock&) = delete;
+  DirectoryLock& operator=(const DirectoryLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
+/// How deep a JSON document read from a file may nest (objects and arrays).
+constexpr int kMaxJsonDepth = 1000;
+
+/// JSON text from a file (a config, a safetensors header, metadata), parsed without recursion on
+/// the file's nesting: deeper than `max_depth` is a FormatError ("... nested deeper than 1000
+/// levels"), as is invalid JSON ("WHAT is not valid JSON: ..."); `what` names the file.
+nlohmann::json parse_json(std::string_view text, const std::string& what,
+                          int max_depth = kMaxJsonDepth);
 
 /// What a file holds, judged by its first bytes (never by its name).
 enum class FileFormat {

@@ -43,8 +43,11 @@ std::string clock_time(double seconds);
 /// Appends JSON lines to metrics.jsonl, flushed after each (a killed run loses no whole line).
 class MetricsLog {
  public:
-  /// Opens `path` for appending; FormatError when it cannot.
-  explicit MetricsLog(const std::string& path);
+  /// Opens `path` for appending; FormatError when it cannot. With `resume_step` >= 0 (a run
+  /// resumed from a checkpoint of that step), the lines past it are dropped first, with a partial
+  /// last line: a run killed after its last checkpoint wrote them, and the resumed run writes
+  /// those steps again, so that no step appears twice.
+  explicit MetricsLog(const std::string& path, int64_t resume_step = -1);
   void write(const nlohmann::json& line);
 
  private:
