@@ -5,8 +5,11 @@
 set -euo pipefail
 
 packages=(
-  # toolchain (g++ brings the sanitizers' runtimes), and the formatter the test suite checks with
+  # toolchain, and the formatter the test suite checks with
   build-essential cmake ninja-build ccache clang-format
+  # the sanitizer and fuzzing build (scripts/sanitize.sh, scripts/fuzz.sh): clang with its
+  # sanitizer and libFuzzer runtimes
+  clang-14 libclang-rt-14-dev
   # LibTorch (CPU) and the BLAS it should use: OpenBLAS's OpenMP build shares LibTorch's OpenMP
   # threads (the pthread build fights them: README, BLAS); CMake points our programs at it
   libtorch-dev libopenblas0-openmp

@@ -386,6 +386,51 @@ Encoder make_encoder(const EncoderConfig& config) {
                                           .zero_init_residual(config.zero_init_residual));
 }
 
+double encoder_parameter_count(const EncoderConfig& config) {
+  // What make_encoder builds, counted without building it (doubles: no overflow on any input).
+  const auto conv_bn = [](double in, double out, double kernel) {
+    return in * out * kernel * kernel + 2 * out;
+  };
+  double n = 0;
+  if (config.arch == Arch::Mlp) {
+    double in = static_cast<double>(config.in_features);
+    for (const int64_t size : parse_layer_spec(config.encoder_mlp)) {
+      n += in * size + size + 2.0 * size;  // Linear with bias, BatchNorm
+      in = static_cast<double>(size);
+    }
+    return n;
+  }
+  if (config.arch == Arch::ConvNet) {
+    const int64_t per_stage = ConvNetOptions().convs_per_stage();
+    double in = static_cast<double>(config.in_channels);
+    for (int64_t s = 0; s < std::min<int64_t>(config.stages, 62); ++s) {
+      const double out = std::ldexp(static_cast<double>(config.width), static_cast<int>(s));
+      for (int64_t c = 0; c < per_stage; ++c) n += conv_bn(c == 0 ? in : out, out, 3);
+      in = out;
+    }
+    return n;
+  }
+  const ResNetShape shape = resnet_shape(config.arch).value();
+  const bool bottleneck = shape.depth >= 50;
+  const double expansion = bottleneck ? 4 : 1, stem = 64.0 * shape.widen;
+  n += conv_bn(static_cast<double>(config.in_channels), stem, config.image_size <= 64 ? 3 : 7);
+  double in = stem;
+  const std::vector<int64_t>& blocks = resnet_blocks().at(shape.depth);
+  for (int stage = 0; stage < 4; ++stage) {
+    const double planes = stem * (1 << stage);
+    for (int64_t b = 0; b < blocks[static_cast<size_t>(stage)]; ++b) {
+      n += bottleneck ? conv_bn(in, planes, 1) + conv_bn(planes, planes, 3) +
+                            conv_bn(planes, planes * expansion, 1)
+                      : conv_bn(in, planes, 3) + conv_bn(planes, planes, 3);
+      if ((b == 0 && stage > 0) || in != planes * expansion) {
+        n += conv_bn(in, planes * expansion, 1);
+      }
+      in = planes * expansion;
+    }
+  }
+  return n;
+}
+
 VICRegImpl::VICRegImpl(const VICRegModelConfig& config_) : config(config_) {
   backbone = register_module("backbone", make_encoder(config.encoder));
   projector = register_module("projector", Expander(backbone->output_dim(), config.mlp));

@@ -4,6 +4,7 @@
 #include "vicreg/io/state_dict.h"
 #include "vicreg/models.h"
 #include "vicreg/precision.h"
+#include "vicreg/run/artifacts.h"
 
 #include "support/free_port.h"
 #include "support/synthetic_data.h"
@@ -24,6 +25,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <regex>
 #include <sstream>
 #include <string>
@@ -265,6 +267,83 @@ TEST_F(CliTrain, SigintSavesACheckpointAndTheRunResumes) {
   const Result r = run(small("sig", "--epochs 200 --max-steps 1 --progress plain"));
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.err.find("resuming at step"), std::string::npos) << r.err;
+}
+
+TEST_F(CliTrain, KilledAtRandomMomentsTheRunResumesToTheSameWeights) {
+  // kill -9 at random moments (in start-up, in steps, in checkpoint writes), then the same
+  // command again, until the run finishes: it must end where an uninterrupted run ends, bit for
+  // bit. A checkpoint after every step makes writes a good share of the time.
+  const std::string flags = "--epochs 4 --mlp 1024-1024 --checkpoint-every 1 --progress none";
+  const Result straight = run(small("straight", flags));
+  ASSERT_EQ(straight.code, 0) << straight.err;
+  std::mt19937 rng(std::random_device{}());
+  std::uniform_int_distribution<int> delay_ms(300, 2000);
+  std::string log;  // what happened, for the failure message
+  int kills = 0, mid_write = 0, code = -1;
+  const fs::path exp = dir_ / "killed";
+  for (int attempt = 0; attempt < 60 && code != 0; ++attempt) {
+    const std::string cmd = std::string(VICREG_CLI) + " " + small("killed", flags) + " 2>>" +
+                            (dir_ / "killed.err").string();
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    const int ms = delay_ms(rng);
+    int status = 0;
+    bool exited = false;
+    for (int waited = 0; waited < ms && !exited; waited += 5) {
+      exited = waitpid(pid, &status, WNOHANG) == pid;
+      if (!exited) usleep(5000);
+    }
+    if (exited) {
+      code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      log += " exit " + std::to_string(code);
+      ASSERT_EQ(code, 0) << log << "\n" << slurp(dir_ / "killed.err");
+      break;
+    }
+    ASSERT_EQ(kill(pid, SIGKILL), 0);
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    ++kills;
+    bool temporary = false;  // killed while writing a file
+    if (fs::exists(exp)) {
+      for (const auto& e : fs::directory_iterator(exp)) {
+        temporary = temporary || e.path().filename().string().rfind(".checkpoint.pt.", 0) == 0;
+      }
+    }
+    mid_write += temporary ? 1 : 0;
+    log += " kill@" + std::to_string(ms) + "ms" + (temporary ? "(mid-write)" : "");
+  }
+  ASSERT_EQ(code, 0) << "never finished:" << log;
+  std::printf("killed %d times (%d while writing a checkpoint):%s\n", kills, mid_write,
+              log.c_str());
+  EXPECT_GE(kills, 1) << log;
+  const vicreg::Backbone a = vicreg::read_backbone((dir_ / "straight" / "backbone.pt").string());
+  const vicreg::Backbone b = vicreg::read_backbone((exp / "backbone.pt").string());
+  const auto pa = a.encoder->named_parameters(), pb = b.encoder->named_parameters();
+  ASSERT_EQ(pa.size(), pb.size());
+  for (const auto& p : pa) EXPECT_TRUE(torch::equal(p.value(), pb[p.key()])) << p.key() << log;
+  const auto ba = a.encoder->named_buffers(), bb = b.encoder->named_buffers();
+  for (const auto& p : ba) EXPECT_TRUE(torch::equal(p.value(), bb[p.key()])) << p.key() << log;
+  // Every step logged once, in order, however often it was killed.
+  std::ifstream metrics(exp / "metrics.jsonl");
+  std::string line;
+  int64_t last = 0;
+  while (std::getline(metrics, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (!j.contains("loss")) continue;
+    EXPECT_GT(j["step"].get<int64_t>(), last) << line;
+    last = j["step"].get<int64_t>();
+  }
+  EXPECT_EQ(last, 24);
+  // The finished run, run again: nothing to do, exit 0, its files untouched.
+  const auto written = fs::last_write_time(exp / "backbone.pt");
+  const Result again = run(small("killed", flags));
+  EXPECT_EQ(again.code, 0) << again.err;
+  EXPECT_NE(again.err.find("already at step 24 of 24, finished: nothing to do"), std::string::npos)
+      << again.err;
+  EXPECT_EQ(fs::last_write_time(exp / "backbone.pt"), written);
 }
 
 TEST_F(CliTrain, RejectsBadInput) {

@@ -31,6 +31,38 @@ TEST(Models, ResNetParameterCountsMatchTorchvisionWithoutFc) {
   EXPECT_THROW(vicreg::ResNetImpl(vicreg::ResNetOptions().depth(77)), vicreg::UsageError);
 }
 
+TEST(Models, ParameterCountsWithoutBuildingMatchTheBuiltModels) {
+  // encoder_parameter_count checks stored settings against a file before building anything: it
+  // must count what make_encoder builds, for every kind of encoder.
+  struct Case {
+    vicreg::Arch arch;
+    int64_t in_channels, image_size, in_features;
+  };
+  using A = vicreg::Arch;
+  for (const Case k :
+       {Case{A::ConvNet, 1, 28, 0}, Case{A::ConvNet, 3, 32, 0}, Case{A::Mlp, 0, 0, 37},
+        Case{A::ResNet18, 3, 32, 0}, Case{A::ResNet18, 1, 224, 0}, Case{A::ResNet34, 3, 224, 0},
+        Case{A::ResNet50, 3, 224, 0}, Case{A::ResNet50, 2, 32, 0}, Case{A::ResNet101, 3, 224, 0},
+        Case{A::ResNet50x2, 3, 224, 0}}) {
+    vicreg::EncoderConfig c;
+    c.arch = k.arch;
+    c.in_channels = k.in_channels;
+    c.image_size = k.image_size;
+    c.in_features = k.in_features;
+    c.width = 12;
+    c.stages = 3;
+    c.encoder_mlp = "16-24";
+    const vicreg::Encoder e = vicreg::make_encoder(c);
+    EXPECT_EQ(vicreg::encoder_parameter_count(c), static_cast<double>(vicreg::count_parameters(*e)))
+        << vicreg::to_string(k.arch) << " " << k.in_channels << "x" << k.image_size;
+  }
+  // Absurd settings are counted, not built (nor overflowed).
+  vicreg::EncoderConfig huge;
+  huge.width = int64_t{1} << 40;
+  huge.stages = 8;
+  EXPECT_GT(vicreg::encoder_parameter_count(huge), 1e29);
+}
+
 TEST(Models, WideResNetsWidenEveryWidth) {
   // The official resnet50x2: stem, blocks and output all twice as wide (4096-d), unlike
   // torchvision's wide_resnet50_2 (2048-d). Its full shape check against the reference

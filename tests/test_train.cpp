@@ -1,9 +1,12 @@
 // The training loop on a small synthetic data set: the loss falls, a stopped and resumed run
-// ends with the same parameters as an uninterrupted one, checkpoints and the backbone file, the
-// config file, and divergence.
+// ends with the same parameters as an uninterrupted one, checkpoints (between epochs, the
+// previous one kept, checksums, damage) and the backbone file, the config file, and divergence.
 #include "vicreg/run/trainer.h"
 
 #include "vicreg/data.h"
+#include "vicreg/error.h"
+#include "vicreg/io/safetensors.h"
+#include "vicreg/io/state_dict.h"
 #include "vicreg/loader.h"
 
 #include "support/synthetic_data.h"
@@ -16,8 +19,10 @@
 #include <opencv2/imgcodecs.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 namespace {
 
@@ -532,3 +537,172 @@ TEST_F(Train, LossScalerStateIsCheckpointedAndLogged) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Bounded loss of work: checkpoints between epochs, the previous one kept, damage detected
+
+namespace {
+
+int64_t checkpoint_step(const fs::path& path) {
+  torch::serialize::InputArchive archive;
+  vicreg::load_archive(archive, path.string(), "checkpoint");
+  c10::IValue v;
+  archive.read("step", v);
+  return v.toInt();
+}
+
+std::string slurp_bytes(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
+void flip_byte(const fs::path& p, size_t at) {
+  std::string bytes = slurp_bytes(p);
+  bytes.at(at) = static_cast<char>(bytes.at(at) ^ 0x5a);
+  std::ofstream(p, std::ios::binary | std::ios::trunc) << bytes;
+}
+
+}  // namespace
+
+TEST_F(Train, CheckpointsEveryNStepsKeepThePreviousOneAndCarryAChecksum) {
+  auto c = small("every");
+  c.runtime.checkpoint_every = 2;
+  c.runtime.max_steps = 5;
+  const fs::path d = c.runtime.exp_dir;
+  fs::create_directories(d);
+  // What a process killed while writing leaves behind goes; other files stay.
+  std::ofstream(d / ".checkpoint.pt.Ab3xYz") << "partial";
+  std::ofstream(d / "notes.txt") << "mine";
+  vicreg::Trainer(c).run({vicreg::ProgressStyle::None});
+  EXPECT_FALSE(fs::exists(d / ".checkpoint.pt.Ab3xYz"));
+  EXPECT_TRUE(fs::exists(d / "notes.txt"));
+  // Steps 2 and 4 (--checkpoint-every), 5 (the stop): the latest and the one before.
+  EXPECT_EQ(checkpoint_step(d / "checkpoint.pt"), 5);
+  EXPECT_EQ(checkpoint_step(d / "checkpoint.prev.pt"), 4);
+  EXPECT_EQ(vicreg::verify_checksum(slurp_bytes(d / "checkpoint.pt")),
+            vicreg::ArchiveChecksum::Good);
+  EXPECT_EQ(vicreg::verify_checksum(slurp_bytes(d / "backbone.pt")), vicreg::ArchiveChecksum::Good);
+
+  // --checkpoint-minutes: a checkpoint after every step once that much time has passed.
+  auto m = small("minutes");
+  m.runtime.checkpoint_minutes = 1e-9;
+  m.runtime.max_steps = 3;
+  vicreg::Trainer(m).run({vicreg::ProgressStyle::None});
+  EXPECT_EQ(checkpoint_step(fs::path(m.runtime.exp_dir) / "checkpoint.prev.pt"), 2);
+  // Off: only the stop's.
+  auto off = small("off");
+  off.runtime.checkpoint_minutes = 0;
+  off.runtime.max_steps = 3;
+  vicreg::Trainer(off).run({vicreg::ProgressStyle::None});
+  EXPECT_FALSE(fs::exists(fs::path(off.runtime.exp_dir) / "checkpoint.prev.pt"));
+  off.runtime.checkpoint_minutes = -1;
+  EXPECT_THROW(vicreg::Trainer{off}, vicreg::UsageError);
+}
+
+TEST_F(Train, ADamagedCheckpointIsDetectedAndTheRunGoesOnFromThePreviousOne) {
+  auto c = small("damaged");
+  c.runtime.checkpoint_every = 1;
+  c.runtime.max_steps = 4;
+  const fs::path d = c.runtime.exp_dir;
+  vicreg::Trainer(c).run({vicreg::ProgressStyle::None});
+  const std::string good = slurp_bytes(d / "checkpoint.pt");
+  // One byte changed in the middle (the tensors' data): the checksum tells.
+  flip_byte(d / "checkpoint.pt", good.size() / 2);
+  EXPECT_EQ(vicreg::verify_checksum(slurp_bytes(d / "checkpoint.pt")),
+            vicreg::ArchiveChecksum::Bad);
+  try {
+    vicreg::read_checkpoint_config((d / "checkpoint.pt").string());
+    ADD_FAILURE() << "a damaged checkpoint was read";
+  } catch (const vicreg::FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("is damaged"), std::string::npos) << e.what();
+  }
+  // Resuming goes back to the previous checkpoint, says so, and keeps the damaged file.
+  auto again = c;
+  again.runtime.max_steps = 6;
+  ::testing::internal::CaptureStderr();
+  {
+    vicreg::Trainer t(again);
+    const std::string err = ::testing::internal::GetCapturedStderr();
+    EXPECT_EQ(t.step(), 3);
+    EXPECT_NE(err.find("resuming from the previous checkpoint"), std::string::npos) << err;
+    EXPECT_TRUE(fs::exists(d / "checkpoint.pt.damaged"));
+    EXPECT_FALSE(fs::exists(d / "checkpoint.pt"));
+    // While it holds the directory, a second trainer is refused before it reads anything.
+    EXPECT_THROW(vicreg::Trainer{again}, vicreg::UsageError);
+    EXPECT_EQ(t.run({vicreg::ProgressStyle::None}).step, 6);
+  }
+  EXPECT_EQ(checkpoint_step(d / "checkpoint.pt"), 6);
+  EXPECT_EQ(checkpoint_step(d / "checkpoint.prev.pt"), 5);
+  // Truncated latest and damaged previous: an error that names both, nothing renamed.
+  fs::resize_file(d / "checkpoint.pt", fs::file_size(d / "checkpoint.pt") / 3);
+  flip_byte(d / "checkpoint.prev.pt", fs::file_size(d / "checkpoint.prev.pt") / 2);
+  try {
+    vicreg::Trainer t(again);
+    ADD_FAILURE() << "resumed from damaged checkpoints";
+  } catch (const vicreg::FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("the previous checkpoint is damaged too"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_TRUE(fs::exists(d / "checkpoint.pt"));
+  // A checksum can only be added to a zip archive with an empty comment, and files without one
+  // (vicreg 0.1's) read as before.
+  std::string not_zip = "hello";
+  EXPECT_THROW(vicreg::add_checksum(not_zip), vicreg::FormatError);
+  EXPECT_EQ(vicreg::verify_checksum(not_zip), vicreg::ArchiveChecksum::Absent);
+  std::string zip = good.substr(0, good.size() - 21);  // the checksum's comment taken off
+  zip[zip.size() - 2] = 0;
+  EXPECT_EQ(vicreg::verify_checksum(zip), vicreg::ArchiveChecksum::Absent);
+  std::ofstream(dir_ / "old.pt", std::ios::binary) << zip;
+  EXPECT_NO_THROW(vicreg::read_checkpoint_config((dir_ / "old.pt").string()));
+  vicreg::add_checksum(zip);
+  EXPECT_EQ(zip, good);
+}
+
+TEST_F(Train, StoredSettingsMustFitTheWeightsTheFileHolds) {
+  // A backbone whose stored settings ask for a model far larger than the file: refused before
+  // any memory goes to it (was: a 4,000-wide convnet built, 4 GB and 9 s, from a small file).
+  auto c = small("plausible");
+  c.runtime.max_steps = 1;
+  vicreg::Trainer(c).run({vicreg::ProgressStyle::None});
+  const auto good = vicreg::read_backbone((fs::path(c.runtime.exp_dir) / "backbone.pt").string());
+  struct Case {
+    int64_t width, in_channels;
+  };
+  for (const Case k : {Case{4000, 1}, Case{8, 20000000}}) {
+    torch::serialize::OutputArchive out, weights;
+    good.encoder->save(weights);
+    auto big = c;
+    big.model.width = k.width;
+    out.write("backbone", weights);
+    out.write("config", c10::IValue(vicreg::to_json(big).dump()));
+    out.write("in_channels", c10::IValue(k.in_channels));
+    out.write("image_size", c10::IValue(int64_t{16}));
+    out.write("in_features", c10::IValue(int64_t{0}));
+    const std::string path = (dir_ / "big.pt").string();
+    vicreg::save_archive(out, path);
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      vicreg::read_backbone(path);
+      ADD_FAILURE() << "expected an error";
+    } catch (const vicreg::FormatError& e) {
+      EXPECT_NE(std::string(e.what()).find("parameters, but the file holds at most"),
+                std::string::npos)
+          << e.what();
+    }
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0);
+  }
+  // The same for exported safetensors, whose metadata carries the settings.
+  const std::string exported = (dir_ / "b.safetensors").string();
+  vicreg::export_backbone(good, exported);
+  vicreg::WeightsFile file = vicreg::read_weights(exported);
+  auto big = good.config;
+  big.model.width = 4000;
+  file.metadata["vicreg.config"] = vicreg::to_json(big).dump();
+  vicreg::write_safetensors(exported, file.tensors, file.metadata);
+  EXPECT_THROW(vicreg::read_backbone(exported), vicreg::FormatError);
+  file.metadata["vicreg.config"] = vicreg::to_json(good.config).dump();
+  file.metadata["vicreg.in_channels"] = "-3";
+  vicreg::write_safetensors(exported, file.tensors, file.metadata);
+  EXPECT_THROW(vicreg::read_backbone(exported), vicreg::FormatError);
+}

@@ -256,6 +256,11 @@ struct EncoderConfig {
 /// can halve, mlp without features).
 Encoder make_encoder(const EncoderConfig& config);
 
+/// The parameters (weights and biases, not buffers) of make_encoder(config), counted without
+/// building it, so that settings read from a file can be checked against the weights the file
+/// holds before any memory goes to them.
+double encoder_parameter_count(const EncoderConfig& config);
+
 /// Representations and embeddings of both views.
 struct VICRegOutput {
   torch::Tensor y_a, y_b;  ///< [N, backbone output_dim]

@@ -178,6 +178,14 @@ DirectoryLock::DirectoryLock(const std::string& dir, const std::string& what) {
     const ssize_t n = ::pread(fd_, buf, sizeof buf - 1, 0);
     ::close(fd_);
     fd_ = -1;
+    if (err == ENOLCK || err == EOPNOTSUPP || err == ENOSYS) {
+      // Some network filesystems have no flock: run unlocked rather than not at all.
+      std::fprintf(stderr,
+                   "vicreg: warning: cannot lock %s '%s' (%s): this filesystem has no file "
+                   "locks, so a second process on the same directory would not be refused\n",
+                   what.c_str(), dir.c_str(), std::strerror(err));
+      return;
+    }
     if (err != EWOULDBLOCK) {
       throw FormatError("cannot lock " + what + " '" + dir + "': " + std::strerror(err));
     }
@@ -190,6 +198,23 @@ DirectoryLock::DirectoryLock(const std::string& dir, const std::string& what) {
   // Best effort: without the PID the lock still holds; only a second process's message lacks it.
   const bool written = ::ftruncate(fd_, 0) == 0 && ::pwrite(fd_, pid.data(), pid.size(), 0) > 0;
   static_cast<void>(written);
+}
+
+int remove_stale_temporaries(const std::string& dir, const std::vector<std::string>& names) {
+  // write_file_atomically's temporaries: "." + the file's name + "." + 6 characters of mkstemp.
+  int removed = 0;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string file = entry.path().filename().string();
+    for (const std::string& name : names) {
+      if (file.size() == name.size() + 8 && file[0] == '.' &&
+          file.compare(1, name.size(), name) == 0 && file[name.size() + 1] == '.' &&
+          entry.is_regular_file(ec) && fs::remove(entry.path(), ec)) {
+        ++removed;
+      }
+    }
+  }
+  return removed;
 }
 
 DirectoryLock::~DirectoryLock() {

@@ -8,9 +8,15 @@
 #include <caffe2/serialize/inline_container.h>
 #include <torch/serialize.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <sstream>
+#include <string_view>
+
+#include <zlib.h>
 
 namespace vicreg {
 
@@ -23,14 +29,68 @@ std::string ExperimentDir::checkpoint() const {
 }
 std::string ExperimentDir::backbone() const { return (fs::path(root) / "backbone.pt").string(); }
 
+namespace {
+
+// The checksum of an archive: CRC-32 of every byte before it, in the zip's end-of-central-
+// directory comment (which zip readers, LibTorch's and Python's included, skip).
+constexpr std::string_view kChecksumTag = "vicreg crc32 ";
+constexpr size_t kChecksumComment = 13 + 8;  // the tag and 8 hex digits
+constexpr size_t kEndOfCentralDirectory = 22;
+
+uint32_t crc32_of(std::string_view bytes) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  while (!bytes.empty()) {
+    const auto n = static_cast<uInt>(std::min<size_t>(bytes.size(), 1u << 30));
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(bytes.data()), n);
+    bytes.remove_prefix(n);
+  }
+  return static_cast<uint32_t>(crc);
+}
+
+std::string hex8(uint32_t v) {
+  char buf[9];
+  std::snprintf(buf, sizeof buf, "%08x", v);
+  return buf;
+}
+
+}  // namespace
+
+void add_checksum(std::string& zip) {
+  const size_t n = zip.size();
+  if (n < kEndOfCentralDirectory ||
+      zip.compare(n - kEndOfCentralDirectory, 4, std::string_view("PK\x05\x06", 4)) != 0 ||
+      zip[n - 2] != 0 || zip[n - 1] != 0) {
+    throw FormatError("cannot add a checksum: not a zip archive ending in an empty comment");
+  }
+  zip[n - 2] = static_cast<char>(kChecksumComment);
+  zip += kChecksumTag;
+  zip += hex8(crc32_of(std::string_view(zip).substr(0, n)));
+}
+
+ArchiveChecksum verify_checksum(std::string_view bytes) {
+  const size_t n = bytes.size();
+  if (n < kEndOfCentralDirectory + kChecksumComment) return ArchiveChecksum::Absent;
+  const size_t end = n - kChecksumComment;  // where the comment starts
+  const std::string_view comment = bytes.substr(end);
+  if (comment.substr(0, kChecksumTag.size()) != kChecksumTag ||
+      bytes.compare(end - kEndOfCentralDirectory, 4, std::string_view("PK\x05\x06", 4)) != 0) {
+    return ArchiveChecksum::Absent;
+  }
+  return comment.substr(kChecksumTag.size()) == hex8(crc32_of(bytes.substr(0, end)))
+             ? ArchiveChecksum::Good
+             : ArchiveChecksum::Bad;
+}
+
 void save_archive(torch::serialize::OutputArchive& archive, const std::string& path) {
   // Serialised in memory, then written by the one atomic writer: LibTorch's file writer throws
   // from its destructor when the disk fills up (std::terminate, exit 134, a temporary left
   // behind); ours reports the error, removes the temporary and leaves the previous file intact.
-  std::ostringstream bytes;
-  archive.save_to(bytes);
+  std::ostringstream stream;
+  archive.save_to(stream);
+  std::string bytes = std::move(stream).str();
+  add_checksum(bytes);
   try {
-    write_file_atomically(path, bytes.str());
+    write_file_atomically(path, bytes);
   } catch (const FormatError& e) {
     throw FormatError(std::string(e.what()) + "; the previous '" +
                       fs::path(path).filename().string() + "', if any, is intact");
@@ -39,12 +99,20 @@ void save_archive(torch::serialize::OutputArchive& archive, const std::string& p
 
 void load_archive(torch::serialize::InputArchive& archive, const std::string& path,
                   const std::string& what) {
-  if (!fs::is_regular_file(path)) throw FormatError(what + " '" + path + "': no such file");
+  const std::string bytes = read_file(path, what, std::numeric_limits<uint64_t>::max());
+  if (verify_checksum(bytes) == ArchiveChecksum::Bad) {
+    throw FormatError(what + " '" + path +
+                      "' is damaged: its contents do not match the checksum written with it (a "
+                      "disk error, or a copy cut short)");
+  }
   try {
-    archive.load_from(path);
+    archive.load_from(bytes.data(), bytes.size());
   } catch (const c10::Error& e) {
     throw FormatError(what + " '" + path + "' cannot be read (truncated or not a vicreg file): " +
                       e.what_without_backtrace());
+  } catch (const std::exception& e) {  // TorchScript's ErrorReport and the like
+    throw FormatError(what + " '" + path +
+                      "' cannot be read (truncated or not a vicreg file): " + e.what());
   }
 }
 
@@ -125,6 +193,71 @@ void load_module_checked(torch::nn::Module& module, torch::serialize::InputArchi
   load_checked(module, archive, "");
 }
 
+std::string previous_checkpoint(const std::string& path) {
+  fs::path p(path);
+  const std::string stem = p.stem().string(), ext = p.extension().string();
+  return (p.parent_path() / (stem + ".prev" + ext)).string();
+}
+
+namespace {
+
+/// Makes `path` (when there is one) the previous checkpoint: a hard link (a copy where the
+/// filesystem has none) under the previous one's name, put in place by rename, so that each of
+/// the two names always holds a whole checkpoint.
+void keep_as_previous(const std::string& path) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) return;
+  const std::string previous = previous_checkpoint(path);
+  const std::string link = previous + ".link";
+  fs::remove(link, ec);
+  fs::create_hard_link(path, link, ec);
+  if (ec) fs::copy_file(path, link, fs::copy_options::overwrite_existing, ec);
+  if (!ec) fs::rename(link, previous, ec);
+  if (ec) {
+    fs::remove(link);
+    throw FormatError("cannot keep '" + path + "' as '" + previous +
+                      "' before writing the next "
+                      "checkpoint: " +
+                      ec.message() + " (is the disk full?); '" + path + "' is intact");
+  }
+}
+
+}  // namespace
+
+std::string recover_checkpoint(const std::string& path, std::string* warning) {
+  std::error_code ec;
+  const std::string previous = previous_checkpoint(path);
+  std::string why;
+  if (fs::exists(path, ec)) {
+    try {
+      read_checkpoint_config(path);
+      return path;
+    } catch (const FormatError& e) {
+      why = e.what();
+    }
+  }
+  if (!fs::exists(previous, ec)) {
+    if (why.empty()) return "";  // a new run
+    throw FormatError(why + "; there is no previous checkpoint (" +
+                      fs::path(previous).filename().string() +
+                      ") to go back to: remove it to start over, or give another --exp-dir");
+  }
+  try {
+    read_checkpoint_config(previous);
+  } catch (const FormatError& e) {
+    throw FormatError((why.empty() ? "" : why + "; ") +
+                      "the previous checkpoint is damaged too: " + e.what());
+  }
+  std::string note = "resuming from the previous checkpoint '" + previous + "'";
+  if (!why.empty()) {
+    const std::string damaged = path + ".damaged";
+    fs::rename(path, damaged, ec);
+    note = why + "; " + note + (ec ? "" : " (the damaged one is kept as '" + damaged + "')");
+  }
+  if (warning != nullptr) *warning = note;
+  return previous;
+}
+
 void write_checkpoint(const std::string& path, const torch::nn::Module& model,
                       const torch::optim::Optimizer& optimizer, const CheckpointState& state) {
   torch::serialize::OutputArchive archive, model_archive, optimizer_archive;
@@ -144,6 +277,7 @@ void write_checkpoint(const std::string& path, const torch::nn::Module& model,
     archive.write("loss_scaler", state.loss_scaler);
     archive.write("skipped_in_a_row", c10::IValue(state.skipped_in_a_row));
   }
+  keep_as_previous(path);
   save_archive(archive, path);
 }
 
@@ -213,6 +347,36 @@ int64_t metadata_int(const std::map<std::string, std::string>& m, const std::str
   }
 }
 
+/// The encoder `config` stored in `path` asks for, once it is plausible: a model cannot have more
+/// parameters than the file holds values (`values`), and a file's settings are checked so before
+/// any memory goes to them (a few hundred bytes could otherwise ask for a model of gigabytes).
+EncoderConfig plausible_encoder(const TrainConfig& config, int64_t in_channels, int64_t image_size,
+                                int64_t in_features, double values, const std::string& what) {
+  if (in_channels < 0 || image_size < 0 || in_features < 0) {
+    throw FormatError(what + " stores a negative input shape (channels " +
+                      std::to_string(in_channels) + ", image size " + std::to_string(image_size) +
+                      ", features " + std::to_string(in_features) + "): damaged");
+  }
+  const EncoderConfig ec =
+      config.encoder_config(config.model.arch, in_channels, image_size, in_features);
+  const double parameters = encoder_parameter_count(ec);
+  if (!(parameters <= values)) {
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "%.4g parameters, but the file holds at most %.4g values",
+                  parameters, values);
+    throw FormatError(what + " describes a " + to_string(ec.arch) + " encoder of " + buf +
+                      ": its settings are damaged or not vicreg's");
+  }
+  return ec;
+}
+
+/// The most values a LibTorch archive of `path` can hold (2 bytes each: bf16, the smallest).
+double archive_values(const std::string& path) {
+  std::error_code ec;
+  const auto size = fs::file_size(path, ec);
+  return ec ? 0.0 : static_cast<double>(size) / 2;
+}
+
 /// The backbone of a safetensors or torch.save file.
 Backbone backbone_from_weights(const std::string& path) {
   WeightsFile file;
@@ -235,7 +399,10 @@ Backbone backbone_from_weights(const std::string& path) {
     } catch (const std::exception& e) {
       throw FormatError("backbone '" + path + "' has broken vicreg metadata: " + e.what());
     }
-    ec = b.config.encoder_config(b.config.model.arch, b.in_channels, b.image_size, b.in_features);
+    double values = 0;
+    for (const auto& [name, t] : file.tensors) values += static_cast<double>(t.numel());
+    ec = plausible_encoder(b.config, b.in_channels, b.image_size, b.in_features, values,
+                           "backbone '" + path + "'");
   } else {
     ec = infer_encoder_config(file.tensors, "backbone '" + path + "'");
     b.config.model.arch = ec.arch;
@@ -264,8 +431,8 @@ Backbone read_backbone(const std::string& path) {
     b.in_channels = read_int(archive, "in_channels");
     b.image_size = read_int(archive, "image_size");
     b.in_features = read_int(archive, "in_features");
-    b.encoder = make_encoder(
-        b.config.encoder_config(b.config.model.arch, b.in_channels, b.image_size, b.in_features));
+    b.encoder = make_encoder(plausible_encoder(b.config, b.in_channels, b.image_size, b.in_features,
+                                               archive_values(path), "the file"));
     torch::serialize::InputArchive weights;
     archive.read("backbone", weights);
     load_module_checked(*b.encoder, weights);
@@ -294,8 +461,8 @@ Backbone read_checkpoint_backbone(const std::string& path) {
     b.in_channels = read_int(archive, "in_channels");
     b.image_size = read_int(archive, "image_size");
     b.in_features = read_int(archive, "in_features");
-    b.encoder = make_encoder(
-        b.config.encoder_config(b.config.model.arch, b.in_channels, b.image_size, b.in_features));
+    b.encoder = make_encoder(plausible_encoder(b.config, b.in_channels, b.image_size, b.in_features,
+                                               archive_values(path), "the file"));
     torch::serialize::InputArchive model_archive, weights;
     archive.read("model", model_archive);
     model_archive.read("backbone", weights);
@@ -421,7 +588,11 @@ TrainedModel read_model(const std::string& checkpoint, const Dataset& data) {
   load_archive(archive, checkpoint, "checkpoint");
   m.config = checkpoint_config(archive, checkpoint);  // one read of the file for both
   try {
-    m.model = VICReg(m.config.model_config(data));
+    const VICRegModelConfig mc = m.config.model_config(data);
+    const double values = archive_values(checkpoint);
+    plausible_encoder(m.config, data.channels, mc.encoder.image_size, data.features(), values,
+                      "the file");
+    m.model = VICReg(mc);
     torch::serialize::InputArchive model_archive;
     archive.read("model", model_archive);
     load_module_checked(*m.model, model_archive);

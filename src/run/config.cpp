@@ -93,6 +93,9 @@ void TrainConfig::validate() const {
   check(!runtime.exp_dir.empty(), "--exp-dir must not be empty");
   check(runtime.log_every >= 1, "--log-every must be at least 1");
   check(runtime.max_steps >= 0, "--max-steps must be >= 0");
+  check(runtime.checkpoint_every >= 0, "--checkpoint-every must be >= 0 (0: off)");
+  check(std::isfinite(runtime.checkpoint_minutes) && runtime.checkpoint_minutes >= 0,
+        "--checkpoint-minutes must be a number >= 0 (0: off)");
   check(runtime.eval_every >= 0, "--eval-every must be >= 0 (0: never)");
   check(runtime.eval_bank >= 0, "--eval-bank must be >= 0 (0: the whole training split)");
   check(runtime.max_skipped_steps >= 1, "--max-skipped-steps must be at least 1");

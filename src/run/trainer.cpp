@@ -94,8 +94,18 @@ void Trainer::choose_numerics() {
 }
 
 void Trainer::resume_config(const std::string& resume) {
-  const std::string checkpoint = ExperimentDir{config_.runtime.exp_dir}.checkpoint();
-  resume_ = resume.empty() && fs::exists(checkpoint) ? checkpoint : resume;
+  const ExperimentDir dir{config_.runtime.exp_dir};
+  resume_ = resume;
+  if (resume_.empty() && fs::is_directory(dir.root)) {
+    // A run goes on from its own directory: hold it before reading the checkpoint (and going back
+    // to the previous one when the latest is damaged, which renames it).
+    if (is_main()) lock_.emplace(dir.root, "experiment directory");
+    std::string warning;
+    resume_ = recover_checkpoint(dir.checkpoint(), &warning);
+    if (!warning.empty() && is_main()) {
+      std::fprintf(stderr, "vicreg train: warning: %s\n", warning.c_str());
+    }
+  }
   if (resume_.empty()) return;
   // The checkpoint decides what shapes the run; the command line where and how it runs
   // (config_for_resume: by section).
@@ -370,17 +380,19 @@ nlohmann::json Trainer::knn_probe() {
 
 TrainResult Trainer::run(const TrainHooks& hooks) {
   const ExperimentDir dir{config_.runtime.exp_dir};
-  std::unique_ptr<MetricsLog> metrics;  // rank 0 alone writes files
-  std::optional<DirectoryLock> lock;    // and holds the directory: one run per directory
+  std::unique_ptr<MetricsLog> metrics;  // rank 0 alone writes files, holding the directory
+  const int64_t total = schedule_.total_steps, stop_at = stop_step(), start_step = step_;
   if (is_main()) {
     fs::create_directories(dir.root);
-    lock.emplace(dir.root, "experiment directory");
-    write_file_atomically(dir.config(), to_json(config_).dump(2) + "\n");
+    if (!lock_) lock_.emplace(dir.root, "experiment directory");
+    remove_stale_temporaries(dir.root,
+                             {"config.json", "metrics.jsonl", "checkpoint.pt", "backbone.pt"});
+    // A finished run is left as it is (nothing to do: the caller says so).
+    if (start_step < stop_at) write_file_atomically(dir.config(), to_json(config_).dump(2) + "\n");
     metrics = std::make_unique<MetricsLog>(dir.metrics(), step_);
   }
   const ProgressReporter progress(hooks.progress, is_main());
   const int64_t per_epoch = loader_->batches_per_epoch();
-  const int64_t total = schedule_.total_steps, stop_at = stop_step(), start_step = step_;
   progress.note(
       "vicreg train: " + to_string(config_.data.dataset) + ", " + std::to_string(data_->size()) +
       " samples (" + data_->source + "), " + std::to_string(per_epoch) + " steps/epoch, " +
@@ -403,7 +415,9 @@ TrainResult Trainer::run(const TrainHooks& hooks) {
   model_->train();
   loader_->start(step_);
   const auto t0 = std::chrono::steady_clock::now();
-  auto t_interval = t0;
+  auto t_interval = t0, t_checkpoint = t0;
+  const int64_t checkpoint_every = config_.runtime.checkpoint_every;
+  const double checkpoint_seconds = 60.0 * config_.runtime.checkpoint_minutes;
   IntervalStats interval;
   double wait_at_interval = 0.0;
 
@@ -446,11 +460,17 @@ TrainResult Trainer::run(const TrainHooks& hooks) {
       metrics->write(probe);
       progress.probe(probe, per_epoch);
     }
-    if (epoch_end || stop || step_ == stop_at) {
+    // Rank 0 alone writes (and times) checkpoints; the others go on to the next step's
+    // collectives, where they wait for it.
+    if (epoch_end || stop || step_ == stop_at ||
+        (checkpoint_every > 0 && step_ % checkpoint_every == 0) ||
+        (is_main() && checkpoint_seconds > 0 &&
+         seconds_since(t_checkpoint) >= checkpoint_seconds)) {
       const double session = seconds_since(t0);
       elapsed_before_ += session;
       if (is_main()) save_checkpoint();
       elapsed_before_ -= session;  // keep counting this session from t0
+      t_checkpoint = std::chrono::steady_clock::now();
     }
     if (stop) {
       result.stopped = result.stop_requested = true;
@@ -468,7 +488,9 @@ TrainResult Trainer::run(const TrainHooks& hooks) {
   result.data_wait_fraction = loader_->wait_seconds() / std::max(session, 1e-9);
   result.images_per_second =
       2.0 * config_.optim.batch_size * (step_ - start_step) / std::max(session, 1e-9);
-  if (is_main()) write_backbone(backbone(), dir.backbone());
+  if (is_main() && (result.session_steps > 0 || !fs::exists(dir.backbone()))) {
+    write_backbone(backbone(), dir.backbone());
+  }
   return result;
 }
 

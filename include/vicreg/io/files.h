@@ -8,6 +8,7 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace vicreg {
 
@@ -35,7 +36,8 @@ std::string read_file_head(const std::string& path, const std::string& what, siz
 /// An exclusive lock on a directory (flock on DIR/.lock, which holds the owner's PID), held
 /// while the object lives and released by the kernel when the process dies (kill -9 included).
 /// Throws UsageError naming the holder's PID when another process holds it, FormatError when the
-/// lock file cannot be made.
+/// lock file cannot be made. On a filesystem without locks (ENOLCK: some NFS mounts) it warns on
+/// stderr and holds nothing.
 class DirectoryLock {
  public:
   DirectoryLock(const std::string& dir, const std::string& what);
@@ -46,6 +48,11 @@ class DirectoryLock {
  private:
   int fd_ = -1;
 };
+
+/// Removes what write_file_atomically leaves in `dir` of a process killed while writing one of
+/// the files `names` (".NAME.XXXXXX"); returns how many. Only for a directory whose lock this
+/// process holds.
+int remove_stale_temporaries(const std::string& dir, const std::vector<std::string>& names);
 
 /// How deep a JSON document read from a file may nest (objects and arrays).
 constexpr int kMaxJsonDepth = 1000;

@@ -4,11 +4,18 @@
 //   config.json     the fully resolved TrainConfig (readable again with --config)
 //   metrics.jsonl   one JSON object per log interval, and one per kNN probe
 //   checkpoint.pt   model, optimizer, step, epoch, RNG state, config, input shape; written
-//                   atomically (write_file_atomically) every epoch, at the end, and on a stop
+//                   atomically (write_file_atomically) every epoch, at the end, on a stop, and
+//                   every --checkpoint-every steps / --checkpoint-minutes
+//   checkpoint.prev.pt  the one before, kept until the next is whole: resume falls back to it
+//                   when checkpoint.pt is damaged (recover_checkpoint)
 //   backbone.pt     the final backbone alone with what is needed to rebuild it
 //
-// Checkpoints and backbones are LibTorch archives (torch::save); their config is stored as JSON,
-// so files written by vicreg 0.1 (flat config keys) read unchanged.
+// Checkpoints and backbones are LibTorch archives (torch::save) with a checksum (CRC-32 in the
+// zip's comment, verified on reading); their config is stored as JSON, so files written by
+// vicreg 0.1 (flat config keys, no checksum) read unchanged. LibTorch reads these archives with
+// its TorchScript loader: they are files a run wrote, to be trusted as such. Weights from
+// elsewhere belong in safetensors or torch.save state dicts, which vicreg's own restricted
+// readers take (io/safetensors.h, io/torch_pickle.h).
 #pragma once
 
 #include "vicreg/io/named_tensors.h"
@@ -21,6 +28,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 namespace vicreg {
 
@@ -33,13 +41,22 @@ struct ExperimentDir {
   std::string backbone() const;    ///< root/backbone.pt
 };
 
-/// Writes a LibTorch archive to `path` with write_file_atomically. Throws FormatError.
+/// Writes a LibTorch archive to `path` with write_file_atomically, its checksum added. Throws
+/// FormatError.
 void save_archive(torch::serialize::OutputArchive& archive, const std::string& path);
 
 /// Loads a LibTorch archive; `what` names the file in errors ("checkpoint", "backbone"). Throws
-/// FormatError when it is missing, truncated or not such an archive.
+/// FormatError when it is missing, truncated, damaged (its checksum does not match) or not such
+/// an archive.
 void load_archive(torch::serialize::InputArchive& archive, const std::string& path,
                   const std::string& what);
+
+/// The checksum of a zip archive's bytes: CRC-32 of everything before its end-of-central-
+/// directory comment, written there as "vicreg crc32 XXXXXXXX". add_checksum throws FormatError
+/// for bytes that are no zip archive with an empty comment.
+enum class ArchiveChecksum { Absent, Good, Bad };
+void add_checksum(std::string& zip);
+ArchiveChecksum verify_checksum(std::string_view bytes);
 
 /// Copies the parameters and buffers of `archive` into `module` by name, checking every shape
 /// (LibTorch 1.13's Module::load would take tensors of any shape). Throws FormatError naming the
@@ -61,7 +78,11 @@ struct CheckpointState {
   int64_t skipped_in_a_row = 0;
 };
 
-/// Writes checkpoint.pt atomically: `model`, `optimizer` and `state`.
+/// Where the checkpoint before `path` is kept: checkpoint.pt -> checkpoint.prev.pt.
+std::string previous_checkpoint(const std::string& path);
+
+/// Writes checkpoint.pt atomically: `model`, `optimizer` and `state`; the checkpoint it replaces
+/// becomes previous_checkpoint(path) first.
 void write_checkpoint(const std::string& path, const torch::nn::Module& model,
                       const torch::optim::Optimizer& optimizer, const CheckpointState& state);
 
@@ -70,6 +91,12 @@ void write_checkpoint(const std::string& path, const torch::nn::Module& model,
 /// not fit the model.
 CheckpointState read_checkpoint(const std::string& path, torch::nn::Module& model,
                                 torch::optim::Optimizer& optimizer);
+
+/// The checkpoint a run whose latest checkpoint is `path` resumes from: `path` when it reads;
+/// previous_checkpoint(path) when `path` is missing or damaged (then renamed to PATH.damaged, and
+/// `warning` says so); "" when there is neither. Throws FormatError when every one there is
+/// damaged. Call it holding the experiment directory's lock.
+std::string recover_checkpoint(const std::string& path, std::string* warning);
 
 /// Reads the config stored in a checkpoint.
 TrainConfig read_checkpoint_config(const std::string& path);

@@ -97,8 +97,12 @@ struct RuntimeConfig {
   int workers = 2;             ///< loader threads
   int prefetch = 6;            ///< batches prepared ahead
   std::string exp_dir = "runs/fashion-mnist";
-  int64_t log_every = 20;     ///< steps per metrics line
-  int64_t max_steps = 0;      ///< stop after this many steps in all (0: no limit)
+  int64_t log_every = 20;  ///< steps per metrics line
+  int64_t max_steps = 0;   ///< stop after this many steps in all (0: no limit)
+  /// Checkpoints besides those at epoch ends and at the end: every N steps (0: no), and after M
+  /// minutes of work since the last one (0: no), so that a kill -9 loses at most that much.
+  int64_t checkpoint_every = 0;
+  double checkpoint_minutes = 10;
   int64_t eval_every = 0;     ///< kNN probe on the test split every N epochs (0: never)
   int64_t eval_bank = 10000;  ///< training samples in the kNN bank (the first ones; 0: all)
   /// The forward passes' precision (precision.h); a run records the one auto chose.
@@ -261,6 +265,14 @@ void for_each_setting(Config& c, Visit&& visit) {
                 "Stop after this many optimizer steps in all (the schedule still follows "
                 "--epochs; 0: no limit)"},
         c.runtime.max_steps);
+  visit(Setting{S::Runtime, "checkpoint_every",
+                "Also write checkpoint.pt every N steps (0: only at epoch ends, at the end, on a "
+                "stop, and after --checkpoint-minutes)"},
+        c.runtime.checkpoint_every);
+  visit(Setting{S::Runtime, "checkpoint_minutes",
+                "Also write checkpoint.pt when this many minutes of training have passed since "
+                "the last one, so that a crash or kill -9 loses at most that much work (0: no)"},
+        c.runtime.checkpoint_minutes);
   visit(Setting{S::Runtime, "eval_every",
                 "kNN probe (k 20, T 0.07) on the test split every N epochs, logged to "
                 "metrics.jsonl (0: never)"},

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "vicreg/distributed.h"
+#include "vicreg/io/files.h"
 #include "vicreg/loader.h"
 #include "vicreg/loss.h"
 #include "vicreg/models.h"
@@ -79,7 +80,7 @@ class Trainer {
   /// skipped (StepStats::skipped). Throws DivergedError on a non-finite loss without loss scaling,
   /// or after max_skipped_steps skipped steps in a row with it.
   StepStats train_step(const TwoViewBatch& batch);
-  /// Writes checkpoint.pt atomically.
+  /// Writes checkpoint.pt atomically (the one before becomes checkpoint.prev.pt).
   void save_checkpoint() const;
 
  private:
@@ -110,6 +111,9 @@ class Trainer {
   void load_test_data();
   Backbone backbone() const;
 
+  /// Rank 0's hold on the experiment directory: from before the checkpoint is read (a resume),
+  /// else from the start of run(), to the end.
+  std::optional<DirectoryLock> lock_;
   std::set<std::string> warned_bad_;  ///< skipped files already reported (--skip-bad-images)
   TrainConfig config_;
   TrainConfig given_;  ///< the config as asked for (differs from config_ on resume)
