@@ -51,6 +51,17 @@ class Cli : public vicreg::testing::TempDirTest {
  protected:
   /// Runs `vicreg <args>` with one thread (tests run in parallel), capturing both streams.
   Result run(const std::string& args) { return shell(std::string(VICREG_CLI) + " " + args); }
+  /// Starts a shell command line in the background (exec'd by /bin/sh); returns its PID, -1 when
+  /// fork fails.
+  static pid_t spawn_shell(const std::string& command) {
+    const std::string cmd = "exec " + command;
+    const pid_t pid = fork();
+    if (pid == 0) {
+      execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    return pid;
+  }
   /// Runs a shell command line, capturing both streams.
   Result shell(const std::string& command) {
     const fs::path err = dir_ / "stderr.txt";
@@ -231,15 +242,10 @@ TEST_F(CliTrain, ConfigFileWithFlagOverrides) {
 }
 
 TEST_F(CliTrain, SigintSavesACheckpointAndTheRunResumes) {
-  const std::string cmd = std::string(VICREG_CLI) + " " +
-                          small("sig", "--epochs 200 --progress plain") + " 2>" +
-                          (dir_ / "sig.err").string();
-  const pid_t pid = fork();
+  const pid_t pid =
+      spawn_shell(std::string(VICREG_CLI) + " " + small("sig", "--epochs 200 --progress plain") +
+                  " 2>" + (dir_ / "sig.err").string());
   ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
   // Wait for the first metrics line, then interrupt.
   const fs::path metrics = dir_ / "sig" / "metrics.jsonl";
   int status = 0;
@@ -282,14 +288,9 @@ TEST_F(CliTrain, KilledAtRandomMomentsTheRunResumesToTheSameWeights) {
   int kills = 0, mid_write = 0, code = -1;
   const fs::path exp = dir_ / "killed";
   for (int attempt = 0; attempt < 60 && code != 0; ++attempt) {
-    const std::string cmd = std::string(VICREG_CLI) + " " + small("killed", flags) + " 2>>" +
-                            (dir_ / "killed.err").string();
-    const pid_t pid = fork();
+    const pid_t pid = spawn_shell(std::string(VICREG_CLI) + " " + small("killed", flags) + " 2>>" +
+                                  (dir_ / "killed.err").string());
     ASSERT_GE(pid, 0);
-    if (pid == 0) {
-      execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), static_cast<char*>(nullptr));
-      _exit(127);
-    }
     const int ms = delay_ms(rng);
     int status = 0;
     bool exited = false;
@@ -884,13 +885,7 @@ class CliDistributed : public CliTrain {
   /// Starts `command` (environment assignments first, as `env` takes them) in the background
   /// with stderr to `err`; returns its pid.
   static pid_t spawn(const std::string& command, const fs::path& err) {
-    const pid_t pid = fork();
-    if (pid == 0) {
-      const std::string cmd = "exec env " + command + " 2>" + err.string() + " >/dev/null";
-      execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    return pid;
+    return spawn_shell("env " + command + " 2>" + err.string() + " >/dev/null");
   }
   /// Waits for `pid` at most `seconds`; the exit code, or -1 (killed then) on a timeout.
   static int wait_for(pid_t pid, double seconds) {

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Writes the seed corpora of vicreg's fuzz targets (tests/fuzz/): small valid files of every
-format each target reads, one folder per target under OUT. The checkpoint and backbone seeds come
-from a tiny run of the vicreg CLI given as VICREG (train, then export).
+format each target reads, one folder per target under OUT. The seeds of stored settings (config,
+checkpoint) and exported backbones come from tiny runs of the vicreg CLI given as VICREG (train,
+then export).
 
     make_seeds.py OUT VICREG
 """
@@ -126,11 +127,17 @@ def main(out, cli):
             subprocess.run([cli, "export", "--checkpoint", os.path.join(exp, "checkpoint.pt"),
                             "--out", os.path.join(exp, "backbone.safetensors")],
                            check=True, stdout=subprocess.DEVNULL)
-            for target, file in (("checkpoint", "checkpoint.pt"), ("backbone", "backbone.pt"),
-                                 ("backbone", "backbone.safetensors"),
+            for target, file in (("backbone", "backbone.safetensors"),
                                  ("config", "config.json")):
                 with open(os.path.join(exp, file), "rb") as f:
                     put(out, target, f"{name}_{file}", f.read())
+            # fuzz_checkpoint is structure-aware: [kind][3 x int32 shape][config JSON]
+            with open(os.path.join(exp, "config.json"), "rb") as f:
+                config = f.read()
+            shape = (1, 8, 64) if name == "convnet" else (1, 0, 6)
+            for kind, what in ((0, "checkpoint"), (1, "backbone")):
+                put(out, "checkpoint", f"{name}_{what}",
+                    bytes([kind]) + struct.pack("<3i", *shape) + config)
     put(out, "backbone", "state_dict_pth", torch_bytes(w))
 
 
