@@ -17,6 +17,8 @@ packages=(
   zlib1g-dev libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev dataset-fashion-mnist
   # tests, benchmarks, CLI, config files
   libgtest-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev
+  # TensorBoard event files (Protocol Buffers), and their test's independent reader
+  libprotobuf-dev protobuf-compiler python3-protobuf python3-crc32c
   # the run report's rendering test opens report.html in headless Chromium
   chromium
   # distributed training: Gloo's headers (LibTorch's c10d uses them), and torchrun (python3-torch)

@@ -2,6 +2,7 @@
 #include "vicreg/data.h"
 #include "vicreg/io/safetensors.h"
 #include "vicreg/io/state_dict.h"
+#include "vicreg/io/tensorboard.h"
 #include "vicreg/models.h"
 #include "vicreg/precision.h"
 #include "vicreg/run/artifacts.h"
@@ -331,13 +332,24 @@ TEST_F(CliTrain, KilledAtRandomMomentsTheRunResumesToTheSameWeights) {
   std::ifstream metrics(exp / "metrics.jsonl");
   std::string line;
   int64_t last = 0;
+  std::vector<std::pair<int64_t, float>> losses;  // (step, loss) as metrics.jsonl has them
   while (std::getline(metrics, line)) {
     const auto j = nlohmann::json::parse(line);
     if (!j.contains("loss")) continue;
     EXPECT_GT(j["step"].get<int64_t>(), last) << line;
     last = j["step"].get<int64_t>();
+    losses.emplace_back(last, static_cast<float>(j["loss"].get<double>()));
   }
   EXPECT_EQ(last, 24);
+  // And in TensorBoard's view, the event files read in name order: the same steps, once each.
+  std::vector<std::pair<int64_t, float>> events;
+  const std::vector<std::string> files = vicreg::event_files(exp.string());
+  for (const std::string& f : files) {
+    for (const vicreg::ScalarEvent& e : vicreg::read_scalar_events(f)) {
+      if (e.tag == "train/loss") events.emplace_back(e.step, e.value);
+    }
+  }
+  EXPECT_EQ(events, losses) << files.size() << " event files;" << log;
   // The finished run, run again: nothing to do, exit 0, its files untouched.
   const auto written = fs::last_write_time(exp / "backbone.pt");
   const Result again = run(small("killed", flags));

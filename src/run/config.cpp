@@ -12,6 +12,12 @@
 namespace vicreg {
 
 template <>
+const NameTable<OnOff>& name_table<OnOff>() {
+  static const NameTable<OnOff> t{"value", {{OnOff::On, "on"}, {OnOff::Off, "off"}}};
+  return t;
+}
+
+template <>
 const NameTable<Section>& name_table<Section>() {
   static const NameTable<Section> t{"config section",
                                     {{Section::Data, "data"},

@@ -2,11 +2,13 @@
 
 #include "vicreg/error.h"
 #include "vicreg/io/files.h"
+#include "vicreg/io/tensorboard.h"
 
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <limits>
 
 namespace vicreg {
@@ -81,16 +83,49 @@ void cut_metrics(const std::string& path, int64_t step) {
 
 }  // namespace
 
-MetricsLog::MetricsLog(const std::string& path, int64_t resume_step) : path_(path) {
-  if (resume_step >= 0) cut_metrics(path, resume_step);
+std::vector<std::pair<std::string, double>> tensorboard_scalars(const nlohmann::json& line) {
+  std::vector<std::pair<std::string, double>> out;
+  if (!line.is_object()) return out;
+  const auto event = line.find("event");
+  const std::string section =
+      event != line.end() && event->is_string() ? event->get<std::string>() : "train";
+  const std::string prefix = section + "_";
+  for (const auto& [key, value] : line.items()) {
+    if (key == "step" || !value.is_number()) continue;
+    const bool prefixed = key.size() > prefix.size() && key.compare(0, prefix.size(), prefix) == 0;
+    out.emplace_back(section + "/" + (prefixed ? key.substr(prefix.size()) : key),
+                     value.get<double>());
+  }
+  return out;
+}
+
+MetricsLog::MetricsLog(const std::string& path, int64_t resume_step, bool tensorboard)
+    : path_(path), tensorboard_(tensorboard) {
+  if (resume_step >= 0) {
+    cut_metrics(path, resume_step);
+    const std::filesystem::path dir = std::filesystem::path(path).parent_path();
+    cut_event_files(dir.empty() ? "." : dir.string(), resume_step);
+  }
   out_.open(path, std::ios::app);
   if (!out_) throw FormatError("cannot write '" + path + "' (is the directory writable?)");
 }
 
+MetricsLog::~MetricsLog() = default;
+
 void MetricsLog::write(const nlohmann::json& line) {
   out_ << line.dump() << "\n" << std::flush;
   if (!out_) throw FormatError("cannot write '" + path_ + "' (is the disk full?)");
+  if (!tensorboard_) return;
+  if (!events_) {
+    const std::filesystem::path dir = std::filesystem::path(path_).parent_path();
+    events_ = std::make_unique<EventFileWriter>(dir.empty() ? "." : dir.string());
+  }
+  const auto step = line.find("step");
+  events_->add_scalars(step != line.end() && step->is_number_integer() ? step->get<int64_t>() : 0,
+                       tensorboard_scalars(line));
 }
+
+std::string MetricsLog::event_file() const { return events_ ? events_->path() : ""; }
 
 ProgressReporter::ProgressReporter(ProgressStyle style, bool main_rank) {
   if (!main_rank) return;

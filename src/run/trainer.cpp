@@ -4,6 +4,7 @@
 #include "vicreg/evaluate.h"
 #include "vicreg/io/files.h"
 #include "vicreg/io/state_dict.h"
+#include "vicreg/io/tensorboard.h"
 #include "vicreg/runtime.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -385,11 +386,16 @@ TrainResult Trainer::run(const TrainHooks& hooks) {
   if (is_main()) {
     fs::create_directories(dir.root);
     if (!lock_) lock_.emplace(dir.root, "experiment directory");
-    remove_stale_temporaries(dir.root,
-                             {"config.json", "metrics.jsonl", "checkpoint.pt", "backbone.pt"});
+    std::vector<std::string> written = {"config.json", "metrics.jsonl", "checkpoint.pt",
+                                        "backbone.pt"};
+    for (const std::string& f : event_files(dir.root)) {
+      written.push_back(fs::path(f).filename().string());
+    }
+    remove_stale_temporaries(dir.root, written);
     // A finished run is left as it is (nothing to do: the caller says so).
     if (start_step < stop_at) write_file_atomically(dir.config(), to_json(config_).dump(2) + "\n");
-    metrics = std::make_unique<MetricsLog>(dir.metrics(), step_);
+    metrics = std::make_unique<MetricsLog>(dir.metrics(), step_,
+                                           config_.runtime.tensorboard == OnOff::On);
   }
   const ProgressReporter progress(hooks.progress, is_main());
   const int64_t per_epoch = loader_->batches_per_epoch();

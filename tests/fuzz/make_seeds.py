@@ -6,6 +6,7 @@ then export).
 
     make_seeds.py OUT VICREG
 """
+import glob
 import gzip
 import io
 import json
@@ -131,6 +132,9 @@ def main(out, cli):
                                  ("config", "config.json")):
                 with open(os.path.join(exp, file), "rb") as f:
                     put(out, target, f"{name}_{file}", f.read())
+            for k, events in enumerate(sorted(glob.glob(os.path.join(exp, "events.out.*")))):
+                with open(events, "rb") as f:
+                    put(out, "event_file", f"{name}_{k}", f.read())
             # fuzz_checkpoint is structure-aware: [kind][3 x int32 shape][config JSON]
             with open(os.path.join(exp, "config.json"), "rb") as f:
                 config = f.read()

@@ -84,6 +84,11 @@ struct LossConfig {
   LossPreset loss_preset = LossPreset::Official;
 };
 
+/// A plain switch: on or off (--tensorboard on|off).
+enum class OnOff { On, Off };
+template <>
+const NameTable<OnOff>& name_table<OnOff>();
+
 /// Where and how fast the run goes; never changes what it computes.
 struct RuntimeConfig {
   /// Where the data are: empty means, on resume, where the run found them, else the data set's
@@ -113,6 +118,8 @@ struct RuntimeConfig {
   /// Unreadable image files during training are counted, logged and skipped (LoaderOptions)
   /// instead of stopping the run.
   bool skip_bad_images = false;
+  /// TensorBoard event files of metrics.jsonl's numbers in the experiment directory (rank 0).
+  OnOff tensorboard = OnOff::On;
 };
 
 /// The process group (WORLD_SIZE > 1; distributed.h).
@@ -300,6 +307,10 @@ void for_each_setting(Config& c, Visit&& visit) {
                 "each logged once and counted as bad_images in metrics.jsonl, instead of "
                 "stopping with an error that names the file"},
         c.runtime.skip_bad_images);
+  visit(Setting{S::Runtime, "tensorboard",
+                "on: TensorBoard event files (events.out.tfevents.*) of every number in "
+                "metrics.jsonl, in the experiment directory (tensorboard --logdir runs/); off"},
+        c.runtime.tensorboard);
   // distributed
   visit(Setting{S::Distributed, "sync_bn",
                 "With several processes (torchrun), BatchNorm statistics over all of them "

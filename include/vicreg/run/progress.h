@@ -1,5 +1,6 @@
 // What a run reports while it trains: metrics.jsonl (one JSON object per log interval and per
-// kNN probe) and the terminal (a progress bar, plain log lines, or nothing).
+// kNN probe), the same scalars as TensorBoard event files beside it, and the terminal (a progress
+// bar, plain log lines, or nothing).
 #pragma once
 
 #include "vicreg/names.h"
@@ -8,7 +9,10 @@
 
 #include <cstdint>
 #include <fstream>
+#include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace vicreg {
 
@@ -40,19 +44,35 @@ const NameTable<ProgressStyle>& name_table<ProgressStyle>();
 /// h:mm:ss
 std::string clock_time(double seconds);
 
-/// Appends JSON lines to metrics.jsonl, flushed after each (a killed run loses no whole line).
+class EventFileWriter;
+
+/// The TensorBoard scalars of a metrics line: every number in it but "step", tagged
+/// "SECTION/KEY", where SECTION is the line's "event" ("knn") or "train", and KEY the key without
+/// a leading "SECTION_": {"step": 5, "loss": 2.5} -> train/loss; {"event": "knn", "knn_top1":
+/// 80} -> knn/top1. Booleans, strings and nulls (NaN in JSON) are left out.
+std::vector<std::pair<std::string, double>> tensorboard_scalars(const nlohmann::json& line);
+
+/// Appends JSON lines to metrics.jsonl, flushed after each (a killed run loses no whole line),
+/// and, with TensorBoard on, the same numbers (tensorboard_scalars) to an event file of this
+/// process's own in the same directory (io/tensorboard.h), made at the first line written.
 class MetricsLog {
  public:
   /// Opens `path` for appending; FormatError when it cannot. With `resume_step` >= 0 (a run
-  /// resumed from a checkpoint of that step), the lines past it are dropped first, with a partial
-  /// last line: a run killed after its last checkpoint wrote them, and the resumed run writes
-  /// those steps again, so that no step appears twice.
-  explicit MetricsLog(const std::string& path, int64_t resume_step = -1);
+  /// resumed from a checkpoint of that step; 0: from scratch), the lines past it are dropped
+  /// first, with a partial last line, and so are the events past it in the directory's event
+  /// files, TensorBoard on or not: a run killed after its last checkpoint wrote them, and the
+  /// resumed run writes those steps again, so that no step appears twice.
+  explicit MetricsLog(const std::string& path, int64_t resume_step = -1, bool tensorboard = false);
+  ~MetricsLog();
   void write(const nlohmann::json& line);
+  /// The event file written (empty before the first line, and with TensorBoard off).
+  std::string event_file() const;
 
  private:
   std::string path_;
   std::ofstream out_;
+  bool tensorboard_ = false;
+  std::unique_ptr<EventFileWriter> events_;
 };
 
 /// The terminal side: a bar that redraws itself on one line, or plain log lines. Silent on every
