@@ -350,6 +350,95 @@ Accuracy train_classifier(EncoderImpl& encoder, const Dataset& train, const Data
   return accuracy(head(features.to(device)).cpu(), yte);
 }
 
+OnlineProbeImpl::OnlineProbeImpl(int64_t dim, int64_t classes, OnlineProbeOptions options)
+    : dim_(dim), classes_(classes) {
+  TORCH_CHECK(dim >= 1 && classes >= 2,
+              "online probe: needs a representation of at least one "
+              "dimension and at least 2 classes, got ",
+              dim, " and ", classes);
+  norm_ = register_module("norm",
+                          torch::nn::BatchNorm1d(torch::nn::BatchNorm1dOptions(dim).affine(false)));
+  head_ = register_module("head", linear_head(dim, classes));
+  optimizer_ = std::make_unique<torch::optim::SGD>(head_->parameters(),
+                                                   torch::optim::SGDOptions(options.lr)
+                                                       .momentum(options.momentum)
+                                                       .weight_decay(options.weight_decay));
+}
+
+torch::Tensor OnlineProbeImpl::forward(const torch::Tensor& y) { return head_(norm_(y)); }
+
+OnlineProbeStep OnlineProbeImpl::train_step(
+    const torch::Tensor& y, const torch::Tensor& labels,
+    const std::function<void(const std::vector<torch::Tensor>&)>& reduce_gradients) {
+  TORCH_CHECK(y.dim() == 2 && y.size(1) == dim_ && labels.dim() == 1 &&
+                  labels.size(0) == y.size(0) && y.size(0) >= 2,
+              "online probe: expected representations [N >= 2, ", dim_, "] and labels [N], got ",
+              y.sizes(), " and ", labels.sizes());
+  train();
+  const torch::Tensor x = y.detach().to(torch::kFloat);
+  const torch::Tensor target = labels.to(x.device(), torch::kLong);
+  optimizer_->zero_grad();
+  const torch::Tensor logits = forward(x);
+  const torch::Tensor loss = F::cross_entropy(logits, target);
+  loss.backward();
+  if (reduce_gradients) reduce_gradients(head_->parameters());
+  optimizer_->step();
+  // One transfer from the device for both numbers.
+  const torch::Tensor numbers =
+      torch::stack({loss.detach().to(torch::kDouble),
+                    logits.detach().argmax(1).eq(target).sum().to(torch::kDouble)})
+          .cpu();
+  OnlineProbeStep s;
+  s.loss = numbers[0].item<double>();
+  s.correct = static_cast<int64_t>(numbers[1].item<double>());
+  s.count = x.size(0);
+  return s;
+}
+
+Accuracy OnlineProbeImpl::evaluate(const torch::Tensor& y, const torch::Tensor& labels) {
+  const bool was_training = is_training();
+  eval();
+  torch::NoGradGuard no_grad;
+  const Accuracy a = accuracy(forward(y.to(torch::kFloat)), labels.to(torch::kLong));
+  train(was_training);
+  return a;
+}
+
+PrincipalComponents principal_components(const torch::Tensor& x, int64_t k) {
+  TORCH_CHECK(x.dim() == 2 && x.size(0) >= 2 && k >= 1 && k <= x.size(1),
+              "principal_components: expected x [N >= 2, D >= k] and k >= 1, got ", x.sizes(),
+              " and k = ", k);
+  torch::NoGradGuard no_grad;
+  const torch::Tensor x64 = x.to(torch::kCPU, torch::kDouble);
+  const torch::Tensor xc = x64 - x64.mean(0);
+  const int64_t d = xc.size(1);
+  // Subspace iteration with oversampling: Q spans the top of the spectrum of Xc^T Xc after a few
+  // rounds; then the Rayleigh-Ritz step gives the components inside it.
+  const int64_t width = std::min<int64_t>(d, k + 8);
+  torch::Generator gen = at::detail::createCPUGenerator(0);
+  torch::Tensor q = std::get<0>(torch::linalg_qr(torch::randn({d, width}, gen, torch::kDouble)));
+  for (int it = 0; it < 12; ++it) {
+    q = std::get<0>(torch::linalg_qr(xc.t().mm(xc.mm(q))));
+  }
+  const torch::Tensor b = xc.mm(q);                                // [N, width]
+  const auto [values, vectors] = torch::linalg_eigh(b.t().mm(b));  // ascending
+  const torch::Tensor top = vectors.flip(1).narrow(1, 0, k);
+  torch::Tensor components = q.mm(top);  // [D, k], orthonormal columns
+  torch::Tensor projection = xc.mm(components);
+  // A sign per component, so that the picture does not flip between runs.
+  const torch::Tensor at = projection.abs().argmax(0);
+  const torch::Tensor sign = projection.gather(0, at.unsqueeze(0)).sign().clamp_min(0) * 2 - 1;
+  projection = projection * sign;
+  PrincipalComponents out;
+  out.projection = projection.to(torch::kFloat).contiguous();
+  const double total = xc.pow(2).sum().item<double>();
+  const torch::Tensor top_values = values.flip(0).narrow(0, 0, k);
+  for (int64_t i = 0; i < k; ++i) {
+    out.explained.push_back(total > 0 ? top_values[i].item<double>() / total : 0.0);
+  }
+  return out;
+}
+
 double rankme(const torch::Tensor& x) {
   TORCH_CHECK(x.dim() == 2 && x.size(0) > 0 && x.size(1) > 0, "rankme: expected [N, D], got ",
               x.sizes());

@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <map>
 #include <optional>
@@ -34,7 +35,7 @@ using svg::escape;
 using svg::format_number;
 
 struct Metrics {
-  std::vector<nlohmann::json> steps, knn;
+  std::vector<nlohmann::json> steps, knn, online;  ///< intervals; kNN and online probe lines
   int64_t skipped = 0;
 };
 
@@ -50,7 +51,8 @@ Metrics read_metrics(const fs::path& path) {
       ++m.skipped;
       continue;
     }
-    (j.value("event", "") == "knn" ? m.knn : m.steps).push_back(std::move(j));
+    const std::string event = j.contains("event") && j["event"].is_string() ? j["event"] : "";
+    (event == "knn" ? m.knn : event == "online_probe" ? m.online : m.steps).push_back(std::move(j));
   }
   return m;
 }
@@ -119,7 +121,7 @@ window.addEventListener('load', function () {
   var parts = [];
   document.querySelectorAll('svg.chart').forEach(function (svg) {
     var drawn = 0;
-    svg.querySelectorAll('.series, .bar').forEach(function (e) {
+    svg.querySelectorAll('.series, .bar, .point').forEach(function (e) {
       var b = e.getBBox();
       if (b.width > 0 || b.height > 0) drawn++;
     });
@@ -181,6 +183,17 @@ std::vector<std::string> curve_charts(const Metrics& m) {
           {series_of(m.knn, "knn_top1", "top-1", "epoch", 100.0),
            series_of(m.knn, "knn_top5", "top-5", "epoch", 100.0)});
   }
+  const svg::Series probe_train =
+      series_of(m.steps, "online_probe_top1", "training batches", "epoch", 100.0);
+  if (probe_train.x.empty() && m.online.empty()) {
+    svg::LineChart c;
+    c.id = "chart-online-probe";
+    c.title = "Online linear probe (labelled data, --online-probe)";
+    charts.push_back(svg::line_chart(c));
+  } else {
+    chart("chart-online-probe", "Online linear probe top-1", "%",
+          {probe_train, series_of(m.online, "top1", "test split", "epoch", 100.0)});
+  }
   chart("chart-throughput", "Throughput", "images/s",
         {series_of(m.steps, "images_per_s", "images/s")});
   return charts;
@@ -241,10 +254,49 @@ std::string neighbour_grid(const Dataset& test, const torch::Tensor& y_test, con
   return g.str();
 }
 
-/// The final model's section: diagnostics on the test split, the std histogram, the grid.
+/// The test representations on their first two principal components: one point per sampled test
+/// sample (evenly spaced over the split), coloured by class.
+std::string embedding_map(const Dataset& test, const torch::Tensor& y_test, int64_t points,
+                          int64_t& drawn) {
+  const int64_t n = y_test.size(0);
+  svg::ScatterChart c;
+  c.id = "chart-embedding-map";
+  c.x_label = "PC 1";
+  c.y_label = "PC 2";
+  c.width = 560;
+  if (n < 2 || y_test.size(1) < 2) {
+    c.title = "Test representations: too few to map";
+    return svg::scatter_chart(c);
+  }
+  const PrincipalComponents pc = principal_components(y_test, 2);
+  const int64_t m = points > 0 ? std::min(points, n) : n;
+  const torch::Tensor proj = pc.projection.to(torch::kDouble).contiguous();
+  const double* p = proj.data_ptr<double>();
+  const torch::Tensor labels =
+      test.labels.defined() ? test.labels.contiguous() : torch::zeros({n}, torch::kLong);
+  const int64_t* lp = labels.data_ptr<int64_t>();
+  for (int64_t i = 0; i < m; ++i) {
+    const int64_t at = m == n ? i : i * n / m;
+    c.x.push_back(p[2 * at]);
+    c.y.push_back(p[2 * at + 1]);
+    c.group.push_back(lp[at]);
+  }
+  for (int64_t g = 0; g <= labels.max().item<int64_t>(); ++g) {
+    c.group_names.push_back(class_name(test, g));
+  }
+  c.title = "Test representations, first two principal components (" +
+            format_number(100 * pc.explained[0]) + " % and " +
+            format_number(100 * pc.explained[1]) + " % of the variance; " + std::to_string(m) +
+            " of " + std::to_string(n) + ")";
+  drawn = m;
+  return svg::scatter_chart(c);
+}
+
+/// The final model's section: diagnostics on the test split, the std histogram, the embedding
+/// map, the grid.
 struct ModelSection {
-  std::string html, histogram, grid;
-  int64_t grid_rows = 0;
+  std::string html, histogram, map, grid;
+  int64_t grid_rows = 0, map_points = 0;
 };
 
 ModelSection model_section(const fs::path& checkpoint, const ReportOptions& options) {
@@ -282,6 +334,7 @@ ModelSection model_section(const fs::path& checkpoint, const ReportOptions& opti
   h.x_label = "std";
   h.values.assign(std_z.data_ptr<double>(), std_z.data_ptr<double>() + std_z.numel());
   out.histogram = svg::histogram(h);
+  out.map = embedding_map(test, y_test, options.map_points, out.map_points);
   if (!test.is_vector() && test.labels.defined()) {
     const Dataset full_train = load_dataset(tc.dataset_config(Split::Train));
     const int64_t bank_n =
@@ -300,34 +353,58 @@ struct EvalSection {
   int64_t results = 0;
 };
 
-EvalSection eval_section(const fs::path& dir) {
+/// One `vicreg eval --json` result.
+struct EvalResult {
+  fs::path file;
+  std::string protocol, features;
+  double top1 = 0, top5 = 0, seconds = 0;
+  int64_t train_samples = 0;
+  nlohmann::json settings;
+};
+
+/// The evaluation results in a directory (its *.json files that are ones), by file name.
+std::vector<EvalResult> eval_results(const fs::path& dir) {
   std::vector<fs::path> jsons;
   for (const auto& e : fs::directory_iterator(dir)) {
     if (e.is_regular_file() && e.path().extension() == ".json") jsons.push_back(e.path());
   }
   std::sort(jsons.begin(), jsons.end());
+  std::vector<EvalResult> out;
+  for (const fs::path& p : jsons) {
+    std::ifstream in(p);
+    const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+    if (!j.is_object() || !j.contains("protocol") || !j["protocol"].is_string() ||
+        !j.contains("top1") || !j["top1"].is_number()) {
+      continue;
+    }
+    EvalResult r;
+    r.file = p;
+    r.protocol = j["protocol"].get<std::string>();
+    r.features = j.value("features", std::string("representation"));
+    r.top1 = j["top1"].get<double>();
+    r.top5 = j.value("top5", 0.0);
+    r.seconds = j.value("seconds", 0.0);
+    r.train_samples = j.value("train_samples", int64_t{0});
+    r.settings = j.value("settings", nlohmann::json::object());
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+EvalSection eval_section(const fs::path& dir) {
   EvalSection out;
   std::ostringstream rows, markdown;
   markdown << "| result | protocol | features | top-1 % | top-5 % | labelled samples | seconds |\n"
               "|---|---|---|---:|---:|---:|---:|\n";
   char row[512];
-  for (const fs::path& p : jsons) {
-    std::ifstream in(p);
-    const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-    if (!j.is_object() || !j.contains("protocol") || !j.contains("top1")) continue;
-    rows << "<tr><td>" << escape(p.filename().string()) << "</td><td>"
-         << escape(j["protocol"].get<std::string>()) << "</td><td>"
-         << escape(j.value("features", std::string("representation"))) << "</td><td>"
-         << format_number(100 * j["top1"].get<double>()) << "</td><td>"
-         << format_number(100 * j.value("top5", 0.0)) << "</td><td>"
-         << j.value("train_samples", int64_t{0}) << "</td><td><code>"
-         << escape(j.value("settings", nlohmann::json::object()).dump()) << "</code></td></tr>";
+  for (const EvalResult& r : eval_results(dir)) {
+    rows << "<tr><td>" << escape(r.file.filename().string()) << "</td><td>" << escape(r.protocol)
+         << "</td><td>" << escape(r.features) << "</td><td>" << format_number(100 * r.top1)
+         << "</td><td>" << format_number(100 * r.top5) << "</td><td>" << r.train_samples
+         << "</td><td><code>" << escape(r.settings.dump()) << "</code></td></tr>";
     std::snprintf(row, sizeof row, "| %s | %s | %s | %.2f | %.2f | %lld | %.0f |\n",
-                  p.stem().string().c_str(), j["protocol"].get<std::string>().c_str(),
-                  j.value("features", std::string("representation")).c_str(),
-                  100 * j["top1"].get<double>(), 100 * j.value("top5", 0.0),
-                  static_cast<long long>(j.value("train_samples", int64_t{0})),
-                  j.value("seconds", 0.0));
+                  r.file.stem().string().c_str(), r.protocol.c_str(), r.features.c_str(),
+                  100 * r.top1, 100 * r.top5, static_cast<long long>(r.train_samples), r.seconds);
     markdown << row;
     ++out.results;
   }
@@ -354,8 +431,9 @@ ReportSummary write_report(const ReportOptions& options) {
     throw FormatError("'" + options.exp_dir +
                       "' holds no metrics.jsonl: give the --exp-dir of a `vicreg train` run");
   }
-  if (options.queries < 1 || options.neighbours < 1 || options.bank < 0) {
-    throw UsageError("report: --queries and --neighbours must be >= 1, --bank >= 0");
+  if (options.queries < 1 || options.neighbours < 1 || options.bank < 0 || options.map_points < 0) {
+    throw UsageError(
+        "report: --queries and --neighbours must be >= 1, --bank and --map-points >= 0");
   }
   ReportSummary summary;
   summary.path = options.out.empty() ? (dir / "report.html").string() : options.out;
@@ -388,7 +466,9 @@ ReportSummary write_report(const ReportOptions& options) {
   if (fs::is_regular_file(checkpoint)) {
     model = model_section(checkpoint, options);
     charts.push_back(model.histogram);
+    charts.push_back(model.map);
     summary.model = true;
+    summary.map_points = model.map_points;
     summary.grid_rows = model.grid_rows;
   } else {
     model.html =
@@ -413,6 +493,128 @@ ReportSummary write_report(const ReportOptions& options) {
   write_file_atomically(summary.path, html.str());
   summary.results_path = (fs::path(summary.path).parent_path() / "results.md").string();
   write_file_atomically(summary.results_path, evals.markdown);
+  return summary;
+}
+
+// ---------------------------------------------------------------------------------------------
+// several runs side by side
+
+ComparisonSummary write_comparison(const ComparisonOptions& options) {
+  if (options.exp_dirs.size() < 2) {
+    throw UsageError("report: a comparison needs at least two --exp-dir (one gives its report)");
+  }
+  struct Run {
+    std::string label;
+    fs::path dir;
+    Metrics metrics;
+    std::optional<TrainConfig> config;
+    std::vector<EvalResult> evals;
+  };
+  std::vector<Run> runs;
+  std::vector<std::string> protocols;  // every protocol evaluated, in first-seen order
+  for (const std::string& d : options.exp_dirs) {
+    const fs::path dir(d);
+    if (!fs::is_regular_file(dir / "metrics.jsonl")) {
+      throw FormatError("'" + d +
+                        "' holds no metrics.jsonl: give the --exp-dir of a `vicreg train` run");
+    }
+    Run r{d, dir, read_metrics(dir / "metrics.jsonl"), std::nullopt, eval_results(dir)};
+    try {
+      r.config = run_config(dir);
+    } catch (const Error&) {
+      // settings unreadable: the table says "?"
+    }
+    for (const EvalResult& e : r.evals) {
+      if (std::find(protocols.begin(), protocols.end(), e.protocol) == protocols.end()) {
+        protocols.push_back(e.protocol);
+      }
+    }
+    runs.push_back(std::move(r));
+  }
+  ComparisonSummary summary;
+  summary.runs = static_cast<int64_t>(runs.size());
+  fs::path first = fs::absolute(runs.front().dir).lexically_normal();
+  if (first.filename().empty()) first = first.parent_path();  // "runs/a/"
+  summary.path =
+      options.out.empty() ? (first.parent_path() / "compare.html").string() : options.out;
+
+  std::vector<std::string> charts;
+  const auto chart = [&](const std::string& id, const std::string& title,
+                         const std::string& y_label,
+                         const std::function<svg::Series(const Run&)>& of, bool log_y = false) {
+    svg::LineChart c;
+    c.id = id;
+    c.title = title;
+    c.x_label = "epoch";
+    c.y_label = y_label;
+    c.log_y = log_y;
+    for (const Run& r : runs) c.series.push_back(of(r));
+    charts.push_back(svg::line_chart(c));
+  };
+  chart("compare-loss", "Loss", "loss",
+        [](const Run& r) { return series_of(r.metrics.steps, "loss", r.label); });
+  chart("compare-knn", "kNN top-1 on the test split (--eval-every)", "%",
+        [](const Run& r) { return series_of(r.metrics.knn, "knn_top1", r.label, "epoch", 100.0); });
+  chart("compare-online-probe", "Online linear probe top-1 on the test split", "%",
+        [](const Run& r) { return series_of(r.metrics.online, "top1", r.label, "epoch", 100.0); });
+  chart("compare-std", "Mean std of Z per dimension", "std",
+        [](const Run& r) { return series_of(r.metrics.steps, "std_z", r.label); });
+  chart("compare-rankme", "RankMe of the representation Y (a batch)", "rank",
+        [](const Run& r) { return series_of(r.metrics.steps, "rankme_y", r.label); });
+  chart("compare-throughput", "Throughput", "images/s",
+        [](const Run& r) { return series_of(r.metrics.steps, "images_per_s", r.label); });
+  summary.charts = static_cast<int64_t>(charts.size());
+
+  // The table: settings, last numbers, the last result of each protocol.
+  const auto last_number = [](const std::vector<nlohmann::json>& lines, const std::string& key,
+                              double scale) -> std::string {
+    for (auto it = lines.rbegin(); it != lines.rend(); ++it) {
+      if (it->contains(key) && (*it)[key].is_number()) {
+        return format_number(scale * (*it)[key].get<double>());
+      }
+    }
+    return "";
+  };
+  std::ostringstream table;
+  table << "<table id=\"compare-runs\"><tr><th>run</th><th>data set</th><th>arch</th>"
+           "<th>expander</th><th>batch</th><th>optimizer</th><th>base lr</th><th>epochs</th>"
+           "<th>step</th><th>final loss</th><th>kNN top-1 % (last probe)</th>"
+           "<th>online probe top-1 %</th>";
+  for (const std::string& p : protocols) table << "<th>" << escape(p) << " top-1 %</th>";
+  table << "</tr>";
+  for (const Run& r : runs) {
+    const auto cell = [](const std::string& v) { return "<td>" + escape(v) + "</td>"; };
+    const TrainConfig* c = r.config ? &*r.config : nullptr;
+    table << "<tr class=\"run\">" << cell(r.label) << cell(c ? to_string(c->data.dataset) : "?")
+          << cell(c ? to_string(c->model.arch) : "?") << cell(c ? c->model.mlp : "?")
+          << cell(c ? std::to_string(c->optim.batch_size) : "?")
+          << cell(c ? to_string(c->optim.optimizer) : "?")
+          << cell(c ? format_number(c->optim.base_lr) : "?")
+          << cell(c ? std::to_string(c->optim.epochs) : "?")
+          << cell(last_number(r.metrics.steps, "step", 1.0))
+          << cell(last_number(r.metrics.steps, "loss", 1.0))
+          << cell(last_number(r.metrics.knn, "knn_top1", 100.0))
+          << cell(last_number(r.metrics.online, "top1", 100.0));
+    for (const std::string& p : protocols) {
+      std::string v;
+      for (const EvalResult& e : r.evals) {
+        if (e.protocol == p) v = format_number(100 * e.top1);  // the last file of it, by name
+      }
+      table << cell(v);
+    }
+    table << "</tr>";
+    summary.eval_results += static_cast<int64_t>(r.evals.size());
+  }
+  table << "</table>";
+
+  std::ostringstream html;
+  const std::string title = "vicreg: " + std::to_string(runs.size()) + " runs side by side";
+  html << "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>" << escape(title)
+       << "</title><style>" << kStyle << "</style></head><body><h1>" << escape(title) << "</h1>"
+       << "<h2>Runs</h2>" << table.str() << "<h2>Curves</h2><div class=\"charts\">";
+  for (const std::string& c : charts) html << c;
+  html << "</div><p id=\"render-check\">not rendered</p>" << kRenderCheck << "</body></html>\n";
+  write_file_atomically(summary.path, html.str());
   return summary;
 }
 

@@ -93,6 +93,9 @@ namespace {
 
 const char* const kColors[] = {"#4e79a7", "#f28e2b", "#e15759", "#76b7b2",
                                "#59a14f", "#edc948", "#b07aa1", "#9c755f"};
+// Tableau's 10 colours, for groups (classes).
+const char* const kGroupColors[] = {"#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",
+                                    "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"};
 constexpr int kLeft = 64, kRight = 16, kTop = 42, kBottom = 44;
 
 /// The frame of a chart: title, axes with ticks and labels. Maps data to pixels.
@@ -260,6 +263,55 @@ std::string histogram(const Histogram& chart) {
                   "height=\"%.1f\" fill=\"%s\"/>",
                   static_cast<long long>(counts[static_cast<size_t>(b)]), left, y,
                   std::max(0.5, right - left - 1), f.py(0) - y, kColors[0]);
+    s << buf;
+  }
+  s << "</svg>";
+  return s.str();
+}
+
+std::string scatter_chart(const ScatterChart& chart) {
+  if (chart.x.size() != chart.y.size() || chart.group.size() != chart.x.size()) {
+    throw UsageError("svg::scatter_chart: " + std::to_string(chart.x.size()) + " x, " +
+                     std::to_string(chart.y.size()) + " y and " +
+                     std::to_string(chart.group.size()) + " groups: they must be as many");
+  }
+  double x0 = std::numeric_limits<double>::infinity(), x1 = -x0, y0 = x0, y1 = -x0;
+  int64_t groups = static_cast<int64_t>(chart.group_names.size());
+  for (size_t k = 0; k < chart.x.size(); ++k) {
+    if (!std::isfinite(chart.x[k]) || !std::isfinite(chart.y[k])) continue;
+    x0 = std::min(x0, chart.x[k]);
+    x1 = std::max(x1, chart.x[k]);
+    y0 = std::min(y0, chart.y[k]);
+    y1 = std::max(y1, chart.y[k]);
+    groups = std::max(groups, chart.group[k] + 1);
+  }
+  if (!std::isfinite(x0)) {
+    return no_data(chart.id, chart.width, chart.height, chart.title, "no data");
+  }
+  const std::vector<double> xt = nice_ticks(x0, x1, 6), yt = nice_ticks(y0, y1, 5);
+  const Frame f{chart.width, chart.height, xt.front(), xt.back(), yt.front(), yt.back(), false};
+  std::ostringstream s;
+  s << open_svg(chart.id, chart.width, chart.height, chart.title)
+    << axes(f, xt, yt, chart.x_label, chart.y_label);
+  int legend_x = kLeft;
+  for (int64_t g = 0; g < groups; ++g) {
+    const std::string name = static_cast<size_t>(g) < chart.group_names.size()
+                                 ? chart.group_names[static_cast<size_t>(g)]
+                                 : std::to_string(g);
+    s << "<g class=\"legend\" font-size=\"10\"><circle cx=\"" << legend_x + 4
+      << "\" cy=\"30\" r=\"4\" fill=\"" << kGroupColors[g % 10] << "\"/><text x=\"" << legend_x + 11
+      << "\" y=\"34\">" << escape(name) << "</text></g>";
+    legend_x += 20 + 5 * static_cast<int>(name.size());
+  }
+  char buf[160];
+  for (size_t k = 0; k < chart.x.size(); ++k) {
+    if (!std::isfinite(chart.x[k]) || !std::isfinite(chart.y[k])) continue;
+    const int64_t g = std::max<int64_t>(chart.group[k], 0);
+    std::snprintf(buf, sizeof buf,
+                  "<circle class=\"point\" data-group=\"%lld\" cx=\"%.1f\" cy=\"%.1f\" r=\"2.2\" "
+                  "fill=\"%s\" fill-opacity=\"0.7\"/>",
+                  static_cast<long long>(g), f.px(chart.x[k]), f.py(chart.y[k]),
+                  kGroupColors[g % 10]);
     s << buf;
   }
   s << "</svg>";

@@ -820,7 +820,8 @@ TEST_F(CliTrain, ReportRendersInHeadlessChromium) {
             0);
   Result r = run("report --threads 1 --exp-dir " + exp.string());
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_NE(r.out.find("8 charts"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("10 charts"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("50 points in the embedding map"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("2 kNN points"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("1 evaluation results"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("10 neighbour rows"), std::string::npos) << r.out;
@@ -829,6 +830,22 @@ TEST_F(CliTrain, ReportRendersInHeadlessChromium) {
   EXPECT_EQ(slurp(html).find("src=\"http"), std::string::npos);
 
   r = run("report --exp-dir " + (dir_ / "data").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("holds no metrics.jsonl"), std::string::npos) << r.err;
+
+  // Two runs side by side: another seed.
+  ASSERT_EQ(run(small("rep2", "--eval-every 1 --seed 3 --progress none")).code, 0);
+  const fs::path exp2 = dir_ / "rep2";
+  r = run("report --exp-dir " + exp.string() + " --exp-dir " + exp2.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("2 runs side by side, 6 charts, 1 evaluation results"), std::string::npos)
+      << r.out;
+  const fs::path compare = dir_ / "compare.html";
+  const std::string page = slurp(compare);
+  for (const fs::path& run_dir : {exp, exp2}) {
+    EXPECT_NE(page.find("data-series=\"" + run_dir.string() + "\""), std::string::npos) << page;
+  }
+  r = run("report --exp-dir " + exp.string() + " --exp-dir " + (dir_ / "data").string());
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("holds no metrics.jsonl"), std::string::npos) << r.err;
 
@@ -845,7 +862,8 @@ TEST_F(CliTrain, ReportRendersInHeadlessChromium) {
   ASSERT_TRUE(std::regex_search(r.out, m, std::regex("rendered: ([^<]*)"))) << r.out.substr(0, 500);
   const std::string rendered = m[1].str();
   for (const char* expected : {"chart-loss=1", "chart-terms=3", "chart-lr=1", "chart-std=2",
-                               "chart-rankme=2", "chart-knn=2", "chart-std-hist=30", "images=90"}) {
+                               "chart-rankme=2", "chart-knn=2", "chart-online-probe=2",
+                               "chart-std-hist=30", "chart-embedding-map=50", "images=90"}) {
     EXPECT_NE((" " + rendered + " ").find(std::string(" ") + expected + " "), std::string::npos)
         << expected << " not in: " << rendered;
   }
@@ -871,6 +889,15 @@ TEST_F(CliTrain, ReportRendersInHeadlessChromium) {
   }
   EXPECT_GT(ink, static_cast<int64_t>(shot.total() / 50)) << "the screenshot is nearly blank";
   EXPECT_GT(blue, 500) << "no series drawn in the series colour #4e79a7";
+  // The comparison page draws both runs in each of its charts.
+  r = shell(browser + "--dump-dom file://" + compare.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  ASSERT_TRUE(std::regex_search(r.out, m, std::regex("rendered: ([^<]*)"))) << r.out.substr(0, 500);
+  for (const char* expected : {"compare-loss=2", "compare-knn=2", "compare-online-probe=2",
+                               "compare-std=2", "compare-rankme=2", "compare-throughput=2"}) {
+    EXPECT_NE((" " + m[1].str() + " ").find(std::string(" ") + expected + " "), std::string::npos)
+        << expected << " not in: " << m[1].str();
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

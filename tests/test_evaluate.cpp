@@ -44,6 +44,74 @@ TEST(Evaluate, LinearProbeSeparatesLinearlySeparableFeatures) {
   EXPECT_THROW(vicreg::linear_probe(bad, ytr, xte, yte, o), c10::Error);
 }
 
+TEST(Evaluate, OnlineProbeLearnsSeparableClassesAndNoGradientReachesTheBackbone) {
+  torch::manual_seed(3);
+  const int64_t d = 16, c = 4, batch = 64;
+  // A "backbone" whose output the probe reads: a linear map with parameters that require grad.
+  torch::nn::Linear backbone(d, d);
+  const auto make = [&](int64_t m) {
+    const auto y = torch::randint(0, c, {m}, torch::kLong);
+    auto x = torch::randn({m, d});
+    x.narrow(1, 0, c).add_(torch::eye(c).mul(6.0).index_select(0, y));
+    return std::make_pair(x * 50 + 20, y);  // a scale the probe's BatchNorm must absorb
+  };
+  {
+    torch::NoGradGuard g;
+    backbone->weight.copy_(torch::eye(d));
+    backbone->bias.zero_();
+  }
+  vicreg::OnlineProbe probe(d, c);
+  double first = 0, last = 0;
+  for (int step = 0; step < 150; ++step) {
+    const auto [x, y] = make(batch);
+    const torch::Tensor features = backbone(x);  // part of the backbone's graph
+    ASSERT_TRUE(features.requires_grad());
+    const vicreg::OnlineProbeStep s = probe->train_step(features, y);
+    EXPECT_EQ(s.count, batch);
+    EXPECT_TRUE(std::isfinite(s.loss));
+    if (step == 0) first = static_cast<double>(s.correct) / batch;  // before any update
+    if (step >= 140) last += static_cast<double>(s.correct) / batch / 10;
+  }
+  // Nothing flowed back: the backbone's parameters never got a gradient.
+  for (const auto& p : backbone->parameters()) EXPECT_FALSE(p.grad().defined());
+  EXPECT_LT(first, 0.6);
+  EXPECT_GT(last, 0.95);
+  const auto [xte, yte] = make(400);
+  const vicreg::Accuracy a = probe->evaluate(xte, yte);
+  EXPECT_GT(a.top1, 0.95);
+  EXPECT_TRUE(probe->is_training());  // evaluate leaves the mode as it was
+  EXPECT_THROW(probe->train_step(torch::randn({8, d + 1}), torch::zeros({8}, torch::kLong)),
+               c10::Error);
+  EXPECT_THROW(vicreg::OnlineProbe(d, 1), c10::Error);
+}
+
+TEST(Evaluate, PrincipalComponentsMatchAnEigendecomposition) {
+  torch::manual_seed(5);
+  // Variances 25, 9, 1, 0.01 along a random orthonormal basis, plus an offset.
+  const auto basis = std::get<0>(torch::linalg_qr(torch::randn({4, 4}, torch::kDouble)));
+  const auto scales = torch::tensor({5.0, 3.0, 1.0, 0.1}, torch::kDouble);
+  const auto x = (torch::randn({3000, 4}, torch::kDouble) * scales).mm(basis.t()) + 3.0;
+  const vicreg::PrincipalComponents pc = vicreg::principal_components(x.to(torch::kFloat), 2);
+  ASSERT_EQ(pc.projection.sizes(), (std::vector<int64_t>{3000, 2}));
+  // Against the covariance matrix's eigenvectors: the same projection, up to the sign.
+  const auto xc = x - x.mean(0);
+  const auto [values, vectors] = torch::linalg_eigh(xc.t().mm(xc));
+  for (int64_t k = 0; k < 2; ++k) {
+    const auto expected = xc.mv(vectors.select(1, 3 - k));
+    const auto got = pc.projection.select(1, k).to(torch::kDouble);
+    const double agree = std::abs(torch::dot(expected, got).item<double>()) /
+                         (expected.norm().item<double>() * got.norm().item<double>());
+    EXPECT_GT(agree, 1 - 1e-6) << k;
+    EXPECT_NEAR(pc.explained[static_cast<size_t>(k)],
+                values[3 - k].item<double>() / values.sum().item<double>(), 1e-6);
+  }
+  EXPECT_NEAR(pc.explained[0], 25.0 / 35.01, 0.03);
+  // The same data, the same picture (signs included).
+  EXPECT_TRUE(
+      torch::equal(vicreg::principal_components(x.to(torch::kFloat), 2).projection, pc.projection));
+  EXPECT_THROW(vicreg::principal_components(x.narrow(0, 0, 1), 2), c10::Error);
+}
+
 TEST(Evaluate, KnnOnHandPlacedPoints) {
   // Class 0 around +x, class 1 around +y; cosine similarity ignores the norm.
   const auto bank = torch::tensor({{1.f, 0.f}, {10.f, 1.f}, {2.f, -0.1f}, {0.f, 1.f}, {0.2f, 5.f}});

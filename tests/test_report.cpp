@@ -146,6 +146,38 @@ TEST(Svg, HistogramCountsEveryValueOnce) {
   EXPECT_NE(svg::histogram(h).find("no data"), std::string::npos);
 }
 
+TEST(Svg, ScatterDrawsOnePointPerFinitePointColouredByGroup) {
+  svg::ScatterChart c;
+  c.id = "map";
+  c.x = {0, 1, 2, std::nan(""), 4};
+  c.y = {0, 1, 4, 9, 16};
+  c.group = {0, 1, 1, 0, 2};
+  c.group_names = {"cat", "dog"};
+  const std::string s = svg::scatter_chart(c);
+  EXPECT_EQ(count(s, "class=\"point\""), 4);  // the NaN one left out
+  EXPECT_EQ(count(s, "data-group=\"1\""), 2);
+  EXPECT_EQ(count(s, "data-group=\"1\" cx"), 2);
+  EXPECT_NE(s.find(">cat<"), std::string::npos);
+  EXPECT_NE(s.find(">2<"), std::string::npos);  // a group without a name: its number
+  // Inside the plot area: x grows to the right, y upwards.
+  const std::regex re("cx=\"([0-9.]+)\" cy=\"([0-9.]+)\"");
+  std::vector<std::pair<double, double>> px;
+  for (auto it = std::sregex_iterator(s.begin(), s.end(), re); it != std::sregex_iterator(); ++it) {
+    px.emplace_back(std::stod((*it)[1].str()), std::stod((*it)[2].str()));
+  }
+  ASSERT_EQ(px.size(), 7u);  // 3 legend dots, then 4 points
+  EXPECT_LT(px[3].first, px[4].first);
+  EXPECT_GT(px[3].second, px[4].second);
+  for (size_t i = 3; i < px.size(); ++i) {
+    EXPECT_GT(px[i].first, 0);
+    EXPECT_LT(px[i].first, c.width);
+    EXPECT_LT(px[i].second, c.height);
+  }
+  c.group.pop_back();
+  EXPECT_THROW(svg::scatter_chart(c), vicreg::UsageError);
+  EXPECT_NE(svg::scatter_chart(svg::ScatterChart{}).find("no data"), std::string::npos);
+}
+
 TEST(Report, Base64MatchesRfc4648) {
   EXPECT_EQ(base64(""), "");
   EXPECT_EQ(base64("f"), "Zg==");
@@ -216,6 +248,52 @@ TEST_F(ReportDir, CurvesAndResultsWithoutACheckpoint) {
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("holds no metrics.jsonl"), std::string::npos) << e.what();
   }
+}
+
+TEST_F(ReportDir, RunsSideBySideOverlayTheirCurvesAndTabulateTheirResults) {
+  for (const char* run : {"a", "b"}) {
+    fs::create_directories(dir_ / run);
+    std::ofstream m(dir_ / run / "metrics.jsonl");
+    const double k = run[0] == 'a' ? 1.0 : 2.0;
+    for (int s = 1; s <= 4; ++s) {
+      m << nlohmann::json{{"step", s},        {"epoch", s / 2.0},    {"loss", 10 * k / s},
+                          {"std_z", 0.1 * s}, {"rankme_y", 2.0 * s}, {"images_per_s", 100 * k}}
+               .dump()
+        << "\n";
+    }
+    m << nlohmann::json{{"event", "knn"}, {"step", 4}, {"epoch", 2.0}, {"knn_top1", 0.4 * k}}.dump()
+      << "\n";
+    m << nlohmann::json{{"event", "online_probe"}, {"step", 4}, {"epoch", 2.0}, {"top1", 0.3 * k}}
+             .dump()
+      << "\n";
+  }
+  std::ofstream(dir_ / "b" / "linear.json")
+      << nlohmann::json{{"protocol", "linear"}, {"top1", 0.9125}, {"top5", 0.99}}.dump();
+  ComparisonOptions o;
+  o.exp_dirs = {(dir_ / "a").string(), (dir_ / "b").string() + "/"};
+  const ComparisonSummary r = write_comparison(o);
+  EXPECT_EQ(r.path, (dir_ / "compare.html").string());
+  EXPECT_EQ(r.runs, 2);
+  EXPECT_EQ(r.eval_results, 1);
+  std::ifstream in(r.path);
+  const std::string html((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // Every chart has one series per run.
+  for (const std::string& label : o.exp_dirs) {
+    EXPECT_EQ(count(html, "data-series=\"" + label + "\""), 6) << label;
+  }
+  EXPECT_EQ(count(html, "<tr class=\"run\">"), 2);
+  EXPECT_NE(html.find("<th>linear top-1 %</th>"), std::string::npos);
+  EXPECT_NE(html.find("<td>91.25</td>"), std::string::npos);
+  EXPECT_NE(html.find("<td>80</td>"), std::string::npos);  // b's last kNN probe, in %
+  EXPECT_NE(html.find("<td>60</td>"), std::string::npos);  // b's online probe
+  // The loss chart: b's curve above a's.
+  const auto pa = polyline(html, o.exp_dirs[0]), pb = polyline(html, o.exp_dirs[1]);
+  ASSERT_EQ(pa.size(), pb.size());
+  EXPECT_LT(pb.front().second, pa.front().second);  // higher loss, smaller pixel y
+  o.exp_dirs = {(dir_ / "a").string()};
+  EXPECT_THROW(write_comparison(o), UsageError);
+  o.exp_dirs = {(dir_ / "a").string(), (dir_ / "none").string()};
+  EXPECT_THROW(write_comparison(o), FormatError);
 }
 
 }  // namespace

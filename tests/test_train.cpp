@@ -20,6 +20,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -349,6 +350,7 @@ TEST_F(Train, OnlineKnnProbeAndCollapseDiagnosticsInTheMetrics) {
   c.optim.epochs = 2;
   c.runtime.eval_every = 1;
   c.runtime.eval_bank = 60;
+  c.runtime.online_probe = vicreg::Toggle::Off;  // the online probe: its own test, below
   vicreg::Trainer(c).run({vicreg::ProgressStyle::None});
   const auto metrics = read_metrics(fs::path(c.runtime.exp_dir) / "metrics.jsonl");
   std::vector<nlohmann::json> probes;
@@ -356,6 +358,7 @@ TEST_F(Train, OnlineKnnProbeAndCollapseDiagnosticsInTheMetrics) {
     if (m.contains("event")) {
       probes.push_back(m);
     } else {
+      EXPECT_FALSE(m.contains("online_probe_top1"));
       EXPECT_LE(m["std_z_min"].get<double>(), m["std_z"].get<double>());
       EXPECT_GE(m["rankme_y"].get<double>(), 1.0);
       EXPECT_LE(m["rankme_z"].get<double>(), 16.0 + 1e-6);  // at most the batch size
@@ -368,6 +371,75 @@ TEST_F(Train, OnlineKnnProbeAndCollapseDiagnosticsInTheMetrics) {
   // Ten well-separated classes (the place of a bright square): far above chance (10 %).
   EXPECT_GE(probes[1]["knn_top1"].get<double>(), 0.3);
   EXPECT_GE(probes[1]["knn_top5"].get<double>(), probes[1]["knn_top1"].get<double>());
+}
+
+TEST_F(Train, OnlineLinearProbeLearnsWatchesAndResumesWithoutTouchingTheBackbone) {
+  vicreg::testing::write_idx_dataset(dir_ / "data", 40, 16, 5, "t10k");
+  // With the probe (auto: the data have labels) and without it: the same backbone, bit for bit,
+  // so no gradient of the probe reached it.
+  auto with = small("with");
+  with.optim.epochs = 4;
+  with.runtime.eval_every = 1;
+  vicreg::Trainer a(with);
+  ASSERT_TRUE(a.online_probe());
+  a.run({vicreg::ProgressStyle::None});
+  auto without = with;
+  without.runtime.exp_dir = (dir_ / "without").string();
+  without.runtime.online_probe = vicreg::Toggle::Off;
+  vicreg::Trainer b(without);
+  EXPECT_FALSE(b.online_probe());
+  b.run({vicreg::ProgressStyle::None});
+  expect_same_parameters(a.model(), b.model());
+
+  const auto metrics = read_metrics(fs::path(with.runtime.exp_dir) / "metrics.jsonl");
+  std::vector<double> train_top1, held_out;
+  for (const auto& m : metrics) {
+    if (m.value("event", "") == "online_probe") {
+      held_out.push_back(m["top1"].get<double>());
+      EXPECT_GE(m["top5"].get<double>(), m["top1"].get<double>());
+    } else if (!m.contains("event")) {
+      train_top1.push_back(m["online_probe_top1"].get<double>());
+      EXPECT_GT(m["online_probe_loss"].get<double>(), 0.0);
+    }
+  }
+  ASSERT_EQ(held_out.size(), 4u);  // one per epoch, after the kNN probe's line
+  ASSERT_FALSE(train_top1.empty());
+  std::printf(
+      "online probe, held-out top-1 by epoch: %.3f %.3f %.3f %.3f; training: %.3f -> %.3f\n",
+      held_out[0], held_out[1], held_out[2], held_out[3], train_top1.front(), train_top1.back());
+  // Ten well-separated classes (the place of a bright square): it learns them, well above chance.
+  EXPECT_GT(train_top1.back(), train_top1.front());
+  EXPECT_GT(held_out.back(), held_out.front());
+  EXPECT_GE(held_out.back(), 0.25) << "held-out top-1 by epoch: " << held_out[0] << " "
+                                   << held_out[1] << " " << held_out[2] << " " << held_out[3];
+
+  // Stopped and resumed: the probe ends as in one run (it is in the checkpoint).
+  auto stopped = with;
+  stopped.runtime.exp_dir = (dir_ / "stopped").string();
+  stopped.runtime.max_steps = 13;
+  vicreg::Trainer(stopped).run({vicreg::ProgressStyle::None});
+  stopped.runtime.max_steps = 0;
+  vicreg::Trainer resumed(stopped);
+  EXPECT_EQ(resumed.step(), 13);
+  resumed.run({vicreg::ProgressStyle::None});
+  const auto pa = a.online_probe()->named_parameters(),
+             pr = resumed.online_probe()->named_parameters();
+  for (const auto& p : pa) EXPECT_TRUE(torch::equal(p.value(), pr[p.key()])) << p.key();
+  const auto ba = a.online_probe()->named_buffers(), br = resumed.online_probe()->named_buffers();
+  for (const auto& p : ba) EXPECT_TRUE(torch::equal(p.value(), br[p.key()])) << p.key();
+
+  // "on" needs labels.
+  fs::create_directories(dir_ / "table");
+  vicreg::write_npy((dir_ / "table" / "train.npy").string(), torch::randn({64, 12}));
+  auto table = small("table-run");
+  table.data.dataset = vicreg::DatasetKind::Npy;
+  table.runtime.data_dir = (dir_ / "table").string();
+  table.model.arch = vicreg::Arch::Mlp;
+  table.model.encoder_mlp = "16-16";
+  table.runtime.online_probe = vicreg::Toggle::On;
+  EXPECT_THROW(vicreg::Trainer{table}, vicreg::UsageError);
+  table.runtime.online_probe = vicreg::Toggle::Auto;
+  EXPECT_FALSE(vicreg::Trainer(table).online_probe());
 }
 
 // ---------------------------------------------------------------------------------------------

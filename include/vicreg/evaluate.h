@@ -9,10 +9,17 @@
 #include "vicreg/names.h"
 #include "vicreg/precision.h"
 
+#include <torch/nn/module.h>
+#include <torch/nn/modules/batchnorm.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/optim/sgd.h>
 #include <torch/types.h>
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
+#include <vector>
 
 namespace vicreg {
 
@@ -154,6 +161,66 @@ struct ProtocolDefaults {
   static ClassifierOptions finetune() { return {}; }
   static KnnOptions knn() { return {}; }
 };
+
+/// The online linear probe's settings (solo-learn's and lightly's online classifier: SGD at a
+/// fixed lr on the detached representations of the training views while pretraining goes on).
+struct OnlineProbeOptions {
+  double lr = 0.1;
+  double momentum = 0.9;
+  double weight_decay = 0.0;
+};
+
+/// A training step of the online probe: the batch's mean cross-entropy and top-1 hits.
+struct OnlineProbeStep {
+  double loss = 0;
+  int64_t correct = 0, count = 0;
+};
+
+/// A linear classifier trained during pretraining on the representations of the labelled
+/// training batches, with an optimizer of its own: it watches how linearly separable the
+/// representation is without a separate evaluation. Its input is standardised by a BatchNorm
+/// without affine parameters (running statistics in eval mode), so that one lr fits every
+/// backbone's scale, as LinearProbeOptions::standardize does for the offline probe. The
+/// representations are detached: no gradient of the probe ever reaches the backbone. It runs in
+/// fp32 whatever the backbone's precision.
+class OnlineProbeImpl : public torch::nn::Module {
+ public:
+  OnlineProbeImpl(int64_t dim, int64_t classes, OnlineProbeOptions options = {});
+  /// Class scores [N, classes] of representations y [N, dim] (BatchNorm in the module's mode).
+  torch::Tensor forward(const torch::Tensor& y);
+  /// One optimizer step (train mode) on `y` (detached and made fp32 here) and `labels` [N];
+  /// `reduce_gradients`, when given, averages the probe's gradients over processes before the
+  /// step (distributed training keeps every rank's probe the same).
+  OnlineProbeStep train_step(
+      const torch::Tensor& y, const torch::Tensor& labels,
+      const std::function<void(const std::vector<torch::Tensor>&)>& reduce_gradients = {});
+  /// Accuracy on held-out representations, in eval mode without gradients (the module is left in
+  /// the mode it was in).
+  Accuracy evaluate(const torch::Tensor& y, const torch::Tensor& labels);
+  /// Its optimizer, whose state checkpoints keep with the module's.
+  torch::optim::Optimizer& optimizer() { return *optimizer_; }
+  const torch::optim::Optimizer& optimizer() const { return *optimizer_; }
+  int64_t dim() const { return dim_; }
+  int64_t classes() const { return classes_; }
+
+ private:
+  int64_t dim_, classes_;
+  torch::nn::BatchNorm1d norm_{nullptr};
+  torch::nn::Linear head_{nullptr};
+  std::unique_ptr<torch::optim::SGD> optimizer_;
+};
+TORCH_MODULE(OnlineProbe);
+
+/// The principal components of x: [N, D] (N >= 2), computed with LibTorch by subspace iteration
+/// on the centred data (a fixed start, so the same x gives the same result; never a D x D
+/// matrix). `projection` is [N, k] float32 (x's coordinates on the first k components, each
+/// component's sign chosen so that its largest coordinate is positive), `explained` the share of
+/// the total variance each component holds (k values, decreasing).
+struct PrincipalComponents {
+  torch::Tensor projection;
+  std::vector<double> explained;
+};
+PrincipalComponents principal_components(const torch::Tensor& x, int64_t k = 2);
 
 /// RankMe (Garrido et al. 2023): exp of the entropy of the normalised singular values of
 /// x: [N, D]; between 1 and min(N, D).

@@ -1,6 +1,7 @@
-// SVG charts for the run report (report.h): line charts with axes, ticks and a legend, and
-// histograms; plain strings in, an <svg> element out, no dependencies. Each drawn series or bar
-// carries a class and data- attributes that the report's render check (and the tests) count.
+// SVG charts for the run report (report.h): line charts with axes, ticks and a legend,
+// histograms, and scatter plots; plain strings in, an <svg> element out, no dependencies. Each
+// drawn series or bar carries a class and data- attributes that the report's render check (and the
+// tests) count.
 #pragma once
 
 #include "vicreg/error.h"
@@ -51,6 +52,19 @@ struct Histogram {
 /// An <svg class="chart"> with one <rect class="bar" data-count=C> per bin (bins over
 /// [min, max] of the values; the last bin includes max).
 std::string histogram(const Histogram& chart);
+
+struct ScatterChart {
+  std::string id, title, x_label, y_label;
+  int width = 520, height = 420;
+  std::vector<double> x, y;    ///< same length; points with a non-finite coordinate skipped
+  std::vector<int64_t> group;  ///< each point's group (a class): its colour; same length
+  std::vector<std::string> group_names;  ///< the legend, by group (a group without one: "G")
+};
+
+/// An <svg class="chart"> with axes, a legend of the groups, and one
+/// <circle class="point" data-group=G> per point, coloured by group (10 colours, then again).
+/// Without any point it says "no data".
+std::string scatter_chart(const ScatterChart& chart);
 
 /// Counts of `values` in `bins` equal bins over [lo, hi] (the last includes hi; values outside are
 /// dropped).

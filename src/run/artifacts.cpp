@@ -259,7 +259,8 @@ std::string recover_checkpoint(const std::string& path, std::string* warning) {
 }
 
 void write_checkpoint(const std::string& path, const torch::nn::Module& model,
-                      const torch::optim::Optimizer& optimizer, const CheckpointState& state) {
+                      const torch::optim::Optimizer& optimizer, const CheckpointState& state,
+                      const OnlineProbeImpl* probe) {
   torch::serialize::OutputArchive archive, model_archive, optimizer_archive;
   model.save(model_archive);
   optimizer.save(optimizer_archive);
@@ -277,12 +278,19 @@ void write_checkpoint(const std::string& path, const torch::nn::Module& model,
     archive.write("loss_scaler", state.loss_scaler);
     archive.write("skipped_in_a_row", c10::IValue(state.skipped_in_a_row));
   }
+  if (probe != nullptr) {
+    torch::serialize::OutputArchive probe_archive, probe_optimizer;
+    probe->save(probe_archive);
+    probe->optimizer().save(probe_optimizer);
+    archive.write("online_probe", probe_archive);
+    archive.write("online_probe_optimizer", probe_optimizer);
+  }
   keep_as_previous(path);
   save_archive(archive, path);
 }
 
 CheckpointState read_checkpoint(const std::string& path, torch::nn::Module& model,
-                                torch::optim::Optimizer& optimizer) {
+                                torch::optim::Optimizer& optimizer, OnlineProbeImpl* probe) {
   torch::serialize::InputArchive archive;
   load_archive(archive, path, "checkpoint");
   CheckpointState s;
@@ -297,8 +305,8 @@ CheckpointState read_checkpoint(const std::string& path, torch::nn::Module& mode
     s.epoch = read_int(archive, "epoch");
     s.elapsed_s = read_double(archive, "elapsed_s");
     archive.read("rng_state", s.rng_state);
-    c10::IValue probe;
-    if (archive.try_read("in_channels", probe)) {
+    c10::IValue shape;
+    if (archive.try_read("in_channels", shape)) {
       s.in_channels = read_int(archive, "in_channels");
       s.image_size = read_int(archive, "image_size");
       s.in_features = read_int(archive, "in_features");
@@ -307,6 +315,14 @@ CheckpointState read_checkpoint(const std::string& path, torch::nn::Module& mode
     if (archive.try_read("loss_scaler", scaler)) {
       s.loss_scaler = scaler;
       s.skipped_in_a_row = read_int(archive, "skipped_in_a_row");
+    }
+    torch::serialize::InputArchive probe_archive;
+    if (probe != nullptr && archive.try_read("online_probe", probe_archive)) {
+      load_module_checked(*probe, probe_archive);
+      torch::serialize::InputArchive probe_optimizer;
+      archive.read("online_probe_optimizer", probe_optimizer);
+      probe->optimizer().load(probe_optimizer);
+      s.online_probe = true;
     }
   } catch (const c10::Error& e) {
     throw FormatError("checkpoint '" + path +

@@ -25,6 +25,9 @@ void IntervalStats::add(const StepStats& s) {
   sum.covariance += s.covariance;
   sum.std_z += s.std_z;
   sum.std_z_min += s.std_z_min;
+  sum.probe_loss += s.probe_loss * static_cast<double>(s.probe_count);
+  sum.probe_correct += s.probe_correct;
+  sum.probe_count += s.probe_count;
 }
 
 StepStats IntervalStats::mean(double last_lr) const {
@@ -39,6 +42,10 @@ StepStats IntervalStats::mean(double last_lr) const {
   m.std_z = sum.std_z * k;
   m.std_z_min = sum.std_z_min * k;
   m.lr = last_lr;
+  m.probe_correct = sum.probe_correct;
+  m.probe_count = sum.probe_count;
+  m.probe_loss = sum.probe_count > 0 ? sum.probe_loss / static_cast<double>(sum.probe_count)
+                                     : std::numeric_limits<double>::quiet_NaN();
   return m;
 }
 
@@ -165,6 +172,12 @@ void ProgressReporter::interval(const nlohmann::json& m, int64_t epochs, int64_t
 
 void ProgressReporter::probe(const nlohmann::json& p, int64_t per_epoch) const {
   if (!active()) return;
+  if (p.value("event", "") == "online_probe") {
+    std::fprintf(stderr, "%sepoch %lld online linear probe top-1 %.2f %% top-5 %.2f %%\n",
+                 bar_ ? "\n" : "", static_cast<long long>(p["step"].get<int64_t>() / per_epoch),
+                 100 * p["top1"].get<double>(), 100 * p["top5"].get<double>());
+    return;
+  }
   std::fprintf(stderr, "%sepoch %lld kNN top-1 %.2f %% top-5 %.2f %% (bank %lld), RankMe %.1f\n",
                bar_ ? "\n" : "", static_cast<long long>(p["step"].get<int64_t>() / per_epoch),
                100 * p["knn_top1"].get<double>(), 100 * p["knn_top5"].get<double>(),

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <limits>
 
 namespace vicreg {
@@ -59,8 +60,14 @@ Trainer::Trainer(TrainConfig config, std::string resume, std::shared_ptr<Process
   load_data();
   build_model(/*fresh=*/resume_.empty());
   build_optimizer();
+  build_probe();
   if (!resume_.empty()) {
-    const CheckpointState s = read_checkpoint(resume_, *model_, *optimizer_);
+    const CheckpointState s =
+        read_checkpoint(resume_, *model_, *optimizer_, probe_ ? probe_.get() : nullptr);
+    if (probe_ && !s.online_probe && is_main()) {
+      std::fprintf(stderr,
+                   "vicreg train: the checkpoint has no online probe: it starts from scratch\n");
+    }
     step_ = s.step;
     elapsed_before_ = s.elapsed_s;
     at::Generator generator = at::detail::getDefaultCPUGenerator();
@@ -70,6 +77,7 @@ Trainer::Trainer(TrainConfig config, std::string resume, std::shared_ptr<Process
       skipped_in_a_row_ = s.skipped_in_a_row;
     }
     model_->to(device_);
+    if (probe_) probe_->to(device_);
   }
   join_group();
 }
@@ -162,6 +170,25 @@ void Trainer::build_optimizer() {
   optimizer_ = make_optimizer(model_->parameters(), config_.optimizer_config());
 }
 
+void Trainer::build_probe() {
+  const Toggle t = config_.runtime.online_probe;
+  const bool labelled = data_->labels.defined();
+  if (t == Toggle::On && !labelled) {
+    throw UsageError("--online-probe on needs labels, and " + data_->source +
+                     " has none: give labelled data, or --online-probe off");
+  }
+  if (t == Toggle::Off || !labelled) return;
+  // Its own draws: the global generator, which the model's initialisation has used, is left
+  // where it was.
+  at::Generator generator = at::detail::getDefaultCPUGenerator();
+  const torch::Tensor state = generator.get_state();
+  generator.set_current_seed(config_.seed + 0x9E3779B9u);
+  const int64_t classes = std::max<int64_t>(data_->labels.max().item<int64_t>() + 1, 2);
+  probe_ = OnlineProbe(model_->backbone->output_dim(), classes);
+  generator.set_state(state);
+  probe_->to(device_);
+}
+
 void Trainer::join_group() {
   if (!group_) return;
   // Every rank must have resumed from the same step (a checkpoint on a filesystem every host
@@ -230,7 +257,8 @@ void Trainer::save_checkpoint() const {
     s.loss_scaler = scaler_.state();
     s.skipped_in_a_row = skipped_in_a_row_;
   }
-  write_checkpoint(ExperimentDir{config_.runtime.exp_dir}.checkpoint(), *model_, *optimizer_, s);
+  write_checkpoint(ExperimentDir{config_.runtime.exp_dir}.checkpoint(), *model_, *optimizer_, s,
+                   probe_ ? probe_.get() : nullptr);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -260,6 +288,21 @@ StepStats Trainer::train_step(const TwoViewBatch& batch) {
   }
   scaler_.scale(terms.total).backward();
   if (group_) all_reduce_gradients(model_->parameters(), *group_);
+  if (probe_ && batch.labels.defined()) {
+    // On both views' detached representations (with separate branches, the first backbone's:
+    // the one evaluated), in fp32 outside autocast; distributed, its gradients averaged too.
+    const bool both = model_->config.shared_weights;
+    const torch::Tensor y = both ? torch::cat({out.y_a, out.y_b}) : out.y_a;
+    const torch::Tensor labels = both ? torch::cat({batch.labels, batch.labels}) : batch.labels;
+    std::function<void(const std::vector<torch::Tensor>&)> reduce;
+    if (group_) {
+      reduce = [this](const std::vector<torch::Tensor>& p) { all_reduce_gradients(p, *group_); };
+    }
+    const OnlineProbeStep p = probe_->train_step(y, labels.to(device_), reduce);
+    s.probe_loss = p.loss;
+    s.probe_correct = p.correct;
+    s.probe_count = p.count;
+  }
   const torch::Tensor& std_per_dim = terms.std_a;  // over the global batch
   last_y_ = out.y_a.detach();
   last_z_ = out.z_a.detach();
@@ -337,6 +380,14 @@ nlohmann::json Trainer::interval_line(const IntervalStats& interval, double lr, 
                          {"data_wait_fraction", wait_seconds / dt},
                          {"elapsed_s", elapsed}};
   if (config_.runtime.skip_bad_images) line["bad_images"] = interval.bad_images;
+  if (probe_) {
+    // The interval's training batches (this process's rows), as the probe saw them before its
+    // update on each.
+    line["online_probe_top1"] = m.probe_count > 0
+                                    ? static_cast<double>(m.probe_correct) / m.probe_count
+                                    : std::numeric_limits<double>::quiet_NaN();
+    line["online_probe_loss"] = m.probe_loss;
+  }
   if (scaler_.enabled()) {
     line["loss_scale"] = scaler_.scale();
     line["skipped_steps"] = interval.skipped;
@@ -350,7 +401,7 @@ void Trainer::load_test_data() {
   data_->require_labels();
 }
 
-nlohmann::json Trainer::knn_probe() {
+std::vector<nlohmann::json> Trainer::held_out_probes() {
   if (!test_data_) load_test_data();
   // The bank: the first eval_bank training samples.
   const int64_t bank_size = config_.runtime.eval_bank;
@@ -370,13 +421,23 @@ nlohmann::json Trainer::knn_probe() {
       std::max(bank.labels.max().item<int64_t>(), test_data_->labels.max().item<int64_t>()) + 1;
   const Accuracy a =
       accuracy(knn_scores(xb, bank.labels, xq, k.k, k.temperature, classes), test_data_->labels);
-  return {{"event", "knn"},
-          {"step", step_},
-          {"epoch", static_cast<double>(step_) / loader_->batches_per_epoch()},
-          {"knn_top1", a.top1},
-          {"knn_top5", a.top5},
-          {"bank", n},
-          {"rankme_representation", rankme(xq)}};
+  const double epoch = static_cast<double>(step_) / loader_->batches_per_epoch();
+  std::vector<nlohmann::json> lines = {{{"event", "knn"},
+                                        {"step", step_},
+                                        {"epoch", epoch},
+                                        {"knn_top1", a.top1},
+                                        {"knn_top5", a.top5},
+                                        {"bank", n},
+                                        {"rankme_representation", rankme(xq)}}};
+  if (probe_) {
+    const Accuracy o = probe_->evaluate(xq.to(device_), test_data_->labels.to(device_));
+    lines.push_back({{"event", "online_probe"},
+                     {"step", step_},
+                     {"epoch", epoch},
+                     {"top1", o.top1},
+                     {"top5", o.top5}});
+  }
+  return lines;
 }
 
 TrainResult Trainer::run(const TrainHooks& hooks) {
@@ -462,9 +523,10 @@ TrainResult Trainer::run(const TrainHooks& hooks) {
     const int64_t every = config_.runtime.eval_every;
     if (is_main() && epoch_end && every > 0 && (step_ / per_epoch) % every == 0) {
       // The other ranks wait for it in the next step's collectives (within --dist-timeout).
-      const nlohmann::json probe = knn_probe();
-      metrics->write(probe);
-      progress.probe(probe, per_epoch);
+      for (const nlohmann::json& probe : held_out_probes()) {
+        metrics->write(probe);
+        progress.probe(probe, per_epoch);
+      }
     }
     // Rank 0 alone writes (and times) checkpoints; the others go on to the next step's
     // collectives, where they wait for it.

@@ -18,6 +18,7 @@
 // readers take (io/safetensors.h, io/torch_pickle.h).
 #pragma once
 
+#include "vicreg/evaluate.h"
 #include "vicreg/io/named_tensors.h"
 #include "vicreg/models.h"
 #include "vicreg/run/config.h"
@@ -76,21 +77,27 @@ struct CheckpointState {
   /// the steps skipped in a row up to this one.
   torch::Tensor loss_scaler;
   int64_t skipped_in_a_row = 0;
+  /// read_checkpoint: the file held an online probe's state, now in the probe given.
+  bool online_probe = false;
 };
 
 /// Where the checkpoint before `path` is kept: checkpoint.pt -> checkpoint.prev.pt.
 std::string previous_checkpoint(const std::string& path);
 
-/// Writes checkpoint.pt atomically: `model`, `optimizer` and `state`; the checkpoint it replaces
-/// becomes previous_checkpoint(path) first.
+/// Writes checkpoint.pt atomically: `model`, `optimizer`, `state` and, when given, the online
+/// probe (its weights, statistics and optimizer state); the checkpoint it replaces becomes
+/// previous_checkpoint(path) first.
 void write_checkpoint(const std::string& path, const torch::nn::Module& model,
-                      const torch::optim::Optimizer& optimizer, const CheckpointState& state);
+                      const torch::optim::Optimizer& optimizer, const CheckpointState& state,
+                      const OnlineProbeImpl* probe = nullptr);
 
 /// Loads a checkpoint into `model` and `optimizer` (built from its config: read_checkpoint_config)
-/// and returns the rest. Throws FormatError naming the file when it is missing, corrupt or does
-/// not fit the model.
+/// and, when both the file and the call have one, into the online `probe` (state.online_probe
+/// says so); returns the rest. Throws FormatError naming the file when it is missing, corrupt or
+/// does not fit the model or the probe.
 CheckpointState read_checkpoint(const std::string& path, torch::nn::Module& model,
-                                torch::optim::Optimizer& optimizer);
+                                torch::optim::Optimizer& optimizer,
+                                OnlineProbeImpl* probe = nullptr);
 
 /// The checkpoint a run whose latest checkpoint is `path` resumes from: `path` when it reads;
 /// previous_checkpoint(path) when `path` is missing or damaged (then renamed to PATH.damaged, and

@@ -120,6 +120,8 @@ struct RuntimeConfig {
   bool skip_bad_images = false;
   /// TensorBoard event files of metrics.jsonl's numbers in the experiment directory (rank 0).
   OnOff tensorboard = OnOff::On;
+  /// The online linear probe (evaluate.h: OnlineProbe): auto is on when the data have labels.
+  Toggle online_probe = Toggle::Auto;
 };
 
 /// The process group (WORLD_SIZE > 1; distributed.h).
@@ -311,6 +313,12 @@ void for_each_setting(Config& c, Visit&& visit) {
                 "on: TensorBoard event files (events.out.tfevents.*) of every number in "
                 "metrics.jsonl, in the experiment directory (tensorboard --logdir runs/); off"},
         c.runtime.tensorboard);
+  visit(Setting{S::Runtime, "online_probe",
+                "A linear classifier trained on the detached representations of the labelled "
+                "training batches while pretraining (its own SGD, lr 0.1; no gradient reaches "
+                "the backbone): training top-1 in every metrics line, held-out top-1 at each "
+                "--eval-every. auto (on when the data have labels), on or off"},
+        c.runtime.online_probe);
   // distributed
   visit(Setting{S::Distributed, "sync_bn",
                 "With several processes (torchrun), BatchNorm statistics over all of them "

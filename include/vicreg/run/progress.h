@@ -22,6 +22,9 @@ struct StepStats {
   double std_z = 0, std_z_min = 0;  ///< mean and min over dimensions of the std of z_a
   /// Loss scaling: the optimizer step was skipped (an inf or NaN gradient).
   bool skipped = false;
+  /// The online linear probe's step (probe_count 0: none): its cross-entropy and top-1 hits.
+  double probe_loss = 0;
+  int64_t probe_correct = 0, probe_count = 0;
 };
 
 /// The steps of one log interval, summed.
@@ -88,7 +91,7 @@ class ProgressReporter {
   /// images_per_s, data_wait_fraction, elapsed_s); `eta_s` the estimated time left.
   void interval(const nlohmann::json& line, int64_t epochs, int64_t steps_per_epoch,
                 int64_t total_steps, double eta_s) const;
-  /// A kNN probe's metrics line.
+  /// A held-out probe's metrics line (kNN, or the online linear probe's).
   void probe(const nlohmann::json& line, int64_t steps_per_epoch) const;
   /// Ends the bar's line (before an error message, or at the end).
   void finish() const;

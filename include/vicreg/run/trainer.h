@@ -3,6 +3,7 @@
 #pragma once
 
 #include "vicreg/distributed.h"
+#include "vicreg/evaluate.h"
 #include "vicreg/io/files.h"
 #include "vicreg/loader.h"
 #include "vicreg/loss.h"
@@ -75,6 +76,9 @@ class Trainer {
   const PrecisionChoice& precision() const { return precision_; }
   bool channels_last() const { return channels_last_; }
   const GradScaler& scaler() const { return scaler_; }
+  /// The online linear probe (evaluate.h), or null when the run has none (online_probe off, or
+  /// auto on data without labels).
+  OnlineProbe online_probe() const { return probe_; }
   /// One optimizer step on a batch (forward passes under autocast in precision(), the loss in
   /// fp32); returns its numbers. With loss scaling, a step whose gradients are not finite is
   /// skipped (StepStats::skipped). Throws DivergedError on a non-finite loss without loss scaling,
@@ -92,6 +96,10 @@ class Trainer {
   void load_data();
   void build_model(bool fresh);
   void build_optimizer();
+  /// The online linear probe, when config_.runtime.online_probe asks for one; its weights are
+  /// drawn without touching the global generator, so that the backbone trains the same with it
+  /// or without it.
+  void build_probe();
   void join_group();
   /// Copies config_.model.init_backbone's weights into the backbone(s) (a new run only).
   void init_backbone();
@@ -104,9 +112,9 @@ class Trainer {
   /// The metrics line of an interval that ended at this step.
   nlohmann::json interval_line(const IntervalStats& interval, double lr, double seconds,
                                double wait_seconds, double elapsed) const;
-  /// The kNN probe of the current backbone (bank: eval_bank training samples; queries: the test
-  /// split); returns the metrics line.
-  nlohmann::json knn_probe();
+  /// The probes of the current backbone on the test split: kNN (bank: eval_bank training
+  /// samples) and, with one, the online linear probe; returns their metrics lines.
+  std::vector<nlohmann::json> held_out_probes();
   /// Loads the probe's held-out split (throws when there is none) and checks both have labels.
   void load_test_data();
   Backbone backbone() const;
@@ -131,6 +139,7 @@ class Trainer {
   PrecisionChoice precision_;
   bool channels_last_ = false;
   GradScaler scaler_;
+  OnlineProbe probe_{nullptr};
   int64_t skipped_in_a_row_ = 0;  ///< loss scaling: steps skipped since the last good one
   int64_t step_ = 0;
   double elapsed_before_ = 0;  ///< wall seconds of earlier sessions (resume)
