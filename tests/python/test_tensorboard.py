@@ -2,16 +2,19 @@
 and masked CRC32C checked with python3-crc32c, the events decoded by python3-protobuf from
 src/io/tensorboard.proto compiled here with protoc (and the field numbers TensorBoard uses checked
 on the raw bytes). The scalars must equal metrics.jsonl's numbers, step for step, across a run
-stopped and resumed. Run by CTest (label integration) with VICREG_CLI set.
+stopped and resumed, and across a run killed with SIGKILL and resumed. Run by CTest (label
+integration) with VICREG_CLI set.
 """
 import glob
 import importlib
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 import crc32c
@@ -27,18 +30,23 @@ def masked(data):
     return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def records(path):
-    """The data of every record, each CRC checked; a file must end on a whole record."""
+def records(path, torn_tail=False):
+    """The data of every record, each CRC checked; a file must end on a whole record (or, with
+    torn_tail, may end in a partial one, as a killed writer leaves it)."""
     out = []
     with open(path, "rb") as f:
         raw = f.read()
     at = 0
     while at < len(raw):
         header = raw[at:at + 8]
+        if torn_tail and len(raw) < at + 12:
+            break
         (length,) = struct.unpack("<Q", header)
         (header_crc,) = struct.unpack("<I", raw[at + 8:at + 12])
         assert header_crc == masked(header), f"{path}: bad length CRC at byte {at}"
         data = raw[at + 12:at + 12 + length]
+        if torn_tail and len(raw) < at + 16 + length:
+            break
         assert len(data) == length, f"{path}: torn record at byte {at}"
         (data_crc,) = struct.unpack("<I", raw[at + 12 + length:at + 16 + length])
         assert data_crc == masked(data), f"{path}: bad data CRC at byte {at}"
@@ -78,21 +86,23 @@ class TensorBoardTest(unittest.TestCase):
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
 
+    def train_args(self, exp, *extra):
+        return ["train", "--dataset", "image-folder", "--data-dir", self.path("img"), "--recipe",
+                "cifar", "--image-size", "12", "--width", "4", "--stages", "2", "--mlp", "16-16",
+                "--batch-size", "8", "--epochs", "3", "--threads", "1", "--workers", "1",
+                "--progress", "none", "--log-every", "1", "--eval-every", "1", "--eval-bank",
+                "0", "--exp-dir", self.path(exp), *extra]
+
     def train(self, exp, *extra):
-        r = subprocess.run(
-            [CLI, "train", "--dataset", "image-folder", "--data-dir", self.path("img"), "--recipe",
-             "cifar", "--image-size", "12", "--width", "4", "--stages", "2", "--mlp", "16-16",
-             "--batch-size", "8", "--epochs", "3", "--threads", "1", "--workers", "1",
-             "--progress", "none", "--log-every", "1", "--eval-every", "1", "--eval-bank", "0",
-             "--exp-dir", self.path(exp), *extra], capture_output=True, text=True)
+        r = subprocess.run([CLI, *self.train_args(exp, *extra)], capture_output=True, text=True)
         self.assertEqual(r.returncode, 0, r.stderr)
         return r
 
-    def events(self, exp):
+    def events(self, exp, torn_tail=False):
         """(file, Event) of every record of every event file of the run, in name order."""
         out = []
         for f in sorted(glob.glob(self.path(exp, "events.out.tfevents.*"))):
-            for data in records(f):
+            for data in records(f, torn_tail):
                 e = self.pb.Event()
                 e.ParseFromString(data)
                 out.append((f, e, data))
@@ -115,9 +125,9 @@ class TensorBoardTest(unittest.TestCase):
                 out.append((m["step"], scalars))
         return out
 
-    def summaries(self, exp):
+    def summaries(self, exp, torn_tail=False):
         got = []
-        for _, e, _ in self.events(exp):
+        for _, e, _ in self.events(exp, torn_tail):
             if e.WhichOneof("what") == "summary":
                 got.append((e.step, {v.tag: v.simple_value for v in e.summary.value}))
         return got
@@ -156,6 +166,33 @@ class TensorBoardTest(unittest.TestCase):
         self.assertEqual(got, self.expected("b"))
         steps = [s for s, scalars in got if "train/loss" in scalars]
         self.assertEqual(steps, list(range(1, 10)))  # 3 steps an epoch, each once
+
+    def test_a_killed_and_resumed_run_has_every_step_once(self):
+        args = self.train_args("k", "--epochs", "20", "--eval-every", "0",
+                               "--checkpoint-every", "5")
+        proc = subprocess.Popen([CLI, *args], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        metrics = self.path("k", "metrics.jsonl")
+        deadline = time.monotonic() + 120
+        last = 0
+        while proc.poll() is None and time.monotonic() < deadline:
+            if os.path.exists(metrics):
+                with open(metrics) as f:
+                    steps = [json.loads(line)["step"] for line in f if line.endswith("\n")]
+                last = steps[-1] if steps else 0
+                if last >= 12:  # past the checkpoint of step 10
+                    break
+            time.sleep(0.005)
+        proc.kill()
+        self.assertEqual(proc.wait(), -signal.SIGKILL, "the run ended before it was killed")
+        before = [s for s, scalars in self.summaries("k", torn_tail=True)
+                  if "train/loss" in scalars]
+        self.assertGreaterEqual(before[-1], 12)
+        self.train("k", "--epochs", "20", "--eval-every", "0", "--checkpoint-every", "5")
+        got = self.summaries("k")
+        self.assertEqual(got, self.expected("k"))
+        steps = [s for s, scalars in got if "train/loss" in scalars]
+        self.assertEqual(steps, list(range(1, 61)))  # 3 steps an epoch, each once
 
     def test_off_writes_no_event_file(self):
         self.train("c", "--tensorboard", "off", "--epochs", "1")
