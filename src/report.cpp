@@ -173,11 +173,15 @@ std::vector<std::string> curve_charts(const Metrics& m) {
   chart("chart-rankme", "RankMe (effective rank) of a batch", "rank",
         {series_of(m.steps, "rankme_y", "representation Y"),
          series_of(m.steps, "rankme_z", "embedding Z")});
-  if (m.knn.empty()) {
+  // A chart that says "no data" and what would give it some.
+  const auto empty = [&](const std::string& id, const std::string& t) {
     svg::LineChart c;
-    c.id = "chart-knn";
-    c.title = "kNN accuracy on the test split (train with --eval-every N)";
+    c.id = id;
+    c.title = t;
     charts.push_back(svg::line_chart(c));
+  };
+  if (m.knn.empty()) {
+    empty("chart-knn", "kNN accuracy on the test split (train with --eval-every N)");
   } else {
     chart("chart-knn", "kNN accuracy on the test split", "%",
           {series_of(m.knn, "knn_top1", "top-1", "epoch", 100.0),
@@ -186,10 +190,7 @@ std::vector<std::string> curve_charts(const Metrics& m) {
   const svg::Series probe_train =
       series_of(m.steps, "online_probe_top1", "training batches", "epoch", 100.0);
   if (probe_train.x.empty() && m.online.empty()) {
-    svg::LineChart c;
-    c.id = "chart-online-probe";
-    c.title = "Online linear probe (labelled data, --online-probe)";
-    charts.push_back(svg::line_chart(c));
+    empty("chart-online-probe", "Online linear probe (labelled data, --online-probe)");
   } else {
     chart("chart-online-probe", "Online linear probe top-1", "%",
           {probe_train, series_of(m.online, "top1", "test split", "epoch", 100.0)});
