@@ -258,6 +258,12 @@ TEST_F(Readers, NpyFortranOrderAndCorruptFiles) {
   expect_error_from(read(p), p, "'-2', not a non-negative integer");
   p = put("wrap.npy", npy_bytes(header("999999999999, 999999999999, 999999999999"), ""));
   expect_error_from(read(p), p, "more than 2^40 elements");
+  // No elements at all, but sizes whose product LibTorch refuses (found by fuzz_npy): an error of
+  // ours, not LibTorch's; a true empty array still reads.
+  p = put("zero.npy", npy_bytes(header("0, 3, 66666666663, 23, 3, 3, 23"), ""));
+  expect_error_from(read(p), p, "more than 2^40 elements (zero-length sizes aside)");
+  p = put("empty.npy", npy_bytes(header("0, 3"), ""));
+  EXPECT_EQ(vicreg::read_npy(p).sizes(), (std::vector<int64_t>{0, 3}));
   p = put("huge.npy", npy_bytes(header("1000000, 100000"), std::string(8, '\0')));
   expect_error_from(read(p), p, "declares 400000000000 bytes of data, the file holds 8");
   p = put("gap.npy", npy_bytes(header("2,, 3"), std::string(24, '\0')));

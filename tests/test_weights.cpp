@@ -139,6 +139,18 @@ TEST_F(Weights, SafetensorsReaderNamesWhatIsWrong) {
         "dtype or shape mismatch");
   check(safetensors_bytes(R"({"w":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", data),
         "not a list of sizes");
+  // Sizes whose product wraps past 2^64 (2^40 x 2^40), and a 0 before them (no elements, but
+  // LibTorch refuses the shape): errors of ours, not LibTorch's; a true empty tensor still reads.
+  check(safetensors_bytes(
+            R"({"w":{"dtype":"F32","shape":[1099511627776,1099511627776],"data_offsets":[0,0]}})",
+            ""),
+        "is too large (over 2^40 elements)");
+  check(safetensors_bytes(
+            R"({"w":{"dtype":"F32","shape":[0,1099511627776,1099511627776],"data_offsets":[0,0]}})",
+            ""),
+        "is too large (over 2^40 elements)");
+  spit(f, safetensors_bytes(R"({"w":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]}})", ""));
+  EXPECT_EQ(vicreg::read_safetensors(f).tensors.at(0).second.sizes(), (std::vector<int64_t>{0, 3}));
   check(safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
                           R"("b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
                           data),

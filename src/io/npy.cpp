@@ -103,9 +103,11 @@ torch::Tensor read_npy(const std::string& path) {
   }
   const bool fortran = order == "True";
   // Sizes: non-negative integers, their product checked without overflow before any allocation.
+  // The product of the non-zero sizes is bounded too: LibTorch refuses a shape whose sizes
+  // overflow even when one of them is 0, (0, 2^40, 2^40) among them.
   std::vector<int64_t> shape;
   const std::string dims = header_value(path, header, "shape", '(', ')');
-  int64_t count = 1;
+  int64_t count = 1, extent = 1;
   size_t start = 0;
   while (start <= dims.size()) {
     size_t comma = dims.find(',', start);
@@ -121,9 +123,12 @@ torch::Tensor read_npy(const std::string& path) {
                           "', not a non-negative integer of at most 12 digits");
     }
     shape.push_back(std::stoll(entry));
-    if (__builtin_mul_overflow(count, shape.back(), &count) || count > (int64_t{1} << 40)) {
-      npy_error(path, "header's shape (" + dims + ") declares more than 2^40 elements");
+    if (__builtin_mul_overflow(extent, std::max<int64_t>(shape.back(), 1), &extent) ||
+        extent > (int64_t{1} << 40)) {
+      npy_error(path, "header's shape (" + dims + ") declares more than 2^40 elements" +
+                          (count == 0 || shape.back() == 0 ? " (zero-length sizes aside)" : ""));
     }
+    count *= shape.back();  // at most extent
   }
   // The data must be in the file before memory is taken for it.
   const auto data_start = static_cast<uintmax_t>(in.tellg());

@@ -137,15 +137,21 @@ WeightsFile read_safetensors(const std::string& path) {
       fail(path, where + "dtype '" + dtype +
                      "' is not supported (F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL)");
     }
+    // The product of the sizes, and that of the non-zero ones (LibTorch refuses a shape whose
+    // sizes overflow even when one is 0), both checked without overflow.
     std::vector<int64_t> shape;
-    uint64_t numel = 1;
+    uint64_t numel = 1, extent = 1;
     for (const auto& s : entry["shape"]) {
       if (!s.is_number_unsigned() || s.get<uint64_t>() > (uint64_t{1} << 40)) {
         fail(path, where + "shape " + entry["shape"].dump() + " is not a list of sizes");
       }
-      shape.push_back(s.get<int64_t>());
-      numel *= s.get<uint64_t>();
-      if (numel > (uint64_t{1} << 40)) fail(path, where + "shape is too large");
+      const uint64_t size = s.get<uint64_t>();
+      shape.push_back(static_cast<int64_t>(size));
+      if (__builtin_mul_overflow(extent, std::max<uint64_t>(size, 1), &extent) ||
+          extent > (uint64_t{1} << 40)) {
+        fail(path, where + "shape " + entry["shape"].dump() + " is too large (over 2^40 elements)");
+      }
+      numel *= size;  // at most extent
     }
     const auto& off = entry["data_offsets"];
     if (!off[0].is_number_unsigned() || !off[1].is_number_unsigned()) {
