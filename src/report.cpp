@@ -148,19 +148,25 @@ std::optional<TrainConfig> run_config(const fs::path& dir) {
   return std::nullopt;
 }
 
+/// A line chart over epochs: the report's and the comparison's.
+std::string epoch_chart(const std::string& id, const std::string& title, const std::string& y_label,
+                        std::vector<svg::Series> series, bool log_y = false) {
+  svg::LineChart c;
+  c.id = id;
+  c.title = title;
+  c.x_label = "epoch";
+  c.y_label = y_label;
+  c.log_y = log_y;
+  c.series = std::move(series);
+  return svg::line_chart(c);
+}
+
 /// The training curves of metrics.jsonl.
 std::vector<std::string> curve_charts(const Metrics& m) {
   std::vector<std::string> charts;
   const auto chart = [&](const std::string& id, const std::string& t, const std::string& y_label,
                          std::vector<svg::Series> series, bool log_y = false) {
-    svg::LineChart c;
-    c.id = id;
-    c.title = t;
-    c.x_label = "epoch";
-    c.y_label = y_label;
-    c.log_y = log_y;
-    c.series = std::move(series);
-    charts.push_back(svg::line_chart(c));
+    charts.push_back(epoch_chart(id, t, y_label, std::move(series), log_y));
   };
   chart("chart-loss", "Loss", "loss", {series_of(m.steps, "loss", "loss")});
   chart("chart-terms", "Loss terms (unweighted)", "term",
@@ -542,15 +548,10 @@ ComparisonSummary write_comparison(const ComparisonOptions& options) {
   std::vector<std::string> charts;
   const auto chart = [&](const std::string& id, const std::string& title,
                          const std::string& y_label,
-                         const std::function<svg::Series(const Run&)>& of, bool log_y = false) {
-    svg::LineChart c;
-    c.id = id;
-    c.title = title;
-    c.x_label = "epoch";
-    c.y_label = y_label;
-    c.log_y = log_y;
-    for (const Run& r : runs) c.series.push_back(of(r));
-    charts.push_back(svg::line_chart(c));
+                         const std::function<svg::Series(const Run&)>& of) {
+    std::vector<svg::Series> series;
+    for (const Run& r : runs) series.push_back(of(r));
+    charts.push_back(epoch_chart(id, title, y_label, std::move(series)));
   };
   chart("compare-loss", "Loss", "loss",
         [](const Run& r) { return series_of(r.metrics.steps, "loss", r.label); });
