@@ -2,7 +2,12 @@
 // tests/fixtures/v0.1-run holds a checkpoint.pt, backbone.pt and exported backbone.safetensors of
 // a 3-step run of that version on support/synthetic_data.h's images, with what that version
 // computed from them (the test split's representations and embeddings, the losses of two more
-// steps after resuming). This version must compute the same, bit for bit.
+// steps after resuming). This version must compute the same values, to within float rounding:
+// MKL and oneDNN choose their fp32 kernels by the CPU (AVX2, AVX-512 and AMX machines sum in
+// different orders), so products and convolutions computed on another machine than the one that
+// made the fixture may differ in the last bits (on the machine that made them, they are
+// identical). The tolerances are 70x or more below what one training step changes: a misread
+// weight, BatchNorm statistic, optimizer state or learning rate shows up as a step's worth.
 #include "vicreg/io/npy.h"
 #include "vicreg/run/artifacts.h"
 #include "vicreg/run/evaluation.h"
@@ -13,6 +18,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -31,6 +37,11 @@ class Compat : public vicreg::testing::TempDirTest {
   }
   static std::string fixture(const std::string& name) {
     return (fs::path(VICREG_FIXTURES) / "v0.1-run" / name).string();
+  }
+  // Equal to within 1e-5 of the largest magnitude (float rounding of sums of a few hundred terms).
+  static void expect_close(const torch::Tensor& got, const torch::Tensor& want) {
+    ASSERT_EQ(got.sizes(), want.sizes());
+    EXPECT_LE((got - want).abs().max().item<double>(), 1e-5 * want.abs().max().item<double>());
   }
   torch::Tensor features(vicreg::SubjectSpec spec, bool embedding) {
     spec.data_dir = (dir_ / "data").string();
@@ -55,10 +66,10 @@ TEST_F(Compat, OldBackbonesGiveTheSameRepresentations) {
   const torch::Tensor expected = vicreg::read_npy(fixture("emb_backbone.npy"));
   vicreg::SubjectSpec pt;
   pt.backbone = fixture("backbone.pt");
-  EXPECT_TRUE(torch::equal(features(pt, false), expected));
+  expect_close(features(pt, false), expected);
   vicreg::SubjectSpec st;
   st.backbone = fixture("backbone.safetensors");  // vicreg 0.1's export: flat config metadata
-  EXPECT_TRUE(torch::equal(features(st, false), expected));
+  expect_close(features(st, false), expected);
   const vicreg::Backbone b = vicreg::read_checkpoint_backbone(fixture("checkpoint.pt"));
   EXPECT_EQ(b.in_channels, 1);
   EXPECT_EQ(b.image_size, 28);
@@ -67,7 +78,7 @@ TEST_F(Compat, OldBackbonesGiveTheSameRepresentations) {
 TEST_F(Compat, OldCheckpointsGiveTheSameEmbeddings) {
   vicreg::SubjectSpec spec;
   spec.checkpoint = fixture("checkpoint.pt");
-  EXPECT_TRUE(torch::equal(features(spec, true), vicreg::read_npy(fixture("emb_checkpoint.npy"))));
+  expect_close(features(spec, true), vicreg::read_npy(fixture("emb_checkpoint.npy")));
 }
 
 TEST_F(Compat, OldCheckpointsResumeToTheSameLosses) {
@@ -92,7 +103,9 @@ TEST_F(Compat, OldCheckpointsResumeToTheSameLosses) {
     const auto o = nlohmann::json::parse(a), n = nlohmann::json::parse(b);
     EXPECT_EQ(n["step"], o["step"]);
     for (const char* key : {"loss", "invariance", "variance", "covariance", "lr", "std_z"}) {
-      EXPECT_EQ(n[key].get<double>(), o[key].get<double>()) << key << " at step " << o["step"];
+      const double want = o[key].get<double>();
+      EXPECT_NEAR(n[key].get<double>(), want, 1e-4 * std::abs(want))
+          << key << " at step " << o["step"];
     }
     ++compared;
   }
