@@ -367,12 +367,24 @@ Encoder make_encoder(const EncoderConfig& config) {
     throw UsageError("--arch " + to_string(config.arch) +
                      " needs images; for vector data (.npy) use --arch mlp");
   }
+  if (config.in_channels < 1 || config.in_channels > 4096) {
+    throw UsageError("--arch " + to_string(config.arch) + ": images of " +
+                     std::to_string(config.in_channels) + " channels (1 to 4,096 are possible)");
+  }
   if (config.arch == Arch::ConvNet) {
-    const int64_t min_side = int64_t{1} << std::max<int64_t>(0, config.stages - 1);
-    if (config.stages < 1 || config.stages > 8 || config.image_size < min_side) {
+    if (config.stages < 1 || config.stages > 8) {
+      throw UsageError("--arch convnet: --stages must be in [1, 8], got " +
+                       std::to_string(config.stages));
+    }
+    const int64_t min_side = int64_t{1} << (config.stages - 1);
+    if (config.image_size < min_side) {
       throw UsageError("--arch convnet: " + std::to_string(config.stages) +
                        " stages need images of at least " + std::to_string(min_side) + " px, got " +
                        std::to_string(config.image_size));
+    }
+    if (config.width < 1 || config.width > 4096) {
+      throw UsageError("--arch convnet: --width must be in [1, 4096], got " +
+                       std::to_string(config.width));
     }
     return std::make_shared<ConvNetImpl>(
         ConvNetOptions().in_channels(config.in_channels).width(config.width).stages(config.stages));

@@ -778,3 +778,47 @@ TEST_F(Train, StoredSettingsMustFitTheWeightsTheFileHolds) {
   vicreg::write_safetensors(exported, file.tensors, file.metadata);
   EXPECT_THROW(vicreg::read_backbone(exported), vicreg::FormatError);
 }
+
+TEST_F(Train, StoredSettingsNoEncoderCanHaveAreFormatErrors) {
+  // Settings small enough to pass the size check but impossible (no channels, a width or a
+  // number of stages below 1): a FormatError naming the setting, not LibTorch's c10::Error out
+  // of the ConvNet's constructor (found by fuzz_backbone in 180 k executions).
+  auto c = small("impossible");
+  c.runtime.max_steps = 1;
+  vicreg::Trainer(c).run({vicreg::ProgressStyle::None});
+  const auto good = vicreg::read_backbone((fs::path(c.runtime.exp_dir) / "backbone.pt").string());
+  const std::string exported = (dir_ / "b.safetensors").string();
+  vicreg::export_backbone(good, exported);
+  const vicreg::WeightsFile file = vicreg::read_weights(exported);
+  struct Case {
+    int64_t width, stages;
+    std::string in_channels, expected;
+  };
+  for (const Case& k : {Case{0, 2, "1", "--width must be in [1, 4096], got 0"},
+                        Case{-4, 2, "1", "--width must be in [1, 4096], got -4"},
+                        Case{8, 0, "1", "--stages must be in [1, 8], got 0"},
+                        Case{8, 2, "0", "images of 0 channels"}}) {
+    auto bad = good.config;
+    bad.model.width = k.width;
+    bad.model.stages = k.stages;
+    auto metadata = file.metadata;
+    metadata["vicreg.config"] = vicreg::to_json(bad).dump();
+    metadata["vicreg.in_channels"] = k.in_channels;
+    vicreg::write_safetensors(exported, file.tensors, metadata);
+    try {
+      vicreg::read_backbone(exported);
+      ADD_FAILURE() << "expected an error for width " << k.width;
+    } catch (const vicreg::FormatError& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("cannot be built"), std::string::npos) << what;
+      EXPECT_NE(what.find(k.expected), std::string::npos) << what;
+    }
+  }
+  // A foreign state dict (no metadata) whose first convolution has no output channels.
+  auto tensors = file.tensors;
+  for (auto& [name, t] : tensors) {
+    if (name == "stage1.0.weight") t = torch::zeros({0, t.size(1), 3, 3});
+  }
+  vicreg::write_safetensors(exported, tensors, {});
+  EXPECT_THROW(vicreg::read_backbone(exported), vicreg::FormatError);
+}

@@ -426,7 +426,12 @@ Backbone backbone_from_weights(const std::string& path) {
     b.in_channels = ec.in_channels;
     b.image_size = 0;  // not recorded: the data's recipe decides
   }
-  b.encoder = make_encoder(ec);
+  try {
+    b.encoder = make_encoder(ec);
+  } catch (const UsageError& e) {  // settings no encoder can have: the file is damaged
+    throw FormatError("backbone '" + path + "' describes an encoder that cannot be built: " +
+                      e.what());
+  }
   load_encoder_weights(*b.encoder, file.tensors, "backbone '" + path + "'");
   b.encoder->eval();
   return b;
