@@ -429,8 +429,8 @@ Backbone backbone_from_weights(const std::string& path) {
   try {
     b.encoder = make_encoder(ec);
   } catch (const UsageError& e) {  // settings no encoder can have: the file is damaged
-    throw FormatError("backbone '" + path + "' describes an encoder that cannot be built: " +
-                      e.what());
+    throw FormatError("backbone '" + path +
+                      "' describes an encoder that cannot be built: " + e.what());
   }
   load_encoder_weights(*b.encoder, file.tensors, "backbone '" + path + "'");
   b.encoder->eval();
