@@ -8,9 +8,11 @@
 //   train_bench [--threads=N] [google benchmark flags]
 #include "vicreg/augment.h"
 #include "vicreg/loader.h"
+#include "vicreg/models.h"
 #include "vicreg/run/trainer.h"
 #include "vicreg/runtime.h"
 
+#include <ATen/ATen.h>
 #include <benchmark/benchmark.h>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -21,6 +23,8 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <tuple>
+#include <vector>
 
 namespace {
 
@@ -49,8 +53,7 @@ vicreg::TrainConfig default_config(const std::string& name) {
 /// precision (0 fp32, 1 bf16) and the memory format (0 contiguous, 1 channels_last). Counters:
 /// images/s and the peak tensor memory of a step above what was allocated before it (the
 /// counting allocator).
-void BM_TrainStep(benchmark::State& state) {
-  const bool bf16 = state.range(0) == 1, channels_last = state.range(1) == 1;
+void train_step(benchmark::State& state, bool bf16, bool channels_last) {
   vicreg::enable_memory_tracking();
   auto config = default_config(std::string("step") + (bf16 ? "_bf16" : "_fp32") +
                                (channels_last ? "_cl" : ""));
@@ -78,6 +81,9 @@ void BM_TrainStep(benchmark::State& state) {
   state.SetLabel(std::string(bf16 ? "bf16" : "fp32") + (channels_last ? " channels_last" : "") +
                  "; " + vicreg::describe_runtime().substr(0, 60));
 }
+void BM_TrainStep(benchmark::State& state) {
+  train_step(state, state.range(0) == 1, state.range(1) == 1);
+}
 BENCHMARK(BM_TrainStep)
     ->ArgNames({"bf16", "channels_last"})
     ->Args({0, 0})
@@ -86,6 +92,68 @@ BENCHMARK(BM_TrainStep)
     ->Args({1, 1})
     ->Unit(benchmark::kMillisecond)
     ->MinTime(5.0)
+    ->UseRealTime();
+
+/// The bf16 step with conv2d_forward's fp32 backward for the small-spatial layers off and on
+/// (the default is on with AMX only): the end-to-end effect of BM_ConvBackward's rule. Arguments:
+/// channels_last (0, 1) and the fp32 backward (0 off, 1 on).
+void BM_TrainStepConvFp32Backward(benchmark::State& state) {
+  const bool before = vicreg::conv2d_fp32_backward_enabled();
+  vicreg::set_conv2d_fp32_backward_enabled(state.range(1) == 1);
+  train_step(state, true, state.range(0) == 1);
+  vicreg::set_conv2d_fp32_backward_enabled(before);
+}
+BENCHMARK(BM_TrainStepConvFp32Backward)
+    ->ArgNames({"channels_last", "fp32_backward"})
+    ->ArgsProduct({{0, 1}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(5.0)
+    ->UseRealTime();
+
+/// The backward kernels of each convolution in the default ConvNet (width 32, 4 stages, 28 px,
+/// batch 2 x 128), in bf16 and in fp32 on the same bf16-rounded tensors (the conversions
+/// included): the measurement behind conv2d_forward's rule (kFp32BackwardMaxPixels,
+/// kFp32BackwardMinChannels). Arguments: the layer (0-7, in the order they run), the dtype of the
+/// backward pass (0 bf16, 1 fp32) and the memory format (0 contiguous, 1 channels_last).
+void BM_ConvBackward(benchmark::State& state) {
+  struct Layer {
+    int64_t in, out, size, stride;
+  };
+  static const Layer layers[] = {{1, 32, 28, 1},   {32, 32, 28, 1},  {32, 64, 28, 2},
+                                 {64, 64, 14, 1},  {64, 128, 14, 2}, {128, 128, 7, 1},
+                                 {128, 256, 7, 2}, {256, 256, 4, 1}};
+  const Layer& l = layers[state.range(0)];
+  const bool fp32 = state.range(1) == 1;
+  const auto format =
+      state.range(2) == 1 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  torch::manual_seed(0);
+  const int64_t batch = 256, out_size = (l.size - 1) / l.stride + 1;
+  const auto bf16 = torch::TensorOptions().dtype(torch::kBFloat16);
+  const auto x = torch::randn({batch, l.in, l.size, l.size}, bf16).contiguous(format);
+  const auto w = (0.05 * torch::randn({l.out, l.in, 3, 3}, bf16)).contiguous(format);
+  const auto g = torch::randn({batch, l.out, out_size, out_size}, bf16).contiguous(format);
+  const std::vector<int64_t> stride{l.stride, l.stride}, padding{1, 1}, dilation{1, 1};
+  for (auto _ : state) {
+    if (fp32) {
+      auto r = at::convolution_backward(g.to(torch::kFloat), x.to(torch::kFloat),
+                                        w.to(torch::kFloat), c10::nullopt, stride, padding,
+                                        dilation, false, {0, 0}, 1, {true, true, false});
+      benchmark::DoNotOptimize(std::get<0>(r).to(torch::kBFloat16));
+    } else {
+      auto r = at::convolution_backward(g, x, w, c10::nullopt, stride, padding, dilation, false,
+                                        {0, 0}, 1, {true, true, false});
+      benchmark::DoNotOptimize(std::get<0>(r));
+    }
+  }
+  state.SetLabel(std::to_string(l.in) + "->" + std::to_string(l.out) + " at " +
+                 std::to_string(l.size) + " px, stride " + std::to_string(l.stride) +
+                 (fp32 ? ", fp32" : ", bf16") + (state.range(2) == 1 ? ", channels_last" : ""));
+}
+BENCHMARK(BM_ConvBackward)
+    ->ArgNames({"layer", "fp32", "channels_last"})
+    ->ArgsProduct({{0, 1, 2, 3, 4, 5, 6, 7}, {0, 1}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(0.5)
     ->UseRealTime();
 
 /// The training loop with its loader, default config: the fraction of wall time next() waited.

@@ -2,7 +2,10 @@
 
 #include "vicreg/distributed.h"
 #include "vicreg/error.h"
+#include "vicreg/precision.h"
 
+#include <ATen/autocast_mode.h>
+#include <torch/autograd.h>
 #include <torch/nn/functional/activation.h>
 #include <torch/nn/functional/pooling.h>
 #include <torch/nn/init.h>
@@ -11,6 +14,7 @@
 #include <torch/nn/modules/pooling.h>
 
 #include <algorithm>
+#include <atomic>
 #include <map>
 #include <ostream>
 #include <sstream>
@@ -50,6 +54,42 @@ torch::nn::Conv2d conv(int64_t in, int64_t out, int64_t kernel, int64_t stride) 
       torch::nn::Conv2dOptions(in, out, kernel).stride(stride).padding(kernel / 2).bias(false));
 }
 
+/// A convolution (no bias, dilation 1, one group) whose forward pass is autocast's bf16 one and
+/// whose backward pass runs in fp32 on the same bf16-rounded input and weight: for layers with few
+/// output pixels and many channels, oneDNN's bf16 backward kernels are slower than its fp32 ones
+/// (on an AMX Xeon, 2 threads, batch 256: 256->256 channels at 4x4 93 ms in bf16 vs 62 in fp32;
+/// 128->256 at stride 2 from 7x7 83 vs 41), while the forward pass is faster in bf16 at every
+/// shape. The gradients are the exact fp32 gradients of the bf16 forward pass's inputs.
+class ConvBf16Fp32Backward : public torch::autograd::Function<ConvBf16Fp32Backward> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& weight, int64_t stride, int64_t padding) {
+    const torch::Tensor xb = x.to(torch::kBFloat16), wb = weight.to(torch::kBFloat16);
+    ctx->save_for_backward({xb, wb});
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["padding"] = padding;
+    ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
+    ctx->saved_data["w_dtype"] = static_cast<int64_t>(weight.scalar_type());
+    return at::convolution(xb, wb, c10::nullopt, {stride, stride}, {padding, padding}, {1, 1},
+                           false, {0, 0}, 1);
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const int64_t stride = ctx->saved_data["stride"].toInt();
+    const int64_t padding = ctx->saved_data["padding"].toInt();
+    const auto x_dtype = static_cast<torch::ScalarType>(ctx->saved_data["x_dtype"].toInt());
+    const auto w_dtype = static_cast<torch::ScalarType>(ctx->saved_data["w_dtype"].toInt());
+    const torch::Tensor xf = saved[0].to(torch::kFloat), wf = saved[1].to(torch::kFloat);
+    auto [gx, gw, gb] = at::convolution_backward(
+        grads[0].to(torch::kFloat), xf, wf, c10::nullopt, {stride, stride}, {padding, padding},
+        {1, 1}, false, {0, 0}, 1, {ctx->needs_input_grad(0), ctx->needs_input_grad(1), false});
+    if (gx.defined()) gx = gx.to(x_dtype);
+    if (gw.defined()) gw = gw.to(w_dtype);
+    return {gx, gw, torch::Tensor(), torch::Tensor()};
+  }
+};
+
 /// torchvision's ResNet initialisation: Kaiming normal (fan_out, relu) for convs, BN (1, 0).
 void init_conv_bn(torch::nn::Module& module) {
   torch::NoGradGuard no_grad;
@@ -63,7 +103,54 @@ void init_conv_bn(torch::nn::Module& module) {
   }
 }
 
+/// A Sequential's forward pass, with its convolutions through conv2d_forward.
+torch::Tensor forward_layers(torch::nn::Sequential& layers, torch::Tensor x) {
+  for (auto& m : *layers) {
+    if (auto* c = m.ptr()->as<torch::nn::Conv2dImpl>()) {
+      x = conv2d_forward(*c, x);
+    } else {
+      x = m.forward(x);
+    }
+  }
+  return x;
+}
+
 }  // namespace
+
+namespace {
+std::atomic<bool>& fp32_backward_flag() {
+  static std::atomic<bool> enabled{cpu_has_amx_bf16()};
+  return enabled;
+}
+}  // namespace
+
+bool conv2d_fp32_backward_enabled() { return fp32_backward_flag().load(); }
+void set_conv2d_fp32_backward_enabled(bool enabled) { fp32_backward_flag().store(enabled); }
+
+bool conv2d_backward_in_fp32(const torch::nn::Conv2dImpl& c, const torch::Tensor& x) {
+  if (!conv2d_fp32_backward_enabled() || !torch::GradMode::is_enabled() ||
+      !c.weight.requires_grad() || x.dim() != 4 || x.device().type() != torch::kCPU ||
+      !at::autocast::is_cpu_enabled() ||
+      at::autocast::get_autocast_cpu_dtype() != torch::kBFloat16) {
+    return false;
+  }
+  const auto& o = c.options;
+  const auto* pad = c10::get_if<torch::ExpandingArray<2>>(&o.padding());
+  if (o.groups() != 1 || o.bias() || pad == nullptr || (**pad)[0] != (**pad)[1] ||
+      (*o.dilation())[0] != 1 || (*o.dilation())[1] != 1 || (*o.stride())[0] != (*o.stride())[1]) {
+    return false;
+  }
+  const int64_t s = (*o.stride())[0], p = (**pad)[0];
+  const int64_t out_h = (x.size(2) + 2 * p - (*o.kernel_size())[0]) / s + 1;
+  const int64_t out_w = (x.size(3) + 2 * p - (*o.kernel_size())[1]) / s + 1;
+  return out_h * out_w <= kFp32BackwardMaxPixels && o.in_channels() >= kFp32BackwardMinChannels;
+}
+
+torch::Tensor conv2d_forward(torch::nn::Conv2dImpl& c, const torch::Tensor& x) {
+  if (!conv2d_backward_in_fp32(c, x)) return c.forward(x);
+  return ConvBf16Fp32Backward::apply(x, c.weight, (*c.options.stride())[0],
+                                     (*c10::get<torch::ExpandingArray<2>>(c.options.padding()))[0]);
+}
 
 // ---------------------------------------------------------------------------------------------
 // BatchNorm
@@ -146,14 +233,14 @@ ResidualBlockImpl::ResidualBlockImpl(int64_t in_planes, int64_t planes, int64_t 
 }
 
 torch::Tensor ResidualBlockImpl::forward(torch::Tensor x) {
-  torch::Tensor out = torch::relu(bn1(conv1(x)));
+  torch::Tensor out = torch::relu(bn1(conv2d_forward(*conv1, x)));
   if (bottleneck_) {
-    out = torch::relu(bn2(conv2(out)));
-    out = bn3(conv3(out));
+    out = torch::relu(bn2(conv2d_forward(*conv2, out)));
+    out = bn3(conv2d_forward(*conv3, out));
   } else {
-    out = bn2(conv2(out));
+    out = bn2(conv2d_forward(*conv2, out));
   }
-  const torch::Tensor identity = downsample ? downsample->forward(x) : x;
+  const torch::Tensor identity = downsample ? forward_layers(downsample, x) : x;
   return torch::relu(out + identity);
 }
 
@@ -218,7 +305,7 @@ ResNetImpl::ResNetImpl(const ResNetOptions& options_) : options(options_) {
 torch::Tensor ResNetImpl::forward(torch::Tensor x) {
   TORCH_CHECK(x.dim() == 4 && x.size(1) == options.in_channels(), "ResNet expects [N, ",
               options.in_channels(), ", H, W] images, got ", x.sizes());
-  x = torch::relu(bn1(conv1(x)));
+  x = torch::relu(bn1(conv2d_forward(*conv1, x)));
   if (!options.small_stem()) x = F::max_pool2d(x, F::MaxPool2dFuncOptions(3).stride(2).padding(1));
   x = layer4->forward(layer3->forward(layer2->forward(layer1->forward(x))));
   return x.mean({2, 3});
@@ -250,7 +337,7 @@ ConvNetImpl::ConvNetImpl(const ConvNetOptions& options_) : options(options_) {
 torch::Tensor ConvNetImpl::forward(torch::Tensor x) {
   TORCH_CHECK(x.dim() == 4 && x.size(1) == options.in_channels(), "ConvNet expects [N, ",
               options.in_channels(), ", H, W] images, got ", x.sizes());
-  for (auto& stage : stages) x = stage->forward(x);
+  for (auto& stage : stages) x = forward_layers(stage, x);
   return x.mean({2, 3});
 }
 

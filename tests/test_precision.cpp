@@ -121,6 +121,67 @@ TEST(Precision, TheLossReturnsFp32FromBf16Embeddings) {
   EXPECT_EQ(a.grad().scalar_type(), torch::kBFloat16);  // gradients in the inputs' dtype
 }
 
+TEST(Precision, SmallSpatialConvolutionsGetAnFp32BackwardUnderBf16) {
+  // On by default on AMX CPUs only (where it was measured); the rule itself holds on any CPU.
+  EXPECT_EQ(vicreg::conv2d_fp32_backward_enabled(), vicreg::cpu_has_amx_bf16());
+  const bool was_enabled = vicreg::conv2d_fp32_backward_enabled();
+  vicreg::set_conv2d_fp32_backward_enabled(true);
+  torch::manual_seed(3);
+  // The default ConvNet's last stage on 28 px images: 128 -> 256 channels, stride 2, 7x7 -> 4x4.
+  torch::nn::Conv2d conv(torch::nn::Conv2dOptions(128, 256, 3).stride(2).padding(1).bias(false));
+  for (const bool channels_last : {false, true}) {
+    auto x = torch::randn({8, 128, 7, 7});
+    if (channels_last) x = x.contiguous(at::MemoryFormat::ChannelsLast);
+    x.requires_grad_();
+    conv->weight.mutable_grad() = torch::Tensor();
+    const auto grad_out = torch::randn({8, 256, 4, 4}).to(torch::kBFloat16);
+    torch::Tensor y, reference;
+    {
+      const vicreg::AutocastGuard guard(torch::kCPU, Precision::Bf16);
+      ASSERT_TRUE(vicreg::conv2d_backward_in_fp32(*conv, x));
+      y = vicreg::conv2d_forward(*conv, x);
+      reference = conv->forward(x);  // autocast's own bf16 convolution
+    }
+    // The forward pass is autocast's, bit for bit.
+    EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
+    EXPECT_TRUE(torch::equal(y, reference));
+    y.backward(grad_out);
+    ASSERT_EQ(x.grad().scalar_type(), torch::kFloat);
+    ASSERT_EQ(conv->weight.grad().scalar_type(), torch::kFloat);
+    // The gradients are the exact ones of the bf16-rounded input and weight, computed in fp64.
+    const auto xd = x.detach().to(torch::kBFloat16).to(torch::kDouble).requires_grad_();
+    const auto wd = conv->weight.detach().to(torch::kBFloat16).to(torch::kDouble).requires_grad_();
+    torch::nn::functional::conv2d(xd, wd,
+                                  torch::nn::functional::Conv2dFuncOptions().stride(2).padding(1))
+        .backward(grad_out.to(torch::kDouble));
+    const auto rel = [](const torch::Tensor& got, const torch::Tensor& want) {
+      return ((got.to(torch::kDouble) - want).abs().max() / want.abs().max()).item<double>();
+    };
+    // fp32 accumulation: ~1e-7 relative; bf16 outputs would be ~4e-3.
+    EXPECT_LT(rel(x.grad(), xd.grad()), 1e-5) << "channels_last " << channels_last;
+    EXPECT_LT(rel(conv->weight.grad(), wd.grad()), 1e-5) << "channels_last " << channels_last;
+    x.mutable_grad() = torch::Tensor();
+  }
+  // Where the rule does not hold, conv.forward runs.
+  const auto big = torch::randn({2, 128, 8, 8});     // 4x4 output
+  const auto wide = torch::randn({2, 128, 10, 10});  // 5x5 output: 25 pixels
+  torch::nn::Conv2d narrow(torch::nn::Conv2dOptions(64, 128, 3).stride(2).padding(1).bias(false));
+  {
+    const vicreg::AutocastGuard guard(torch::kCPU, Precision::Bf16);
+    EXPECT_TRUE(vicreg::conv2d_backward_in_fp32(*conv, big));
+    EXPECT_FALSE(vicreg::conv2d_backward_in_fp32(*conv, wide));
+    EXPECT_FALSE(vicreg::conv2d_backward_in_fp32(*narrow, torch::randn({2, 64, 8, 8})));
+    vicreg::set_conv2d_fp32_backward_enabled(false);
+    EXPECT_FALSE(vicreg::conv2d_backward_in_fp32(*conv, big));
+    vicreg::set_conv2d_fp32_backward_enabled(true);
+    const torch::NoGradGuard no_grad;  // evaluation: no backward to speed up
+    EXPECT_FALSE(vicreg::conv2d_backward_in_fp32(*conv, big));
+  }
+  EXPECT_FALSE(vicreg::conv2d_backward_in_fp32(*conv, big));  // fp32: no autocast
+  EXPECT_TRUE(torch::equal(vicreg::conv2d_forward(*conv, big), conv->forward(big)));
+  vicreg::set_conv2d_fp32_backward_enabled(was_enabled);
+}
+
 vicreg::Encoder encoder(vicreg::Arch arch, int64_t channels) {
   vicreg::EncoderConfig c;
   c.arch = arch;
@@ -166,7 +227,9 @@ TEST(Precision, ChannelsLastGivesTheSameOutputs) {
       vicreg::use_channels_last(Toggle::On, /*convolutional=*/false, cpu, Precision::Fp32));
   EXPECT_FALSE(vicreg::use_channels_last(Toggle::Auto, true, cpu, Precision::Fp32));
   EXPECT_TRUE(vicreg::use_channels_last(Toggle::Auto, true, cpu, Precision::Fp32, Toggle::On));
-  EXPECT_FALSE(vicreg::use_channels_last(Toggle::Auto, true, cpu, Precision::Bf16));
+  EXPECT_EQ(vicreg::use_channels_last(Toggle::Auto, true, cpu, Precision::Bf16),
+            vicreg::cpu_has_amx_bf16());
+  EXPECT_FALSE(vicreg::use_channels_last(Toggle::Auto, true, cpu, Precision::Bf16, Toggle::Off));
   EXPECT_TRUE(vicreg::use_channels_last(Toggle::On, true, cpu, Precision::Bf16));
   EXPECT_TRUE(vicreg::use_channels_last(Toggle::Auto, true, cuda, Precision::Fp16));
   EXPECT_FALSE(vicreg::use_channels_last(Toggle::Off, true, cpu, Precision::Fp32));

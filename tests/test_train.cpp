@@ -8,6 +8,7 @@
 #include "vicreg/io/safetensors.h"
 #include "vicreg/io/state_dict.h"
 #include "vicreg/loader.h"
+#include "vicreg/precision.h"
 
 #include "support/synthetic_data.h"
 #include "support/temp_dir.h"
@@ -452,7 +453,7 @@ TEST_F(Train, Bf16StepsAgreeWithFp32WithinBf16Tolerance) {
   cb.runtime.precision = vicreg::Precision::Bf16;
   vicreg::Trainer bf16(cb);
   EXPECT_EQ(bf16.precision().precision, vicreg::Precision::Bf16);
-  EXPECT_FALSE(bf16.channels_last());  // auto: off on a CPU
+  EXPECT_EQ(bf16.channels_last(), vicreg::cpu_has_amx_bf16());  // auto, on a CPU
   EXPECT_FALSE(fp32.channels_last());
   const auto batch = batch_of(fp32);
   for (int i = 0; i < 3; ++i) {

@@ -34,6 +34,8 @@ const NameTable<Toggle>& name_table<Toggle>();
 
 /// Whether this CPU has bf16 arithmetic in hardware (AVX512-BF16 or AMX-BF16).
 bool cpu_has_native_bf16();
+/// Whether this CPU has AMX-BF16 (Intel Sapphire Rapids and later).
+bool cpu_has_amx_bf16();
 /// Whether `device` computes in bf16 natively: the CPU as above; CUDA devices of compute
 /// capability 8.0 or later (Ampere, Hopper).
 bool device_has_native_bf16(const torch::Device& device);
@@ -72,9 +74,10 @@ class AutocastGuard {
 };
 
 /// Whether to use channels_last for a model: never for models without convolutions; auto: on
-/// CUDA devices (tensor cores take NHWC; PyTorch's own advice for mixed precision), off on CPUs,
-/// where it was measured no faster in fp32 (803 against 815 images/s, default step) and slower in
-/// bf16 (1,197 against 1,245): docs/decisions.md. `precision` is for devices where that differs.
+/// CUDA devices (tensor cores take NHWC; PyTorch's own advice for mixed precision) and for bf16 on
+/// CPUs with AMX (default step 640 against 547 images/s on a 2-core AMX Xeon), off on other CPUs,
+/// where it was measured no faster in fp32 (803 against 815 images/s, default step, AVX512-BF16
+/// AMD EPYC) and slower in bf16 (1,197 against 1,245): docs/decisions.md.
 /// `trained`: the choice a run being resumed or evaluated recorded (Auto: none, or a new run);
 /// auto keeps it, since the memory format changes the last bits of every convolution.
 bool use_channels_last(Toggle setting, bool convolutional, const torch::Device& device,
