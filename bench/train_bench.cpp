@@ -158,17 +158,19 @@ BENCHMARK(BM_ConvBackward)
 
 /// The training loop with its loader, default config: the fraction of wall time next() waited.
 void BM_TrainLoopDataWait(benchmark::State& state) {
-  double wait = 0, ips = 0;
+  double wait = 0, ips = 0, channels_last = 0;
   for (auto _ : state) {
     auto c = default_config("loop");  // the default: auto precision and memory format
     c.runtime.max_steps = 20;
     vicreg::Trainer trainer(c);
     const auto r = trainer.run({vicreg::ProgressStyle::None});
     wait = r.data_wait_fraction;
+    channels_last = trainer.channels_last() ? 1 : 0;
     ips = r.images_per_second;
   }
   state.counters["data_wait_%"] = 100.0 * wait;
   state.counters["images/s"] = ips;
+  state.counters["channels_last"] = channels_last;  // what auto chose on this machine
 }
 BENCHMARK(BM_TrainLoopDataWait)->Unit(benchmark::kSecond)->Iterations(1)->UseRealTime();
 
