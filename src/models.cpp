@@ -57,9 +57,9 @@ torch::nn::Conv2d conv(int64_t in, int64_t out, int64_t kernel, int64_t stride) 
 /// A convolution (no bias, dilation 1, one group) whose forward pass is autocast's bf16 one and
 /// whose backward pass runs in fp32 on the same bf16-rounded input and weight: for layers with few
 /// output pixels and many channels, oneDNN's bf16 backward kernels are slower than its fp32 ones
-/// (on an AMX Xeon, 2 threads, batch 256: 256->256 channels at 4x4 93 ms in bf16 vs 62 in fp32;
-/// 128->256 at stride 2 from 7x7 83 vs 41), while the forward pass is faster in bf16 at every
-/// shape. The gradients are the exact fp32 gradients of the bf16 forward pass's inputs.
+/// (BM_ConvBackward on a 2-core AMX Xeon, batch 256: 256->256 channels at 4x4 90 ms in bf16 vs 64
+/// in fp32; 128->256 at stride 2 from 7x7 75 vs 36), while the forward pass is faster in bf16 at
+/// every shape. The gradients are the exact fp32 gradients of the bf16 forward pass's inputs.
 class ConvBf16Fp32Backward : public torch::autograd::Function<ConvBf16Fp32Backward> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,

@@ -38,12 +38,10 @@ bool cpu_has_native_bf16() {
 #if defined(__x86_64__) || defined(__i386__)
   unsigned a = 0, b = 0, c = 0, d = 0;
   if (__get_cpuid_max(0, nullptr) < 7) return false;
-  // Leaf 7, sub-leaf 1, EAX bit 5: AVX512_BF16. Leaf 7, sub-leaf 0, EDX bit 22: AMX-BF16.
+  // Leaf 7, sub-leaf 1, EAX bit 5: AVX512_BF16; AMX-BF16 below.
   __cpuid_count(7, 1, a, b, c, d);
   const bool avx512_bf16 = (a >> 5) & 1u;
-  __cpuid_count(7, 0, a, b, c, d);
-  const bool amx_bf16 = (d >> 22) & 1u;
-  return avx512_bf16 || amx_bf16;
+  return avx512_bf16 || cpu_has_amx_bf16();
 #else
   return false;  // other architectures: not detected; --precision bf16 still works
 #endif

@@ -80,7 +80,8 @@ int64_t convert_sync_batchnorm(torch::nn::Module& module, std::shared_ptr<Proces
 /// The layers whose backward pass conv2d_forward computes in fp32: at most this many output
 /// pixels (4x4) and at least this many input channels. oneDNN's bf16 backward kernels are slower
 /// than its fp32 ones for such layers (few pixels, many channels; bench/train_bench's
-/// BM_ConvLayer measures both per layer shape), while its bf16 forward is faster at every shape.
+/// BM_ConvBackward measures both per layer shape), while its bf16 forward is faster at every
+/// shape (docs/decisions.md).
 constexpr int64_t kFp32BackwardMaxPixels = 16;
 constexpr int64_t kFp32BackwardMinChannels = 128;
 
@@ -101,6 +102,7 @@ bool conv2d_backward_in_fp32(const torch::nn::Conv2dImpl& conv, const torch::Ten
 /// backward pass is the fp32 convolution backward of those same bf16-rounded tensors, its gradients
 /// cast back to the input's and weight's dtypes; elsewhere it is conv.forward(x).
 torch::Tensor conv2d_forward(torch::nn::Conv2dImpl& conv, const torch::Tensor& x);
+
 // ---------------------------------------------------------------------------------------------
 // ResNet (torchvision's v1.5: stride in the 3x3 conv of the bottleneck)
 
