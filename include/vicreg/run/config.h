@@ -296,7 +296,8 @@ void for_each_setting(Config& c, Visit&& visit) {
         c.runtime.precision);
   visit(Setting{S::Runtime, "channels_last",
                 "Convolutional backbones' weights and batches in channels_last memory format: "
-                "auto (on for GPUs; off for CPUs, where it was measured no faster), on or off"},
+                "auto (on for GPUs and for bf16 on AMX CPUs; off for other CPUs, where it was "
+                "measured no faster), on or off"},
         c.runtime.channels_last);
   visit(Setting{S::Runtime, "loss_scale",
                 "Dynamic loss scaling (PyTorch's GradScaler): auto (with fp16 only), on or off"},
