@@ -9,6 +9,7 @@
 #include "vicreg/augment.h"
 #include "vicreg/loader.h"
 #include "vicreg/models.h"
+#include "vicreg/precision.h"
 #include "vicreg/run/trainer.h"
 #include "vicreg/runtime.h"
 
@@ -53,7 +54,8 @@ vicreg::TrainConfig default_config(const std::string& name) {
 /// precision (0 fp32, 1 bf16) and the memory format (0 contiguous, 1 channels_last). Counters:
 /// images/s and the peak tensor memory of a step above what was allocated before it (the
 /// counting allocator).
-void train_step(benchmark::State& state, bool bf16, bool channels_last) {
+void train_step(benchmark::State& state, bool bf16, bool channels_last,
+                const std::string& note = "") {
   vicreg::enable_memory_tracking();
   auto config = default_config(std::string("step") + (bf16 ? "_bf16" : "_fp32") +
                                (channels_last ? "_cl" : ""));
@@ -79,7 +81,7 @@ void train_step(benchmark::State& state, bool bf16, bool channels_last) {
       benchmark::Counter(images, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["step_peak_MiB"] = peak / (1 << 20);
   state.SetLabel(std::string(bf16 ? "bf16" : "fp32") + (channels_last ? " channels_last" : "") +
-                 "; " + vicreg::describe_runtime().substr(0, 60));
+                 note + "; " + vicreg::describe_runtime().substr(0, 60));
 }
 void BM_TrainStep(benchmark::State& state) {
   train_step(state, state.range(0) == 1, state.range(1) == 1);
@@ -94,28 +96,32 @@ BENCHMARK(BM_TrainStep)
     ->MinTime(5.0)
     ->UseRealTime();
 
-/// The bf16 step with conv2d_forward's fp32 backward for the small-spatial layers off and on
-/// (the default is on with AMX only): the end-to-end effect of BM_ConvBackward's rule. Arguments:
-/// channels_last (0, 1) and the fp32 backward (0 off, 1 on).
-void BM_TrainStepConvFp32Backward(benchmark::State& state) {
-  const bool before = vicreg::conv2d_fp32_backward_enabled();
-  vicreg::set_conv2d_fp32_backward_enabled(state.range(1) == 1);
-  train_step(state, true, state.range(0) == 1);
-  vicreg::set_conv2d_fp32_backward_enabled(before);
+/// The bf16 step in each CpuBf16Conv mode (precision.h; the default depends on the CPU): the
+/// end-to-end effect of BM_ConvForward's and BM_ConvBackward's per-layer figures. Arguments:
+/// channels_last (0, 1) and the mode (0 bf16, 1 fp32-backward, 2 fp32).
+void BM_TrainStepBf16Conv(benchmark::State& state) {
+  const vicreg::CpuBf16Conv before = vicreg::cpu_bf16_conv();
+  const vicreg::CpuBf16Conv modes[] = {vicreg::CpuBf16Conv::Bf16, vicreg::CpuBf16Conv::Fp32Backward,
+                                       vicreg::CpuBf16Conv::Fp32};
+  vicreg::set_cpu_bf16_conv(modes[state.range(1)]);
+  train_step(state, true, state.range(0) == 1,
+             ", convolutions " + vicreg::to_string(modes[state.range(1)]));
+  vicreg::set_cpu_bf16_conv(before);
 }
-BENCHMARK(BM_TrainStepConvFp32Backward)
-    ->ArgNames({"channels_last", "fp32_backward"})
-    ->ArgsProduct({{0, 1}, {0, 1}})
+BENCHMARK(BM_TrainStepBf16Conv)
+    ->ArgNames({"channels_last", "mode"})
+    ->ArgsProduct({{0, 1}, {0, 1, 2}})
     ->Unit(benchmark::kMillisecond)
     ->MinTime(5.0)
     ->UseRealTime();
 
-/// The backward kernels of each convolution in the default ConvNet (width 32, 4 stages, 28 px,
-/// batch 2 x 128), in bf16 and in fp32 on the same bf16-rounded tensors (the conversions
-/// included): the measurement behind conv2d_forward's rule (kFp32BackwardMaxPixels,
-/// kFp32BackwardMinChannels). Arguments: the layer (0-7, in the order they run), the dtype of the
-/// backward pass (0 bf16, 1 fp32) and the memory format (0 contiguous, 1 channels_last).
-void BM_ConvBackward(benchmark::State& state) {
+/// One convolution of the default ConvNet (width 32, 4 stages, 28 px, batch 2 x 128), forward or
+/// backward, in bf16 or fp32: the measurements behind CpuBf16Conv's defaults and conv2d_forward's
+/// rule (kFp32BackwardMaxPixels, kFp32BackwardMinChannels). The fp32 backward runs on the
+/// bf16-rounded tensors with the conversions included, as the fp32-backward mode does; the fp32
+/// forward on fp32 tensors, as the fp32 mode does. Arguments: the layer (0-7, in the order they
+/// run), the dtype (0 bf16, 1 fp32) and the memory format (0 contiguous, 1 channels_last).
+void conv_layer(benchmark::State& state, bool backward) {
   struct Layer {
     int64_t in, out, size, stride;
   };
@@ -132,9 +138,13 @@ void BM_ConvBackward(benchmark::State& state) {
   const auto x = torch::randn({batch, l.in, l.size, l.size}, bf16).contiguous(format);
   const auto w = (0.05 * torch::randn({l.out, l.in, 3, 3}, bf16)).contiguous(format);
   const auto g = torch::randn({batch, l.out, out_size, out_size}, bf16).contiguous(format);
+  const auto xf = x.to(torch::kFloat), wf = w.to(torch::kFloat);
   const std::vector<int64_t> stride{l.stride, l.stride}, padding{1, 1}, dilation{1, 1};
   for (auto _ : state) {
-    if (fp32) {
+    if (!backward) {
+      benchmark::DoNotOptimize(at::convolution(fp32 ? xf : x, fp32 ? wf : w, c10::nullopt, stride,
+                                               padding, dilation, false, {0, 0}, 1));
+    } else if (fp32) {
       auto r = at::convolution_backward(g.to(torch::kFloat), x.to(torch::kFloat),
                                         w.to(torch::kFloat), c10::nullopt, stride, padding,
                                         dilation, false, {0, 0}, 1, {true, true, false});
@@ -149,6 +159,14 @@ void BM_ConvBackward(benchmark::State& state) {
                  std::to_string(l.size) + " px, stride " + std::to_string(l.stride) +
                  (fp32 ? ", fp32" : ", bf16") + (state.range(2) == 1 ? ", channels_last" : ""));
 }
+void BM_ConvForward(benchmark::State& state) { conv_layer(state, false); }
+void BM_ConvBackward(benchmark::State& state) { conv_layer(state, true); }
+BENCHMARK(BM_ConvForward)
+    ->ArgNames({"layer", "fp32", "channels_last"})
+    ->ArgsProduct({{0, 1, 2, 3, 4, 5, 6, 7}, {0, 1}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(0.5)
+    ->UseRealTime();
 BENCHMARK(BM_ConvBackward)
     ->ArgNames({"layer", "fp32", "channels_last"})
     ->ArgsProduct({{0, 1, 2, 3, 4, 5, 6, 7}, {0, 1}, {0, 1}})

@@ -5,6 +5,7 @@
 #include "vicreg/precision.h"
 
 #include <ATen/autocast_mode.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/autograd.h>
 #include <torch/nn/functional/activation.h>
 #include <torch/nn/functional/pooling.h>
@@ -14,7 +15,6 @@
 #include <torch/nn/modules/pooling.h>
 
 #include <algorithm>
-#include <atomic>
 #include <map>
 #include <ostream>
 #include <sstream>
@@ -90,6 +90,11 @@ class ConvBf16Fp32Backward : public torch::autograd::Function<ConvBf16Fp32Backwa
   }
 };
 
+bool under_cpu_bf16_autocast(const torch::Tensor& x) {
+  return x.device().type() == torch::kCPU && at::autocast::is_cpu_enabled() &&
+         at::autocast::get_autocast_cpu_dtype() == torch::kBFloat16;
+}
+
 /// torchvision's ResNet initialisation: Kaiming normal (fan_out, relu) for convs, BN (1, 0).
 void init_conv_bn(torch::nn::Module& module) {
   torch::NoGradGuard no_grad;
@@ -117,21 +122,9 @@ torch::Tensor forward_layers(torch::nn::Sequential& layers, torch::Tensor x) {
 
 }  // namespace
 
-namespace {
-std::atomic<bool>& fp32_backward_flag() {
-  static std::atomic<bool> enabled{cpu_has_amx_bf16()};
-  return enabled;
-}
-}  // namespace
-
-bool conv2d_fp32_backward_enabled() { return fp32_backward_flag().load(); }
-void set_conv2d_fp32_backward_enabled(bool enabled) { fp32_backward_flag().store(enabled); }
-
 bool conv2d_backward_in_fp32(const torch::nn::Conv2dImpl& c, const torch::Tensor& x) {
-  if (!conv2d_fp32_backward_enabled() || !torch::GradMode::is_enabled() ||
-      !c.weight.requires_grad() || x.dim() != 4 || x.device().type() != torch::kCPU ||
-      !at::autocast::is_cpu_enabled() ||
-      at::autocast::get_autocast_cpu_dtype() != torch::kBFloat16) {
+  if (cpu_bf16_conv() != CpuBf16Conv::Fp32Backward || !torch::GradMode::is_enabled() ||
+      !c.weight.requires_grad() || x.dim() != 4 || !under_cpu_bf16_autocast(x)) {
     return false;
   }
   const auto& o = c.options;
@@ -146,7 +139,17 @@ bool conv2d_backward_in_fp32(const torch::nn::Conv2dImpl& c, const torch::Tensor
   return out_h * out_w <= kFp32BackwardMaxPixels && o.in_channels() >= kFp32BackwardMinChannels;
 }
 
+bool conv2d_in_fp32(const torch::nn::Conv2dImpl& c, const torch::Tensor& x) {
+  return cpu_bf16_conv() == CpuBf16Conv::Fp32 && c.weight.scalar_type() == torch::kFloat &&
+         under_cpu_bf16_autocast(x);
+}
+
 torch::Tensor conv2d_forward(torch::nn::Conv2dImpl& c, const torch::Tensor& x) {
+  if (conv2d_in_fp32(c, x)) {
+    // Autocast would cast the input and weight to bf16: outside it, the convolution is fp32's.
+    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
+    return c.forward(x.to(torch::kFloat));
+  }
   if (!conv2d_backward_in_fp32(c, x)) return c.forward(x);
   return ConvBf16Fp32Backward::apply(x, c.weight, (*c.options.stride())[0],
                                      (*c10::get<torch::ExpandingArray<2>>(c.options.padding()))[0]);

@@ -13,6 +13,7 @@
 #include <cpuid.h>
 #endif
 
+#include <atomic>
 #include <cmath>
 
 namespace vicreg {
@@ -57,6 +58,41 @@ bool cpu_has_amx_bf16() {
   return false;
 #endif
 }
+
+bool cpu_is_intel() {
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid(0, &a, &b, &c, &d) == 0) return false;
+  // The vendor string is EBX, EDX, ECX: "Genu" "ineI" "ntel".
+  return b == 0x756e6547u && d == 0x49656e69u && c == 0x6c65746eu;
+#else
+  return false;
+#endif
+}
+
+template <>
+const NameTable<CpuBf16Conv>& name_table<CpuBf16Conv>() {
+  static const NameTable<CpuBf16Conv> t{"bf16 convolution mode",
+                                        {{CpuBf16Conv::Bf16, "bf16"},
+                                         {CpuBf16Conv::Fp32Backward, "fp32-backward"},
+                                         {CpuBf16Conv::Fp32, "fp32"}}};
+  return t;
+}
+
+CpuBf16Conv default_cpu_bf16_conv(bool amx_bf16, bool intel) {
+  if (amx_bf16) return CpuBf16Conv::Fp32Backward;
+  return intel ? CpuBf16Conv::Fp32 : CpuBf16Conv::Bf16;
+}
+
+namespace {
+std::atomic<CpuBf16Conv>& cpu_bf16_conv_state() {
+  static std::atomic<CpuBf16Conv> mode{default_cpu_bf16_conv(cpu_has_amx_bf16(), cpu_is_intel())};
+  return mode;
+}
+}  // namespace
+
+CpuBf16Conv cpu_bf16_conv() { return cpu_bf16_conv_state().load(); }
+void set_cpu_bf16_conv(CpuBf16Conv mode) { cpu_bf16_conv_state().store(mode); }
 
 bool device_has_native_bf16(const torch::Device& device) {
   if (device.is_cpu()) return cpu_has_native_bf16();
@@ -157,8 +193,8 @@ bool use_channels_last(Toggle setting, bool convolutional, const torch::Device& 
   if (setting == Toggle::Auto && trained != Toggle::Auto) setting = trained;
   if (!convolutional || setting == Toggle::Off) return false;
   if (setting == Toggle::On || device.is_cuda()) return true;
-  // CPUs: on for bf16 with AMX only, where it measured faster (precision.h).
-  return device.is_cpu() && precision == Precision::Bf16 && cpu_has_amx_bf16();
+  // CPUs: on for bf16 where convolutions do not run in autocast's bf16 (precision.h).
+  return device.is_cpu() && precision == Precision::Bf16 && cpu_bf16_conv() != CpuBf16Conv::Bf16;
 }
 
 int64_t to_channels_last(torch::nn::Module& module) {

@@ -435,7 +435,8 @@ TEST_F(CliTrain, PrecisionIsChosenPrintedRecordedAndKeptByEval) {
   auto config = nlohmann::json::parse(slurp(dir_ / "bf16" / "config.json"));
   EXPECT_EQ(config["runtime"]["precision"], "bf16");
   // auto: on a CPU, on for bf16 with AMX only
-  EXPECT_EQ(config["runtime"]["channels_last"], vicreg::cpu_has_amx_bf16() ? "on" : "off");
+  EXPECT_EQ(config["runtime"]["channels_last"],
+            vicreg::cpu_bf16_conv() != vicreg::CpuBf16Conv::Bf16 ? "on" : "off");
   // auto: what this machine's CPU supports, printed with the reason and recorded.
   r = run(small("auto", "--max-steps 1 --progress plain"));
   ASSERT_EQ(r.code, 0) << r.err;

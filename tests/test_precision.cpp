@@ -121,11 +121,94 @@ TEST(Precision, TheLossReturnsFp32FromBf16Embeddings) {
   EXPECT_EQ(a.grad().scalar_type(), torch::kBFloat16);  // gradients in the inputs' dtype
 }
 
+/// Sets the process-wide CpuBf16Conv mode for a scope, restoring the previous one after.
+class Bf16ConvMode {
+ public:
+  explicit Bf16ConvMode(vicreg::CpuBf16Conv mode) : before_(vicreg::cpu_bf16_conv()) {
+    vicreg::set_cpu_bf16_conv(mode);
+  }
+  ~Bf16ConvMode() { vicreg::set_cpu_bf16_conv(before_); }
+  Bf16ConvMode(const Bf16ConvMode&) = delete;
+  Bf16ConvMode& operator=(const Bf16ConvMode&) = delete;
+
+ private:
+  vicreg::CpuBf16Conv before_;
+};
+
+TEST(Precision, TheBf16ConvolutionModeFollowsTheCpu) {
+  using vicreg::CpuBf16Conv;
+  EXPECT_EQ(vicreg::default_cpu_bf16_conv(/*amx_bf16=*/true, /*intel=*/true),
+            CpuBf16Conv::Fp32Backward);
+  EXPECT_EQ(vicreg::default_cpu_bf16_conv(false, true), CpuBf16Conv::Fp32);
+  EXPECT_EQ(vicreg::default_cpu_bf16_conv(false, false), CpuBf16Conv::Bf16);
+  // This process starts in this CPU's mode.
+  EXPECT_EQ(vicreg::cpu_bf16_conv(),
+            vicreg::default_cpu_bf16_conv(vicreg::cpu_has_amx_bf16(), vicreg::cpu_is_intel()));
+  EXPECT_EQ(vicreg::to_string(CpuBf16Conv::Fp32Backward), "fp32-backward");
+  // channels_last auto follows the mode for CPU bf16 (fp32: off; explicit settings win).
+  using vicreg::Toggle;
+  const torch::Device cpu(torch::kCPU);
+  for (const auto mode : {CpuBf16Conv::Bf16, CpuBf16Conv::Fp32Backward, CpuBf16Conv::Fp32}) {
+    const Bf16ConvMode scope(mode);
+    EXPECT_EQ(vicreg::use_channels_last(Toggle::Auto, true, cpu, Precision::Bf16),
+              mode != CpuBf16Conv::Bf16);
+    EXPECT_FALSE(vicreg::use_channels_last(Toggle::Auto, true, cpu, Precision::Fp32));
+    EXPECT_FALSE(vicreg::use_channels_last(Toggle::Off, true, cpu, Precision::Bf16));
+  }
+}
+
+TEST(Precision, Fp32ConvolutionModeRunsConvolutionsInFp32UnderBf16) {
+  const Bf16ConvMode scope(vicreg::CpuBf16Conv::Fp32);
+  torch::manual_seed(4);
+  torch::nn::Conv2d conv(torch::nn::Conv2dOptions(16, 32, 3).stride(2).padding(1).bias(false));
+  torch::nn::Linear linear(32, 8);
+  const auto x = torch::randn({4, 16, 9, 9}, torch::requires_grad());
+  torch::Tensor y, z;
+  {
+    const vicreg::AutocastGuard guard(torch::kCPU, Precision::Bf16);
+    ASSERT_TRUE(vicreg::conv2d_in_fp32(*conv, x));
+    EXPECT_FALSE(vicreg::conv2d_backward_in_fp32(*conv, x));
+    y = vicreg::conv2d_forward(*conv, x);
+    z = linear->forward(y.mean({2, 3}));  // autocast still applies to everything else
+    // A bf16 input is cast up: the convolution still computes in fp32.
+    EXPECT_EQ(vicreg::conv2d_forward(*conv, x.detach().to(torch::kBFloat16)).scalar_type(),
+              torch::kFloat);
+  }
+  EXPECT_EQ(y.scalar_type(), torch::kFloat);
+  EXPECT_EQ(z.scalar_type(), torch::kBFloat16);
+  // The convolution is fp32's, bit for bit, and so are its gradients.
+  const auto reference = conv->forward(x);
+  EXPECT_TRUE(torch::equal(y, reference));
+  const auto g = torch::randn_like(y);
+  const auto got = torch::autograd::grad({y}, {x, conv->weight}, {g});
+  const auto want = torch::autograd::grad({reference}, {x, conv->weight}, {g});
+  EXPECT_TRUE(torch::equal(got[0], want[0]));
+  EXPECT_TRUE(torch::equal(got[1], want[1]));
+  // Outside bf16 autocast the mode changes nothing.
+  EXPECT_FALSE(vicreg::conv2d_in_fp32(*conv, x));
+  // A whole ConvNet under bf16 autocast then gives the fp32 representation exactly (the
+  // BatchNorms compute in fp32 and the convolutions now do too).
+  vicreg::EncoderConfig c;
+  c.arch = vicreg::Arch::ConvNet;
+  c.in_channels = 1;
+  c.image_size = 16;
+  c.width = 8;
+  c.stages = 3;
+  auto net = vicreg::make_encoder(c);
+  const auto images = torch::randn({6, 1, 16, 16});
+  const auto fp32 = net->forward(images);
+  torch::Tensor bf16;
+  {
+    const vicreg::AutocastGuard guard(torch::kCPU, Precision::Bf16);
+    bf16 = net->forward(images);
+  }
+  EXPECT_EQ(bf16.scalar_type(), torch::kFloat);
+  EXPECT_TRUE(torch::equal(bf16, fp32));
+}
+
 TEST(Precision, SmallSpatialConvolutionsGetAnFp32BackwardUnderBf16) {
-  // On by default on AMX CPUs only (where it was measured); the rule itself holds on any CPU.
-  EXPECT_EQ(vicreg::conv2d_fp32_backward_enabled(), vicreg::cpu_has_amx_bf16());
-  const bool was_enabled = vicreg::conv2d_fp32_backward_enabled();
-  vicreg::set_conv2d_fp32_backward_enabled(true);
+  // The default on AMX CPUs only (where it was measured); the rule itself holds on any CPU.
+  const Bf16ConvMode scope(vicreg::CpuBf16Conv::Fp32Backward);
   torch::manual_seed(3);
   // The default ConvNet's last stage on 28 px images: 128 -> 256 channels, stride 2, 7x7 -> 4x4.
   torch::nn::Conv2d conv(torch::nn::Conv2dOptions(128, 256, 3).stride(2).padding(1).bias(false));
@@ -171,15 +254,15 @@ TEST(Precision, SmallSpatialConvolutionsGetAnFp32BackwardUnderBf16) {
     EXPECT_TRUE(vicreg::conv2d_backward_in_fp32(*conv, big));
     EXPECT_FALSE(vicreg::conv2d_backward_in_fp32(*conv, wide));
     EXPECT_FALSE(vicreg::conv2d_backward_in_fp32(*narrow, torch::randn({2, 64, 8, 8})));
-    vicreg::set_conv2d_fp32_backward_enabled(false);
+    vicreg::set_cpu_bf16_conv(vicreg::CpuBf16Conv::Bf16);
     EXPECT_FALSE(vicreg::conv2d_backward_in_fp32(*conv, big));
-    vicreg::set_conv2d_fp32_backward_enabled(true);
+    EXPECT_FALSE(vicreg::conv2d_in_fp32(*conv, big));
+    vicreg::set_cpu_bf16_conv(vicreg::CpuBf16Conv::Fp32Backward);
     const torch::NoGradGuard no_grad;  // evaluation: no backward to speed up
     EXPECT_FALSE(vicreg::conv2d_backward_in_fp32(*conv, big));
   }
   EXPECT_FALSE(vicreg::conv2d_backward_in_fp32(*conv, big));  // fp32: no autocast
   EXPECT_TRUE(torch::equal(vicreg::conv2d_forward(*conv, big), conv->forward(big)));
-  vicreg::set_conv2d_fp32_backward_enabled(was_enabled);
 }
 
 vicreg::Encoder encoder(vicreg::Arch arch, int64_t channels) {
@@ -228,7 +311,7 @@ TEST(Precision, ChannelsLastGivesTheSameOutputs) {
   EXPECT_FALSE(vicreg::use_channels_last(Toggle::Auto, true, cpu, Precision::Fp32));
   EXPECT_TRUE(vicreg::use_channels_last(Toggle::Auto, true, cpu, Precision::Fp32, Toggle::On));
   EXPECT_EQ(vicreg::use_channels_last(Toggle::Auto, true, cpu, Precision::Bf16),
-            vicreg::cpu_has_amx_bf16());
+            vicreg::cpu_bf16_conv() != vicreg::CpuBf16Conv::Bf16);
   EXPECT_FALSE(vicreg::use_channels_last(Toggle::Auto, true, cpu, Precision::Bf16, Toggle::Off));
   EXPECT_TRUE(vicreg::use_channels_last(Toggle::On, true, cpu, Precision::Bf16));
   EXPECT_TRUE(vicreg::use_channels_last(Toggle::Auto, true, cuda, Precision::Fp16));

@@ -87,7 +87,7 @@ void add_subject_flags(CLI::App& cmd, SubjectArgs& a) {
                   "GPUs that have it, fp16 on older GPUs, else fp32), fp32, bf16 or fp16");
   add_choice_flag(cmd, "--channels-last", a.spec.channels_last,
                   "Convolutional backbones in channels_last memory format: auto (as vicreg "
-                  "train: on for GPUs and for bf16 on AMX CPUs, off for other CPUs), on or off");
+                  "train: on for GPUs and for bf16 on Intel CPUs, off for other CPUs), on or off");
 }
 
 struct EvalArgs {

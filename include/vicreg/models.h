@@ -80,27 +80,29 @@ int64_t convert_sync_batchnorm(torch::nn::Module& module, std::shared_ptr<Proces
 /// The layers whose backward pass conv2d_forward computes in fp32: at most this many output
 /// pixels (4x4) and at least this many input channels. oneDNN's bf16 backward kernels are slower
 /// than its fp32 ones for such layers (few pixels, many channels; bench/train_bench's
-/// BM_ConvBackward measures both per layer shape), while its bf16 forward is faster at every
-/// shape (docs/decisions.md).
+/// BM_ConvBackward measures both per layer shape), while on AMX its bf16 forward is faster at
+/// every shape (docs/decisions.md).
 constexpr int64_t kFp32BackwardMaxPixels = 16;
 constexpr int64_t kFp32BackwardMinChannels = 128;
 
-/// Whether conv2d_forward may compute backward passes in fp32 at all. By default on CPUs with
-/// AMX-BF16 only, where it was measured faster; on AVX512-BF16 CPUs without AMX it is not measured
-/// yet. The setter is for tests and benchmarks (process-wide, like LibTorch's own flags).
-bool conv2d_fp32_backward_enabled();
-void set_conv2d_fp32_backward_enabled(bool enabled);
-
-/// Whether conv2d_forward(conv, x) computes the backward pass in fp32: when enabled (above), in
-/// grad mode under CPU bf16 autocast, for a 2-D convolution without bias, groups or dilation, with
-/// square stride and padding, whose output has at most kFp32BackwardMaxPixels pixels and whose
-/// input has at least kFp32BackwardMinChannels channels.
+/// Whether conv2d_forward(conv, x) computes the backward pass in fp32: with cpu_bf16_conv()
+/// Fp32Backward (precision.h; the default on AMX CPUs), in grad mode under CPU bf16 autocast, for a
+/// 2-D convolution without bias, groups or dilation, with square stride and padding, whose output
+/// has at most kFp32BackwardMaxPixels pixels and whose input has at least kFp32BackwardMinChannels
+/// channels.
 bool conv2d_backward_in_fp32(const torch::nn::Conv2dImpl& conv, const torch::Tensor& x);
 
-/// `conv`'s forward pass as every encoder runs it. Where conv2d_backward_in_fp32 holds, the
-/// forward pass is autocast's (the bf16 convolution of the bf16-rounded input and weight) and the
-/// backward pass is the fp32 convolution backward of those same bf16-rounded tensors, its gradients
-/// cast back to the input's and weight's dtypes; elsewhere it is conv.forward(x).
+/// Whether conv2d_forward(conv, x) runs in fp32 altogether: with cpu_bf16_conv() Fp32
+/// (precision.h; the default on Intel CPUs with AVX512-BF16 but no AMX), under CPU bf16 autocast,
+/// for a CPU input and an fp32 weight, in grad mode or not.
+bool conv2d_in_fp32(const torch::nn::Conv2dImpl& conv, const torch::Tensor& x);
+
+/// `conv`'s forward pass as every encoder runs it. Where conv2d_in_fp32 holds, it is the fp32
+/// convolution of x (cast to fp32) outside autocast: an fp32 output, fp32 gradients. Where
+/// conv2d_backward_in_fp32 holds, the forward pass is autocast's (the bf16 convolution of the
+/// bf16-rounded input and weight) and the backward pass is the fp32 convolution backward of those
+/// same bf16-rounded tensors, its gradients cast back to the input's and weight's dtypes. Elsewhere
+/// it is conv.forward(x).
 torch::Tensor conv2d_forward(torch::nn::Conv2dImpl& conv, const torch::Tensor& x);
 
 // ---------------------------------------------------------------------------------------------

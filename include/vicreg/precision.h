@@ -36,6 +36,8 @@ const NameTable<Toggle>& name_table<Toggle>();
 bool cpu_has_native_bf16();
 /// Whether this CPU has AMX-BF16 (Intel Sapphire Rapids and later).
 bool cpu_has_amx_bf16();
+/// Whether this CPU is Intel's (CPUID vendor GenuineIntel).
+bool cpu_is_intel();
 /// Whether `device` computes in bf16 natively: the CPU as above; CUDA devices of compute
 /// capability 8.0 or later (Ampere, Hopper).
 bool device_has_native_bf16(const torch::Device& device);
@@ -73,11 +75,34 @@ class AutocastGuard {
   torch::ScalarType previous_dtype_ = torch::kFloat;
 };
 
+/// How the encoders' convolutions (conv2d_forward in models.h) run under CPU bf16 autocast. Which
+/// is fastest depends on the CPU's bf16 convolution kernels (oneDNN's), not on bf16 support alone:
+/// bench/train_bench's BM_ConvBackward, BM_ConvForward and BM_TrainStepBf16Conv measure all three.
+enum class CpuBf16Conv {
+  Bf16,          ///< autocast's: forward and backward in bf16
+  Fp32Backward,  ///< bf16 forward; the small-spatial layers' backward in fp32 (models.h)
+  Fp32,          ///< forward and backward in fp32 (autocast skips them); linear layers stay bf16
+};
+template <>
+const NameTable<CpuBf16Conv>& name_table<CpuBf16Conv>();
+
+/// The mode measured fastest for a CPU: Fp32Backward with AMX-BF16 (default step 640 against 571
+/// images/s with Bf16 on a 2-core AMX Xeon); Fp32 on Intel CPUs with AVX512-BF16 but no AMX, whose
+/// bf16 convolutions are 1.4-1.9x slower than fp32 ones forward and backward at every layer of
+/// the default ConvNet (2-core Emerald Rapids under KVM, AMX not exposed); Bf16 elsewhere (AMD
+/// EPYC with AVX512-BF16: the bf16 step 1.53x the fp32 one). docs/decisions.md.
+CpuBf16Conv default_cpu_bf16_conv(bool amx_bf16, bool intel);
+/// The process-wide mode: default_cpu_bf16_conv() of this CPU unless set (tests, benchmarks).
+CpuBf16Conv cpu_bf16_conv();
+void set_cpu_bf16_conv(CpuBf16Conv mode);
+
 /// Whether to use channels_last for a model: never for models without convolutions; auto: on
 /// CUDA devices (tensor cores take NHWC; PyTorch's own advice for mixed precision) and for bf16 on
-/// CPUs with AMX (default step 640 against 547 images/s on a 2-core AMX Xeon), off on other CPUs,
-/// where it was measured no faster in fp32 (803 against 815 images/s, default step, AVX512-BF16
-/// AMD EPYC) and slower in bf16 (1,197 against 1,245): docs/decisions.md.
+/// CPUs whose cpu_bf16_conv() is not Bf16 (AMX: default step 640 against 547 images/s on a 2-core
+/// AMX Xeon; Fp32 convolutions on an AVX512-BF16 Intel CPU: faster in channels_last, as fp32
+/// steps are there), off on other CPUs, where it was measured no faster in fp32 (803 against 815
+/// images/s, default step, AVX512-BF16 AMD EPYC) and slower in bf16 (1,197 against 1,245):
+/// docs/decisions.md.
 /// `trained`: the choice a run being resumed or evaluated recorded (Auto: none, or a new run);
 /// auto keeps it, since the memory format changes the last bits of every convolution.
 bool use_channels_last(Toggle setting, bool convolutional, const torch::Device& device,

@@ -466,6 +466,10 @@ TrainResult Trainer::run(const TrainHooks& hooks) {
       std::to_string(config_.optim.epochs) + " epochs, " +
       (start_step > 0 ? "resuming at step " + std::to_string(start_step) : "from scratch") +
       "; precision " + to_string(precision_.precision) + " (" + precision_.reason + ")" +
+      (precision_.precision == Precision::Bf16 && device_.is_cpu() &&
+               is_convolutional(config_.model.arch)
+           ? ", convolutions " + to_string(cpu_bf16_conv())
+           : "") +
       (channels_last_ ? ", channels_last" : "") + (scaler_.enabled() ? ", loss scaling" : "") +
       "; " + describe_runtime());
   if (group_) {

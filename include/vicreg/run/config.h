@@ -294,11 +294,12 @@ void for_each_setting(Config& c, Visit&& visit) {
                 "optimizer stay fp32). auto: bf16 on CPUs with bf16 instructions and on GPUs that "
                 "have it, fp16 on older GPUs, else fp32"},
         c.runtime.precision);
-  visit(Setting{S::Runtime, "channels_last",
-                "Convolutional backbones' weights and batches in channels_last memory format: "
-                "auto (on for GPUs and for bf16 on AMX CPUs; off for other CPUs, where it was "
-                "measured no faster), on or off"},
-        c.runtime.channels_last);
+  visit(
+      Setting{S::Runtime, "channels_last",
+              "Convolutional backbones' weights and batches in channels_last memory format: "
+              "auto (on for GPUs and for bf16 on Intel CPUs with AMX or AVX512-BF16; off for other "
+              "CPUs, where it was measured no faster), on or off"},
+      c.runtime.channels_last);
   visit(Setting{S::Runtime, "loss_scale",
                 "Dynamic loss scaling (PyTorch's GradScaler): auto (with fp16 only), on or off"},
         c.runtime.loss_scale);
