@@ -10,9 +10,9 @@
             --reuse-batch: the step alone, on one batch.
   augment:  facebookresearch/vicreg's per-image ImageNet pipeline (PIL decode + two 224-px views,
             torchvision transforms) on one core, over the JPEGs train_bench writes.
-Prints one JSON object.
+Both start OpenBLAS on the kernels vicreg's programs use (openblas_kernels). Prints one JSON object.
 """
-import argparse, glob, gzip, json, os, random, time
+import argparse, ctypes, glob, gzip, json, os, random, time
 
 import numpy as np
 import torch
@@ -20,6 +20,42 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageFilter, ImageOps
 import torchvision.transforms as T
+
+
+PRE_AVX2_CORES = {"unknown", "katmai", "coppermine", "northwood", "prescott", "banias", "atom", "core2",
+                  "penryn", "dunnington", "nehalem", "athlon", "opteron", "opteron(sse3)", "barcelona",
+                  "nano", "sandybridge", "bobcat", "bulldozer", "piledriver", "steamroller", "excavator"}
+
+
+def openblas_kernels():
+    """vicreg::select_blas_kernels() (src/runtime.cpp) for this process, so that the peer multiplies
+    with the kernels we do: OpenBLAS 0.3.21 falls back to its Prescott (SSE3) kernels on CPUs it does
+    not know (the Emerald Rapids Xeon), and is switched to SkylakeX (AVX-512) or Haswell (AVX2) ones,
+    as OPENBLAS_CORETYPE would (a value set by the user is kept). Returns the core in use, or None
+    without OpenBLAS. Call before the first matrix product."""
+    try:
+        lib = ctypes.CDLL("libopenblas.so.0")  # the copy torch loaded, found by its soname
+    except OSError:
+        return None
+    lib.openblas_get_corename.restype = ctypes.c_char_p
+    core = lib.openblas_get_corename().decode()
+    if "OPENBLAS_CORETYPE" in os.environ or core.lower() not in PRE_AVX2_CORES:
+        return core
+    flags = set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags:
+        os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
+    elif {"avx2", "fma"} <= flags:
+        os.environ["OPENBLAS_CORETYPE"] = "Haswell"
+    else:
+        return core
+    lib.gotoblas_dynamic_quit()
+    lib.gotoblas_dynamic_init()
+    return lib.openblas_get_corename().decode()
 
 
 def fashion_mnist(path="/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"):
@@ -121,7 +157,7 @@ def bench_train(args):
             "steps": args.steps, "batch": args.batch, "images_per_s": 2 * args.batch * args.steps / dt,
             "precision": args.precision, "channels_last": args.channels_last,
             "reuse_batch": args.reuse_batch,
-            "torch": torch.__version__}
+            "torch": torch.__version__, "blas_core": args.blas_core}
 
 
 class GaussianBlur:
@@ -184,4 +220,5 @@ if __name__ == "__main__":
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--jpeg-dir", default="/tmp/vicreg_bench_jpeg")
     a = ap.parse_args()
+    a.blas_core = openblas_kernels()
     print(json.dumps(bench_train(a) if a.what == "train" else bench_augment(a)))

@@ -19,6 +19,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
+#include <cstdlib>
+#include <iterator>
 #include <sstream>
 #include <thread>
 
@@ -29,6 +32,8 @@ namespace {
 using OpenBlasSetThreads = void (*)(int);
 using OpenBlasGetConfig = char* (*)();
 using OpenBlasGetParallel = int (*)();
+using OpenBlasGetCorename = char* (*)();
+using OpenBlasDynamicInit = void (*)();
 
 template <typename Fn>
 Fn find_symbol(const char* name) {
@@ -109,8 +114,58 @@ void keep_freed_memory() {
   (void)done;
 }
 
+bool is_pre_avx2_blas_core(const std::string& core) {
+  // OpenBLAS's x86-64 kernel sets (dynamic.c's corename[]) that use neither AVX2 nor AVX-512;
+  // "Prescott" is also what it falls back to for a CPU it does not know.
+  static const char* const kOld[] = {
+      "unknown",   "katmai",        "coppermine",  "northwood",  "prescott",    "banias",
+      "atom",      "core2",         "penryn",      "dunnington", "nehalem",     "athlon",
+      "opteron",   "opteron(sse3)", "barcelona",   "nano",       "sandybridge", "bobcat",
+      "bulldozer", "piledriver",    "steamroller", "excavator"};
+  std::string lower(core);
+  std::transform(lower.begin(), lower.end(), lower.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return std::find(std::begin(kOld), std::end(kOld), lower) != std::end(kOld);
+}
+
+std::string blas_core_for_cpu(const std::string& detected, bool avx512, bool avx2) {
+  if (!is_pre_avx2_blas_core(detected)) return "";
+  if (avx512) return "SkylakeX";
+  if (avx2) return "Haswell";
+  return "";
+}
+
+BlasKernels select_blas_kernels() {
+  static const BlasKernels chosen = [] {
+    BlasKernels k;
+    const auto corename = find_symbol<OpenBlasGetCorename>("openblas_get_corename");
+    if (corename == nullptr) return k;  // not OpenBLAS
+    k.core = k.detected = corename();
+    k.user_choice = std::getenv("OPENBLAS_CORETYPE") != nullptr;
+    if (k.user_choice) return k;
+    __builtin_cpu_init();
+    const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    const std::string want = blas_core_for_cpu(k.detected, avx512, avx2);
+    const auto quit = find_symbol<OpenBlasDynamicInit>("gotoblas_dynamic_quit");
+    const auto init = find_symbol<OpenBlasDynamicInit>("gotoblas_dynamic_init");
+    if (want.empty() || quit == nullptr || init == nullptr) return k;
+    // What OPENBLAS_CORETYPE does at load time: OpenBLAS reads it when it picks its kernels,
+    // which gotoblas_dynamic_init does again once gotoblas_dynamic_quit has dropped the first
+    // choice. Blocking sizes and buffers are taken per call, so nothing allocated depends on it.
+    setenv("OPENBLAS_CORETYPE", want.c_str(), /*overwrite=*/0);
+    quit();
+    init();
+    k.core = corename();
+    return k;
+  }();
+  return chosen;
+}
+
 int set_threads(int threads) {
   keep_freed_memory();
+  select_blas_kernels();
   const int n = threads > 0 ? threads : available_cores();
   at::set_num_threads(n);
   if (auto fn = find_symbol<OpenBlasSetThreads>("openblas_set_num_threads")) fn(n);
@@ -123,6 +178,12 @@ std::string describe_runtime() {
     << available_cores() << " core(s)";
   if (auto cfg = find_symbol<OpenBlasGetConfig>("openblas_get_config")) {
     s << ", BLAS: " << cfg();
+    const BlasKernels k = select_blas_kernels();
+    if (k.core != k.detected) {
+      s << " (switched from " << k.detected;
+      if (k.detected == "Prescott") s << ", OpenBLAS's fallback for a CPU it does not know";
+      s << ")";
+    }
     if (auto par = find_symbol<OpenBlasGetParallel>("openblas_get_parallel")) {
       const int mode = par();
       s << (mode == 2   ? " (OpenMP threads)"

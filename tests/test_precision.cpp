@@ -361,6 +361,45 @@ TEST(Precision, MemoryCountingServesOneDnnRawAllocations) {
       .backward();
 }
 
+TEST(Runtime, OpenBlasCoreForTheCpu) {
+  // Pre-AVX2 kernels (Prescott: OpenBLAS 0.3.21's fallback for a CPU it does not know) move up to
+  // what the CPU runs; kernels OpenBLAS chose for a CPU it knows stay.
+  EXPECT_EQ(vicreg::blas_core_for_cpu("Prescott", /*avx512=*/true, /*avx2=*/true), "SkylakeX");
+  EXPECT_EQ(vicreg::blas_core_for_cpu("PRESCOTT", false, true), "Haswell");
+  EXPECT_EQ(vicreg::blas_core_for_cpu("Nehalem", false, true), "Haswell");
+  EXPECT_EQ(vicreg::blas_core_for_cpu("Sandybridge", true, true), "SkylakeX");
+  EXPECT_EQ(vicreg::blas_core_for_cpu("Prescott", false, false), "");
+  EXPECT_EQ(vicreg::blas_core_for_cpu("Haswell", true, true), "");
+  EXPECT_EQ(vicreg::blas_core_for_cpu("Zen", true, true), "");
+  EXPECT_EQ(vicreg::blas_core_for_cpu("SkylakeX", true, true), "");
+  EXPECT_EQ(vicreg::blas_core_for_cpu("Cooperlake", true, true), "");
+  EXPECT_TRUE(vicreg::is_pre_avx2_blas_core("core2"));
+  EXPECT_FALSE(vicreg::is_pre_avx2_blas_core("SapphireRapids"));
+}
+
+TEST(Runtime, SetThreadsLeavesOpenBlasOnKernelsTheCpuRunsAndTheyComputeRight) {
+  vicreg::set_threads(0);
+  const vicreg::BlasKernels k = vicreg::select_blas_kernels();
+  if (!k.detected.empty() && !k.user_choice) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+      EXPECT_FALSE(vicreg::is_pre_avx2_blas_core(k.core))
+          << "OpenBLAS detected " << k.detected << " and still runs " << k.core;
+    }
+  }
+  // Whatever kernels run, the products are right: fp32 against fp64, the shapes of the
+  // expander (transposed operands too, as nn::Linear's backward multiplies them).
+  torch::manual_seed(0);
+  const auto a = torch::randn({128, 300});
+  const auto b = torch::randn({300, 1024});
+  const auto want = torch::mm(a.to(torch::kDouble), b.to(torch::kDouble));
+  EXPECT_LT((torch::mm(a, b).to(torch::kDouble) - want).abs().max().item<double>(), 1e-3);
+  const auto at = a.t().contiguous().t();  // column-major a
+  EXPECT_LT((torch::mm(at, b).to(torch::kDouble) - want).abs().max().item<double>(), 1e-3);
+  const auto want_t = torch::mm(b.t().to(torch::kDouble), a.t().to(torch::kDouble));
+  EXPECT_LT((torch::mm(b.t(), a.t()).to(torch::kDouble) - want_t).abs().max().item<double>(), 1e-3);
+}
+
 // ---------------------------------------------------------------------------------------------
 // GradScaler
 

@@ -11,7 +11,7 @@ namespace vicreg {
 /// Sets LibTorch's intra-op thread count and, when LibTorch's BLAS is OpenBLAS, OpenBLAS's own
 /// thread count (Debian's LibTorch starts with one thread, OpenBLAS with one per core).
 /// threads <= 0 means one per available core. Returns the count that was set. Also calls
-/// keep_freed_memory().
+/// keep_freed_memory() and select_blas_kernels().
 int set_threads(int threads);
 
 /// Keeps glibc's malloc from returning freed blocks of up to 32 MiB to the operating system
@@ -19,6 +19,29 @@ int set_threads(int threads);
 /// memory of the previous one instead of page-faulting it in again (2.3x on the default loop).
 /// Once per process; what LibTorch allocates is unchanged.
 void keep_freed_memory();
+
+/// OpenBLAS's kernels: the ones it chose when it was loaded, and the ones it uses now.
+struct BlasKernels {
+  std::string detected;  ///< empty when LibTorch's BLAS is not OpenBLAS
+  std::string core;
+  bool user_choice = false;  ///< OPENBLAS_CORETYPE was set before select_blas_kernels() ran
+};
+
+/// When LibTorch's BLAS is OpenBLAS and it runs kernels older than the CPU, switches it to the
+/// newest ones the CPU can run: SkylakeX (AVX-512) or Haswell (AVX2), as OPENBLAS_CORETYPE would
+/// at load time. OpenBLAS 0.3.21 (Debian 12) does not know the Emerald Rapids Xeon (family 6,
+/// model 207) and falls back to its Prescott (SSE3) kernels: sgemm at 65 GFLOP/s on 2 cores
+/// instead of 300, the default fp32 training step 1.15x slower (docs/decisions.md). An
+/// OPENBLAS_CORETYPE set by the user is kept. Once per process, from set_threads(): before any
+/// BLAS call runs on another thread.
+BlasKernels select_blas_kernels();
+
+/// Whether `core` (an OpenBLAS core name, any case) is a kernel set without AVX2 or AVX-512.
+bool is_pre_avx2_blas_core(const std::string& core);
+/// The OpenBLAS core to switch to from `detected` on a CPU with these instructions, or "" to
+/// keep it: SkylakeX with AVX-512 (F, BW, DQ, VL), Haswell with AVX2 and FMA, when `detected` is
+/// a pre-AVX2 one.
+std::string blas_core_for_cpu(const std::string& detected, bool avx512, bool avx2);
 
 /// The device named `name` (cpu, cuda, cuda:N), checked to be usable here. Throws UsageError
 /// naming --device when CUDA is asked for and this LibTorch has no CUDA device, c10::Error for a
