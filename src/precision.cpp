@@ -72,8 +72,9 @@ bool cpu_is_intel() {
 
 template <>
 const NameTable<CpuBf16Conv>& name_table<CpuBf16Conv>() {
-  static const NameTable<CpuBf16Conv> t{"bf16 convolution mode",
-                                        {{CpuBf16Conv::Bf16, "bf16"},
+  static const NameTable<CpuBf16Conv> t{"--bf16-conv",
+                                        {{CpuBf16Conv::Auto, "auto"},
+                                         {CpuBf16Conv::Bf16, "bf16"},
                                          {CpuBf16Conv::Fp32Backward, "fp32-backward"},
                                          {CpuBf16Conv::Fp32, "fp32"}}};
   return t;
@@ -92,7 +93,16 @@ std::atomic<CpuBf16Conv>& cpu_bf16_conv_state() {
 }  // namespace
 
 CpuBf16Conv cpu_bf16_conv() { return cpu_bf16_conv_state().load(); }
-void set_cpu_bf16_conv(CpuBf16Conv mode) { cpu_bf16_conv_state().store(mode); }
+void set_cpu_bf16_conv(CpuBf16Conv mode) {
+  if (mode == CpuBf16Conv::Auto) mode = default_cpu_bf16_conv(cpu_has_amx_bf16(), cpu_is_intel());
+  cpu_bf16_conv_state().store(mode);
+}
+
+CpuBf16Conv apply_cpu_bf16_conv(CpuBf16Conv setting, CpuBf16Conv trained) {
+  if (setting == CpuBf16Conv::Auto) setting = trained;
+  if (setting != CpuBf16Conv::Auto) set_cpu_bf16_conv(setting);
+  return cpu_bf16_conv();
+}
 
 bool device_has_native_bf16(const torch::Device& device) {
   if (device.is_cpu()) return cpu_has_native_bf16();

@@ -316,6 +316,10 @@ ModelSection model_section(const fs::path& checkpoint, const ReportOptions& opti
   const Precision precision =
       resolve_precision(options.precision, device, tc.runtime.precision).precision;
   tm.model->to(device);
+  if (device.is_cpu() && precision == Precision::Bf16 && !test.is_vector() &&
+      is_convolutional(tc.model.arch)) {
+    apply_cpu_bf16_conv(CpuBf16Conv::Auto, tc.runtime.bf16_conv);
+  }
   if (use_channels_last(Toggle::Auto, !test.is_vector() && is_convolutional(tc.model.arch), device,
                         precision, tc.runtime.channels_last)) {
     to_channels_last(*tm.model->backbone);

@@ -476,6 +476,49 @@ TEST_F(CliTrain, PrecisionIsChosenPrintedRecordedAndKeptByEval) {
   r = run(small("ls", "--loss-scale sometimes"));
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("'sometimes': use auto, on or off"), std::string::npos) << r.err;
+  r = run(small("conv", "--bf16-conv fp16"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("unknown --bf16-conv 'fp16': use auto, bf16, fp32-backward or fp32"),
+            std::string::npos)
+      << r.err;
+}
+
+TEST_F(CliTrain, Bf16ConvolutionModeIsAskedForRecordedAndKeptOnResumeAndByEval) {
+  vicreg::testing::write_idx_dataset(dir_ / "data", 50, 16, 2, "t10k");
+  // auto: the CPU's own mode, printed and recorded.
+  Result r = run(small("auto", "--max-steps 1 --precision bf16 --progress plain"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string own = vicreg::to_string(vicreg::cpu_bf16_conv());
+  EXPECT_NE(r.err.find(", convolutions " + own), std::string::npos) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(slurp(dir_ / "auto" / "config.json"))["runtime"]["bf16_conv"],
+            own);
+  // Asked for: another mode than the CPU's, so that keeping it is seen.
+  const std::string other = own == "fp32" ? "bf16" : "fp32";
+  r = run(small("asked", "--max-steps 2 --precision bf16 --progress plain --bf16-conv " + other));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find(", convolutions " + other), std::string::npos) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(slurp(dir_ / "asked" / "config.json"))["runtime"]["bf16_conv"],
+            other);
+  // A resumed run left on auto keeps the recorded mode (it changes the convolutions' bits).
+  r = run(small("asked", "--max-steps 3 --precision bf16 --progress plain"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("resuming at step 2"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(", convolutions " + other), std::string::npos) << r.err;
+  // eval extracts features in the run's mode unless told otherwise, and says which.
+  const fs::path json = dir_ / "knn.json";
+  const std::string ckpt = (dir_ / "asked" / "checkpoint.pt").string();
+  r = run("eval --threads 1 --protocol knn --checkpoint " + ckpt + " --json " + json.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(slurp(json))["bf16_conv"], other);
+  r = run("eval --threads 1 --protocol knn --bf16-conv " + own + " --checkpoint " + ckpt +
+          " --json " + json.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(slurp(json))["bf16_conv"], own);
+  // In fp32 no mode applies: the JSON has none.
+  r = run("eval --threads 1 --protocol knn --precision fp32 --checkpoint " + ckpt + " --json " +
+          json.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(nlohmann::json::parse(slurp(json)).contains("bf16_conv"));
 }
 
 // ---------------------------------------------------------------------------------------------

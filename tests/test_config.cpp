@@ -60,8 +60,8 @@ TEST(Config, EverySettingHasOneKeyAndReadsBackFromJson) {
   EXPECT_EQ(std::set<std::string>(k.begin(), k.end()).size(), k.size()) << "a key is repeated";
   // vicreg 0.1's 40 settings, each kept under its name, 0.2's precision, channels_last,
   // loss_scale and max_skipped_steps, holdout, classes, val_dir and skip_bad_images, and
-  // checkpoint_every and checkpoint_minutes, tensorboard and online_probe.
-  EXPECT_EQ(k.size(), 52u);
+  // checkpoint_every and checkpoint_minutes, tensorboard and online_probe, bf16_conv.
+  EXPECT_EQ(k.size(), 53u);
   const TrainConfig other = changed_everywhere(c);
   const nlohmann::json j = vicreg::to_json(other);
   TrainConfig back;
@@ -170,7 +170,7 @@ TEST(Config, ResumeTakesTheCheckpointsSectionsAndTheCommandLinesRuntime) {
     EXPECT_NE(at(g), at(s)) << setting.key << " was not changed by the test";
     ++checked;
   });
-  EXPECT_EQ(checked, 52);
+  EXPECT_EQ(checked, 53);
   // An empty data_dir keeps where the run found its data.
   TrainConfig with_dir = stored;
   with_dir.runtime.data_dir = "/data/fm";

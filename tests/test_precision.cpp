@@ -157,6 +157,27 @@ TEST(Precision, TheBf16ConvolutionModeFollowsTheCpu) {
   }
 }
 
+TEST(Precision, TheBf16ConvolutionSettingPrefersTheAskedThenTheRecordedMode) {
+  using vicreg::CpuBf16Conv;
+  const CpuBf16Conv own = vicreg::cpu_bf16_conv();
+  const CpuBf16Conv other = own == CpuBf16Conv::Fp32 ? CpuBf16Conv::Bf16 : CpuBf16Conv::Fp32;
+  const Bf16ConvMode scope(own);  // whatever happens below is undone
+  // auto with nothing recorded: the process-wide mode, unchanged.
+  EXPECT_EQ(vicreg::apply_cpu_bf16_conv(CpuBf16Conv::Auto), own);
+  // auto with a recorded mode: the recorded one, now process-wide.
+  EXPECT_EQ(vicreg::apply_cpu_bf16_conv(CpuBf16Conv::Auto, other), other);
+  EXPECT_EQ(vicreg::cpu_bf16_conv(), other);
+  // asked for: wins over the recorded one.
+  EXPECT_EQ(vicreg::apply_cpu_bf16_conv(CpuBf16Conv::Fp32Backward, other),
+            CpuBf16Conv::Fp32Backward);
+  // Auto as a mode goes back to the CPU's own, and is never what is in use.
+  vicreg::set_cpu_bf16_conv(CpuBf16Conv::Auto);
+  EXPECT_EQ(vicreg::cpu_bf16_conv(),
+            vicreg::default_cpu_bf16_conv(vicreg::cpu_has_amx_bf16(), vicreg::cpu_is_intel()));
+  EXPECT_EQ(vicreg::parse_name<CpuBf16Conv>("fp32-backward"), CpuBf16Conv::Fp32Backward);
+  EXPECT_THROW(vicreg::parse_name<CpuBf16Conv>("fp16"), vicreg::UsageError);
+}
+
 TEST(Precision, Fp32ConvolutionModeRunsConvolutionsInFp32UnderBf16) {
   const Bf16ConvMode scope(vicreg::CpuBf16Conv::Fp32);
   torch::manual_seed(4);

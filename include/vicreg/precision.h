@@ -79,6 +79,7 @@ class AutocastGuard {
 /// is fastest depends on the CPU's bf16 convolution kernels (oneDNN's), not on bf16 support alone:
 /// bench/train_bench's BM_ConvBackward, BM_ConvForward and BM_TrainStepBf16Conv measure all three.
 enum class CpuBf16Conv {
+  Auto,          ///< the CPU's default_cpu_bf16_conv() (a setting; cpu_bf16_conv() never is)
   Bf16,          ///< autocast's: forward and backward in bf16
   Fp32Backward,  ///< bf16 forward; the small-spatial layers' backward in fp32 (models.h)
   Fp32,          ///< forward and backward in fp32 (autocast skips them); linear layers stay bf16
@@ -92,9 +93,15 @@ const NameTable<CpuBf16Conv>& name_table<CpuBf16Conv>();
 /// the default ConvNet (2-core Emerald Rapids under KVM, AMX not exposed); Bf16 elsewhere (AMD
 /// EPYC with AVX512-BF16: the bf16 step 1.53x the fp32 one). docs/decisions.md.
 CpuBf16Conv default_cpu_bf16_conv(bool amx_bf16, bool intel);
-/// The process-wide mode: default_cpu_bf16_conv() of this CPU unless set (tests, benchmarks).
+/// The process-wide mode: default_cpu_bf16_conv() of this CPU unless set (`--bf16-conv`, a
+/// resumed or evaluated run's recorded mode, tests, benchmarks). Never Auto.
 CpuBf16Conv cpu_bf16_conv();
+/// Sets the process-wide mode; Auto goes back to the CPU's default.
 void set_cpu_bf16_conv(CpuBf16Conv mode);
+/// The mode for a run's setting: `setting` unless Auto, else `trained` (the mode a run being
+/// resumed or evaluated recorded; Auto: none) unless Auto, else the process-wide one. Sets it
+/// process-wide when it is not Auto and returns what cpu_bf16_conv() then is.
+CpuBf16Conv apply_cpu_bf16_conv(CpuBf16Conv setting, CpuBf16Conv trained = CpuBf16Conv::Auto);
 
 /// Whether to use channels_last for a model: never for models without convolutions; auto: on
 /// CUDA devices (tensor cores take NHWC; PyTorch's own advice for mixed precision) and for bf16 on

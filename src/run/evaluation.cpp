@@ -176,6 +176,10 @@ Subject load_subject(const SubjectSpec& spec, const std::vector<Split>& splits) 
   s.encoder->eval();
   const bool convolutional =
       !shape.is_vector() && !spec.baseline.has_value() && is_convolutional(s.config.model.arch);
+  if (convolutional && s.device.is_cpu() && s.precision.precision == Precision::Bf16) {
+    s.bf16_conv = to_string(apply_cpu_bf16_conv(
+        spec.bf16_conv, trained_here ? s.config.runtime.bf16_conv : CpuBf16Conv::Auto));
+  }
   if (use_channels_last(spec.channels_last, convolutional, s.device, s.precision.precision,
                         trained_here ? s.config.runtime.channels_last : Toggle::Auto)) {
     to_channels_last(*s.encoder);
@@ -289,22 +293,24 @@ nlohmann::json evaluate_subject(Subject& s, const EvalRequest& r) {
       {"train", {{"source", train_split.source}, {"samples", train_used}}},
       {"test", {{"source", s.test.source}, {"samples", s.test.size()}}},
       {"classes", classes}};
-  return {{"protocol", to_string(r.protocol)},
-          {"top1", acc.top1},
-          {"top5", acc.top5},
-          {"features", r.embedding ? "embedding" : "representation"},
-          {"subject", s.name},
-          {"dataset", to_string(s.config.data.dataset)},
-          {"settings", settings},
-          {"diagnostics", diagnostics},
-          {"rankme", diagnostics["representation"]["rankme"]},
-          {"seconds", seconds_since(t0)},
-          {"feature_seconds", feature_s},
-          {"threads", at::get_num_threads()},
-          {"precision", to_string(s.precision.precision)},
-          {"train_samples", train_used},
-          {"test_samples", s.test.size()},
-          {"splits", splits}};
+  nlohmann::json out = {{"protocol", to_string(r.protocol)},
+                        {"top1", acc.top1},
+                        {"top5", acc.top5},
+                        {"features", r.embedding ? "embedding" : "representation"},
+                        {"subject", s.name},
+                        {"dataset", to_string(s.config.data.dataset)},
+                        {"settings", settings},
+                        {"diagnostics", diagnostics},
+                        {"rankme", diagnostics["representation"]["rankme"]},
+                        {"seconds", seconds_since(t0)},
+                        {"feature_seconds", feature_s},
+                        {"threads", at::get_num_threads()},
+                        {"precision", to_string(s.precision.precision)},
+                        {"train_samples", train_used},
+                        {"test_samples", s.test.size()},
+                        {"splits", splits}};
+  if (!s.bf16_conv.empty()) out["bf16_conv"] = s.bf16_conv;
+  return out;
 }
 
 }  // namespace vicreg

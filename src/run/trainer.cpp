@@ -92,6 +92,9 @@ void Trainer::choose_numerics() {
   const bool convolutional = images && is_convolutional(config_.model.arch) &&
                              (config_.model.shared_weights || !config_.model.arch_b ||
                               is_convolutional(*config_.model.arch_b));
+  if (device_.is_cpu() && precision_.precision == Precision::Bf16 && convolutional) {
+    r.bf16_conv = apply_cpu_bf16_conv(r.bf16_conv, trained_bf16_conv_);
+  }
   channels_last_ = use_channels_last(r.channels_last, convolutional, device_, precision_.precision,
                                      trained_channels_last_);
   const bool scaling = r.loss_scale == Toggle::On ||
@@ -121,6 +124,7 @@ void Trainer::resume_config(const std::string& resume) {
   const TrainConfig stored = read_checkpoint_config(resume_);
   trained_precision_ = stored.runtime.precision;
   trained_channels_last_ = stored.runtime.channels_last;
+  trained_bf16_conv_ = stored.runtime.bf16_conv;
   config_ = config_for_resume(stored, given_);
   const std::vector<std::string> ignored =
       differing_settings(given_, config_, given_keys_ ? &*given_keys_ : nullptr);

@@ -113,8 +113,10 @@ struct RuntimeConfig {
   /// The forward passes' precision (precision.h); a run records the one auto chose.
   Precision precision = Precision::Auto;
   Toggle channels_last = Toggle::Auto;  ///< convolutional backbones in channels_last
-  Toggle loss_scale = Toggle::Auto;     ///< dynamic loss scaling; auto: with fp16
-  int64_t max_skipped_steps = 20;       ///< loss scaling: skipped steps in a row before stopping
+  /// How the convolutions run under CPU bf16 (precision.h); a run records the one it used.
+  CpuBf16Conv bf16_conv = CpuBf16Conv::Auto;
+  Toggle loss_scale = Toggle::Auto;  ///< dynamic loss scaling; auto: with fp16
+  int64_t max_skipped_steps = 20;    ///< loss scaling: skipped steps in a row before stopping
   /// Unreadable image files during training are counted, logged and skipped (LoaderOptions)
   /// instead of stopping the run.
   bool skip_bad_images = false;
@@ -294,12 +296,19 @@ void for_each_setting(Config& c, Visit&& visit) {
                 "optimizer stay fp32). auto: bf16 on CPUs with bf16 instructions and on GPUs that "
                 "have it, fp16 on older GPUs, else fp32"},
         c.runtime.precision);
-  visit(
-      Setting{S::Runtime, "channels_last",
-              "Convolutional backbones' weights and batches in channels_last memory format: "
-              "auto (on for GPUs and for bf16 on Intel CPUs with AMX or AVX512-BF16; off for other "
-              "CPUs, where it was measured no faster), on or off"},
-      c.runtime.channels_last);
+  visit(Setting{S::Runtime, "channels_last",
+                "Convolutional backbones' weights and batches in channels_last memory format: "
+                "auto (on for GPUs and for bf16 on Intel CPUs; off for other CPUs, where it was "
+                "measured no faster), on or off"},
+        c.runtime.channels_last);
+  visit(Setting{S::Runtime, "bf16_conv",
+                "How the convolutions run in bf16 on a CPU: auto (the fastest measured for the "
+                "CPU: fp32-backward with AMX, fp32 on other Intel CPUs, bf16 elsewhere), bf16 "
+                "(autocast's), fp32-backward (bf16 forward; fp32 backward of the layers with at "
+                "most 16 output pixels and at least 128 input channels) or fp32 (outside autocast; "
+                "the linear layers stay bf16). A resumed run left on auto keeps the one it "
+                "recorded"},
+        c.runtime.bf16_conv);
   visit(Setting{S::Runtime, "loss_scale",
                 "Dynamic loss scaling (PyTorch's GradScaler): auto (with fp16 only), on or off"},
         c.runtime.loss_scale);

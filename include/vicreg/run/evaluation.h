@@ -43,6 +43,8 @@ struct SubjectSpec {
   /// Features are extracted under autocast in this precision (auto: as training chooses it).
   Precision precision = Precision::Auto;
   Toggle channels_last = Toggle::Auto;  ///< convolutional backbones in channels_last
+  /// How the convolutions run in CPU bf16 (auto: as the run recorded, else the CPU's default).
+  CpuBf16Conv bf16_conv = CpuBf16Conv::Auto;
 };
 
 /// A subject loaded, in eval mode on its device, with its data.
@@ -55,6 +57,7 @@ struct Subject {
   EvalTransform transform;
   torch::Device device = torch::kCPU;
   PrecisionChoice precision;  ///< of feature extraction (and of finetune's backbone)
+  std::string bf16_conv;      ///< the CpuBf16Conv used in CPU bf16; empty where none applies
 };
 
 /// Loads the subject and the splits of its data set. Throws UsageError for a spec that does not

@@ -134,8 +134,9 @@ class Trainer {
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   WarmupCosineSchedule schedule_;
   VICRegLossOptions loss_options_;
-  Precision trained_precision_ = Precision::Auto;  ///< the checkpoint's (resume)
-  Toggle trained_channels_last_ = Toggle::Auto;    ///< the checkpoint's (resume)
+  Precision trained_precision_ = Precision::Auto;      ///< the checkpoint's (resume)
+  Toggle trained_channels_last_ = Toggle::Auto;        ///< the checkpoint's (resume)
+  CpuBf16Conv trained_bf16_conv_ = CpuBf16Conv::Auto;  ///< the checkpoint's (resume)
   PrecisionChoice precision_;
   bool channels_last_ = false;
   GradScaler scaler_;
