@@ -20,6 +20,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdio>
@@ -281,41 +282,54 @@ TEST_F(CliTrain, KilledAtRandomMomentsTheRunResumesToTheSameWeights) {
   // command again, until the run finishes: it must end where an uninterrupted run ends, bit for
   // bit. A checkpoint after every step makes writes a good share of the time.
   const std::string flags = "--epochs 4 --mlp 1024-1024 --checkpoint-every 1 --progress none";
+  const auto started = std::chrono::steady_clock::now();
   const Result straight = run(small("straight", flags));
   ASSERT_EQ(straight.code, 0) << straight.err;
+  // Kill moments are drawn from [2 %, 80 %] of the uninterrupted run's time, not from fixed
+  // milliseconds: how long the run takes depends on the machine and on what runs beside it. A run
+  // that finishes before its first kill (it ran faster than the straight one) proves nothing, so
+  // it starts over from scratch with half the range, up to 6 times.
+  double span_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
   std::mt19937 rng(std::random_device{}());
-  std::uniform_int_distribution<int> delay_ms(300, 2000);
   std::string log;  // what happened, for the failure message
   int kills = 0, mid_write = 0, code = -1;
   const fs::path exp = dir_ / "killed";
-  for (int attempt = 0; attempt < 60 && code != 0; ++attempt) {
-    const pid_t pid = spawn_shell(std::string(VICREG_CLI) + " " + small("killed", flags) + " 2>>" +
-                                  (dir_ / "killed.err").string());
-    ASSERT_GE(pid, 0);
-    const int ms = delay_ms(rng);
-    int status = 0;
-    bool exited = false;
-    for (int waited = 0; waited < ms && !exited; waited += 5) {
-      exited = waitpid(pid, &status, WNOHANG) == pid;
-      if (!exited) usleep(5000);
-    }
-    if (exited) {
-      code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      log += " exit " + std::to_string(code);
-      ASSERT_EQ(code, 0) << log << "\n" << slurp(dir_ / "killed.err");
-      break;
-    }
-    ASSERT_EQ(kill(pid, SIGKILL), 0);
-    ASSERT_EQ(waitpid(pid, &status, 0), pid);
-    ++kills;
-    bool temporary = false;  // killed while writing a file
-    if (fs::exists(exp)) {
-      for (const auto& e : fs::directory_iterator(exp)) {
-        temporary = temporary || e.path().filename().string().rfind(".checkpoint.pt.", 0) == 0;
+  for (int restart = 0; restart < 6 && kills == 0; ++restart, span_ms /= 2) {
+    if (restart > 0) log += " [finished before any kill: from scratch, range halved]";
+    fs::remove_all(exp);
+    code = -1;
+    std::uniform_int_distribution<int> delay_ms(std::max(1, static_cast<int>(span_ms * 0.02)),
+                                                std::max(2, static_cast<int>(span_ms * 0.8)));
+    for (int attempt = 0; attempt < 60 && code != 0; ++attempt) {
+      const pid_t pid = spawn_shell(std::string(VICREG_CLI) + " " + small("killed", flags) +
+                                    " 2>>" + (dir_ / "killed.err").string());
+      ASSERT_GE(pid, 0);
+      const int ms = delay_ms(rng);
+      int status = 0;
+      bool exited = false;
+      for (int waited = 0; waited < ms && !exited; waited += 1) {
+        exited = waitpid(pid, &status, WNOHANG) == pid;
+        if (!exited) usleep(1000);
       }
+      if (exited) {
+        code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+        log += " exit " + std::to_string(code);
+        ASSERT_EQ(code, 0) << log << "\n" << slurp(dir_ / "killed.err");
+        break;
+      }
+      ASSERT_EQ(kill(pid, SIGKILL), 0);
+      ASSERT_EQ(waitpid(pid, &status, 0), pid);
+      ++kills;
+      bool temporary = false;  // killed while writing a file
+      if (fs::exists(exp)) {
+        for (const auto& e : fs::directory_iterator(exp)) {
+          temporary = temporary || e.path().filename().string().rfind(".checkpoint.pt.", 0) == 0;
+        }
+      }
+      mid_write += temporary ? 1 : 0;
+      log += " kill@" + std::to_string(ms) + "ms" + (temporary ? "(mid-write)" : "");
     }
-    mid_write += temporary ? 1 : 0;
-    log += " kill@" + std::to_string(ms) + "ms" + (temporary ? "(mid-write)" : "");
   }
   ASSERT_EQ(code, 0) << "never finished:" << log;
   std::printf("killed %d times (%d while writing a checkpoint):%s\n", kills, mid_write,
