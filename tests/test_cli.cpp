@@ -308,7 +308,8 @@ TEST_F(CliTrain, KilledAtRandomMomentsTheRunResumesToTheSameWeights) {
       const int ms = delay_ms(rng);
       int status = 0;
       bool exited = false;
-      for (int waited = 0; waited < ms && !exited; waited += 1) {
+      const auto kill_at = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+      while (!exited && std::chrono::steady_clock::now() < kill_at) {
         exited = waitpid(pid, &status, WNOHANG) == pid;
         if (!exited) usleep(1000);
       }
