@@ -185,11 +185,13 @@ class CliTrain : public Cli {
     Cli::SetUp();
     vicreg::testing::write_idx_dataset(dir_ / "data", 96, 16);
   }
-  /// A small run on the synthetic data; `extra` adds or overrides flags.
+  /// A small run on the synthetic data; `extra` adds or overrides flags. In contiguous memory
+  /// format: auto measures both formats at the start of each new run, and two new runs that
+  /// chose differently would differ in the last bits.
   std::string small(const std::string& exp, const std::string& extra = "") {
     return "train --dataset mnist --data-dir " + (dir_ / "data").string() +
            " --image-size 16 --width 8 --stages 3 --mlp 32-32 --batch-size 16 --epochs 2 "
-           "--threads 1 --workers 1 --log-every 3 --exp-dir " +
+           "--threads 1 --workers 1 --log-every 3 --channels-last off --exp-dir " +
            (dir_ / exp).string() + " " + extra;
   }
 };
@@ -444,14 +446,27 @@ TEST_F(CliTrain, DivergenceExitsNonZeroNamingTheStep) {
 
 TEST_F(CliTrain, PrecisionIsChosenPrintedRecordedAndKeptByEval) {
   vicreg::testing::write_idx_dataset(dir_ / "data", 50, 16, 2, "t10k");
-  Result r = run(small("bf16", "--max-steps 2 --precision bf16 --progress plain"));
+  Result r =
+      run(small("bf16", "--max-steps 2 --precision bf16 --progress plain --channels-last auto"));
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.err.find("; precision bf16 (as asked)"), std::string::npos) << r.err;
   auto config = nlohmann::json::parse(slurp(dir_ / "bf16" / "config.json"));
   EXPECT_EQ(config["runtime"]["precision"], "bf16");
-  // auto: on a CPU, on for bf16 with AMX only
-  EXPECT_EQ(config["runtime"]["channels_last"],
-            vicreg::cpu_bf16_conv() != vicreg::CpuBf16Conv::Bf16 ? "on" : "off");
+  // channels_last auto, on a CPU: both formats timed, the faster taken, printed and recorded.
+  const std::regex measured(
+      ", (channels_last|contiguous) \\(auto: [0-9.]+ ms a step against "
+      "[0-9.]+ (contiguous|channels_last), measured\\)");
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.err, m, measured)) << r.err;
+  EXPECT_NE(m[1], m[2]) << r.err;
+  const std::string chosen = m[1] == "channels_last" ? "on" : "off";
+  EXPECT_EQ(config["runtime"]["channels_last"], chosen);
+  // Resumed, it keeps the recorded format without timing again.
+  r = run(small("bf16", "--max-steps 3 --precision bf16 --progress plain --channels-last auto"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("resuming at step 2"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::regex_search(r.err, measured)) << r.err;
+  EXPECT_EQ(r.err.find(", channels_last;") != std::string::npos, chosen == "on") << r.err;
   // auto: what this machine's CPU supports, printed with the reason and recorded.
   r = run(small("auto", "--max-steps 1 --progress plain"));
   ASSERT_EQ(r.code, 0) << r.err;
@@ -1030,8 +1045,9 @@ TEST_F(CliDistributed, TwoProcessesTrainLikeOneAndResumeWithAnyCount) {
 
   // Two processes through torchrun (python3-torch's), as the README says to launch them.
   const std::string torchrun = VICREG_TORCHRUN;
-  const std::string two =
-      small("two", "--max-steps 4 --log-every 1 --progress plain --precision fp32");
+  // The memory format left to auto: rank 0 times both and every rank takes its choice.
+  const std::string two = small(
+      "two", "--max-steps 4 --log-every 1 --progress plain --precision fp32 --channels-last auto");
   if (!torchrun.empty()) {
     // --no_python: torch 1.13's spelling (Debian 12), which later versions accept too;
     // --redirects 2 --tee 2: Debian 12's torchrun crashes without them (README).
@@ -1047,7 +1063,9 @@ TEST_F(CliDistributed, TwoProcessesTrainLikeOneAndResumeWithAnyCount) {
     const auto codes = run_ranks(2, two);
     ASSERT_EQ(codes, (std::vector<int>{0, 0}))
         << slurp(dir_ / "rank0.err") << slurp(dir_ / "rank1.err");
+    r.err = slurp(dir_ / "rank0.err");
   }
+  EXPECT_NE(r.err.find(" ms a step against "), std::string::npos) << r.err;
   // Rank 0 alone wrote the metrics: one line per step, the losses of the one-process run.
   std::vector<double> got = losses(dir_ / "two" / "metrics.jsonl");
   ASSERT_EQ(got.size(), 4u);

@@ -52,8 +52,10 @@ class Train : public vicreg::testing::TempDirTest {
     c.runtime.workers = 2;
     c.runtime.log_every = 2;
     c.runtime.exp_dir = (dir_ / name).string();
-    // The same numbers on every machine (auto would pick bf16 where the CPU has it).
+    // The same numbers on every machine (auto would pick bf16 where the CPU has it), and in
+    // every run (auto times both memory formats at the start of a new run).
     c.runtime.precision = vicreg::Precision::Fp32;
+    c.runtime.channels_last = vicreg::Toggle::Off;
     return c;
   }
 
@@ -250,6 +252,13 @@ TEST_F(Train, OtherDataSetsAndSeparateBranches) {
   c.model.arch = vicreg::Arch::Mlp;
   c.model.encoder_mlp = "32-16";
   c.runtime.max_steps = 3;
+  c.runtime.channels_last = vicreg::Toggle::Auto;
+  {
+    // No convolutions: nothing to time, contiguous.
+    const vicreg::Trainer vectors(c);
+    EXPECT_FALSE(vectors.memory_format_timing());
+    EXPECT_FALSE(vectors.channels_last());
+  }
   auto r = vicreg::Trainer(c).run({vicreg::ProgressStyle::None});
   EXPECT_EQ(r.step, 3);
   auto backbone = vicreg::load_backbone((fs::path(c.runtime.exp_dir) / "backbone.pt").string());
@@ -453,8 +462,7 @@ TEST_F(Train, Bf16StepsAgreeWithFp32WithinBf16Tolerance) {
   cb.runtime.precision = vicreg::Precision::Bf16;
   vicreg::Trainer bf16(cb);
   EXPECT_EQ(bf16.precision().precision, vicreg::Precision::Bf16);
-  EXPECT_EQ(bf16.channels_last(),  // auto, on a CPU
-            vicreg::cpu_bf16_conv() != vicreg::CpuBf16Conv::Bf16);
+  EXPECT_FALSE(bf16.channels_last());
   EXPECT_FALSE(fp32.channels_last());
   const auto batch = batch_of(fp32);
   for (int i = 0; i < 3; ++i) {
@@ -492,6 +500,59 @@ TEST_F(Train, ChannelsLastTrainsLikeContiguous) {
   const auto a = plain.train_step(batch_of(plain)), b = cl.train_step(batch_of(cl, true));
   EXPECT_NEAR(a.loss, b.loss, 1e-4 * std::abs(a.loss));
   EXPECT_NEAR(a.std_z, b.std_z, 1e-4);
+}
+
+TEST_F(Train, ChannelsLastAutoTimesBothFormatsInANewRunOnACpu) {
+  for (const auto precision : {vicreg::Precision::Fp32, vicreg::Precision::Bf16}) {
+    const std::string name = vicreg::to_string(precision);
+    auto c = small("auto_" + name);
+    c.runtime.precision = precision;
+    c.runtime.channels_last = vicreg::Toggle::Auto;
+    c.runtime.max_steps = 2;
+    bool chosen = false;
+    {
+      vicreg::Trainer measured(c);
+      ASSERT_TRUE(measured.memory_format_timing()) << name;
+      const vicreg::MemoryFormatTiming t = *measured.memory_format_timing();
+      EXPECT_GT(t.contiguous_s, 0) << name;
+      EXPECT_GT(t.channels_last_s, 0) << name;
+      EXPECT_TRUE(std::isfinite(t.contiguous_s) && std::isfinite(t.channels_last_s)) << name;
+      EXPECT_GE(t.rounds, 1) << name;
+      EXPECT_LE(t.rounds, 3) << name;
+      // The faster format is taken, recorded, and the weights are in it.
+      chosen = measured.channels_last();
+      EXPECT_EQ(chosen, t.channels_last_s < t.contiguous_s) << name;
+      EXPECT_EQ(measured.config().runtime.channels_last,
+                chosen ? vicreg::Toggle::On : vicreg::Toggle::Off)
+          << name;
+      EXPECT_EQ(vicreg::has_channels_last_weights(*measured.model()), chosen) << name;
+
+      // Timing leaves no trace: the run trains as one told that format from the start (the same
+      // initial weights, the same data), bit for bit.
+      auto told = small("told_" + name);
+      told.runtime.precision = precision;
+      told.runtime.max_steps = 2;
+      told.runtime.channels_last = chosen ? vicreg::Toggle::On : vicreg::Toggle::Off;
+      vicreg::Trainer pinned(told);
+      EXPECT_FALSE(pinned.memory_format_timing()) << name;
+      measured.run({vicreg::ProgressStyle::None});
+      pinned.run({vicreg::ProgressStyle::None});
+      expect_same_parameters(measured.model(), pinned.model());
+    }
+
+    // Resumed, the recorded format is kept without timing again.
+    c.runtime.max_steps = 3;
+    vicreg::Trainer resumed(c);
+    EXPECT_EQ(resumed.step(), 2) << name;
+    EXPECT_FALSE(resumed.memory_format_timing()) << name;
+    EXPECT_EQ(resumed.channels_last(), chosen) << name;
+  }
+  // Asked for, nothing is timed.
+  auto on = small("on");
+  on.runtime.channels_last = vicreg::Toggle::On;
+  vicreg::Trainer asked(on);
+  EXPECT_FALSE(asked.memory_format_timing());
+  EXPECT_TRUE(asked.channels_last());
 }
 
 TEST_F(Train, Bf16StopAndResumeGivesTheSameParametersAsOneRun) {

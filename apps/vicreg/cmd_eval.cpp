@@ -86,8 +86,9 @@ void add_subject_flags(CLI::App& cmd, SubjectArgs& a) {
                   "Extract features under autocast: auto (bf16 on CPUs with bf16 instructions and "
                   "GPUs that have it, fp16 on older GPUs, else fp32), fp32, bf16 or fp16");
   add_choice_flag(cmd, "--channels-last", a.spec.channels_last,
-                  "Convolutional backbones in channels_last memory format: auto (as vicreg "
-                  "train: on for GPUs and for bf16 on Intel CPUs, off for other CPUs), on or off");
+                  "Convolutional backbones in channels_last memory format: auto (as the run "
+                  "recorded, else on for GPUs and for bf16 on Intel CPUs, off for other CPUs), on "
+                  "or off");
   add_choice_flag(cmd, "--bf16-conv", a.spec.bf16_conv,
                   "How the convolutions run in bf16 on a CPU: auto (as the run recorded, else the "
                   "CPU's fastest: fp32-backward with AMX, fp32 on other Intel CPUs, bf16 "

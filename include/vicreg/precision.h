@@ -103,7 +103,8 @@ void set_cpu_bf16_conv(CpuBf16Conv mode);
 /// process-wide when it is not Auto and returns what cpu_bf16_conv() then is.
 CpuBf16Conv apply_cpu_bf16_conv(CpuBf16Conv setting, CpuBf16Conv trained = CpuBf16Conv::Auto);
 
-/// Whether to use channels_last for a model: never for models without convolutions; auto: on
+/// Whether to use channels_last for a model, by rule (a new training run on a CPU measures it
+/// instead: Trainer, run/trainer.h): never for models without convolutions; auto: on
 /// CUDA devices (tensor cores take NHWC; PyTorch's own advice for mixed precision) and for bf16 on
 /// CPUs whose cpu_bf16_conv() is not Bf16 (AMX: default step 640 against 547 images/s on a 2-core
 /// AMX Xeon; Fp32 convolutions on an AVX512-BF16 Intel CPU: faster in channels_last, as fp32

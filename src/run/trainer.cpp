@@ -58,6 +58,8 @@ Trainer::Trainer(TrainConfig config, std::string resume, std::shared_ptr<Process
   resume_config(resume);
   choose_numerics();
   load_data();
+  choose_memory_format();
+  make_loader();
   build_model(/*fresh=*/resume_.empty());
   build_optimizer();
   build_probe();
@@ -97,6 +99,10 @@ void Trainer::choose_numerics() {
   }
   channels_last_ = use_channels_last(r.channels_last, convolutional, device_, precision_.precision,
                                      trained_channels_last_);
+  // CPUs of one model were measured to differ on which format is faster (docs/decisions.md):
+  // a new run measures it (choose_memory_format) rather than going by the CPU.
+  measure_memory_format_ = convolutional && device_.is_cpu() && r.channels_last == Toggle::Auto &&
+                           trained_channels_last_ == Toggle::Auto;
   const bool scaling = r.loss_scale == Toggle::On ||
                        (r.loss_scale == Toggle::Auto && precision_.precision == Precision::Fp16);
   scaler_ = GradScaler(scaling);
@@ -134,17 +140,14 @@ void Trainer::resume_config(const std::string& resume) {
   }
 }
 
+Recipe Trainer::recipe() const {
+  return make_recipe(config_.resolved_recipe(), static_cast<int>(data_->channels),
+                     static_cast<int>(config_.data.image_size));
+}
+
 void Trainer::load_data() {
   data_ = std::make_shared<Dataset>(load_dataset(config_.dataset_config(Split::Train)));
-  std::shared_ptr<TwoViewTransform> transform;
-  if (data_->is_vector()) {
-    transform = std::make_shared<VectorTwoViewTransform>(VectorAugment{});
-  } else {
-    const Recipe recipe = make_recipe(config_.resolved_recipe(), static_cast<int>(data_->channels),
-                                      static_cast<int>(config_.data.image_size));
-    image_size_ = recipe.view_a.crop.size;
-    transform = std::make_shared<ImageTwoViewTransform>(recipe, channels_last_);
-  }
+  if (!data_->is_vector()) image_size_ = recipe().view_a.crop.size;
   const int64_t batch = config_.optim.batch_size;
   if (world_ > 1 && batch / world_ < 2) {
     throw UsageError("--batch-size " + std::to_string(batch) + " over " + std::to_string(world_) +
@@ -153,6 +156,96 @@ void Trainer::load_data() {
   }
   // The probe's held-out split, checked before the first step rather than at the first probe.
   if (config_.runtime.eval_every > 0) load_test_data();
+}
+
+namespace {
+
+/// Times the forward, loss and backward passes of `config`'s model on `rows` random views of
+/// `channels` x `size` x `size` in both memory formats: one warm-up step of each (oneDNN builds
+/// its kernels then), then rounds of one step of each, in alternating order, until 3 rounds or
+/// `budget_s` seconds of them. The global generator is left as it was.
+MemoryFormatTiming time_memory_formats(const VICRegModelConfig& config, int64_t rows,
+                                       int64_t channels, int64_t size, Precision precision,
+                                       VICRegLossOptions loss, double budget_s) {
+  constexpr int kRounds = 3;
+  at::Generator global = at::detail::getDefaultCPUGenerator();
+  const torch::Tensor state = global.get_state();
+  VICReg models[2] = {VICReg(config), VICReg(config)};
+  global.set_state(state);
+  to_channels_last(*models[1]);
+  at::Generator own = at::detail::createCPUGenerator(0x5EED);
+  const torch::Tensor x_a = torch::randn({rows, channels, size, size}, own);
+  const torch::Tensor x_b = torch::randn({rows, channels, size, size}, own);
+  const torch::Tensor inputs[2][2] = {{x_a, x_b},
+                                      {x_a.contiguous(at::MemoryFormat::ChannelsLast),
+                                       x_b.contiguous(at::MemoryFormat::ChannelsLast)}};
+  const torch::Device cpu(torch::kCPU);
+  loss.check_finite(false);  // random views of a model at its initialisation: only the time counts
+  const auto step = [&](int format) {
+    const auto t0 = std::chrono::steady_clock::now();
+    VICReg& m = models[format];
+    m->zero_grad();
+    VICRegOutput out;
+    {
+      const AutocastGuard autocast(cpu, precision);
+      out = m->forward(inputs[format][0], inputs[format][1]);
+    }
+    vicreg_loss(out.z_a, out.z_b, loss).total.backward();
+    return seconds_since(t0);
+  };
+  step(0);
+  step(1);
+  MemoryFormatTiming t;
+  t.contiguous_s = t.channels_last_s = std::numeric_limits<double>::infinity();
+  double spent = 0;
+  while (t.rounds < kRounds && (t.rounds == 0 || spent < budget_s)) {
+    for (int i = 0; i < 2; ++i) {
+      const int format = (t.rounds + i) % 2;
+      const double s = step(format);
+      spent += s;
+      double& best = format == 0 ? t.contiguous_s : t.channels_last_s;
+      best = std::min(best, s);
+    }
+    ++t.rounds;
+  }
+  return t;
+}
+
+}  // namespace
+
+void Trainer::choose_memory_format() {
+  if (measure_memory_format_ && is_main()) {
+    memory_format_timing_ = time_memory_formats(
+        config_.model_config(*data_), config_.optim.batch_size / world_, data_->channels,
+        image_size_, precision_.precision, config_.loss_options(), /*budget_s=*/10.0);
+    channels_last_ = memory_format_timing_->channels_last();
+  }
+  if (group_) {
+    // Every rank takes rank 0's format (the ranks could time them differently).
+    const MemoryFormatTiming t = memory_format_timing_.value_or(MemoryFormatTiming{});
+    std::vector<torch::Tensor> chosen = {
+        torch::tensor({channels_last_ ? 1.0 : 0.0, memory_format_timing_ ? 1.0 : 0.0,
+                       t.contiguous_s, t.channels_last_s, static_cast<double>(t.rounds)},
+                      torch::TensorOptions(torch::kDouble))
+            .to(device_)};
+    group_->broadcast(chosen, 0);
+    const torch::Tensor c = chosen[0].cpu();
+    const double* v = c.data_ptr<double>();
+    channels_last_ = v[0] > 0.5;
+    if (v[1] > 0.5) {
+      memory_format_timing_ = MemoryFormatTiming{v[2], v[3], static_cast<int>(v[4])};
+    }
+  }
+  config_.runtime.channels_last = channels_last_ ? Toggle::On : Toggle::Off;
+}
+
+void Trainer::make_loader() {
+  std::shared_ptr<TwoViewTransform> transform;
+  if (data_->is_vector()) {
+    transform = std::make_shared<VectorTwoViewTransform>(VectorAugment{});
+  } else {
+    transform = std::make_shared<ImageTwoViewTransform>(recipe(), channels_last_);
+  }
   loader_ =
       std::make_unique<TwoViewLoader>(data_, transform, config_.loader_options(rank_, world_));
   schedule_ = config_.schedule(loader_->batches_per_epoch());
@@ -349,6 +442,20 @@ StepStats Trainer::train_step(const TwoViewBatch& batch) {
 // ---------------------------------------------------------------------------------------------
 // The loop
 
+std::string Trainer::memory_format_note() const {
+  if (!memory_format_timing_) return channels_last_ ? ", channels_last" : "";
+  const MemoryFormatTiming& t = *memory_format_timing_;
+  const auto ms = [](double s) {
+    char b[32];
+    std::snprintf(b, sizeof b, s < 0.01 ? "%.2f" : "%.0f", 1e3 * s);
+    return std::string(b);
+  };
+  return std::string(channels_last_ ? ", channels_last" : ", contiguous") +
+         " (auto: " + ms(channels_last_ ? t.channels_last_s : t.contiguous_s) +
+         " ms a step against " + ms(channels_last_ ? t.contiguous_s : t.channels_last_s) +
+         (channels_last_ ? " contiguous" : " channels_last") + ", measured)";
+}
+
 int64_t Trainer::stop_step() const {
   const int64_t total = schedule_.total_steps;
   return config_.runtime.max_steps > 0 ? std::min(total, config_.runtime.max_steps) : total;
@@ -474,8 +581,8 @@ TrainResult Trainer::run(const TrainHooks& hooks) {
                is_convolutional(config_.model.arch)
            ? ", convolutions " + to_string(cpu_bf16_conv())
            : "") +
-      (channels_last_ ? ", channels_last" : "") + (scaler_.enabled() ? ", loss scaling" : "") +
-      "; " + describe_runtime());
+      memory_format_note() + (scaler_.enabled() ? ", loss scaling" : "") + "; " +
+      describe_runtime());
   if (group_) {
     const int64_t batch = config_.optim.batch_size;
     progress.note("vicreg train: " + std::to_string(world_) + " processes (" + group_->backend() +

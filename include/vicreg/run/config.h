@@ -298,8 +298,8 @@ void for_each_setting(Config& c, Visit&& visit) {
         c.runtime.precision);
   visit(Setting{S::Runtime, "channels_last",
                 "Convolutional backbones' weights and batches in channels_last memory format: "
-                "auto (on for GPUs and for bf16 on Intel CPUs; off for other CPUs, where it was "
-                "measured no faster), on or off"},
+                "auto (on for GPUs; on a CPU, a new run times a few steps in both formats and "
+                "takes the faster; a resumed run keeps the one it recorded), on or off"},
         c.runtime.channels_last);
   visit(Setting{S::Runtime, "bf16_conv",
                 "How the convolutions run in bf16 on a CPU: auto (the fastest measured for the "

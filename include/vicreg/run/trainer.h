@@ -40,6 +40,16 @@ struct TrainResult {
   double images_per_second = 0;   ///< this session, two views counted as two images
 };
 
+/// The start-up measurement behind `--channels-last auto` on a CPU: a training step's forward,
+/// loss and backward passes on a batch of random views of the run's shape, timed in both memory
+/// formats, interleaved, after one warm-up step of each (Trainer::memory_format_timing()).
+struct MemoryFormatTiming {
+  double contiguous_s = 0;     ///< the fastest timed step, contiguous
+  double channels_last_s = 0;  ///< the fastest timed step, channels_last
+  int rounds = 0;              ///< timed steps of each format
+  bool channels_last() const { return channels_last_s < contiguous_s; }
+};
+
 struct TrainHooks {
   ProgressStyle progress = ProgressStyle::Auto;
   /// Checked after every step; when it becomes true the run writes a checkpoint and returns.
@@ -75,6 +85,12 @@ class Trainer {
   /// backbone and its batches are in channels_last memory format.
   const PrecisionChoice& precision() const { return precision_; }
   bool channels_last() const { return channels_last_; }
+  /// The measurement that chose the memory format: a new run of a convolutional backbone on a
+  /// CPU with `--channels-last auto` (on every rank, distributed: rank 0's). None otherwise
+  /// (asked for, resumed, GPUs, models without convolutions).
+  const std::optional<MemoryFormatTiming>& memory_format_timing() const {
+    return memory_format_timing_;
+  }
   const GradScaler& scaler() const { return scaler_; }
   /// The online linear probe (evaluate.h), or null when the run has none (online_probe off, or
   /// auto on data without labels).
@@ -93,7 +109,14 @@ class Trainer {
   /// Resolves precision, channels_last and loss scaling for the device and the model, and
   /// records the choices in config_.
   void choose_numerics();
+  /// The datasets (the probe's held-out split too) and the crop's size; checks the batch.
   void load_data();
+  /// channels_last auto on a CPU, for a new run of a convolutional backbone: times both memory
+  /// formats (MemoryFormatTiming) and takes the faster. Distributed, rank 0 measures and every
+  /// rank takes its choice (every rank calls it). Records the choice in config_.
+  void choose_memory_format();
+  /// The two-view loader, in the chosen memory format, and what depends on its length.
+  void make_loader();
   void build_model(bool fresh);
   void build_optimizer();
   /// The online linear probe, when config_.runtime.online_probe asks for one; its weights are
@@ -107,6 +130,9 @@ class Trainer {
   // The loop's parts.
   bool is_main() const { return rank_ == 0; }
   int64_t stop_step() const;
+  /// The first line's word on the memory format: ", channels_last", or with a measurement the
+  /// chosen format and both times; "" for contiguous without one.
+  std::string memory_format_note() const;
   /// Whether a stop was asked for here or, distributed, on any rank (all ranks call it).
   bool stop_requested(const TrainHooks& hooks);
   /// The metrics line of an interval that ended at this step.
@@ -118,6 +144,8 @@ class Trainer {
   /// Loads the probe's held-out split (throws when there is none) and checks both have labels.
   void load_test_data();
   Backbone backbone() const;
+  /// The augmentation recipe of the run's image data (make_recipe).
+  Recipe recipe() const;
 
   /// Rank 0's hold on the experiment directory: from before the checkpoint is read (a resume),
   /// else from the start of run(), to the end.
@@ -139,6 +167,8 @@ class Trainer {
   CpuBf16Conv trained_bf16_conv_ = CpuBf16Conv::Auto;  ///< the checkpoint's (resume)
   PrecisionChoice precision_;
   bool channels_last_ = false;
+  bool measure_memory_format_ = false;  ///< choose_numerics() left channels_last to measure
+  std::optional<MemoryFormatTiming> memory_format_timing_;
   GradScaler scaler_;
   OnlineProbe probe_{nullptr};
   int64_t skipped_in_a_row_ = 0;  ///< loss scaling: steps skipped since the last good one
