@@ -45,7 +45,7 @@ step = steps[(0, 0)]["images/s"]
 loop = b["BM_TrainLoopDataWait/iterations:1/real_time"]
 aug = {r: b["BM_Augment/%s/min_time:%s/real_time" % (r, t)]["images/s"]
        for r, t in [("imagenet", "3.000"), ("cifar", "2.000"), ("fashion_mnist", "2.000")]}
-# The CPU's auto: bf16, with the memory format auto chose (channels_last on AMX CPUs).
+# The CPU's auto: bf16, in the memory format auto chose for the loop (timed at its start).
 bf16 = steps[(1, int(loop.get("channels_last", 0)))]["images/s"]
 rows = [
     ("training step, fp32 contiguous vs the peer's fp32 step (images/s, both views)", step, peer_step, step / peer_step, ">= 1.2x"),

@@ -220,6 +220,12 @@ int64_t to_channels_last(torch::nn::Module& module) {
   return n;
 }
 
+torch::Tensor channels_last_copy(const torch::Tensor& x) {
+  TORCH_CHECK(x.dim() == 4, "channels_last_copy: expected [B, C, H, W], got ", x.sizes());
+  return torch::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast))
+      .copy_(x);
+}
+
 bool has_channels_last_weights(const torch::nn::Module& module) {
   for (const auto& p : module.parameters()) {
     if (p.dim() == 4 && p.size(1) > 1) {

@@ -296,6 +296,23 @@ vicreg::Encoder encoder(vicreg::Arch arch, int64_t channels) {
   return vicreg::make_encoder(c);
 }
 
+TEST(Precision, ChannelsLastCopiesSayChannelsLastForOneChannelToo) {
+  for (const int64_t channels : {1, 3}) {
+    const auto x = torch::randn({4, channels, 5, 6});
+    const auto y = vicreg::channels_last_copy(x);
+    EXPECT_TRUE(torch::equal(x, y)) << channels;
+    EXPECT_NE(y.data_ptr(), x.data_ptr()) << channels;
+    EXPECT_EQ(y.suggest_memory_format(), at::MemoryFormat::ChannelsLast) << channels;
+    EXPECT_EQ(y.stride(1), 1) << channels;
+    // What it is there for: contiguous() keeps one channel's contiguous strides.
+    if (channels == 1) {
+      EXPECT_EQ(x.contiguous(at::MemoryFormat::ChannelsLast).suggest_memory_format(),
+                at::MemoryFormat::Contiguous);
+    }
+  }
+  EXPECT_THROW(vicreg::channels_last_copy(torch::randn({4, 5})), c10::Error);
+}
+
 TEST(Precision, ChannelsLastGivesTheSameOutputs) {
   for (const auto arch : {vicreg::Arch::ConvNet, vicreg::Arch::ResNet18}) {
     torch::manual_seed(2);

@@ -177,8 +177,7 @@ MemoryFormatTiming time_memory_formats(const VICRegModelConfig& config, int64_t 
   const torch::Tensor x_a = torch::randn({rows, channels, size, size}, own);
   const torch::Tensor x_b = torch::randn({rows, channels, size, size}, own);
   const torch::Tensor inputs[2][2] = {{x_a, x_b},
-                                      {x_a.contiguous(at::MemoryFormat::ChannelsLast),
-                                       x_b.contiguous(at::MemoryFormat::ChannelsLast)}};
+                                      {channels_last_copy(x_a), channels_last_copy(x_b)}};
   const torch::Device cpu(torch::kCPU);
   loss.check_finite(false);  // random views of a model at its initialisation: only the time counts
   const auto step = [&](int format) {
