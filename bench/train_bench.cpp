@@ -135,7 +135,10 @@ void conv_layer(benchmark::State& state, bool backward) {
   torch::manual_seed(0);
   const int64_t batch = 256, out_size = (l.size - 1) / l.stride + 1;
   const auto bf16 = torch::TensorOptions().dtype(torch::kBFloat16);
-  const auto x = torch::randn({batch, l.in, l.size, l.size}, bf16).contiguous(format);
+  // The input as the loader's channels_last batches have it (for one channel, contiguous(format)
+  // would keep contiguous strides); the weight as to_channels_last leaves it.
+  const auto x0 = torch::randn({batch, l.in, l.size, l.size}, bf16);
+  const auto x = state.range(2) == 1 ? vicreg::channels_last_copy(x0) : x0;
   const auto w = (0.05 * torch::randn({l.out, l.in, 3, 3}, bf16)).contiguous(format);
   const auto g = torch::randn({batch, l.out, out_size, out_size}, bf16).contiguous(format);
   const auto xf = x.to(torch::kFloat), wf = w.to(torch::kFloat);
