@@ -7,7 +7,9 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <cmath>
+#include <cstdlib>
 #include <numeric>
 #include <stdexcept>
 
@@ -294,9 +296,70 @@ ViewConfig with_channels(ViewConfig v, int channels) {
   return v;
 }
 
+/// The field of a view that an override key names.
+double* override_field(ViewConfig& v, const std::string& key) {
+  if (key == "crop_scale") return &v.crop.scale_min;
+  if (key == "flip") return &v.flip_p;
+  if (key == "jitter") return &v.jitter_p;
+  if (key == "brightness") return &v.jitter.brightness;
+  if (key == "contrast") return &v.jitter.contrast;
+  if (key == "saturation") return &v.jitter.saturation;
+  if (key == "hue") return &v.jitter.hue;
+  if (key == "grayscale") return &v.grayscale_p;
+  if (key == "blur") return &v.blur_p;
+  if (key == "solarize") return &v.solarize_p;
+  return nullptr;
+}
+
+double parse_override_number(const std::string& text, const std::string& item) {
+  char* end = nullptr;
+  const double x = text.empty() ? NAN : std::strtod(text.c_str(), &end);
+  if (text.empty() || end != text.c_str() + text.size() || !std::isfinite(x)) {
+    throw UsageError("--recipe-overrides '" + item + "': '" + text +
+                     "' is not a number (give one value for both views, or two as a/b)");
+  }
+  return x;
+}
+
 }  // namespace
 
-Recipe make_recipe(const std::string& name, int channels, int size) {
+const std::vector<std::string>& recipe_override_keys() {
+  static const std::vector<std::string> kKeys = {"crop_scale", "flip",       "jitter", "brightness",
+                                                 "contrast",   "saturation", "hue",    "grayscale",
+                                                 "blur",       "solarize"};
+  return kKeys;
+}
+
+void override_recipe(Recipe& recipe, const std::string& spec) {
+  const auto apply = [&recipe](const std::string& item) {
+    const size_t eq = item.find('=');
+    const std::string key = item.substr(0, eq);
+    if (eq == std::string::npos || override_field(recipe.view_a, key) == nullptr) {
+      std::string keys;
+      for (const auto& k : recipe_override_keys()) keys += (keys.empty() ? "" : ", ") + k;
+      throw UsageError("--recipe-overrides '" + item + "': expected key=value with a key among " +
+                       keys + " (e.g. --recipe-overrides crop_scale=0.4,solarize=0/0.2)");
+    }
+    const std::string value = item.substr(eq + 1);
+    const size_t slash = value.find('/');
+    const double a = parse_override_number(value.substr(0, slash), item);
+    const double b =
+        slash == std::string::npos ? a : parse_override_number(value.substr(slash + 1), item);
+    *override_field(recipe.view_a, key) = a;
+    *override_field(recipe.view_b, key) = b;
+  };
+  std::string current;
+  for (const char ch : spec + ",") {
+    if (ch == ',' || std::isspace(static_cast<unsigned char>(ch))) {
+      if (!current.empty()) apply(current);
+      current.clear();
+    } else {
+      current += ch;
+    }
+  }
+}
+
+Recipe make_recipe(const std::string& name, int channels, int size, const std::string& overrides) {
   if (channels != 1 && channels != 3) {
     throw UsageError("image recipes need 1 or 3 channels, got " + std::to_string(channels));
   }
@@ -353,6 +416,7 @@ Recipe make_recipe(const std::string& name, int channels, int size) {
   r.view_a = with_channels(r.view_a, channels);
   r.view_b = with_channels(r.view_b, channels);
   if (size > 0) r.view_a.crop.size = r.view_b.crop.size = size;
+  override_recipe(r, overrides);
   r.view_a.validate(channels);
   r.view_b.validate(channels);
   return r;

@@ -260,6 +260,74 @@ TEST(Augment, Recipes) {
   EXPECT_THROW(vicreg::interpolation_from_string("lanczos9"), vicreg::UsageError);
 }
 
+TEST(Augment, RecipeOverridesSetBothViewsOrEachAndNameBadItems) {
+  const auto base = vicreg::make_recipe("fashion-mnist", 1);
+  const auto r = vicreg::make_recipe("fashion-mnist", 1, 0,
+                                     " crop_scale=0.3, solarize=0/0.4 brightness=0.8,hue=0.05,"
+                                     "jitter=1,flip=0.25/0.75, grayscale=0.1,blur=0.5,"
+                                     "contrast=0.7,saturation=0.3");
+  EXPECT_EQ(r.view_a.crop.scale_min, 0.3);
+  EXPECT_EQ(r.view_b.crop.scale_min, 0.3);
+  EXPECT_EQ(r.view_a.crop.scale_max, base.view_a.crop.scale_max);  // untouched
+  EXPECT_EQ(r.view_a.solarize_p, 0.0);
+  EXPECT_EQ(r.view_b.solarize_p, 0.4);
+  EXPECT_EQ(r.view_a.flip_p, 0.25);
+  EXPECT_EQ(r.view_b.flip_p, 0.75);
+  for (const auto* v : {&r.view_a, &r.view_b}) {
+    EXPECT_EQ(v->jitter.brightness, 0.8);
+    EXPECT_EQ(v->jitter.contrast, 0.7);
+    EXPECT_EQ(v->jitter.saturation, 0.3);
+    EXPECT_EQ(v->jitter.hue, 0.05);
+    EXPECT_EQ(v->jitter_p, 1.0);
+    EXPECT_EQ(v->grayscale_p, 0.1);
+    EXPECT_EQ(v->blur_p, 0.5);
+    EXPECT_EQ(v->crop.size, base.view_a.crop.size);
+    EXPECT_EQ(v->mean, base.view_a.mean);
+  }
+  EXPECT_EQ(vicreg::recipe_override_keys().size(), 10u);
+  // Every key sets the field it names in both views (one distinct value per key).
+  for (const auto& key : vicreg::recipe_override_keys()) {
+    const auto one = vicreg::make_recipe("imagenet", 3, 0, key + "=0.0625");
+    const auto count = [](const vicreg::ViewConfig& v) {
+      int n = 0;
+      for (double x :
+           {v.crop.scale_min, v.flip_p, v.jitter_p, v.jitter.brightness, v.jitter.contrast,
+            v.jitter.saturation, v.jitter.hue, v.grayscale_p, v.blur_p, v.solarize_p}) {
+        n += x == 0.0625;
+      }
+      return n;
+    };
+    EXPECT_EQ(count(one.view_a), 1) << key;
+    EXPECT_EQ(count(one.view_b), 1) << key;
+  }
+  // An empty spec is the recipe.
+  EXPECT_EQ(vicreg::make_recipe("cifar", 3, 0, " , ").view_b.solarize_p,
+            vicreg::make_recipe("cifar", 3).view_b.solarize_p);
+  const auto message = [](const std::string& spec) {
+    try {
+      vicreg::make_recipe("fashion-mnist", 1, 0, spec);
+    } catch (const vicreg::UsageError& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_NE(message("crops=0.3")
+                .find("'crops=0.3': expected key=value with a key among "
+                      "crop_scale, flip"),
+            std::string::npos);
+  EXPECT_NE(message("flip").find("expected key=value"), std::string::npos);
+  EXPECT_NE(message("flip=").find("'' is not a number"), std::string::npos);
+  EXPECT_NE(message("flip=0.5/").find("'' is not a number"), std::string::npos);
+  EXPECT_NE(message("flip=0.5x").find("'0.5x' is not a number"), std::string::npos);
+  EXPECT_NE(message("flip=nan").find("'nan' is not a number"), std::string::npos);
+  EXPECT_NE(message("flip=0.1/0.2/0.3").find("'0.2/0.3' is not a number"), std::string::npos);
+  EXPECT_NE(message("solarize=0/1.5").find("solarize probability must be a probability"),
+            std::string::npos);
+  EXPECT_NE(message("crop_scale=0").find("crop scale"), std::string::npos);
+  EXPECT_NE(message("hue=0.6").find("hue <= 0.5"), std::string::npos);
+  EXPECT_NE(message("brightness=-1").find("jitter strengths must be >= 0"), std::string::npos);
+}
+
 TEST(Augment, VectorAugmentations) {
   const int64_t f = 20000;
   std::vector<float> x(f, 1.0f), other(f, 3.0f), out(f);

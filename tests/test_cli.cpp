@@ -231,6 +231,30 @@ TEST_F(CliTrain, TrainsWritesTheExperimentDirAndResumes) {
   EXPECT_NE(r.err.find("ignoring --mlp \"16-16\""), std::string::npos) << r.err;
 }
 
+TEST_F(CliTrain, RecipeOverridesAreRecordedKeptOnResumeAndChangeTheViews) {
+  const std::string aug = "--recipe-overrides crop_scale=0.3,solarize=0/1 ";
+  Result r = run(small("aug", aug + "--max-steps 2"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto config = nlohmann::json::parse(slurp(dir_ / "aug" / "config.json"));
+  EXPECT_EQ(config["data"]["recipe_overrides"], "crop_scale=0.3,solarize=0/1");
+  // Resumed with other overrides: the run's are kept, and the others named as ignored.
+  r = run(small("aug", "--recipe-overrides flip=0 --max-steps 3"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("ignoring --recipe-overrides \"flip=0\""), std::string::npos) << r.err;
+  config = nlohmann::json::parse(slurp(dir_ / "aug" / "config.json"));
+  EXPECT_EQ(config["data"]["recipe_overrides"], "crop_scale=0.3,solarize=0/1");
+  // The views change: the same seed without the overrides takes other first steps.
+  r = run(small("plain", "--max-steps 2"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto first_loss = [&](const std::string& exp) {
+    std::ifstream in(dir_ / exp / "metrics.jsonl");
+    std::string line;
+    std::getline(in, line);
+    return nlohmann::json::parse(line).at("loss").get<double>();
+  };
+  EXPECT_NE(first_loss("aug"), first_loss("plain"));
+}
+
 TEST_F(CliTrain, ConfigFileWithFlagOverrides) {
   std::ofstream(dir_ / "c.json") << R"({"mlp": "48-48", "epochs": 1, "seed": 7, "wd": 0.0001})";
   const Result r = run(small("cfg", "--config " + (dir_ / "c.json").string() + " --seed 9"));
@@ -398,6 +422,8 @@ TEST_F(CliTrain, RejectsBadInput) {
       {small("l", "--config /nonexistent.json"), "--config file '/nonexistent.json': no such file"},
       {small("m", "--arch-b resnet18"), "--arch-b needs --no-shared-weights"},
       {small("n", "--resume /nonexistent/checkpoint.pt"), "no such file"},
+      {small("p", "--recipe-overrides crop_scale=0.3,solarise=0.2"),
+       "--recipe-overrides 'solarise=0.2'"},
   };
   for (const Case& c : cases) {
     if (std::string(c.message).empty()) continue;

@@ -60,8 +60,9 @@ TEST(Config, EverySettingHasOneKeyAndReadsBackFromJson) {
   EXPECT_EQ(std::set<std::string>(k.begin(), k.end()).size(), k.size()) << "a key is repeated";
   // vicreg 0.1's 40 settings, each kept under its name, 0.2's precision, channels_last,
   // loss_scale and max_skipped_steps, holdout, classes, val_dir and skip_bad_images, and
-  // checkpoint_every and checkpoint_minutes, tensorboard and online_probe, bf16_conv.
-  EXPECT_EQ(k.size(), 53u);
+  // checkpoint_every and checkpoint_minutes, tensorboard and online_probe, bf16_conv,
+  // recipe_overrides.
+  EXPECT_EQ(k.size(), 54u);
   const TrainConfig other = changed_everywhere(c);
   const nlohmann::json j = vicreg::to_json(other);
   TrainConfig back;
@@ -170,7 +171,7 @@ TEST(Config, ResumeTakesTheCheckpointsSectionsAndTheCommandLinesRuntime) {
     EXPECT_NE(at(g), at(s)) << setting.key << " was not changed by the test";
     ++checked;
   });
-  EXPECT_EQ(checked, 53);
+  EXPECT_EQ(checked, 54);
   // An empty data_dir keeps where the run found its data.
   TrainConfig with_dir = stored;
   with_dir.runtime.data_dir = "/data/fm";
@@ -179,7 +180,7 @@ TEST(Config, ResumeTakesTheCheckpointsSectionsAndTheCommandLinesRuntime) {
   EXPECT_EQ(vicreg::config_for_resume(with_dir, TrainConfig{}).runtime.val_dir, "/data/val");
   // Only the checkpoint's sections are named as overridden.
   const std::vector<std::string> named = vicreg::differing_settings(given, merged);
-  EXPECT_EQ(named.size(), 29u);  // data 6, model 8, optim 10, loss 4, seed 1
+  EXPECT_EQ(named.size(), 30u);  // data 7, model 8, optim 10, loss 4, seed 1
   for (const std::string& n : named) {
     EXPECT_EQ(n.find("--threads"), std::string::npos) << n;
     EXPECT_EQ(n.find("--data-dir"), std::string::npos) << n;
@@ -209,6 +210,17 @@ TEST(Config, ValidateNamesTheFlag) {
        },
        "--holdout and --val-dir both"},
       {[](TrainConfig& c) { c.data.classes = "c.txt"; }, "it is for --dataset image-folder"},
+      {[](TrainConfig& c) { c.data.recipe_overrides = "blur=2"; },
+       "blur probability must be a probability in [0, 1], got 2.000000 (in --recipe-overrides "
+       "'blur=2')"},
+      {[](TrainConfig& c) { c.data.recipe_overrides = "sharpen=1"; },
+       "--recipe-overrides 'sharpen=1': expected"},
+      {[](TrainConfig& c) {
+         c.data.dataset = vicreg::DatasetKind::Npy;
+         c.model.arch = vicreg::Arch::Mlp;
+         c.data.recipe_overrides = "flip=0";
+       },
+       "--recipe-overrides changes image views"},
   };
   for (const Case& c : cases) {
     TrainConfig config;

@@ -102,9 +102,19 @@ struct Recipe {
 
 /// "imagenet" (the reference, 224 px), "cifar" (solo-learn's, 32 px), "fashion-mnist" (28 px
 /// grayscale). `channels` picks the normalisation statistics' length (grayscale data gets the
-/// mean of the RGB statistics for the RGB recipes); `size` > 0 overrides the crop size.
-/// Throws std::invalid_argument for an unknown name.
-Recipe make_recipe(const std::string& name, int channels, int size = 0);
+/// mean of the RGB statistics for the RGB recipes); `size` > 0 overrides the crop size, and
+/// `overrides` (override_recipe) any of the views' settings. Throws UsageError for an unknown
+/// name or an override that is malformed or out of range.
+Recipe make_recipe(const std::string& name, int channels, int size = 0,
+                   const std::string& overrides = "");
+/// Sets views' settings from "key=value" items separated by commas or spaces, e.g.
+/// "crop_scale=0.4, solarize=0/0.2": one value sets both views, "a/b" the first and the second.
+/// Keys (recipe_override_keys()): crop_scale (the smallest crop's fraction of the image's area),
+/// brightness, contrast, saturation, hue (colour jitter strengths), and the probabilities flip,
+/// jitter, grayscale, blur, solarize. Throws UsageError naming a malformed item; the values'
+/// ranges are checked by ViewConfig::validate.
+void override_recipe(Recipe& recipe, const std::string& spec);
+const std::vector<std::string>& recipe_override_keys();
 const std::vector<std::string>& recipe_names();
 
 // ---------------------------------------------------------------------------------------------

@@ -61,6 +61,19 @@ void TrainConfig::validate() const {
   check(!vectors || data.recipe.empty() || data.recipe == "vector",
         "--dataset npy uses the vector augmentations: leave --recipe out (or say vector)");
   check(data.image_size >= 0 && data.image_size <= 4096, "--image-size must be in [0, 4096]");
+  check(!vectors || data.recipe_overrides.empty(),
+        "--recipe-overrides changes image views; vector data (--dataset npy) have their own "
+        "augmentations");
+  if (!vectors && !data.recipe_overrides.empty()) {
+    try {
+      recipe(1);  // --recipe-overrides's syntax and ranges; the channels do not matter for them
+    } catch (const UsageError& e) {
+      const std::string what = e.what();
+      throw UsageError(what.find("--recipe-overrides") != std::string::npos
+                           ? what
+                           : what + " (in --recipe-overrides '" + data.recipe_overrides + "')");
+    }
+  }
   check(data.channels == 1 || data.channels == 3, "--channels must be 1 or 3");
   check(data.holdout >= 0 && data.holdout < 1, "--holdout must be in [0, 1) (0: none)");
   check(data.holdout == 0 || runtime.val_dir.empty(),
@@ -121,11 +134,13 @@ DatasetConfig TrainConfig::dataset_config(Split split) const {
   return dc;
 }
 
+Recipe TrainConfig::recipe(int64_t channels) const {
+  return make_recipe(resolved_recipe(), static_cast<int>(channels),
+                     static_cast<int>(data.image_size), data.recipe_overrides);
+}
+
 int64_t TrainConfig::crop_size(const Dataset& d) const {
-  if (d.is_vector()) return 0;
-  return make_recipe(resolved_recipe(), static_cast<int>(d.channels),
-                     static_cast<int>(data.image_size))
-      .view_a.crop.size;
+  return d.is_vector() ? 0 : recipe(d.channels).view_a.crop.size;
 }
 
 EncoderConfig TrainConfig::encoder_config(Arch arch, int64_t in_channels, int64_t image_size,

@@ -140,10 +140,7 @@ void Trainer::resume_config(const std::string& resume) {
   }
 }
 
-Recipe Trainer::recipe() const {
-  return make_recipe(config_.resolved_recipe(), static_cast<int>(data_->channels),
-                     static_cast<int>(config_.data.image_size));
-}
+Recipe Trainer::recipe() const { return config_.recipe(data_->channels); }
 
 void Trainer::load_data() {
   data_ = std::make_shared<Dataset>(load_dataset(config_.dataset_config(Split::Train)));

@@ -43,7 +43,10 @@ struct DataConfig {
   DatasetKind dataset = DatasetKind::FashionMnist;
   std::string recipe;      ///< augment.h's recipe names; empty: the data set's natural one
   int64_t image_size = 0;  ///< crop size; 0: the recipe's
-  int64_t channels = 3;    ///< image-folder only: 3 (RGB) or 1
+  /// Overrides of the recipe's view settings (augment.h's override_recipe), e.g.
+  /// "crop_scale=0.4,solarize=0/0.2"; pretraining's views only.
+  std::string recipe_overrides;
+  int64_t channels = 3;  ///< image-folder only: 3 (RGB) or 1
   /// In (0, 1): hold out this fraction of the training data (class-stratified, seeded) as the
   /// evaluation split; pretraining never sees it. 0: the data set's own held-out split.
   double holdout = 0;
@@ -151,6 +154,9 @@ struct TrainConfig {
 
   // The modules' own option structs, each built here and nowhere else.
   DatasetConfig dataset_config(Split split) const;
+  /// The pretraining views of images of `channels` channels: the resolved recipe with
+  /// --image-size and --recipe-overrides applied.
+  Recipe recipe(int64_t channels) const;
   /// The crop size the recipe gives images of `channels` channels (0 for vector data).
   int64_t crop_size(const Dataset& data) const;
   EncoderConfig encoder_config(Arch arch, int64_t in_channels, int64_t image_size,
@@ -197,6 +203,13 @@ void for_each_setting(Config& c, Visit&& visit) {
                 "Augmentation recipe: imagenet, cifar, fashion-mnist (default: the data set's)"},
         c.data.recipe);
   visit(Setting{S::Data, "image_size", "Crop size (0: the recipe's)"}, c.data.image_size);
+  visit(Setting{S::Data, "recipe_overrides",
+                "Change the recipe's pretraining views: key=value items separated by commas, one "
+                "value for both views or a/b for the first and second; keys crop_scale (smallest "
+                "crop's area fraction), brightness, contrast, saturation, hue (jitter strengths), "
+                "and the probabilities flip, jitter, grayscale, blur, solarize. E.g. "
+                "crop_scale=0.4,solarize=0/0.2"},
+        c.data.recipe_overrides);
   visit(Setting{S::Data, "channels", "image-folder: decode to 3 (RGB) or 1 channel"},
         c.data.channels);
   visit(Setting{S::Data, "holdout",
