@@ -84,6 +84,14 @@ TEST(Sniff, TellsFormatsFromTheirFirstBytes) {
   EXPECT_EQ(vicreg::sniff_format("\x80\x02}q"), FileFormat::LegacyPickle);
   EXPECT_EQ(vicreg::sniff_format(std::string("\x10\0\0\0\0\0\0\0{\"a\"", 12)),
             FileFormat::Safetensors);
+  // A header of 0x0280 or 0x0a80 bytes starts with 0x80, as a pickle does.
+  EXPECT_EQ(vicreg::sniff_format(std::string("\x80\x02\0\0\0\0\0\0{\"a\"", 12)),
+            FileFormat::Safetensors);
+  EXPECT_EQ(vicreg::sniff_format(std::string("\x80\x0a\0\0\0\0\0\0{\"a\"", 12)),
+            FileFormat::Safetensors);
+  // A legacy torch.save file: protocol 2, then the magic number 0x1950a86a20f9469cfc6c as a long.
+  EXPECT_EQ(vicreg::sniff_format(std::string("\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a", 11)),
+            FileFormat::LegacyPickle);
   EXPECT_EQ(vicreg::sniff_format("\x93NUMPY\x01\x00"), FileFormat::Npy);
   EXPECT_EQ(vicreg::sniff_format("\x1f\x8b\x08"), FileFormat::Gzip);
   EXPECT_EQ(vicreg::sniff_format("hello"), FileFormat::Unknown);

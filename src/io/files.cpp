@@ -145,8 +145,10 @@ FileFormat sniff_format(std::string_view head) {
   if (starts(std::string_view("PK\x03\x04", 4))) return FileFormat::Zip;
   if (starts("\x93NUMPY")) return FileFormat::Npy;
   if (starts("\x1f\x8b")) return FileFormat::Gzip;
-  if (!head.empty() && static_cast<unsigned char>(head[0]) == 0x80) return FileFormat::LegacyPickle;
+  // Safetensors before the pickle: its first byte is the header length's lowest, which can be
+  // 0x80 (a 640- or 2,688-byte header); a legacy torch.save file has its magic number's 0xf9 at 8.
   if (head.size() >= 9 && head[8] == '{') return FileFormat::Safetensors;
+  if (!head.empty() && static_cast<unsigned char>(head[0]) == 0x80) return FileFormat::LegacyPickle;
   return FileFormat::Unknown;
 }
 
