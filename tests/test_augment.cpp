@@ -241,8 +241,8 @@ TEST(Augment, Recipes) {
   const auto fm = vicreg::make_recipe("fashion-mnist", 1);
   EXPECT_EQ(fm.view_a.crop.size, 28);
   EXPECT_EQ(fm.view_a.crop.scale_min, 0.5);
-  EXPECT_EQ(fm.view_a.jitter.brightness, 0.6);
-  EXPECT_EQ(fm.view_b.jitter.contrast, 0.6);
+  EXPECT_EQ(fm.view_a.jitter.brightness, 1.0);
+  EXPECT_EQ(fm.view_b.jitter.contrast, 1.0);
   EXPECT_EQ(fm.view_a.solarize_p, 0.1);
   EXPECT_EQ(fm.view_b.solarize_p, 0.2);
   EXPECT_EQ(fm.view_a.blur_p, 0.0);

@@ -253,6 +253,11 @@ TEST_F(CliTrain, RecipeOverridesAreRecordedKeptOnResumeAndChangeTheViews) {
     return nlohmann::json::parse(line).at("loss").get<double>();
   };
   EXPECT_NE(first_loss("aug"), first_loss("plain"));
+  // A run of this version without overrides resumes without them (the recipe's own values).
+  r = run(small("plain", "--max-steps 3"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  config = nlohmann::json::parse(slurp(dir_ / "plain" / "config.json"));
+  EXPECT_EQ(config["data"]["recipe_overrides"], "");
 }
 
 TEST_F(CliTrain, ConfigFileWithFlagOverrides) {

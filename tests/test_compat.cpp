@@ -60,6 +60,8 @@ TEST_F(Compat, OldCheckpointConfigReads) {
   EXPECT_EQ(c.optim.optimizer, vicreg::OptimizerKind::AdamW);
   EXPECT_EQ(c.optim.batch_size, 8);
   EXPECT_EQ(c.runtime.max_steps, 3);
+  // Trained with the fashion-mnist recipe as it was then (jitter 0.6), and resumed with it.
+  EXPECT_EQ(c.data.recipe_overrides, "brightness=0.6,contrast=0.6");
 }
 
 TEST_F(Compat, OldBackbonesGiveTheSameRepresentations) {

@@ -119,12 +119,20 @@ void load_archive(torch::serialize::InputArchive& archive, const std::string& pa
 namespace {
 
 /// The config a vicreg file stores. Files written before the precision and memory format were
-/// recorded (0.1) were trained in fp32 and contiguous, all there was.
+/// recorded (0.1) were trained in fp32 and contiguous, all there was. Files written before
+/// --recipe-overrides existed were trained with the fashion-mnist recipe's jitter at 0.6 (its
+/// strength until then): they resume with it.
 TrainConfig stored_config(const std::string& json_text) {
   TrainConfig c;
   c.runtime.precision = Precision::Fp32;
   c.runtime.channels_last = Toggle::Off;
-  update_from_json(c, parse_json(json_text, "the stored settings"));
+  const nlohmann::json j = parse_json(json_text, "the stored settings");
+  update_from_json(c, j);
+  const std::vector<std::string> keys = setting_keys(j);
+  if (std::find(keys.begin(), keys.end(), "recipe_overrides") == keys.end() &&
+      c.data.dataset != DatasetKind::Npy && c.resolved_recipe() == "fashion-mnist") {
+    c.data.recipe_overrides = "brightness=0.6,contrast=0.6";
+  }
   return c;
 }
 
