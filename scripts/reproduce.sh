@@ -6,7 +6,7 @@
 # training), and the run report. Every result lands as JSON in runs/fashion-mnist/ (baselines
 # prefixed baseline-), the report in runs/fashion-mnist/report.html, and the table in
 # runs/fashion-mnist/results.md (also printed).
-# About 33-35 minutes on 2 cores. Extra arguments go to `vicreg train`.
+# About 40 minutes on 2 cores. Extra arguments go to `vicreg train`.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 exp="$root/runs/fashion-mnist"

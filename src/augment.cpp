@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <charconv>
 #include <cmath>
 #include <cstdlib>
 #include <numeric>
@@ -357,6 +358,21 @@ void override_recipe(Recipe& recipe, const std::string& spec) {
       current += ch;
     }
   }
+}
+
+std::string recipe_override_spec(const Recipe& recipe) {
+  const auto text = [](double x) {
+    char buf[32];
+    const auto r = std::to_chars(buf, buf + sizeof buf, x);  // shortest exact form
+    return std::string(buf, r.ptr);
+  };
+  Recipe r = recipe;
+  std::string spec;
+  for (const auto& key : recipe_override_keys()) {
+    const double a = *override_field(r.view_a, key), b = *override_field(r.view_b, key);
+    spec += (spec.empty() ? "" : ",") + key + "=" + text(a) + (a == b ? "" : "/" + text(b));
+  }
+  return spec;
 }
 
 Recipe make_recipe(const std::string& name, int channels, int size, const std::string& overrides) {

@@ -300,6 +300,18 @@ TEST(Augment, RecipeOverridesSetBothViewsOrEachAndNameBadItems) {
     EXPECT_EQ(count(one.view_a), 1) << key;
     EXPECT_EQ(count(one.view_b), 1) << key;
   }
+  // recipe_override_spec: every key, "a/b" where the views differ, and it sets them back exactly.
+  EXPECT_EQ(vicreg::recipe_override_spec(base),
+            "crop_scale=0.5,flip=0.5,jitter=0.8,brightness=1,contrast=1,saturation=0,hue=0,"
+            "grayscale=0,blur=0,solarize=0.1/0.2");
+  for (const auto& name : vicreg::recipe_names()) {
+    const auto odd = vicreg::make_recipe(name, 3, 0, "crop_scale=0.123456789,hue=0.1/0.3");
+    auto back = vicreg::make_recipe(name, 3);
+    vicreg::override_recipe(back, vicreg::recipe_override_spec(odd));
+    EXPECT_EQ(vicreg::recipe_override_spec(back), vicreg::recipe_override_spec(odd)) << name;
+    EXPECT_EQ(back.view_a.crop.scale_min, 0.123456789);
+    EXPECT_EQ(back.view_b.jitter.hue, 0.3);
+  }
   // An empty spec is the recipe.
   EXPECT_EQ(vicreg::make_recipe("cifar", 3, 0, " , ").view_b.solarize_p,
             vicreg::make_recipe("cifar", 3).view_b.solarize_p);

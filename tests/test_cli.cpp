@@ -232,17 +232,21 @@ TEST_F(CliTrain, TrainsWritesTheExperimentDirAndResumes) {
 }
 
 TEST_F(CliTrain, RecipeOverridesAreRecordedKeptOnResumeAndChangeTheViews) {
-  const std::string aug = "--recipe-overrides crop_scale=0.3,solarize=0/1 ";
-  Result r = run(small("aug", aug + "--max-steps 2"));
+  // A new run records every view setting (the overrides applied to the recipe), so that it
+  // resumes with the views it started with whatever the recipe's defaults become.
+  const std::string recorded =
+      "crop_scale=0.3,flip=0.5,jitter=0.8,brightness=1,contrast=1,saturation=0,hue=0,"
+      "grayscale=0,blur=0,solarize=0/1";
+  Result r = run(small("aug", "--recipe-overrides crop_scale=0.3,solarize=0/1 --max-steps 2"));
   ASSERT_EQ(r.code, 0) << r.err;
   auto config = nlohmann::json::parse(slurp(dir_ / "aug" / "config.json"));
-  EXPECT_EQ(config["data"]["recipe_overrides"], "crop_scale=0.3,solarize=0/1");
+  EXPECT_EQ(config["data"]["recipe_overrides"], recorded);
   // Resumed with other overrides: the run's are kept, and the others named as ignored.
   r = run(small("aug", "--recipe-overrides flip=0 --max-steps 3"));
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.err.find("ignoring --recipe-overrides \"flip=0\""), std::string::npos) << r.err;
   config = nlohmann::json::parse(slurp(dir_ / "aug" / "config.json"));
-  EXPECT_EQ(config["data"]["recipe_overrides"], "crop_scale=0.3,solarize=0/1");
+  EXPECT_EQ(config["data"]["recipe_overrides"], recorded);
   // The views change: the same seed without the overrides takes other first steps.
   r = run(small("plain", "--max-steps 2"));
   ASSERT_EQ(r.code, 0) << r.err;
@@ -253,11 +257,15 @@ TEST_F(CliTrain, RecipeOverridesAreRecordedKeptOnResumeAndChangeTheViews) {
     return nlohmann::json::parse(line).at("loss").get<double>();
   };
   EXPECT_NE(first_loss("aug"), first_loss("plain"));
-  // A run of this version without overrides resumes without them (the recipe's own values).
-  r = run(small("plain", "--max-steps 3"));
-  ASSERT_EQ(r.code, 0) << r.err;
   config = nlohmann::json::parse(slurp(dir_ / "plain" / "config.json"));
-  EXPECT_EQ(config["data"]["recipe_overrides"], "");
+  EXPECT_EQ(config["data"]["recipe_overrides"],
+            "crop_scale=0.5,flip=0.5,jitter=0.8,brightness=1,contrast=1,saturation=0,hue=0,"
+            "grayscale=0,blur=0,solarize=0.1/0.2");
+  // The recorded settings are the views: a new run from the run's config.json trains alike.
+  r = run("train --config " + (dir_ / "plain" / "config.json").string() + " --exp-dir " +
+          (dir_ / "again").string() + " --max-steps 2");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(first_loss("again"), first_loss("plain"));
 }
 
 TEST_F(CliTrain, ConfigFileWithFlagOverrides) {

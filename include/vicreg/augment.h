@@ -115,6 +115,10 @@ Recipe make_recipe(const std::string& name, int channels, int size = 0,
 /// ranges are checked by ViewConfig::validate.
 void override_recipe(Recipe& recipe, const std::string& spec);
 const std::vector<std::string>& recipe_override_keys();
+/// The spec that sets every key of recipe_override_keys() to `recipe`'s values ("a/b" where the
+/// views differ). A run records it, so that it resumes with the views it was trained on whatever
+/// a recipe's defaults become.
+std::string recipe_override_spec(const Recipe& recipe);
 const std::vector<std::string>& recipe_names();
 
 // ---------------------------------------------------------------------------------------------

@@ -144,7 +144,13 @@ Recipe Trainer::recipe() const { return config_.recipe(data_->channels); }
 
 void Trainer::load_data() {
   data_ = std::make_shared<Dataset>(load_dataset(config_.dataset_config(Split::Train)));
-  if (!data_->is_vector()) image_size_ = recipe().view_a.crop.size;
+  if (!data_->is_vector()) {
+    const Recipe views = recipe();
+    image_size_ = views.view_a.crop.size;
+    // A new run records every view setting, so that it resumes with them even if the recipe's
+    // values change (docs/decisions.md).
+    if (resume_.empty()) config_.data.recipe_overrides = recipe_override_spec(views);
+  }
   const int64_t batch = config_.optim.batch_size;
   if (world_ > 1 && batch / world_ < 2) {
     throw UsageError("--batch-size " + std::to_string(batch) + " over " + std::to_string(world_) +

@@ -44,7 +44,8 @@ struct DataConfig {
   std::string recipe;      ///< augment.h's recipe names; empty: the data set's natural one
   int64_t image_size = 0;  ///< crop size; 0: the recipe's
   /// Overrides of the recipe's view settings (augment.h's override_recipe), e.g.
-  /// "crop_scale=0.4,solarize=0/0.2"; pretraining's views only.
+  /// "crop_scale=0.4,solarize=0/0.2"; pretraining's views only. A new run records all of them
+  /// (recipe_override_spec), the recipe's values included.
   std::string recipe_overrides;
   int64_t channels = 3;  ///< image-folder only: 3 (RGB) or 1
   /// In (0, 1): hold out this fraction of the training data (class-stratified, seeded) as the
