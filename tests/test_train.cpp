@@ -131,8 +131,10 @@ TEST_F(Train, LossFallsAndTheExperimentDirIsComplete) {
   in >> j;
   vicreg::TrainConfig back;
   vicreg::update_from_json(back, j);
-  auto resolved = c;  // what auto chose is recorded
+  auto resolved = c;  // what auto chose is recorded, and every view setting of the recipe
   resolved.runtime.channels_last = vicreg::Toggle::Off;
+  resolved.data.recipe_overrides = vicreg::recipe_override_spec(c.recipe(1));
+  EXPECT_NE(resolved.data.recipe_overrides.find("brightness=1,contrast=1"), std::string::npos);
   EXPECT_FALSE(trainer.channels_last());
   EXPECT_EQ(vicreg::to_json(back), vicreg::to_json(resolved));
 
