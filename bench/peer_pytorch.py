@@ -1,9 +1,9 @@
 #!/usr/bin/python3
 """The PyTorch peers of bench/train_bench.cpp, run by scripts/bench-train.sh on the same machine.
 
-  train:    the default vicreg configuration as a plain PyTorch loop (ConvNet 4x2 convs width 32,
-            expander 1024-1024-1024, batch 128, the facebookresearch/vicreg loss, AdamW with 1-D
-            parameters out of weight decay,
+  train:    the default vicreg configuration as a plain PyTorch loop (ConvNet 4x2 convs width 32
+            and a 1x1 conv to 1024 channels, expander 1024-1024-1024, batch 128, the
+            facebookresearch/vicreg loss, AdamW with 1-D parameters out of weight decay,
             torchvision augmentations of the fashion-mnist recipe, DataLoader with 2 workers);
             --precision bf16 --channels-last: as the PyTorch references train (autocast around the
             forward passes and the loss, as facebookresearch/vicreg's main_vicreg.py);
@@ -64,7 +64,7 @@ def fashion_mnist(path="/usr/share/datasets/fashion-mnist/train-images-idx3-ubyt
 
 
 class ConvNet(nn.Module):
-    def __init__(self, width=32, stages=4):
+    def __init__(self, width=32, stages=4, final_conv=1024):
         super().__init__()
         layers, cin = [], 1
         for s in range(stages):
@@ -73,6 +73,10 @@ class ConvNet(nn.Module):
                 layers += [nn.Conv2d(cin if c == 0 else cout, cout, 3, 2 if (c == 0 and s > 0) else 1, 1, bias=False),
                            nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
             cin = cout
+        if final_conv:
+            layers += [nn.Conv2d(cin, final_conv, 1, bias=False), nn.BatchNorm2d(final_conv), nn.ReLU(inplace=True)]
+            cin = final_conv
+        self.out_dim = cin
         self.net = nn.Sequential(*layers)
 
     def forward(self, x):
@@ -127,7 +131,7 @@ class FashionPairs(torch.utils.data.Dataset):
 def bench_train(args):
     torch.set_num_threads(args.threads)
     backbone = ConvNet()
-    proj = projector(256)
+    proj = projector(backbone.out_dim)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     backbone = backbone.to(memory_format=fmt)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")

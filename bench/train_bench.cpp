@@ -115,34 +115,36 @@ BENCHMARK(BM_TrainStepBf16Conv)
     ->MinTime(5.0)
     ->UseRealTime();
 
-/// One convolution of the default ConvNet (width 32, 4 stages, 28 px, batch 2 x 128), forward or
+/// One convolution of the default ConvNet (width 32, 4 stages, final 1x1 conv to 1024 channels,
+/// 28 px, batch 2 x 128), forward or
 /// backward, in bf16 or fp32: the measurements behind CpuBf16Conv's defaults and conv2d_forward's
 /// rule (kFp32BackwardMaxPixels, kFp32BackwardMinChannels). The fp32 backward runs on the
 /// bf16-rounded tensors with the conversions included, as the fp32-backward mode does; the fp32
 /// forward on fp32 tensors, as the fp32 mode does. Arguments: the layer (0-7, in the order they
-/// run), the dtype (0 bf16, 1 fp32) and the memory format (0 contiguous, 1 channels_last).
+/// run; 8 the 1x1), the dtype (0 bf16, 1 fp32) and the memory format (0 contiguous, 1
+/// channels_last).
 void conv_layer(benchmark::State& state, bool backward) {
   struct Layer {
-    int64_t in, out, size, stride;
+    int64_t in, out, size, stride, kernel = 3;
   };
   static const Layer layers[] = {{1, 32, 28, 1},   {32, 32, 28, 1},  {32, 64, 28, 2},
                                  {64, 64, 14, 1},  {64, 128, 14, 2}, {128, 128, 7, 1},
-                                 {128, 256, 7, 2}, {256, 256, 4, 1}};
+                                 {128, 256, 7, 2}, {256, 256, 4, 1}, {256, 1024, 4, 1, 1}};
   const Layer& l = layers[state.range(0)];
   const bool fp32 = state.range(1) == 1;
   const auto format =
       state.range(2) == 1 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   torch::manual_seed(0);
-  const int64_t batch = 256, out_size = (l.size - 1) / l.stride + 1;
+  const int64_t batch = 256, out_size = (l.size - 1) / l.stride + 1, pad = l.kernel / 2;
   const auto bf16 = torch::TensorOptions().dtype(torch::kBFloat16);
   // The input as the loader's channels_last batches have it (for one channel, contiguous(format)
   // would keep contiguous strides); the weight as to_channels_last leaves it.
   const auto x0 = torch::randn({batch, l.in, l.size, l.size}, bf16);
   const auto x = state.range(2) == 1 ? vicreg::channels_last_copy(x0) : x0;
-  const auto w = (0.05 * torch::randn({l.out, l.in, 3, 3}, bf16)).contiguous(format);
+  const auto w = (0.05 * torch::randn({l.out, l.in, l.kernel, l.kernel}, bf16)).contiguous(format);
   const auto g = torch::randn({batch, l.out, out_size, out_size}, bf16).contiguous(format);
   const auto xf = x.to(torch::kFloat), wf = w.to(torch::kFloat);
-  const std::vector<int64_t> stride{l.stride, l.stride}, padding{1, 1}, dilation{1, 1};
+  const std::vector<int64_t> stride{l.stride, l.stride}, padding{pad, pad}, dilation{1, 1};
   for (auto _ : state) {
     if (!backward) {
       benchmark::DoNotOptimize(at::convolution(fp32 ? xf : x, fp32 ? wf : w, c10::nullopt, stride,
@@ -158,7 +160,8 @@ void conv_layer(benchmark::State& state, bool backward) {
       benchmark::DoNotOptimize(std::get<0>(r));
     }
   }
-  state.SetLabel(std::to_string(l.in) + "->" + std::to_string(l.out) + " at " +
+  state.SetLabel(std::to_string(l.kernel) + "x" + std::to_string(l.kernel) + " " +
+                 std::to_string(l.in) + "->" + std::to_string(l.out) + " at " +
                  std::to_string(l.size) + " px, stride " + std::to_string(l.stride) +
                  (fp32 ? ", fp32" : ", bf16") + (state.range(2) == 1 ? ", channels_last" : ""));
 }
@@ -166,13 +169,13 @@ void BM_ConvForward(benchmark::State& state) { conv_layer(state, false); }
 void BM_ConvBackward(benchmark::State& state) { conv_layer(state, true); }
 BENCHMARK(BM_ConvForward)
     ->ArgNames({"layer", "fp32", "channels_last"})
-    ->ArgsProduct({{0, 1, 2, 3, 4, 5, 6, 7}, {0, 1}, {0, 1}})
+    ->ArgsProduct({{0, 1, 2, 3, 4, 5, 6, 7, 8}, {0, 1}, {0, 1}})
     ->Unit(benchmark::kMillisecond)
     ->MinTime(0.5)
     ->UseRealTime();
 BENCHMARK(BM_ConvBackward)
     ->ArgNames({"layer", "fp32", "channels_last"})
-    ->ArgsProduct({{0, 1, 2, 3, 4, 5, 6, 7}, {0, 1}, {0, 1}})
+    ->ArgsProduct({{0, 1, 2, 3, 4, 5, 6, 7, 8}, {0, 1}, {0, 1}})
     ->Unit(benchmark::kMillisecond)
     ->MinTime(0.5)
     ->UseRealTime();

@@ -50,6 +50,7 @@ int main(int argc, char** argv) try {
   mc.encoder.image_size = recipe.view_a.crop.size;
   mc.encoder.width = 16;
   mc.encoder.stages = 3;
+  mc.encoder.final_conv = 256;  // a last 1x1 conv: 256-d representations
   mc.mlp = "512-512";
   vicreg::VICReg model(mc);
 
@@ -89,6 +90,7 @@ int main(int argc, char** argv) try {
   b.config.model.arch = mc.encoder.arch;
   b.config.model.width = mc.encoder.width;
   b.config.model.stages = mc.encoder.stages;
+  b.config.model.final_conv = mc.encoder.final_conv;
   b.config.model.mlp = mc.mlp;
   b.in_channels = data->channels;
   b.image_size = mc.encoder.image_size;

@@ -333,6 +333,14 @@ ConvNetImpl::ConvNetImpl(const ConvNetOptions& options_) : options(options_) {
     stages.push_back(register_module("stage" + std::to_string(s + 1), stage));
     in = out;
   }
+  TORCH_CHECK(options.final_conv() >= 0, "ConvNet: final_conv must be >= 0");
+  if (options.final_conv() > 0) {
+    final = register_module(
+        "final",
+        torch::nn::Sequential(conv(in, options.final_conv(), 1, 1), BatchNorm(options.final_conv()),
+                              torch::nn::ReLU(torch::nn::ReLUOptions(/*inplace=*/true))));
+    in = options.final_conv();
+  }
   output_dim_ = in;
   init_conv_bn(*this);
 }
@@ -341,6 +349,7 @@ torch::Tensor ConvNetImpl::forward(torch::Tensor x) {
   TORCH_CHECK(x.dim() == 4 && x.size(1) == options.in_channels(), "ConvNet expects [N, ",
               options.in_channels(), ", H, W] images, got ", x.sizes());
   for (auto& stage : stages) x = forward_layers(stage, x);
+  if (final) x = forward_layers(final, x);
   return x.mean({2, 3});
 }
 
@@ -476,8 +485,15 @@ Encoder make_encoder(const EncoderConfig& config) {
       throw UsageError("--arch convnet: --width must be in [1, 4096], got " +
                        std::to_string(config.width));
     }
-    return std::make_shared<ConvNetImpl>(
-        ConvNetOptions().in_channels(config.in_channels).width(config.width).stages(config.stages));
+    if (config.final_conv < 0 || config.final_conv > 65536) {
+      throw UsageError("--arch convnet: --final-conv must be in [0, 65536], got " +
+                       std::to_string(config.final_conv));
+    }
+    return std::make_shared<ConvNetImpl>(ConvNetOptions()
+                                             .in_channels(config.in_channels)
+                                             .width(config.width)
+                                             .stages(config.stages)
+                                             .final_conv(config.final_conv));
   }
   const ResNetShape shape = resnet_shape(config.arch).value();
   return std::make_shared<ResNetImpl>(ResNetOptions()
@@ -510,6 +526,7 @@ double encoder_parameter_count(const EncoderConfig& config) {
       for (int64_t c = 0; c < per_stage; ++c) n += conv_bn(c == 0 ? in : out, out, 3);
       in = out;
     }
+    if (config.final_conv > 0) n += conv_bn(in, static_cast<double>(config.final_conv), 1);
     return n;
   }
   const ResNetShape shape = resnet_shape(config.arch).value();

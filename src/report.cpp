@@ -140,7 +140,7 @@ window.addEventListener('load', function () {
 std::optional<TrainConfig> run_config(const fs::path& dir) {
   const fs::path config = dir / "config.json", checkpoint = dir / "checkpoint.pt";
   try {
-    if (fs::is_regular_file(config)) return read_config_file(config.string());
+    if (fs::is_regular_file(config)) return read_run_config_file(config.string());
   } catch (const Error&) {
     // an unreadable config.json: fall back to the checkpoint's
   }

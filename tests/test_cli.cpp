@@ -190,8 +190,8 @@ class CliTrain : public Cli {
   /// chose differently would differ in the last bits.
   std::string small(const std::string& exp, const std::string& extra = "") {
     return "train --dataset mnist --data-dir " + (dir_ / "data").string() +
-           " --image-size 16 --width 8 --stages 3 --mlp 32-32 --batch-size 16 --epochs 2 "
-           "--threads 1 --workers 1 --log-every 3 --channels-last off --exp-dir " +
+           " --image-size 16 --width 8 --stages 3 --final-conv 48 --mlp 32-32 --batch-size 16 "
+           "--epochs 2 --threads 1 --workers 1 --log-every 3 --channels-last off --exp-dir " +
            (dir_ / exp).string() + " " + extra;
   }
 };
@@ -623,7 +623,7 @@ TEST_F(CliTrain, EvalAndEmbedATrainedBackbone) {
           " --labels-out " + lab.string());
   ASSERT_EQ(r.code, 0) << r.err;
   const auto e = vicreg::read_npy(emb.string());
-  EXPECT_EQ(e.sizes(), (std::vector<int64_t>{50, 32}));  // convnet width 8, 3 stages: 32-d
+  EXPECT_EQ(e.sizes(), (std::vector<int64_t>{50, 48}));  // convnet with --final-conv 48: 48-d
   EXPECT_EQ(vicreg::read_npy(lab.string())[7].item<int64_t>(), 7);
 
   for (const std::string& args :
@@ -660,7 +660,7 @@ TEST_F(CliTrain, EvalCheckpointEmbeddingFinetuneAndBaselines) {
   EXPECT_EQ(doc["features"], "embedding");
   EXPECT_EQ(doc["checkpoint"], checkpoint);
   EXPECT_EQ(doc["diagnostics"]["embedding"]["dim"], 32);
-  EXPECT_EQ(doc["diagnostics"]["representation"]["dim"], 32);
+  EXPECT_EQ(doc["diagnostics"]["representation"]["dim"], 48);
   for (const char* key : {"std_mean", "std_min", "covariance", "rankme"}) {
     EXPECT_TRUE(doc["diagnostics"]["embedding"][key].is_number()) << key;
   }
@@ -693,7 +693,7 @@ TEST_F(CliTrain, EvalCheckpointEmbeddingFinetuneAndBaselines) {
   EXPECT_EQ(doc["baseline"], "pixels");
   EXPECT_EQ(doc["diagnostics"]["representation"]["dim"], 256);
   std::tie(r, doc) = eval("--protocol knn --baseline random-init" + config);
-  EXPECT_EQ(doc["diagnostics"]["representation"]["dim"], 32);
+  EXPECT_EQ(doc["diagnostics"]["representation"]["dim"], 48);
   EXPECT_NE(doc["top1"].get<double>(), knn_checkpoint);
 
   // embed --embedding writes the expander's output.
@@ -864,7 +864,7 @@ TEST_F(CliTrain, ExportsSafetensorsAndStartsFromThem) {
   const std::string out = (dir_ / "bb.safetensors").string();
   Result r = run("export --checkpoint " + checkpoint + " --out " + out);
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_NE(r.out.find("wrote " + out + ": 36 tensors of the convnet backbone"), std::string::npos)
+  EXPECT_NE(r.out.find("wrote " + out + ": 42 tensors of the convnet backbone"), std::string::npos)
       << r.out;
   const std::string from_backbone = (dir_ / "bb2.safetensors").string();
   ASSERT_EQ(run("export --backbone " + backbone + " --out " + from_backbone).code, 0);
@@ -883,7 +883,7 @@ TEST_F(CliTrain, ExportsSafetensorsAndStartsFromThem) {
   // A new run starts from it; --init-backbone is recorded, and ignored on resume.
   r = run(small("init", "--max-steps 1 --progress none --init-backbone " + out));
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_NE(r.err.find("backbone initialised from " + out + ": 36 tensors"), std::string::npos)
+  EXPECT_NE(r.err.find("backbone initialised from " + out + ": 42 tensors"), std::string::npos)
       << r.err;
   EXPECT_EQ(nlohmann::json::parse(slurp(dir_ / "init" / "config.json"))["model"]["init_backbone"],
             out);

@@ -56,12 +56,18 @@ TEST_F(Compat, OldCheckpointConfigReads) {
   EXPECT_EQ(c.model.arch, vicreg::Arch::ConvNet);
   EXPECT_FALSE(c.model.arch_b.has_value());  // stored as ""
   EXPECT_EQ(c.model.width, 4);
+  EXPECT_EQ(c.model.final_conv, 0);  // written before the setting existed
   EXPECT_EQ(c.model.mlp, "16-16");
   EXPECT_EQ(c.optim.optimizer, vicreg::OptimizerKind::AdamW);
   EXPECT_EQ(c.optim.batch_size, 8);
   EXPECT_EQ(c.runtime.max_steps, 3);
   // Trained with the fashion-mnist recipe as it was then (jitter 0.6), and resumed with it.
   EXPECT_EQ(c.data.recipe_overrides, "brightness=0.6,contrast=0.6");
+  // The run's config.json reads the same way (vicreg report shows it).
+  const vicreg::TrainConfig j = vicreg::read_run_config_file(fixture("config.json"));
+  EXPECT_EQ(j.model.final_conv, 0);
+  EXPECT_EQ(j.data.recipe_overrides, "brightness=0.6,contrast=0.6");
+  EXPECT_EQ(j.model.width, 4);
 }
 
 TEST_F(Compat, OldBackbonesGiveTheSameRepresentations) {

@@ -61,8 +61,8 @@ TEST(Config, EverySettingHasOneKeyAndReadsBackFromJson) {
   // vicreg 0.1's 40 settings, each kept under its name, 0.2's precision, channels_last,
   // loss_scale and max_skipped_steps, holdout, classes, val_dir and skip_bad_images, and
   // checkpoint_every and checkpoint_minutes, tensorboard and online_probe, bf16_conv,
-  // recipe_overrides.
-  EXPECT_EQ(k.size(), 54u);
+  // recipe_overrides, final_conv.
+  EXPECT_EQ(k.size(), 55u);
   const TrainConfig other = changed_everywhere(c);
   const nlohmann::json j = vicreg::to_json(other);
   TrainConfig back;
@@ -171,7 +171,7 @@ TEST(Config, ResumeTakesTheCheckpointsSectionsAndTheCommandLinesRuntime) {
     EXPECT_NE(at(g), at(s)) << setting.key << " was not changed by the test";
     ++checked;
   });
-  EXPECT_EQ(checked, 54);
+  EXPECT_EQ(checked, 55);
   // An empty data_dir keeps where the run found its data.
   TrainConfig with_dir = stored;
   with_dir.runtime.data_dir = "/data/fm";
@@ -180,7 +180,7 @@ TEST(Config, ResumeTakesTheCheckpointsSectionsAndTheCommandLinesRuntime) {
   EXPECT_EQ(vicreg::config_for_resume(with_dir, TrainConfig{}).runtime.val_dir, "/data/val");
   // Only the checkpoint's sections are named as overridden.
   const std::vector<std::string> named = vicreg::differing_settings(given, merged);
-  EXPECT_EQ(named.size(), 30u);  // data 7, model 8, optim 10, loss 4, seed 1
+  EXPECT_EQ(named.size(), 31u);  // data 7, model 9, optim 10, loss 4, seed 1
   for (const std::string& n : named) {
     EXPECT_EQ(n.find("--threads"), std::string::npos) << n;
     EXPECT_EQ(n.find("--data-dir"), std::string::npos) << n;
@@ -197,6 +197,7 @@ TEST(Config, ValidateNamesTheFlag) {
       {[](TrainConfig& c) { c.optim.epochs = 0; }, "--epochs must be at least 1"},
       {[](TrainConfig& c) { c.optim.base_lr = -1; }, "--base-lr must be > 0"},
       {[](TrainConfig& c) { c.model.mlp = "8-x"; }, "8-x"},
+      {[](TrainConfig& c) { c.model.final_conv = -1; }, "--final-conv must be in [0, 65536]"},
       {[](TrainConfig& c) { c.model.arch = vicreg::Arch::Mlp; }, "--arch mlp is for vector data"},
       {[](TrainConfig& c) { c.model.arch_b = vicreg::Arch::ResNet18; }, "--arch-b needs"},
       {[](TrainConfig& c) { c.data.recipe = "simclr"; }, "unknown --recipe 'simclr'"},

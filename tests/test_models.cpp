@@ -56,6 +56,12 @@ TEST(Models, ParameterCountsWithoutBuildingMatchTheBuiltModels) {
     EXPECT_EQ(vicreg::encoder_parameter_count(c), static_cast<double>(vicreg::count_parameters(*e)))
         << vicreg::to_string(k.arch) << " " << k.in_channels << "x" << k.image_size;
   }
+  vicreg::EncoderConfig final_conv;
+  final_conv.width = 8;
+  final_conv.stages = 2;
+  final_conv.final_conv = 40;
+  EXPECT_EQ(vicreg::encoder_parameter_count(final_conv),
+            static_cast<double>(vicreg::count_parameters(*vicreg::make_encoder(final_conv))));
   // Absurd settings are counted, not built (nor overflowed).
   vicreg::EncoderConfig huge;
   huge.width = int64_t{1} << 40;
@@ -139,10 +145,27 @@ TEST(Models, SmallStemKeepsResolutionAndFollowsChannels) {
 }
 
 TEST(Models, ConvNetShapesAndNames) {
+  // The default: a last 1x1 conv to 1024 channels sets the representation's size; final.0 is
+  // the conv, final.1 its BatchNorm.
   auto net = vicreg::make_encoder({vicreg::Arch::ConvNet, 1, 28});
-  EXPECT_EQ(net->output_dim(), 256);
-  EXPECT_EQ(net->forward(torch::randn({3, 1, 28, 28})).sizes(), torch::IntArrayRef({3, 256}));
+  EXPECT_EQ(net->output_dim(), 1024);
+  const torch::Tensor y = net->forward(torch::randn({3, 1, 28, 28}));
+  EXPECT_EQ(y.sizes(), torch::IntArrayRef({3, 1024}));
+  EXPECT_GE(y.min().item<float>(), 0.0F);  // pooled after the ReLU
   EXPECT_TRUE(names(*net).count("stage4.0.weight"));
+  const auto p = net->named_parameters();
+  EXPECT_EQ(p["final.0.weight"].sizes(), torch::IntArrayRef({1024, 256, 1, 1}));
+  EXPECT_EQ(p["final.1.weight"].sizes(), torch::IntArrayRef({1024}));
+  EXPECT_TRUE(net->named_buffers().contains("final.1.running_var"));
+  // Without it, the last stage's pooled 256 channels.
+  EncoderConfig plain{vicreg::Arch::ConvNet, 1, 28};
+  plain.final_conv = 0;
+  auto small = vicreg::make_encoder(plain);
+  EXPECT_EQ(small->output_dim(), 256);
+  EXPECT_EQ(small->forward(torch::randn({3, 1, 28, 28})).sizes(), torch::IntArrayRef({3, 256}));
+  EXPECT_FALSE(names(*small).count("final.0.weight"));
+  plain.final_conv = -1;
+  EXPECT_THROW(vicreg::make_encoder(plain), vicreg::UsageError);
   EncoderConfig too_deep{vicreg::Arch::ConvNet, 1, 4};
   too_deep.stages = 4;
   EXPECT_THROW(vicreg::make_encoder(too_deep), vicreg::UsageError);

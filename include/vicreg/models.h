@@ -170,10 +170,15 @@ struct ConvNetOptions {
   TORCH_ARG(int64_t, stages) = 4;
   /// 3x3 conv + BatchNorm + ReLU layers per stage (the first of a stage carries the stride).
   TORCH_ARG(int64_t, convs_per_stage) = 2;
+  /// Channels of a last 1x1 conv + BatchNorm + ReLU after the stages (MobileNet's feature conv),
+  /// which then set the representation's size; 0: none.
+  TORCH_ARG(int64_t, final_conv) = 1024;
 };
 
 /// stage1 .. stageK, each a Sequential of (Conv2d 3x3 without bias, BatchNorm2d, ReLU) x
-/// convs_per_stage, then global average pooling. Representation: width * 2^(stages-1).
+/// convs_per_stage, with final_conv > 0 a Sequential `final` of (Conv2d 1x1 without bias,
+/// BatchNorm2d, ReLU), then global average pooling. Representation: final_conv channels, or
+/// width * 2^(stages-1) without it.
 class ConvNetImpl : public EncoderImpl {
  public:
   explicit ConvNetImpl(const ConvNetOptions& options);
@@ -183,6 +188,7 @@ class ConvNetImpl : public EncoderImpl {
 
   ConvNetOptions options;
   std::vector<torch::nn::Sequential> stages;
+  torch::nn::Sequential final{nullptr};
 
  private:
   int64_t output_dim_ = 0;
@@ -278,6 +284,8 @@ struct EncoderConfig {
   /// ConvNet: base width and stages.
   int64_t width = 32;
   int64_t stages = 4;
+  /// ConvNet: channels of the last 1x1 conv (0: none).
+  int64_t final_conv = 1024;
   /// mlp: hidden layers.
   std::string encoder_mlp = "1024-1024";
   bool zero_init_residual = true;

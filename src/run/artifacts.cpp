@@ -129,10 +129,15 @@ TrainConfig stored_config(const std::string& json_text) {
   const nlohmann::json j = parse_json(json_text, "the stored settings");
   update_from_json(c, j);
   const std::vector<std::string> keys = setting_keys(j);
-  if (std::find(keys.begin(), keys.end(), "recipe_overrides") == keys.end() &&
-      c.data.dataset != DatasetKind::Npy && c.resolved_recipe() == "fashion-mnist") {
+  const auto missing = [&](const char* key) {
+    return std::find(keys.begin(), keys.end(), key) == keys.end();
+  };
+  if (missing("recipe_overrides") && c.data.dataset != DatasetKind::Npy &&
+      c.resolved_recipe() == "fashion-mnist") {
     c.data.recipe_overrides = "brightness=0.6,contrast=0.6";
   }
+  // Written before the setting existed: the ConvNet had no final conv.
+  if (missing("final_conv")) c.model.final_conv = 0;
   return c;
 }
 
@@ -345,6 +350,15 @@ TrainConfig read_checkpoint_config(const std::string& path) {
   torch::serialize::InputArchive archive;
   load_archive(archive, path, "checkpoint");
   return checkpoint_config(archive, path);
+}
+
+TrainConfig read_run_config_file(const std::string& path) {
+  const std::string text = read_file(path, "run config", 1 << 20);
+  try {
+    return stored_config(text);
+  } catch (const UsageError& e) {
+    throw UsageError("'" + path + "': " + e.what());
+  }
 }
 
 namespace {

@@ -108,6 +108,11 @@ std::string recover_checkpoint(const std::string& path, std::string* warning);
 /// Reads the config stored in a checkpoint.
 TrainConfig read_checkpoint_config(const std::string& path);
 
+/// Reads a run's config.json as the run was trained: settings the file lacks because it was
+/// written before they existed take the values of that time, not today's defaults (as the
+/// checkpoint's config is read).
+TrainConfig read_run_config_file(const std::string& path);
+
 /// A checkpoint.pt's whole model (backbones and expanders), rebuilt from the config stored with it
 /// and the shape of `data`, weights loaded with their shapes checked, in eval mode. Throws naming
 /// the file if it is missing, corrupt or does not fit.

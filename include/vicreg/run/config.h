@@ -59,6 +59,7 @@ struct ModelConfig {
   Arch arch = Arch::ConvNet;
   int64_t width = 32;                     ///< convnet
   int64_t stages = 4;                     ///< convnet
+  int64_t final_conv = 1024;              ///< convnet: channels of a last 1x1 conv (0: none)
   std::string encoder_mlp = "1024-1024";  ///< mlp encoder's hidden layers
   std::string mlp = "1024-1024-1024";     ///< expander (--mlp)
   bool shared_weights = true;
@@ -71,7 +72,7 @@ struct ModelConfig {
 /// How: optimizer and schedule.
 struct OptimConfig {
   OptimizerKind optimizer = OptimizerKind::AdamW;
-  int64_t epochs = 15;
+  int64_t epochs = 12;
   int64_t batch_size = 128;  ///< the global batch (split over the processes)
   double base_lr = 1e-3;     ///< lr = base_lr * batch / 256 (LARS, SGD); AdamW: lr = base_lr
   double wd = 1e-6;
@@ -229,6 +230,10 @@ void for_each_setting(Config& c, Visit&& visit) {
         c.model.arch);
   visit(Setting{S::Model, "width", "convnet: channels of the first stage"}, c.model.width);
   visit(Setting{S::Model, "stages", "convnet: stages"}, c.model.stages);
+  visit(Setting{S::Model, "final_conv",
+                "convnet: channels of a last 1x1 conv + BatchNorm + ReLU before the pooling, "
+                "the representation's size (0: none; the representation is the last stage's)"},
+        c.model.final_conv);
   visit(Setting{S::Model, "encoder_mlp", "mlp backbone: hidden layers"}, c.model.encoder_mlp);
   visit(Setting{S::Model, "mlp", "Expander layer sizes, e.g. 8192-8192-8192"}, c.model.mlp);
   visit(Setting{S::Model, "shared_weights",
