@@ -130,7 +130,7 @@ class FashionPairs(torch.utils.data.Dataset):
 
 def bench_train(args):
     torch.set_num_threads(args.threads)
-    backbone = ConvNet()
+    backbone = ConvNet(final_conv=args.final_conv)
     proj = projector(backbone.out_dim)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     backbone = backbone.to(memory_format=fmt)
@@ -221,6 +221,8 @@ if __name__ == "__main__":
                     help="train on one batch over and over: the step alone, without the loader "
                          "(train_bench's BM_TrainStep)")
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--final-conv", type=int, default=1024,
+                    help="channels of the ConvNet's last 1x1 conv, as vicreg's --final-conv (0: none)")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--jpeg-dir", default="/tmp/vicreg_bench_jpeg")
     a = ap.parse_args()

@@ -241,8 +241,8 @@ TEST(Augment, Recipes) {
   const auto fm = vicreg::make_recipe("fashion-mnist", 1);
   EXPECT_EQ(fm.view_a.crop.size, 28);
   EXPECT_EQ(fm.view_a.crop.scale_min, 0.5);
-  EXPECT_EQ(fm.view_a.jitter.brightness, 1.0);
-  EXPECT_EQ(fm.view_b.jitter.contrast, 1.0);
+  EXPECT_EQ(fm.view_a.jitter.brightness, 1.5);
+  EXPECT_EQ(fm.view_b.jitter.contrast, 1.5);
   EXPECT_EQ(fm.view_a.solarize_p, 0.1);
   EXPECT_EQ(fm.view_b.solarize_p, 0.2);
   EXPECT_EQ(fm.view_a.blur_p, 0.0);
@@ -302,7 +302,7 @@ TEST(Augment, RecipeOverridesSetBothViewsOrEachAndNameBadItems) {
   }
   // recipe_override_spec: every key, "a/b" where the views differ, and it sets them back exactly.
   EXPECT_EQ(vicreg::recipe_override_spec(base),
-            "crop_scale=0.5,flip=0.5,jitter=0.8,brightness=1,contrast=1,saturation=0,hue=0,"
+            "crop_scale=0.5,flip=0.5,jitter=0.8,brightness=1.5,contrast=1.5,saturation=0,hue=0,"
             "grayscale=0,blur=0,solarize=0.1/0.2");
   for (const auto& name : vicreg::recipe_names()) {
     const auto odd = vicreg::make_recipe(name, 3, 0, "crop_scale=0.123456789,hue=0.1/0.3");

@@ -235,7 +235,7 @@ TEST_F(CliTrain, RecipeOverridesAreRecordedKeptOnResumeAndChangeTheViews) {
   // A new run records every view setting (the overrides applied to the recipe), so that it
   // resumes with the views it started with whatever the recipe's defaults become.
   const std::string recorded =
-      "crop_scale=0.3,flip=0.5,jitter=0.8,brightness=1,contrast=1,saturation=0,hue=0,"
+      "crop_scale=0.3,flip=0.5,jitter=0.8,brightness=1.5,contrast=1.5,saturation=0,hue=0,"
       "grayscale=0,blur=0,solarize=0/1";
   Result r = run(small("aug", "--recipe-overrides crop_scale=0.3,solarize=0/1 --max-steps 2"));
   ASSERT_EQ(r.code, 0) << r.err;
@@ -259,7 +259,7 @@ TEST_F(CliTrain, RecipeOverridesAreRecordedKeptOnResumeAndChangeTheViews) {
   EXPECT_NE(first_loss("aug"), first_loss("plain"));
   config = nlohmann::json::parse(slurp(dir_ / "plain" / "config.json"));
   EXPECT_EQ(config["data"]["recipe_overrides"],
-            "crop_scale=0.5,flip=0.5,jitter=0.8,brightness=1,contrast=1,saturation=0,hue=0,"
+            "crop_scale=0.5,flip=0.5,jitter=0.8,brightness=1.5,contrast=1.5,saturation=0,hue=0,"
             "grayscale=0,blur=0,solarize=0.1/0.2");
   // The recorded settings are the views: a new run from the run's config.json trains alike.
   r = run("train --config " + (dir_ / "plain" / "config.json").string() + " --exp-dir " +

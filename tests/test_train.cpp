@@ -134,7 +134,7 @@ TEST_F(Train, LossFallsAndTheExperimentDirIsComplete) {
   auto resolved = c;  // what auto chose is recorded, and every view setting of the recipe
   resolved.runtime.channels_last = vicreg::Toggle::Off;
   resolved.data.recipe_overrides = vicreg::recipe_override_spec(c.recipe(1));
-  EXPECT_NE(resolved.data.recipe_overrides.find("brightness=1,contrast=1"), std::string::npos);
+  EXPECT_NE(resolved.data.recipe_overrides.find("brightness=1.5,contrast=1.5"), std::string::npos);
   EXPECT_FALSE(trainer.channels_last());
   EXPECT_EQ(vicreg::to_json(back), vicreg::to_json(resolved));
 
