@@ -73,6 +73,9 @@ Named step_outcome(const std::shared_ptr<vicreg::ProcessGroup>& group) {
   mc.encoder.image_size = 12;
   mc.encoder.width = 4;
   mc.encoder.stages = 2;
+  // Without the final 1x1 conv: one more BatchNorm on 8 x 6 x 6 values per channel takes the
+  // fp32 rounding of the two summation orders past the 1e-5 checked below.
+  mc.encoder.final_conv = 0;
   mc.mlp = "24-24-40";
   torch::manual_seed(3);
   vicreg::VICReg model(mc);

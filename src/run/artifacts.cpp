@@ -121,7 +121,8 @@ namespace {
 /// The config a vicreg file stores. Files written before the precision and memory format were
 /// recorded (0.1) were trained in fp32 and contiguous, all there was. Files written before
 /// --recipe-overrides existed were trained with the fashion-mnist recipe's jitter at 0.6 (its
-/// strength until then): they resume with it.
+/// strength until then): they resume with it. Files written before --final-conv existed hold a
+/// ConvNet without the final 1x1 conv.
 TrainConfig stored_config(const std::string& json_text) {
   TrainConfig c;
   c.runtime.precision = Precision::Fp32;
