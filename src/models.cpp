@@ -90,6 +90,30 @@ class ConvBf16Fp32Backward : public torch::autograd::Function<ConvBf16Fp32Backwa
   }
 };
 
+/// global_avg_pool's autograd function: the gradient is written in the input's memory format.
+class GlobalAvgPool : public torch::autograd::Function<GlobalAvgPool> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x) {
+    ctx->saved_data["sizes"] = x.sizes();
+    ctx->saved_data["channels_last"] =
+        x.suggest_memory_format() == torch::MemoryFormat::ChannelsLast;
+    return x.mean({2, 3});
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    const std::vector<int64_t> sizes = ctx->saved_data["sizes"].toIntVector();
+    const auto format = ctx->saved_data["channels_last"].toBool()
+                            ? torch::MemoryFormat::ChannelsLast
+                            : torch::MemoryFormat::Contiguous;
+    const torch::Tensor& g = grads[0];
+    torch::Tensor gx = torch::empty(sizes, g.options().memory_format(format));
+    gx.copy_((g / static_cast<double>(sizes[2] * sizes[3]))
+                 .view({sizes[0], sizes[1], 1, 1})
+                 .expand(sizes));
+    return {gx};
+  }
+};
+
 bool under_cpu_bf16_autocast(const torch::Tensor& x) {
   return x.device().type() == torch::kCPU && at::autocast::is_cpu_enabled() &&
          at::autocast::get_autocast_cpu_dtype() == torch::kBFloat16;
@@ -153,6 +177,11 @@ torch::Tensor conv2d_forward(torch::nn::Conv2dImpl& c, const torch::Tensor& x) {
   if (!conv2d_backward_in_fp32(c, x)) return c.forward(x);
   return ConvBf16Fp32Backward::apply(x, c.weight, (*c.options.stride())[0],
                                      (*c10::get<torch::ExpandingArray<2>>(c.options.padding()))[0]);
+}
+
+torch::Tensor global_avg_pool(const torch::Tensor& x) {
+  TORCH_CHECK(x.dim() == 4, "global_avg_pool expects [N, C, H, W], got ", x.sizes());
+  return GlobalAvgPool::apply(x);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -311,7 +340,7 @@ torch::Tensor ResNetImpl::forward(torch::Tensor x) {
   x = torch::relu(bn1(conv2d_forward(*conv1, x)));
   if (!options.small_stem()) x = F::max_pool2d(x, F::MaxPool2dFuncOptions(3).stride(2).padding(1));
   x = layer4->forward(layer3->forward(layer2->forward(layer1->forward(x))));
-  return x.mean({2, 3});
+  return global_avg_pool(x);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -350,7 +379,7 @@ torch::Tensor ConvNetImpl::forward(torch::Tensor x) {
               options.in_channels(), ", H, W] images, got ", x.sizes());
   for (auto& stage : stages) x = forward_layers(stage, x);
   if (final) x = forward_layers(final, x);
-  return x.mean({2, 3});
+  return global_avg_pool(x);
 }
 
 // ---------------------------------------------------------------------------------------------

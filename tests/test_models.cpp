@@ -171,6 +171,40 @@ TEST(Models, ConvNetShapesAndNames) {
   EXPECT_THROW(vicreg::make_encoder(too_deep), vicreg::UsageError);
 }
 
+TEST(Models, GlobalAvgPoolIsTheSpatialMeanWithAGradientInTheInputsMemoryFormat) {
+  torch::manual_seed(5);
+  const auto cl = torch::MemoryFormat::ChannelsLast;
+  for (const bool channels_last : {false, true}) {
+    for (const auto dtype : {torch::kDouble, torch::kBFloat16}) {
+      torch::Tensor x = torch::randn({3, 5, 4, 2}, torch::kDouble).to(dtype);
+      if (channels_last) x = x.contiguous(cl);
+      const torch::Tensor xa = x.detach().requires_grad_(), xb = x.detach().requires_grad_();
+      const torch::Tensor ya = vicreg::global_avg_pool(xa), yb = xb.mean({2, 3});
+      EXPECT_EQ(ya.sizes(), torch::IntArrayRef({3, 5}));
+      EXPECT_EQ(ya.scalar_type(), dtype);
+      EXPECT_TRUE(torch::equal(ya, yb));
+      const torch::Tensor g = torch::randn({3, 5}, torch::kDouble).to(dtype);
+      ya.backward(g);
+      yb.backward(g);
+      EXPECT_TRUE(torch::equal(xa.grad(), xb.grad())) << channels_last << " " << dtype;
+      EXPECT_TRUE(xa.grad().is_contiguous(channels_last ? cl : torch::MemoryFormat::Contiguous));
+      // The gradient of sum_ij w_ij mean_hw x_ijhw is w_ij / (H W) everywhere: finite differences.
+      if (dtype == torch::kDouble) {
+        const double eps = 1e-6;
+        torch::Tensor xp = x.clone(), xm = x.clone();
+        xp.index_put_({1, 2, 3, 0}, x.index({1, 2, 3, 0}) + eps);
+        xm.index_put_({1, 2, 3, 0}, x.index({1, 2, 3, 0}) - eps);
+        const double fd = ((vicreg::global_avg_pool(xp) * g).sum().item<double>() -
+                           (vicreg::global_avg_pool(xm) * g).sum().item<double>()) /
+                          (2 * eps);
+        EXPECT_NEAR(xa.grad().index({1, 2, 3, 0}).item<double>(), fd, 1e-8);
+        EXPECT_NEAR(fd, g.index({1, 2}).item<double>() / 8, 1e-8);
+      }
+    }
+  }
+  EXPECT_THROW(vicreg::global_avg_pool(torch::randn({3, 5})), c10::Error);
+}
+
 TEST(Models, MLPEncoder) {
   EncoderConfig c{vicreg::Arch::Mlp};
   c.in_features = 10;

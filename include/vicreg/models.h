@@ -105,6 +105,13 @@ bool conv2d_in_fp32(const torch::nn::Conv2dImpl& conv, const torch::Tensor& x);
 /// it is conv.forward(x).
 torch::Tensor conv2d_forward(torch::nn::Conv2dImpl& conv, const torch::Tensor& x);
 
+/// Global average pooling, [N, C, H, W] -> [N, C], as x.mean({2, 3}) computes it, with a backward
+/// pass whose gradient has x's memory format. ATen's mean backward divides an expanded gradient and
+/// may return it contiguous for a channels_last x; the ReLU backward before it then reads its two
+/// inputs in different orders (an encoder's last ReLU: 12 ms instead of 0.2 ms per view in the
+/// default bf16 + channels_last step, docs/decisions.md).
+torch::Tensor global_avg_pool(const torch::Tensor& x);
+
 // ---------------------------------------------------------------------------------------------
 // ResNet (torchvision's v1.5: stride in the 3x3 conv of the bottleneck)
 
