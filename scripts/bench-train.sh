@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Pretraining benchmarks with their baselines, in one run on this machine:
 #   - build/bench/train_bench: one training step of the default config (images/s and peak memory,
-#     fp32 and bf16, contiguous and channels_last), the data wait of the training loop, and
+#     fp32 and bf16, contiguous and channels_last; the median of 5 repetitions, interleaved with
+#     the other benchmarks), the data wait of the training loop, and
 #     augmentation throughput per worker for each recipe;
 #   - bench/peer_pytorch.py (Debian's python3-torch, python3-torchvision): the same model, batch
 #     and augmentations in a plain PyTorch loop, in fp32 and at its best (autocast bf16 +
-#     channels_last, as the PyTorch references train), and torchvision/PIL's ImageNet pipeline on
-#     one core.
+#     channels_last, as the PyTorch references train; its steps the median of three runs), and
+#     torchvision/PIL's ImageNet pipeline on one core.
 # Prints the ratios against the targets (README, "Performance"). Needs Fashion-MNIST.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -21,26 +22,37 @@ threads=$(nproc)
 out="$root/build/bench-train"
 mkdir -p "$out"
 "$root/build/bench/train_bench" --threads="$threads" --benchmark_out="$out/train_bench.json" \
-  --benchmark_out_format=json
+  --benchmark_out_format=json --benchmark_enable_random_interleaving=true
 /usr/bin/python3 "$root/bench/peer_pytorch.py" train --threads "$threads" > "$out/peer_train.json"
 /usr/bin/python3 "$root/bench/peer_pytorch.py" train --threads "$threads" --precision bf16 \
   --channels-last > "$out/peer_train_bf16.json"
-/usr/bin/python3 "$root/bench/peer_pytorch.py" train --threads "$threads" --reuse-batch \
-  > "$out/peer_step.json"
-/usr/bin/python3 "$root/bench/peer_pytorch.py" train --threads "$threads" --reuse-batch \
-  --precision bf16 --channels-last > "$out/peer_step_bf16.json"
+# The peer's steps three times each, alternately (their median, like train_bench's repetitions).
+for i in 1 2 3; do
+  /usr/bin/python3 "$root/bench/peer_pytorch.py" train --threads "$threads" --reuse-batch \
+    > "$out/peer_step.$i.json"
+  /usr/bin/python3 "$root/bench/peer_pytorch.py" train --threads "$threads" --reuse-batch \
+    --precision bf16 --channels-last > "$out/peer_step_bf16.$i.json"
+done
 /usr/bin/python3 "$root/bench/peer_pytorch.py" augment > "$out/peer_augment.json"
 /usr/bin/python3 - "$out" "$threads" <<'PY'
 import json, sys
 out, threads = sys.argv[1], sys.argv[2]
-b = {x["name"]: x for x in json.load(open(out + "/train_bench.json"))["benchmarks"]}
+bench = json.load(open(out + "/train_bench.json"))["benchmarks"]
+b = {x["name"]: x for x in bench}
 peer_train = json.load(open(out + "/peer_train.json"))["images_per_s"]
 peer_bf16 = json.load(open(out + "/peer_train_bf16.json"))["images_per_s"]
-peer_step = json.load(open(out + "/peer_step.json"))["images_per_s"]
-peer_step_bf16 = json.load(open(out + "/peer_step_bf16.json"))["images_per_s"]
+def peer_runs(name):
+    return sorted(json.load(open("%s/%s.%d.json" % (out, name, i)))["images_per_s"] for i in (1, 2, 3))
+peer_step_runs, peer_step_bf16_runs = peer_runs("peer_step"), peer_runs("peer_step_bf16")
+peer_step, peer_step_bf16 = peer_step_runs[1], peer_step_bf16_runs[1]
 peer_aug = json.load(open(out + "/peer_augment.json"))["images_per_s"]
-steps = {(p, c): b["BM_TrainStep/bf16:%d/channels_last:%d/min_time:5.000/real_time" % (p, c)]
-         for p in (0, 1) for c in (0, 1)}
+def step_runs(p, c, kind):
+    # BM_TrainStep's repetitions (interleaved with the other benchmarks) or their median.
+    prefix = "BM_TrainStep/bf16:%d/channels_last:%d/" % (p, c)
+    return [x for x in bench if x["name"].startswith(prefix) and
+            (x.get("aggregate_name") == "median" if kind == "median" else x.get("run_type") == "iteration")]
+steps = {(p, c): step_runs(p, c, "median")[0] for p in (0, 1) for c in (0, 1)}
+spread = {k: sorted(x["images/s"] for x in step_runs(k[0], k[1], "iteration")) for k in steps}
 step = steps[(0, 0)]["images/s"]
 loop = b["BM_TrainLoopDataWait/iterations:1/real_time"]
 aug = {r: b["BM_Augment/%s/min_time:%s/real_time" % (r, t)]["images/s"]
@@ -61,12 +73,16 @@ print("| measure | vicreg | peer | ratio | target |\n|---|---:|---:|---:|---|")
 for name, v, p, r, t in rows:
     print("| %s | %.0f | %s | %s | %s |" % (name, v, "%.0f" % p if p else "-", "%.2fx" % r if r else "-", t))
 print("| data wait in the training loop | %.2f %% | | | < 5 %% |" % loop["data_wait_%"])
-print("\n| training step | images/s | peak memory per step (MiB) |\n|---|---:|---:|")
+print("\n| training step | images/s (median of %d) | lowest - highest | peak memory per step (MiB) |\n|---|---:|---:|---:|"
+      % len(spread[(0, 0)]))
 for (p, c), x in sorted(steps.items()):
-    print("| %s%s | %.0f | %.0f |" % ("bf16" if p else "fp32", " + channels_last" if c else "",
-                                     x["images/s"], x["step_peak_MiB"]))
+    print("| %s%s | %.0f | %.0f - %.0f | %.0f |" % ("bf16" if p else "fp32", " + channels_last" if c else "",
+                                                 x["images/s"], spread[(p, c)][0], spread[(p, c)][-1],
+                                                 x["step_peak_MiB"]))
 print("\npeer (plain PyTorch %s), images/s: loop fp32 %.0f, loop bf16 + channels_last %.0f, "
       "step fp32 %.0f, step bf16 + channels_last %.0f"
       % (json.load(open(out + "/peer_train.json"))["torch"], peer_train, peer_bf16, peer_step,
          peer_step_bf16))
+print("peer steps, three runs each: fp32 %s, bf16 + channels_last %s"
+      % (" / ".join("%.0f" % x for x in peer_step_runs), " / ".join("%.0f" % x for x in peer_step_bf16_runs)))
 PY
