@@ -175,19 +175,25 @@ class TensorBoardTest(unittest.TestCase):
         metrics = self.path("k", "metrics.jsonl")
         deadline = time.monotonic() + 120
         last = 0
+        def logged_steps():
+            return [s for s, scalars in self.summaries("k", torn_tail=True)
+                    if "train/loss" in scalars]
         while proc.poll() is None and time.monotonic() < deadline:
             if os.path.exists(metrics):
                 with open(metrics) as f:
                     steps = [json.loads(line)["step"] for line in f if line.endswith("\n")]
                 last = steps[-1] if steps else 0
-                if last >= 12:  # past the checkpoint of step 10
-                    break
+                # Past the checkpoint of step 10 in both logs: a step's event is written just
+                # after its metrics.jsonl line, so the two are checked one after the other.
+                if last >= 12 and glob.glob(self.path("k", "events.out.tfevents.*")):
+                    logged = logged_steps()
+                    if logged and logged[-1] > 10:
+                        break
             time.sleep(0.005)
         proc.kill()
         self.assertEqual(proc.wait(), -signal.SIGKILL, "the run ended before it was killed")
-        before = [s for s, scalars in self.summaries("k", torn_tail=True)
-                  if "train/loss" in scalars]
-        self.assertGreaterEqual(before[-1], 12)
+        before = logged_steps()
+        self.assertGreater(before[-1], 10)  # steps after the last checkpoint, to be cut on resume
         self.train("k", "--epochs", "20", "--eval-every", "0", "--checkpoint-every", "5")
         got = self.summaries("k")
         self.assertEqual(got, self.expected("k"))
