@@ -514,8 +514,9 @@ Encoder make_encoder(const EncoderConfig& config) {
       throw UsageError("--arch convnet: --width must be in [1, 4096], got " +
                        std::to_string(config.width));
     }
-    if (config.final_conv < 0 || config.final_conv > 65536) {
-      throw UsageError("--arch convnet: --final-conv must be in [0, 65536], got " +
+    if (config.final_conv < 0 || config.final_conv > kMaxFinalConv) {
+      throw UsageError("--arch convnet: --final-conv must be in [0, " +
+                       std::to_string(kMaxFinalConv) + "], got " +
                        std::to_string(config.final_conv));
     }
     return std::make_shared<ConvNetImpl>(ConvNetOptions()

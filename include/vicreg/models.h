@@ -169,6 +169,9 @@ class ResNetImpl : public EncoderImpl {
 // ---------------------------------------------------------------------------------------------
 // ConvNet: a compact encoder for 28x28 inputs that trains in minutes on two cores
 
+/// The largest --final-conv accepted (make_encoder, TrainConfig::validate).
+constexpr int64_t kMaxFinalConv = 65536;
+
 struct ConvNetOptions {
   TORCH_ARG(int64_t, in_channels) = 1;
   /// Channels of the first stage; stage k has width * 2^k.

@@ -89,7 +89,8 @@ void TrainConfig::validate() const {
   parse_layer_spec(model.encoder_mlp);
   check(model.width >= 1 && model.width <= 4096, "--width must be in [1, 4096]");
   check(model.stages >= 1 && model.stages <= 8, "--stages must be in [1, 8]");
-  check(model.final_conv >= 0 && model.final_conv <= 65536, "--final-conv must be in [0, 65536]");
+  check(model.final_conv >= 0 && model.final_conv <= kMaxFinalConv,
+        "--final-conv must be in [0, " + std::to_string(kMaxFinalConv) + "]");
   check(optim.epochs >= 1, "--epochs must be at least 1");
   check(optim.batch_size >= 2,
         "--batch-size must be at least 2 (the variance and covariance terms need two samples), "
