@@ -127,14 +127,23 @@ BENCHMARK(BM_TrainStepBf16Conv)
 /// forward on fp32 tensors, as the fp32 mode does. Arguments: the layer (0-7, in the order they
 /// run; 8 the 1x1), the dtype (0 bf16, 1 fp32) and the memory format (0 contiguous, 1
 /// channels_last).
+struct ConvLayer {
+  int64_t in, out, size, stride, kernel = 3;
+};
+const ConvLayer& convnet_layer(int64_t i) {
+  static const ConvLayer layers[] = {{1, 32, 28, 1},   {32, 32, 28, 1},  {32, 64, 28, 2},
+                                     {64, 64, 14, 1},  {64, 128, 14, 2}, {128, 128, 7, 1},
+                                     {128, 256, 7, 2}, {256, 256, 4, 1}, {256, 1024, 4, 1, 1}};
+  return layers[i];
+}
+std::string conv_label(const ConvLayer& l) {
+  return std::to_string(l.kernel) + "x" + std::to_string(l.kernel) + " " + std::to_string(l.in) +
+         "->" + std::to_string(l.out) + " at " + std::to_string(l.size) + " px, stride " +
+         std::to_string(l.stride);
+}
+
 void conv_layer(benchmark::State& state, bool backward) {
-  struct Layer {
-    int64_t in, out, size, stride, kernel = 3;
-  };
-  static const Layer layers[] = {{1, 32, 28, 1},   {32, 32, 28, 1},  {32, 64, 28, 2},
-                                 {64, 64, 14, 1},  {64, 128, 14, 2}, {128, 128, 7, 1},
-                                 {128, 256, 7, 2}, {256, 256, 4, 1}, {256, 1024, 4, 1, 1}};
-  const Layer& l = layers[state.range(0)];
+  const ConvLayer& l = convnet_layer(state.range(0));
   const bool fp32 = state.range(1) == 1;
   const auto format =
       state.range(2) == 1 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
@@ -164,10 +173,8 @@ void conv_layer(benchmark::State& state, bool backward) {
       benchmark::DoNotOptimize(std::get<0>(r));
     }
   }
-  state.SetLabel(std::to_string(l.kernel) + "x" + std::to_string(l.kernel) + " " +
-                 std::to_string(l.in) + "->" + std::to_string(l.out) + " at " +
-                 std::to_string(l.size) + " px, stride " + std::to_string(l.stride) +
-                 (fp32 ? ", fp32" : ", bf16") + (state.range(2) == 1 ? ", channels_last" : ""));
+  state.SetLabel(conv_label(l) + (fp32 ? ", fp32" : ", bf16") +
+                 (state.range(2) == 1 ? ", channels_last" : ""));
 }
 void BM_ConvForward(benchmark::State& state) { conv_layer(state, false); }
 void BM_ConvBackward(benchmark::State& state) { conv_layer(state, true); }
@@ -180,6 +187,38 @@ BENCHMARK(BM_ConvForward)
 BENCHMARK(BM_ConvBackward)
     ->ArgNames({"layer", "fp32", "channels_last"})
     ->ArgsProduct({{0, 1, 2, 3, 4, 5, 6, 7, 8}, {0, 1}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(0.5)
+    ->UseRealTime();
+
+/// The weight gradient alone of one convolution of the default ConvNet (as BM_ConvBackward's
+/// layers, but one view's batch of 128, as conv2d_forward sees it), bf16 and channels_last:
+/// oneDNN's (method 0) or conv2d_patches_weight_grad's (method 1): the measurement behind
+/// kPatchesWeightGradMaxPixels. Arguments: the layer and the method.
+void BM_ConvWeightGrad(benchmark::State& state) {
+  const ConvLayer& l = convnet_layer(state.range(0));
+  const bool patches = state.range(1) == 1;
+  torch::manual_seed(0);
+  constexpr auto kCl = at::MemoryFormat::ChannelsLast;
+  const int64_t batch = 128, out_size = (l.size - 1) / l.stride + 1, pad = l.kernel / 2;
+  const auto bf16 = torch::TensorOptions().dtype(torch::kBFloat16);
+  const auto x = vicreg::channels_last_copy(torch::randn({batch, l.in, l.size, l.size}, bf16));
+  const auto w = (0.05 * torch::randn({l.out, l.in, l.kernel, l.kernel}, bf16)).contiguous(kCl);
+  const auto g = torch::randn({batch, l.out, out_size, out_size}, bf16).contiguous(kCl);
+  for (auto _ : state) {
+    if (patches) {
+      benchmark::DoNotOptimize(vicreg::conv2d_patches_weight_grad(g, x, l.kernel, l.stride, pad));
+    } else {
+      benchmark::DoNotOptimize(std::get<1>(
+          at::convolution_backward(g, x, w, c10::nullopt, {l.stride, l.stride}, {pad, pad}, {1, 1},
+                                   false, {0, 0}, 1, {false, true, false})));
+    }
+  }
+  state.SetLabel(conv_label(l) + (patches ? ", patches + matrix product" : ", oneDNN"));
+}
+BENCHMARK(BM_ConvWeightGrad)
+    ->ArgNames({"layer", "patches"})
+    ->ArgsProduct({{0, 1, 2, 3, 4, 5, 6, 7, 8}, {0, 1}})
     ->Unit(benchmark::kMillisecond)
     ->MinTime(0.5)
     ->UseRealTime();

@@ -14,7 +14,10 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/pooling.h>
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
+#include <cstring>
 #include <map>
 #include <ostream>
 #include <sstream>
@@ -86,6 +89,44 @@ class ConvBf16Fp32Backward : public torch::autograd::Function<ConvBf16Fp32Backwa
         {1, 1}, false, {0, 0}, 1, {ctx->needs_input_grad(0), ctx->needs_input_grad(1), false});
     if (gx.defined()) gx = gx.to(x_dtype);
     if (gw.defined()) gw = gw.to(w_dtype);
+    return {gx, gw, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+/// A bf16 convolution (no bias, dilation 1, one group) whose input gradient is oneDNN's and whose
+/// weight gradient is conv2d_patches_weight_grad's (conv2d_patches_weight_grad_applies).
+class ConvPatchesWeightGrad : public torch::autograd::Function<ConvPatchesWeightGrad> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& weight, int64_t stride, int64_t padding) {
+    const torch::Tensor xb = x.to(torch::kBFloat16), wb = weight.to(torch::kBFloat16);
+    ctx->save_for_backward({xb, wb});
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["padding"] = padding;
+    ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
+    ctx->saved_data["w_dtype"] = static_cast<int64_t>(weight.scalar_type());
+    return at::convolution(xb, wb, c10::nullopt, {stride, stride}, {padding, padding}, {1, 1},
+                           false, {0, 0}, 1);
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &xb = saved[0], &wb = saved[1];
+    const int64_t stride = ctx->saved_data["stride"].toInt();
+    const int64_t padding = ctx->saved_data["padding"].toInt();
+    const torch::Tensor g =
+        grads[0].to(torch::kBFloat16).contiguous(at::MemoryFormat::ChannelsLast);
+    torch::Tensor gx, gw;
+    if (ctx->needs_input_grad(0)) {
+      gx = std::get<0>(at::convolution_backward(g, xb, wb, c10::nullopt, {stride, stride},
+                                                {padding, padding}, {1, 1}, false, {0, 0}, 1,
+                                                {true, false, false}))
+               .to(static_cast<torch::ScalarType>(ctx->saved_data["x_dtype"].toInt()));
+    }
+    if (ctx->needs_input_grad(1)) {
+      gw = conv2d_patches_weight_grad(g, xb, wb.size(2), stride, padding)
+               .to(static_cast<torch::ScalarType>(ctx->saved_data["w_dtype"].toInt()));
+    }
     return {gx, gw, torch::Tensor(), torch::Tensor()};
   }
 };
@@ -163,6 +204,84 @@ bool conv2d_backward_in_fp32(const torch::nn::Conv2dImpl& c, const torch::Tensor
   return out_h * out_w <= kFp32BackwardMaxPixels && o.in_channels() >= kFp32BackwardMinChannels;
 }
 
+torch::Tensor conv2d_patches_weight_grad(const torch::Tensor& grad_out, const torch::Tensor& x,
+                                         int64_t kernel, int64_t stride, int64_t padding) {
+  TORCH_CHECK(x.dim() == 4 && grad_out.dim() == 4 && grad_out.size(0) == x.size(0),
+              "conv2d_patches_weight_grad expects x [N, C, H, W] and grad_out [N, C_out, Ho, Wo], "
+              "got ",
+              x.sizes(), " and ", grad_out.sizes());
+  TORCH_CHECK(kernel >= 1 && stride >= 1 && padding >= 0,
+              "conv2d_patches_weight_grad: kernel and stride must be >= 1 and padding >= 0, got ",
+              kernel, ", ", stride, ", ", padding);
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t c_out = grad_out.size(1), ho = grad_out.size(2), wo = grad_out.size(3);
+  TORCH_CHECK(h + 2 * padding >= kernel && w + 2 * padding >= kernel &&
+                  ho == (h + 2 * padding - kernel) / stride + 1 &&
+                  wo == (w + 2 * padding - kernel) / stride + 1,
+              "conv2d_patches_weight_grad: grad_out ", grad_out.sizes(), " is not the output of a ",
+              kernel, "x", kernel, " convolution with stride ", stride, " and padding ", padding,
+              " of x ", x.sizes());
+  constexpr auto kCl = at::MemoryFormat::ChannelsLast;
+  // Row (b, oh, ow) of the patches holds x[b, :, s oh - p + i, s ow - p + j] for i, j < k (zero
+  // outside x), in the channels_last weight's order (i, j, channel): for each i, the k C values
+  // are one run of x's channels_last memory, copied whole. (Padding x and copying a strided view
+  // of it, in ATen, took twice as long.)
+  const torch::Tensor xc = x.contiguous(kCl);
+  torch::Tensor patches = torch::empty({n * ho * wo, kernel * kernel * c}, x.options());
+  const auto es = static_cast<int64_t>(x.element_size());
+  const char* src = static_cast<const char*>(xc.data_ptr());
+  char* dst = static_cast<char*>(patches.data_ptr());
+  const int64_t run = kernel * c * es;  // bytes of one (i, all j, all channels) run
+  at::parallel_for(0, n * ho, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / ho, oh = r % ho;
+      for (int64_t ow = 0; ow < wo; ++ow) {
+        char* out = dst + (r * wo + ow) * kernel * run;
+        const int64_t iw0 = ow * stride - padding;
+        const int64_t j0 = std::min(kernel, std::max<int64_t>(0, -iw0));
+        const int64_t j1 = std::max(j0, std::min(kernel, w - iw0));
+        for (int64_t i = 0; i < kernel; ++i, out += run) {
+          const int64_t ih = oh * stride - padding + i;
+          if (ih < 0 || ih >= h || j1 == j0) {
+            std::memset(out, 0, static_cast<size_t>(run));
+            continue;
+          }
+          if (j0 > 0) std::memset(out, 0, static_cast<size_t>(j0 * c * es));
+          std::memcpy(out + j0 * c * es, src + ((b * h + ih) * w + iw0 + j0) * c * es,
+                      static_cast<size_t>((j1 - j0) * c * es));
+          if (j1 < kernel) {
+            std::memset(out + j1 * c * es, 0, static_cast<size_t>((kernel - j1) * c * es));
+          }
+        }
+      }
+    }
+  });
+  const torch::Tensor g = grad_out.to(x.scalar_type())
+                              .contiguous(kCl)
+                              .permute({0, 2, 3, 1})
+                              .reshape({n * ho * wo, c_out});
+  return g.t().mm(patches).view({c_out, kernel, kernel, c}).permute({0, 3, 1, 2});
+}
+
+bool conv2d_patches_weight_grad_applies(const torch::nn::Conv2dImpl& c, const torch::Tensor& x) {
+  if (cpu_bf16_conv() != CpuBf16Conv::Bf16 || !torch::GradMode::is_enabled() ||
+      !c.weight.requires_grad() || x.dim() != 4 || !under_cpu_bf16_autocast(x) ||
+      !x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    return false;
+  }
+  const auto& o = c.options;
+  const auto* pad = c10::get_if<torch::ExpandingArray<2>>(&o.padding());
+  if (o.groups() != 1 || o.bias() || pad == nullptr || (**pad)[0] != (**pad)[1] ||
+      (*o.dilation())[0] != 1 || (*o.dilation())[1] != 1 ||
+      (*o.kernel_size())[0] != (*o.kernel_size())[1] || (*o.kernel_size())[0] < 2 ||
+      (*o.stride())[0] != (*o.stride())[1] || (*o.stride())[0] < 2) {
+    return false;
+  }
+  const int64_t k = (*o.kernel_size())[0], s = (*o.stride())[0], p = (**pad)[0];
+  const int64_t out_h = (x.size(2) + 2 * p - k) / s + 1, out_w = (x.size(3) + 2 * p - k) / s + 1;
+  return out_h * out_w <= kPatchesWeightGradMaxPixels;
+}
+
 bool conv2d_in_fp32(const torch::nn::Conv2dImpl& c, const torch::Tensor& x) {
   return cpu_bf16_conv() == CpuBf16Conv::Fp32 && c.weight.scalar_type() == torch::kFloat &&
          under_cpu_bf16_autocast(x);
@@ -174,8 +293,13 @@ torch::Tensor conv2d_forward(torch::nn::Conv2dImpl& c, const torch::Tensor& x) {
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
     return c.forward(x.to(torch::kFloat));
   }
+  const int64_t stride = (*c.options.stride())[0];
+  if (conv2d_patches_weight_grad_applies(c, x)) {
+    return ConvPatchesWeightGrad::apply(
+        x, c.weight, stride, (*c10::get<torch::ExpandingArray<2>>(c.options.padding()))[0]);
+  }
   if (!conv2d_backward_in_fp32(c, x)) return c.forward(x);
-  return ConvBf16Fp32Backward::apply(x, c.weight, (*c.options.stride())[0],
+  return ConvBf16Fp32Backward::apply(x, c.weight, stride,
                                      (*c10::get<torch::ExpandingArray<2>>(c.options.padding()))[0]);
 }
 

@@ -97,12 +97,38 @@ bool conv2d_backward_in_fp32(const torch::nn::Conv2dImpl& conv, const torch::Ten
 /// for a CPU input and an fp32 weight, in grad mode or not.
 bool conv2d_in_fp32(const torch::nn::Conv2dImpl& conv, const torch::Tensor& x);
 
+/// The weight gradient of a convolution (no bias, dilation 1, one group, square kernel, stride and
+/// padding) as one matrix product: the output gradient, [N Ho Wo, C_out], transposed, times the
+/// input's patches, [N Ho Wo, k k C_in] (im2col, zero outside x). Returned as [C_out, C_in, k, k]
+/// in channels_last memory format, in x's dtype (bf16: accumulated in fp32, as oneDNN's).
+torch::Tensor conv2d_patches_weight_grad(const torch::Tensor& grad_out, const torch::Tensor& x,
+                                         int64_t kernel, int64_t stride, int64_t padding);
+
+/// The layers whose weight gradient conv2d_forward computes with conv2d_patches_weight_grad under
+/// CPU bf16 autocast: stride >= 2, kernel >= 2, at most this many output pixels (8x8). There
+/// oneDNN's bf16 weight-gradient kernel is 1.4-1.7x slower than the patches and one matrix product
+/// on AVX512-BF16 (2-core AMD EPYC, batch 128: the default ConvNet's 64->128 channels from 14x14
+/// to 7x7 4.5 ms against 3.3, 128->256 from 7x7 to 4x4 5.1 against 3.2), while for larger outputs
+/// gathering the patches costs more than it saves (32->64 from 28x28 to 14x14: 3.8 against 5.1)
+/// and at stride 1 or for 1x1 kernels the two are about even (bench/train_bench's
+/// BM_ConvWeightGrad, docs/decisions.md).
+constexpr int64_t kPatchesWeightGradMaxPixels = 64;
+
+/// Whether conv2d_forward(conv, x) computes its weight gradient with conv2d_patches_weight_grad:
+/// with cpu_bf16_conv() Bf16 (precision.h; the default on CPUs with AVX512-BF16 but neither AMX
+/// nor Intel's), in grad mode under CPU bf16 autocast, for a channels_last input and a 2-D
+/// convolution without bias, groups or dilation, with square kernel and padding, whose kernel,
+/// stride and output size kPatchesWeightGradMaxPixels admits.
+bool conv2d_patches_weight_grad_applies(const torch::nn::Conv2dImpl& conv, const torch::Tensor& x);
+
 /// `conv`'s forward pass as every encoder runs it. Where conv2d_in_fp32 holds, it is the fp32
 /// convolution of x (cast to fp32) outside autocast: an fp32 output, fp32 gradients. Where
 /// conv2d_backward_in_fp32 holds, the forward pass is autocast's (the bf16 convolution of the
 /// bf16-rounded input and weight) and the backward pass is the fp32 convolution backward of those
-/// same bf16-rounded tensors, its gradients cast back to the input's and weight's dtypes. Elsewhere
-/// it is conv.forward(x).
+/// same bf16-rounded tensors, its gradients cast back to the input's and weight's dtypes. Where
+/// conv2d_patches_weight_grad_applies holds, the forward pass and the input gradient are
+/// autocast's and the weight gradient is conv2d_patches_weight_grad's. Elsewhere it is
+/// conv.forward(x).
 torch::Tensor conv2d_forward(torch::nn::Conv2dImpl& conv, const torch::Tensor& x);
 
 /// Global average pooling, [N, C, H, W] -> [N, C], as x.mean({2, 3}) computes it, with a backward
