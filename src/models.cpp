@@ -57,20 +57,30 @@ torch::nn::Conv2d conv(int64_t in, int64_t out, int64_t kernel, int64_t stride) 
       torch::nn::Conv2dOptions(in, out, kernel).stride(stride).padding(kernel / 2).bias(false));
 }
 
+/// How ConvBf16 computes its backward pass.
+enum class ConvBf16Backward : int64_t {
+  /// In fp32 on the same bf16-rounded input and weight: for layers with few output pixels and
+  /// many channels, oneDNN's bf16 backward kernels are slower than its fp32 ones on AMX CPUs
+  /// (BM_ConvBackward on a 2-core AMX Xeon, batch 256: 256->256 channels at 4x4 90 ms in bf16 vs
+  /// 64 in fp32; 128->256 at stride 2 from 7x7 75 vs 36), while the forward pass is faster in bf16
+  /// at every shape. The gradients are the exact fp32 gradients of the bf16 forward pass's inputs.
+  Fp32,
+  /// oneDNN's bf16 input gradient, conv2d_patches_weight_grad's bf16 weight gradient.
+  PatchesWeightGrad,
+};
+
 /// A convolution (no bias, dilation 1, one group) whose forward pass is autocast's bf16 one and
-/// whose backward pass runs in fp32 on the same bf16-rounded input and weight: for layers with few
-/// output pixels and many channels, oneDNN's bf16 backward kernels are slower than its fp32 ones
-/// (BM_ConvBackward on a 2-core AMX Xeon, batch 256: 256->256 channels at 4x4 90 ms in bf16 vs 64
-/// in fp32; 128->256 at stride 2 from 7x7 75 vs 36), while the forward pass is faster in bf16 at
-/// every shape. The gradients are the exact fp32 gradients of the bf16 forward pass's inputs.
-class ConvBf16Fp32Backward : public torch::autograd::Function<ConvBf16Fp32Backward> {
+/// whose backward pass is one of ConvBf16Backward's; gradients in the input's and weight's dtypes.
+class ConvBf16 : public torch::autograd::Function<ConvBf16> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
-                               const torch::Tensor& weight, int64_t stride, int64_t padding) {
+                               const torch::Tensor& weight, int64_t stride, int64_t padding,
+                               ConvBf16Backward backward) {
     const torch::Tensor xb = x.to(torch::kBFloat16), wb = weight.to(torch::kBFloat16);
     ctx->save_for_backward({xb, wb});
     ctx->saved_data["stride"] = stride;
     ctx->saved_data["padding"] = padding;
+    ctx->saved_data["backward"] = static_cast<int64_t>(backward);
     ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
     ctx->saved_data["w_dtype"] = static_cast<int64_t>(weight.scalar_type());
     return at::convolution(xb, wb, c10::nullopt, {stride, stride}, {padding, padding}, {1, 1},
@@ -83,51 +93,22 @@ class ConvBf16Fp32Backward : public torch::autograd::Function<ConvBf16Fp32Backwa
     const int64_t padding = ctx->saved_data["padding"].toInt();
     const auto x_dtype = static_cast<torch::ScalarType>(ctx->saved_data["x_dtype"].toInt());
     const auto w_dtype = static_cast<torch::ScalarType>(ctx->saved_data["w_dtype"].toInt());
-    const torch::Tensor xf = saved[0].to(torch::kFloat), wf = saved[1].to(torch::kFloat);
+    const bool fp32 = static_cast<ConvBf16Backward>(ctx->saved_data["backward"].toInt()) ==
+                      ConvBf16Backward::Fp32;
+    const bool gw_by_patches = !fp32 && ctx->needs_input_grad(1);
+    torch::Tensor x = saved[0], w = saved[1], g = grads[0];
+    if (fp32) {
+      x = x.to(torch::kFloat), w = w.to(torch::kFloat), g = g.to(torch::kFloat);
+    } else {
+      g = g.to(torch::kBFloat16).contiguous(at::MemoryFormat::ChannelsLast);
+    }
     auto [gx, gw, gb] = at::convolution_backward(
-        grads[0].to(torch::kFloat), xf, wf, c10::nullopt, {stride, stride}, {padding, padding},
-        {1, 1}, false, {0, 0}, 1, {ctx->needs_input_grad(0), ctx->needs_input_grad(1), false});
+        g, x, w, c10::nullopt, {stride, stride}, {padding, padding}, {1, 1}, false, {0, 0}, 1,
+        {ctx->needs_input_grad(0), ctx->needs_input_grad(1) && !gw_by_patches, false});
+    if (gw_by_patches) gw = conv2d_patches_weight_grad(g, x, w.size(2), stride, padding);
     if (gx.defined()) gx = gx.to(x_dtype);
     if (gw.defined()) gw = gw.to(w_dtype);
-    return {gx, gw, torch::Tensor(), torch::Tensor()};
-  }
-};
-
-/// A bf16 convolution (no bias, dilation 1, one group) whose input gradient is oneDNN's and whose
-/// weight gradient is conv2d_patches_weight_grad's (conv2d_patches_weight_grad_applies).
-class ConvPatchesWeightGrad : public torch::autograd::Function<ConvPatchesWeightGrad> {
- public:
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
-                               const torch::Tensor& weight, int64_t stride, int64_t padding) {
-    const torch::Tensor xb = x.to(torch::kBFloat16), wb = weight.to(torch::kBFloat16);
-    ctx->save_for_backward({xb, wb});
-    ctx->saved_data["stride"] = stride;
-    ctx->saved_data["padding"] = padding;
-    ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
-    ctx->saved_data["w_dtype"] = static_cast<int64_t>(weight.scalar_type());
-    return at::convolution(xb, wb, c10::nullopt, {stride, stride}, {padding, padding}, {1, 1},
-                           false, {0, 0}, 1);
-  }
-  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
-                                               torch::autograd::tensor_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const torch::Tensor &xb = saved[0], &wb = saved[1];
-    const int64_t stride = ctx->saved_data["stride"].toInt();
-    const int64_t padding = ctx->saved_data["padding"].toInt();
-    const torch::Tensor g =
-        grads[0].to(torch::kBFloat16).contiguous(at::MemoryFormat::ChannelsLast);
-    torch::Tensor gx, gw;
-    if (ctx->needs_input_grad(0)) {
-      gx = std::get<0>(at::convolution_backward(g, xb, wb, c10::nullopt, {stride, stride},
-                                                {padding, padding}, {1, 1}, false, {0, 0}, 1,
-                                                {true, false, false}))
-               .to(static_cast<torch::ScalarType>(ctx->saved_data["x_dtype"].toInt()));
-    }
-    if (ctx->needs_input_grad(1)) {
-      gw = conv2d_patches_weight_grad(g, xb, wb.size(2), stride, padding)
-               .to(static_cast<torch::ScalarType>(ctx->saved_data["w_dtype"].toInt()));
-    }
-    return {gx, gw, torch::Tensor(), torch::Tensor()};
+    return {gx, gw, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -293,14 +274,11 @@ torch::Tensor conv2d_forward(torch::nn::Conv2dImpl& c, const torch::Tensor& x) {
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
     return c.forward(x.to(torch::kFloat));
   }
-  const int64_t stride = (*c.options.stride())[0];
-  if (conv2d_patches_weight_grad_applies(c, x)) {
-    return ConvPatchesWeightGrad::apply(
-        x, c.weight, stride, (*c10::get<torch::ExpandingArray<2>>(c.options.padding()))[0]);
-  }
-  if (!conv2d_backward_in_fp32(c, x)) return c.forward(x);
-  return ConvBf16Fp32Backward::apply(x, c.weight, stride,
-                                     (*c10::get<torch::ExpandingArray<2>>(c.options.padding()))[0]);
+  const bool patches = conv2d_patches_weight_grad_applies(c, x);
+  if (!patches && !conv2d_backward_in_fp32(c, x)) return c.forward(x);
+  return ConvBf16::apply(x, c.weight, (*c.options.stride())[0],
+                         (*c10::get<torch::ExpandingArray<2>>(c.options.padding()))[0],
+                         patches ? ConvBf16Backward::PatchesWeightGrad : ConvBf16Backward::Fp32);
 }
 
 torch::Tensor global_avg_pool(const torch::Tensor& x) {
