@@ -18,6 +18,7 @@
 
 #include <cmath>
 #include <limits>
+#include <utility>
 
 namespace {
 
@@ -134,6 +135,25 @@ class Bf16ConvMode {
  private:
   vicreg::CpuBf16Conv before_;
 };
+
+/// The exact (fp64) gradients of a bias-free convolution of x and weight rounded to bf16, for
+/// grad_out: {input gradient, weight gradient}.
+std::pair<torch::Tensor, torch::Tensor> exact_bf16_conv_grads(const torch::Tensor& x,
+                                                              const torch::Tensor& weight,
+                                                              const torch::Tensor& grad_out,
+                                                              int64_t stride, int64_t padding) {
+  const auto xd = x.detach().to(torch::kBFloat16).to(torch::kDouble).requires_grad_();
+  const auto wd = weight.detach().to(torch::kBFloat16).to(torch::kDouble).requires_grad_();
+  torch::nn::functional::conv2d(
+      xd, wd, torch::nn::functional::Conv2dFuncOptions().stride(stride).padding(padding))
+      .backward(grad_out.to(torch::kDouble));
+  return {xd.grad(), wd.grad()};
+}
+
+/// The largest error of got against want, relative to want's largest magnitude.
+double max_rel_error(const torch::Tensor& got, const torch::Tensor& want) {
+  return ((got.to(torch::kDouble) - want).abs().max() / want.abs().max()).item<double>();
+}
 
 TEST(Precision, TheBf16ConvolutionModeFollowsTheCpu) {
   using vicreg::CpuBf16Conv;
@@ -253,17 +273,10 @@ TEST(Precision, SmallSpatialConvolutionsGetAnFp32BackwardUnderBf16) {
     ASSERT_EQ(x.grad().scalar_type(), torch::kFloat);
     ASSERT_EQ(conv->weight.grad().scalar_type(), torch::kFloat);
     // The gradients are the exact ones of the bf16-rounded input and weight, computed in fp64.
-    const auto xd = x.detach().to(torch::kBFloat16).to(torch::kDouble).requires_grad_();
-    const auto wd = conv->weight.detach().to(torch::kBFloat16).to(torch::kDouble).requires_grad_();
-    torch::nn::functional::conv2d(xd, wd,
-                                  torch::nn::functional::Conv2dFuncOptions().stride(2).padding(1))
-        .backward(grad_out.to(torch::kDouble));
-    const auto rel = [](const torch::Tensor& got, const torch::Tensor& want) {
-      return ((got.to(torch::kDouble) - want).abs().max() / want.abs().max()).item<double>();
-    };
+    const auto [gx, gw] = exact_bf16_conv_grads(x, conv->weight, grad_out, 2, 1);
     // fp32 accumulation: ~1e-7 relative; bf16 outputs would be ~4e-3.
-    EXPECT_LT(rel(x.grad(), xd.grad()), 1e-5) << "channels_last " << channels_last;
-    EXPECT_LT(rel(conv->weight.grad(), wd.grad()), 1e-5) << "channels_last " << channels_last;
+    EXPECT_LT(max_rel_error(x.grad(), gx), 1e-5) << "channels_last " << channels_last;
+    EXPECT_LT(max_rel_error(conv->weight.grad(), gw), 1e-5) << "channels_last " << channels_last;
     x.mutable_grad() = torch::Tensor();
   }
   // Where the rule does not hold, conv.forward runs.
@@ -370,17 +383,10 @@ TEST(Precision, SmallStridedConvolutionsGetThePatchesWeightGradientUnderBf16) {
     grads[patches ? 0 : 1][1] = conv->weight.grad();
   }
   // Both paths are within bf16 rounding of the exact gradients of the bf16-rounded tensors.
-  const auto xd = x0.to(torch::kBFloat16).to(torch::kDouble).requires_grad_();
-  const auto wd = conv->weight.detach().to(torch::kBFloat16).to(torch::kDouble).requires_grad_();
-  torch::nn::functional::conv2d(xd, wd,
-                                torch::nn::functional::Conv2dFuncOptions().stride(2).padding(1))
-      .backward(grad_out.to(torch::kDouble));
-  const auto rel = [](const torch::Tensor& got, const torch::Tensor& want) {
-    return ((got.to(torch::kDouble) - want).abs().max() / want.abs().max()).item<double>();
-  };
+  const auto [gx, gw] = exact_bf16_conv_grads(x0, conv->weight, grad_out, 2, 1);
   for (int path = 0; path < 2; ++path) {
-    EXPECT_LT(rel(grads[path][0], xd.grad()), 8e-3) << "path " << path;
-    EXPECT_LT(rel(grads[path][1], wd.grad()), 8e-3) << "path " << path;
+    EXPECT_LT(max_rel_error(grads[path][0], gx), 8e-3) << "path " << path;
+    EXPECT_LT(max_rel_error(grads[path][1], gw), 8e-3) << "path " << path;
   }
   // Where the rule does not hold, conv.forward (or the fp32-backward rule) runs.
   torch::nn::Conv2d one(torch::nn::Conv2dOptions(64, 128, 3).stride(1).padding(1).bias(false));
