@@ -325,10 +325,9 @@ void for_each_setting(Config& c, Visit&& visit) {
                 "CPU: fp32-backward with AMX, fp32 on other Intel CPUs, bf16 elsewhere), bf16 "
                 "(autocast's; the weight gradient of stride-2 layers with at most 64 output pixels "
                 "as one matrix product of gathered patches), fp32-backward (bf16 forward; fp32 "
-                "backward of the layers with at "
-                "most 16 output pixels and at least 128 input channels) or fp32 (outside autocast; "
-                "the linear layers stay bf16). A resumed run left on auto keeps the one it "
-                "recorded"},
+                "backward of the layers with at most 16 output pixels and at least 128 input "
+                "channels) or fp32 (outside autocast; the linear layers stay bf16). A resumed run "
+                "left on auto keeps the one it recorded"},
         c.runtime.bf16_conv);
   visit(Setting{S::Runtime, "loss_scale",
                 "Dynamic loss scaling (PyTorch's GradScaler): auto (with fp16 only), on or off"},
