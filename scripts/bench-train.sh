@@ -74,12 +74,9 @@ def step_runs(p, c, kind):
             (x.get("aggregate_name") == "median" if kind == "median" else x.get("run_type") == "iteration")]
 steps = {(p, c): step_runs(p, c, "median")[0] for p in (0, 1) for c in (0, 1)}
 spread = {k: sorted(x["images/s"] for x in step_runs(k[0], k[1], "iteration")) for k in steps}
-step = steps[(0, 0)]["images/s"]
 loop = b["BM_TrainLoopDataWait/iterations:1/real_time"]
 aug = {r: b["BM_Augment/%s/min_time:%s/real_time" % (r, t)]["images/s"]
        for r, t in [("imagenet", "3.000"), ("cifar", "2.000"), ("fashion_mnist", "2.000")]}
-# The CPU's auto: bf16, in the memory format auto chose for the loop (timed at its start).
-bf16 = steps[(1, int(loop.get("channels_last", 0)))]["images/s"]
 rows = [
     ("training step, fp32 contiguous vs the peer's fp32 step (images/s, both views)", step_alone, peer_step, step_alone / peer_step, ">= 1.2x"),
     ("training step, bf16 (auto) vs the peer's bf16 + channels_last step", bf16_alone, peer_step_bf16, bf16_alone / peer_step_bf16, ">= 1.2x"),
