@@ -241,7 +241,13 @@ torch::Tensor conv2d_patches_weight_grad(const torch::Tensor& grad_out, const to
                               .contiguous(kCl)
                               .permute({0, 2, 3, 1})
                               .reshape({n * ho * wo, c_out});
-  return g.t().mm(patches).view({c_out, kernel, kernel, c}).permute({0, 3, 1, 2});
+  // Accumulated in fp32: oneDNN's bf16 product does, ATen's emulation on a CPU without bf16
+  // instructions does not (errors of several per cent), so there the product runs in fp32.
+  const bool widen = x.scalar_type() == torch::kBFloat16 && !cpu_has_native_bf16();
+  const torch::Tensor gw =
+      widen ? g.to(torch::kFloat).t().mm(patches.to(torch::kFloat)).to(torch::kBFloat16)
+            : g.t().mm(patches);
+  return gw.view({c_out, kernel, kernel, c}).permute({0, 3, 1, 2});
 }
 
 bool conv2d_patches_weight_grad_applies(const torch::nn::Conv2dImpl& c, const torch::Tensor& x) {

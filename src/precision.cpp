@@ -80,21 +80,26 @@ const NameTable<CpuBf16Conv>& name_table<CpuBf16Conv>() {
   return t;
 }
 
-CpuBf16Conv default_cpu_bf16_conv(bool amx_bf16, bool intel) {
+CpuBf16Conv default_cpu_bf16_conv(bool native_bf16, bool amx_bf16, bool intel) {
+  if (!native_bf16) return CpuBf16Conv::Fp32;
   if (amx_bf16) return CpuBf16Conv::Fp32Backward;
   return intel ? CpuBf16Conv::Fp32 : CpuBf16Conv::Bf16;
 }
 
+CpuBf16Conv default_cpu_bf16_conv() {
+  return default_cpu_bf16_conv(cpu_has_native_bf16(), cpu_has_amx_bf16(), cpu_is_intel());
+}
+
 namespace {
 std::atomic<CpuBf16Conv>& cpu_bf16_conv_state() {
-  static std::atomic<CpuBf16Conv> mode{default_cpu_bf16_conv(cpu_has_amx_bf16(), cpu_is_intel())};
+  static std::atomic<CpuBf16Conv> mode{default_cpu_bf16_conv()};
   return mode;
 }
 }  // namespace
 
 CpuBf16Conv cpu_bf16_conv() { return cpu_bf16_conv_state().load(); }
 void set_cpu_bf16_conv(CpuBf16Conv mode) {
-  if (mode == CpuBf16Conv::Auto) mode = default_cpu_bf16_conv(cpu_has_amx_bf16(), cpu_is_intel());
+  if (mode == CpuBf16Conv::Auto) mode = default_cpu_bf16_conv();
   cpu_bf16_conv_state().store(mode);
 }
 

@@ -157,13 +157,15 @@ double max_rel_error(const torch::Tensor& got, const torch::Tensor& want) {
 
 TEST(Precision, TheBf16ConvolutionModeFollowsTheCpu) {
   using vicreg::CpuBf16Conv;
-  EXPECT_EQ(vicreg::default_cpu_bf16_conv(/*amx_bf16=*/true, /*intel=*/true),
+  EXPECT_EQ(vicreg::default_cpu_bf16_conv(/*native_bf16=*/true, /*amx_bf16=*/true, /*intel=*/true),
             CpuBf16Conv::Fp32Backward);
-  EXPECT_EQ(vicreg::default_cpu_bf16_conv(false, true), CpuBf16Conv::Fp32);
-  EXPECT_EQ(vicreg::default_cpu_bf16_conv(false, false), CpuBf16Conv::Bf16);
+  EXPECT_EQ(vicreg::default_cpu_bf16_conv(true, false, true), CpuBf16Conv::Fp32);
+  EXPECT_EQ(vicreg::default_cpu_bf16_conv(true, false, false), CpuBf16Conv::Bf16);
+  // Without bf16 instructions (emulated bf16), fp32 convolutions whatever the vendor.
+  EXPECT_EQ(vicreg::default_cpu_bf16_conv(false, false, false), CpuBf16Conv::Fp32);
+  EXPECT_EQ(vicreg::default_cpu_bf16_conv(false, false, true), CpuBf16Conv::Fp32);
   // This process starts in this CPU's mode.
-  EXPECT_EQ(vicreg::cpu_bf16_conv(),
-            vicreg::default_cpu_bf16_conv(vicreg::cpu_has_amx_bf16(), vicreg::cpu_is_intel()));
+  EXPECT_EQ(vicreg::cpu_bf16_conv(), vicreg::default_cpu_bf16_conv());
   EXPECT_EQ(vicreg::to_string(CpuBf16Conv::Fp32Backward), "fp32-backward");
   // channels_last auto follows the mode for CPU bf16 (fp32: off; explicit settings win).
   using vicreg::Toggle;
@@ -192,8 +194,7 @@ TEST(Precision, TheBf16ConvolutionSettingPrefersTheAskedThenTheRecordedMode) {
             CpuBf16Conv::Fp32Backward);
   // Auto as a mode goes back to the CPU's own, and is never what is in use.
   vicreg::set_cpu_bf16_conv(CpuBf16Conv::Auto);
-  EXPECT_EQ(vicreg::cpu_bf16_conv(),
-            vicreg::default_cpu_bf16_conv(vicreg::cpu_has_amx_bf16(), vicreg::cpu_is_intel()));
+  EXPECT_EQ(vicreg::cpu_bf16_conv(), vicreg::default_cpu_bf16_conv());
   EXPECT_EQ(vicreg::parse_name<CpuBf16Conv>("fp32-backward"), CpuBf16Conv::Fp32Backward);
   EXPECT_THROW(vicreg::parse_name<CpuBf16Conv>("fp16"), vicreg::UsageError);
 }
@@ -382,10 +383,15 @@ TEST(Precision, SmallStridedConvolutionsGetThePatchesWeightGradientUnderBf16) {
     grads[patches ? 0 : 1][1] = conv->weight.grad();
   }
   // Both paths are within bf16 rounding of the exact gradients of the bf16-rounded tensors.
+  // Where bf16 is emulated (no AVX512-BF16 or AMX), LibTorch's own bf16 convolution backward
+  // accumulates in bf16 (errors of 2-6 %: the input gradient of both paths, the weight
+  // gradient of autocast's); the patches' product accumulates in fp32 on every CPU.
+  const double libtorch_tol = vicreg::cpu_has_native_bf16() ? 8e-3 : 0.1;
   const auto [gx, gw] = exact_bf16_conv_grads(x0, conv->weight, grad_out, 2, 1);
   for (int path = 0; path < 2; ++path) {
-    EXPECT_LT(max_rel_error(grads[path][0], gx), 8e-3) << "path " << path;
-    EXPECT_LT(max_rel_error(grads[path][1], gw), 8e-3) << "path " << path;
+    EXPECT_LT(max_rel_error(grads[path][0], gx), libtorch_tol) << "path " << path;
+    EXPECT_LT(max_rel_error(grads[path][1], gw), path == 0 ? 8e-3 : libtorch_tol)
+        << "path " << path;
   }
   // Where the rule does not hold, conv.forward (or the fp32-backward rule) runs.
   torch::nn::Conv2d one(torch::nn::Conv2dOptions(64, 128, 3).stride(1).padding(1).bias(false));

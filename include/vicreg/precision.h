@@ -91,8 +91,13 @@ const NameTable<CpuBf16Conv>& name_table<CpuBf16Conv>();
 /// images/s with Bf16 on a 2-core AMX Xeon); Fp32 on Intel CPUs with AVX512-BF16 but no AMX, whose
 /// bf16 convolutions are 1.4-1.9x slower than fp32 ones forward and backward at every layer of
 /// the default ConvNet (2-core Emerald Rapids under KVM, AMX not exposed); Bf16 elsewhere (AMD
-/// EPYC with AVX512-BF16: the bf16 step 1.53x the fp32 one). docs/decisions.md.
-CpuBf16Conv default_cpu_bf16_conv(bool amx_bf16, bool intel);
+/// EPYC with AVX512-BF16: the bf16 step 1.53x the fp32 one). Fp32 on CPUs without bf16
+/// instructions, where bf16 is emulated (`--precision bf16` there; auto is fp32): on a 2-core
+/// AMD EPYC without AVX-512 the default bf16 step took 2.6 s with fp32 convolutions against 18 s
+/// with autocast's, whose products also accumulate in bf16 there. docs/decisions.md.
+CpuBf16Conv default_cpu_bf16_conv(bool native_bf16, bool amx_bf16, bool intel);
+/// default_cpu_bf16_conv() of this CPU.
+CpuBf16Conv default_cpu_bf16_conv();
 /// The process-wide mode: default_cpu_bf16_conv() of this CPU unless set (`--bf16-conv`, a
 /// resumed or evaluated run's recorded mode, tests, benchmarks). Never Auto.
 CpuBf16Conv cpu_bf16_conv();
