@@ -2,11 +2,17 @@
 
 #include "vicreg/error.h"
 
+#include <ATen/Parallel.h>
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
 #include <torch/serialize/archive.h>
 
 #include <cmath>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define VICREG_FUSED_ADAMW 1
+#endif
 
 namespace vicreg {
 
@@ -116,6 +122,160 @@ void LARS::load(torch::serialize::InputArchive& archive) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// AdamW
+
+namespace {
+
+/// The scalars of one AdamW update, rounded to float as ATen rounds the Scalar argument of a
+/// float tensor's operation.
+struct AdamWScalars {
+  bool decay = false;  ///< weight_decay != 0
+  float keep = 1;      ///< 1 - lr * weight_decay
+  float beta1 = 0, one_minus_beta1 = 0, beta2 = 0, one_minus_beta2 = 0;
+  float bias_correction2_sqrt = 1, eps = 0, neg_step_size = 0;
+};
+
+#ifdef VICREG_FUSED_ADAMW
+/// One pass of LibTorch's AdamW update over n floats, eight at a time (the last group masked),
+/// in ATen's operations and order:
+///   p.mul_(keep)                                     p * keep
+///   exp_avg.mul_(beta1).add_(grad, 1 - beta1)        fma(g, 1 - beta1, m * beta1)
+///   exp_avg_sq.mul_(beta2).addcmul_(g, g, 1 - beta2) v * beta2 + ((1 - beta2) * g) * g
+///   denom = (exp_avg_sq.sqrt() / sqrt(bc2)).add_(eps) sqrt(v) / sqrt(bc2) + eps
+///   p.addcdiv_(exp_avg, denom, -step_size)           p + (-step_size * m) / denom
+/// (ATen's vectorised add with alpha is a fused multiply-add, its addcmul and addcdiv are not.)
+__attribute__((target("avx2,fma"))) void adamw_avx2(float* p, const float* g, float* m, float* v,
+                                                    int64_t n, const AdamWScalars& s) {
+  const __m256 keep = _mm256_set1_ps(s.keep);
+  const __m256 beta1 = _mm256_set1_ps(s.beta1), one_minus_beta1 = _mm256_set1_ps(s.one_minus_beta1);
+  const __m256 beta2 = _mm256_set1_ps(s.beta2), one_minus_beta2 = _mm256_set1_ps(s.one_minus_beta2);
+  const __m256 bc2 = _mm256_set1_ps(s.bias_correction2_sqrt), eps = _mm256_set1_ps(s.eps);
+  const __m256 neg_step = _mm256_set1_ps(s.neg_step_size);
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int64_t i = 0; i < n; i += 8) {
+    const bool full = n - i >= 8;
+    const __m256i mask =
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(full ? 8 : n - i)), lanes);
+    __m256 pv = full ? _mm256_loadu_ps(p + i) : _mm256_maskload_ps(p + i, mask);
+    const __m256 gv = full ? _mm256_loadu_ps(g + i) : _mm256_maskload_ps(g + i, mask);
+    __m256 mv = full ? _mm256_loadu_ps(m + i) : _mm256_maskload_ps(m + i, mask);
+    __m256 vv = full ? _mm256_loadu_ps(v + i) : _mm256_maskload_ps(v + i, mask);
+    if (s.decay) pv = _mm256_mul_ps(pv, keep);
+    mv = _mm256_fmadd_ps(gv, one_minus_beta1, _mm256_mul_ps(mv, beta1));
+    vv = _mm256_add_ps(_mm256_mul_ps(vv, beta2),
+                       _mm256_mul_ps(_mm256_mul_ps(one_minus_beta2, gv), gv));
+    const __m256 denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vv), bc2), eps);
+    pv = _mm256_add_ps(pv, _mm256_div_ps(_mm256_mul_ps(neg_step, mv), denom));
+    if (full) {
+      _mm256_storeu_ps(p + i, pv);
+      _mm256_storeu_ps(m + i, mv);
+      _mm256_storeu_ps(v + i, vv);
+    } else {
+      _mm256_maskstore_ps(p + i, mask, pv);
+      _mm256_maskstore_ps(m + i, mask, mv);
+      _mm256_maskstore_ps(v + i, mask, vv);
+    }
+  }
+}
+
+bool cpu_has_avx2_fma() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#endif
+
+bool same_layout(const torch::Tensor& a, const torch::Tensor& b) {
+  return a.defined() && a.device() == b.device() && a.scalar_type() == b.scalar_type() &&
+         a.layout() == torch::kStrided && a.sizes() == b.sizes() && a.strides() == b.strides();
+}
+
+}  // namespace
+
+bool adamw_fuses(const torch::Tensor& p, const torch::Tensor& grad) {
+#ifdef VICREG_FUSED_ADAMW
+  return cpu_has_avx2_fma() && p.device().is_cpu() && p.layout() == torch::kStrided &&
+         p.scalar_type() == torch::kFloat && p.is_non_overlapping_and_dense() &&
+         same_layout(grad, p);
+#else
+  (void)p;
+  (void)grad;
+  return false;
+#endif
+}
+
+torch::Tensor AdamW::step(LossClosure closure) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor loss;
+  if (closure != nullptr) {
+    at::AutoGradMode enable_grad(true);
+    loss = closure();
+  }
+  for (auto& group : param_groups_) {
+    const auto& o = static_cast<const torch::optim::AdamWOptions&>(group.options());
+    for (auto& p : group.params()) {
+      if (!p.grad().defined()) continue;
+      const torch::Tensor& grad = p.grad();
+      TORCH_CHECK(!grad.is_sparse(), "AdamW does not support sparse gradients");
+      auto& slot = state_[c10::guts::to_string(p.unsafeGetTensorImpl())];
+      if (!slot) {
+        auto st = std::make_unique<torch::optim::AdamWParamState>();
+        st->step(0);
+        st->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+        st->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+        if (o.amsgrad()) st->max_exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+        slot = std::move(st);
+      }
+      auto& st = static_cast<torch::optim::AdamWParamState&>(*slot);
+      st.step(st.step() + 1);
+      torch::Tensor& exp_avg = st.exp_avg();
+      torch::Tensor& exp_avg_sq = st.exp_avg_sq();
+      // As LibTorch computes them, in double.
+      const double beta1 = std::get<0>(o.betas()), beta2 = std::get<1>(o.betas());
+      const double bias_correction1 = 1 - std::pow(beta1, static_cast<double>(st.step()));
+      const double bias_correction2 = 1 - std::pow(beta2, static_cast<double>(st.step()));
+      const double step_size = o.lr() / bias_correction1;
+#ifdef VICREG_FUSED_ADAMW
+      if (!o.amsgrad() && adamw_fuses(p, grad) && same_layout(exp_avg, p) &&
+          same_layout(exp_avg_sq, p)) {
+        AdamWScalars s;
+        s.decay = o.weight_decay() != 0;
+        s.keep = static_cast<float>(1 - o.lr() * o.weight_decay());
+        s.beta1 = static_cast<float>(beta1);
+        s.one_minus_beta1 = static_cast<float>(1 - beta1);
+        s.beta2 = static_cast<float>(beta2);
+        s.one_minus_beta2 = static_cast<float>(1 - beta2);
+        s.bias_correction2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
+        s.eps = static_cast<float>(o.eps());
+        s.neg_step_size = static_cast<float>(-step_size);
+        float* pp = p.data_ptr<float>();
+        const float* gp = grad.data_ptr<float>();
+        float* mp = exp_avg.data_ptr<float>();
+        float* vp = exp_avg_sq.data_ptr<float>();
+        at::parallel_for(0, p.numel(), at::internal::GRAIN_SIZE, [&](int64_t b, int64_t e) {
+          adamw_avx2(pp + b, gp + b, mp + b, vp + b, e - b, s);
+        });
+        continue;
+      }
+#endif
+      // LibTorch's own operations (torch/csrc/api/src/optim/adamw.cpp).
+      if (o.weight_decay() != 0) p.mul_(1 - o.lr() * o.weight_decay());
+      exp_avg.mul_(beta1).add_(grad, 1 - beta1);
+      exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2);
+      torch::Tensor denom;
+      if (o.amsgrad()) {
+        torch::Tensor& max_exp_avg_sq = st.max_exp_avg_sq();
+        torch::max_out(max_exp_avg_sq, exp_avg_sq, max_exp_avg_sq);
+        denom = (max_exp_avg_sq.sqrt() / std::sqrt(bias_correction2)).add_(o.eps());
+      } else {
+        denom = (exp_avg_sq.sqrt() / std::sqrt(bias_correction2)).add_(o.eps());
+      }
+      p.addcdiv_(exp_avg, denom, -step_size);
+    }
+  }
+  return loss;
+}
+
 double scaled_lr(double base_lr, int64_t batch_size) {
   TORCH_CHECK(base_lr >= 0, "base lr must be >= 0, got ", base_lr);
   TORCH_CHECK(batch_size > 0, "batch size must be > 0, got ", batch_size);
@@ -187,7 +347,7 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::vector<torch:
   };
   if (c.kind == OptimizerKind::AdamW) {
     const auto opts = torch::optim::AdamWOptions(c.lr).betas({c.beta1, c.beta2});
-    return std::make_unique<torch::optim::AdamW>(grouped(opts), opts);
+    return std::make_unique<AdamW>(grouped(opts), opts);
   }
   TORCH_CHECK(c.momentum >= 0, "optimizer: momentum must be >= 0, got ", c.momentum);
   const auto opts = torch::optim::SGDOptions(c.lr).momentum(c.momentum);

@@ -1,5 +1,5 @@
-// LARS against steps computed by hand, its exclusions, state save/load; the lr schedule; the
-// optimizer factory's parameter groups.
+// LARS against steps computed by hand, its exclusions, state save/load; the fused AdamW against
+// LibTorch's and against steps by hand; the lr schedule; the optimizer factory's parameter groups.
 #include "vicreg/optim.h"
 
 #include <gtest/gtest.h>
@@ -141,6 +141,198 @@ TEST(Lars, RejectsBadOptions) {
   EXPECT_THROW(LARS({w}, LARSOptions(0.1).momentum(1.0)), c10::Error);
   EXPECT_THROW(LARS({w}, LARSOptions(0.1).eta(0)), c10::Error);
   EXPECT_THROW(LARS({w}, LARSOptions(0.1).weight_decay(-1e-6)), c10::Error);
+}
+
+// ---------------------------------------------------------------------------------------------
+// AdamW
+
+/// Parameters of awkward sizes (the fused kernel's masked last group of eight, at::parallel_for's
+/// chunks), a channels_last one, and a 1-D one in a group without weight decay.
+std::vector<torch::Tensor> adamw_params(torch::Dtype dtype) {
+  torch::manual_seed(7);
+  const auto o = torch::TensorOptions(dtype);
+  std::vector<torch::Tensor> ps = {torch::randn({1}, o), torch::randn({7}, o),
+                                   torch::randn({3, 3}, o), torch::randn({1000}, o),
+                                   torch::randn({100003}, o)};
+  ps.push_back(torch::randn({16, 8, 3, 3}, o).contiguous(torch::MemoryFormat::ChannelsLast));
+  ps.push_back(torch::randn({24}, o));
+  for (auto& p : ps) p.requires_grad_(true);
+  return ps;
+}
+
+template <class Optimizer>
+std::unique_ptr<torch::optim::Optimizer> make_adamw(const std::vector<torch::Tensor>& ps,
+                                                    bool amsgrad = false) {
+  const auto o = torch::optim::AdamWOptions(1e-2).betas({0.8, 0.95}).eps(1e-6).amsgrad(amsgrad);
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(std::vector<torch::Tensor>(ps.begin(), ps.end() - 1),
+                      std::make_unique<torch::optim::AdamWOptions>(
+                          torch::optim::AdamWOptions(o).weight_decay(0.05)));
+  groups.emplace_back(
+      std::vector<torch::Tensor>{ps.back()},
+      std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(o).weight_decay(0)));
+  return std::make_unique<Optimizer>(std::move(groups), o);
+}
+
+/// Gradients of step t for parameters shaped like ps, the same whoever asks; large and tiny
+/// values so that the moments span magnitudes.
+void set_grads(const std::vector<torch::Tensor>& ps, int t) {
+  torch::manual_seed(100 + t);
+  for (const auto& p : ps) {
+    p.mutable_grad() = (torch::randn_like(p) * std::pow(10.0, t % 3 - 1)).to(p.scalar_type());
+  }
+}
+
+void expect_same_state(torch::optim::Optimizer& a, torch::optim::Optimizer& b,
+                       const std::vector<torch::Tensor>& pa, const std::vector<torch::Tensor>& pb) {
+  for (size_t i = 0; i < pa.size(); ++i) {
+    EXPECT_TRUE(torch::equal(pa[i], pb[i])) << "parameter " << i << " of " << pa[i].sizes();
+    const auto& sa = static_cast<torch::optim::AdamWParamState&>(
+        *a.state().at(c10::guts::to_string(pa[i].unsafeGetTensorImpl())));
+    const auto& sb = static_cast<torch::optim::AdamWParamState&>(
+        *b.state().at(c10::guts::to_string(pb[i].unsafeGetTensorImpl())));
+    EXPECT_EQ(sa.step(), sb.step());
+    EXPECT_TRUE(torch::equal(sa.exp_avg(), sb.exp_avg())) << "exp_avg " << i;
+    EXPECT_TRUE(torch::equal(sa.exp_avg_sq(), sb.exp_avg_sq())) << "exp_avg_sq " << i;
+  }
+}
+
+std::vector<torch::Tensor> clones(const std::vector<torch::Tensor>& ps) {
+  std::vector<torch::Tensor> out;
+  for (const auto& p : ps) out.push_back(p.detach().clone().requires_grad_(true));
+  return out;
+}
+
+TEST(AdamW, FusedStepIsLibTorchsBitForBit) {
+  const auto ours = adamw_params(torch::kFloat), theirs = clones(ours);
+  ASSERT_TRUE(ours[5].is_contiguous(torch::MemoryFormat::ChannelsLast));
+  auto a = make_adamw<vicreg::AdamW>(ours);
+  auto b = make_adamw<torch::optim::AdamW>(theirs);
+  for (int t = 0; t < 6; ++t) {
+    if (t == 3) {  // a new learning rate half-way, as the schedule sets it
+      vicreg::set_learning_rate(*a, 3e-3);
+      vicreg::set_learning_rate(*b, 3e-3);
+    }
+    set_grads(ours, t);
+    set_grads(theirs, t);
+    a->step();
+    b->step();
+  }
+  expect_same_state(*a, *b, ours, theirs);
+#ifdef __x86_64__
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    // Where the CPU allows it, the fused kernel is what ran (else the test compares LibTorch's
+    // operations with themselves).
+    for (const auto& p : ours) EXPECT_TRUE(vicreg::adamw_fuses(p, p.grad())) << p.sizes();
+  }
+#endif
+}
+
+TEST(AdamW, MatchesStepsByHandInDoubleAndFloat) {
+  // Loshchilov & Hutter's decoupled weight decay with Adam's bias corrections, in long double.
+  for (const auto dtype : {torch::kDouble, torch::kFloat}) {
+    const auto ps = adamw_params(dtype);
+    std::vector<std::vector<long double>> p, m, v;
+    for (const auto& t : ps) {
+      const auto f = flat(t);
+      p.emplace_back(f.begin(), f.end());
+      m.emplace_back(f.size(), 0.0L);
+      v.emplace_back(f.size(), 0.0L);
+    }
+    auto opt = make_adamw<vicreg::AdamW>(ps);
+    const long double lr = 1e-2L, b1 = 0.8L, b2 = 0.95L, eps = 1e-6L;
+    for (int t = 0; t < 4; ++t) {
+      set_grads(ps, t);
+      for (size_t k = 0; k < ps.size(); ++k) {
+        const auto g = flat(ps[k].grad());
+        const long double wd = k + 1 == ps.size() ? 0.0L : 0.05L;
+        for (size_t i = 0; i < g.size(); ++i) {
+          m[k][i] = b1 * m[k][i] + (1 - b1) * g[i];
+          v[k][i] = b2 * v[k][i] + (1 - b2) * g[i] * g[i];
+          const long double mh = m[k][i] / (1 - std::pow(b1, t + 1));
+          const long double vh = v[k][i] / (1 - std::pow(b2, t + 1));
+          p[k][i] = p[k][i] * (1 - lr * wd) - lr * mh / (std::sqrt(vh) + eps);
+        }
+      }
+      opt->step();
+    }
+    // LibTorch adds eps to sqrt(v) / sqrt(bc2), not to sqrt(v / bc2): the same number.
+    const double tol = dtype == torch::kDouble ? 1e-13 : 2e-6;
+    for (size_t k = 0; k < ps.size(); ++k) {
+      const auto got = flat(ps[k]);
+      for (size_t i = 0; i < got.size(); ++i) {
+        ASSERT_NEAR(got[i], static_cast<double>(p[k][i]), tol * (1 + std::fabs(got[i])))
+            << "dtype " << dtype << ", parameter " << k << ", element " << i;
+      }
+    }
+  }
+}
+
+TEST(AdamW, StateReadsBothWaysWithLibTorchsAndResumesExactly) {
+  const auto start = adamw_params(torch::kFloat);
+  // Uninterrupted: four steps of ours.
+  const auto whole = clones(start);
+  auto w = make_adamw<vicreg::AdamW>(whole);
+  for (int t = 0; t < 4; ++t) {
+    set_grads(whole, t);
+    w->step();
+  }
+  // Two steps of ours, saved, read by LibTorch's for one, saved again, read by ours for the last.
+  const auto parts = clones(start);
+  auto save = [](torch::optim::Optimizer& o) {
+    auto buffer = std::make_shared<std::stringstream>();
+    torch::serialize::OutputArchive out;
+    o.save(out);
+    out.save_to(*buffer);
+    return buffer;
+  };
+  auto load = [](torch::optim::Optimizer& o, std::stringstream& buffer) {
+    torch::serialize::InputArchive in;
+    in.load_from(buffer);
+    o.load(in);
+  };
+  auto first = make_adamw<vicreg::AdamW>(parts);
+  for (int t = 0; t < 2; ++t) {
+    set_grads(parts, t);
+    first->step();
+  }
+  auto second = make_adamw<torch::optim::AdamW>(parts);
+  load(*second, *save(*first));
+  set_grads(parts, 2);
+  second->step();
+  auto third = make_adamw<vicreg::AdamW>(parts);
+  load(*third, *save(*second));
+  set_grads(parts, 3);
+  third->step();
+  expect_same_state(*w, *third, whole, parts);
+}
+
+TEST(AdamW, SkipsParametersWithoutGradientAndKeepsAmsgradAndDoublesOnLibTorchsPath) {
+  for (const bool amsgrad : {false, true}) {
+    for (const auto dtype : {torch::kFloat, torch::kDouble}) {
+      const auto ours = adamw_params(dtype), theirs = clones(ours);
+      auto a = make_adamw<vicreg::AdamW>(ours, amsgrad);
+      auto b = make_adamw<torch::optim::AdamW>(theirs, amsgrad);
+      for (int t = 0; t < 3; ++t) {
+        set_grads(ours, t);
+        set_grads(theirs, t);
+        ours[1].mutable_grad() = torch::Tensor();  // no gradient: left alone, no state
+        theirs[1].mutable_grad() = torch::Tensor();
+        a->step();
+        b->step();
+      }
+      EXPECT_TRUE(torch::equal(ours[1], adamw_params(dtype)[1]));
+      EXPECT_EQ(a->state().count(c10::guts::to_string(ours[1].unsafeGetTensorImpl())), 0u);
+      for (size_t i = 0; i < ours.size(); ++i) {
+        EXPECT_TRUE(torch::equal(ours[i], theirs[i])) << amsgrad << " " << dtype << " " << i;
+      }
+    }
+  }
+  // A gradient in another layout than its parameter (contiguous for a channels_last weight)
+  // takes LibTorch's operations, with the same result.
+  const auto p = adamw_params(torch::kFloat)[5];
+  EXPECT_FALSE(vicreg::adamw_fuses(p, torch::randn(p.sizes())));
+  EXPECT_FALSE(vicreg::adamw_fuses(p.to(torch::kDouble), p.to(torch::kDouble)));
 }
 
 TEST(Schedule, WarmupThenCosineToEndRatio) {

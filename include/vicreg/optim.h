@@ -6,6 +6,7 @@
 #include "vicreg/names.h"
 
 #include <torch/arg.h>
+#include <torch/optim/adamw.h>
 #include <torch/optim/optimizer.h>
 #include <torch/optim/serialize.h>
 #include <torch/types.h>
@@ -60,6 +61,24 @@ class LARS : public torch::optim::Optimizer {
   /// Restores the momentum buffers and, unlike LibTorch 1.13's optimizers, each group's options.
   void load(torch::serialize::InputArchive& archive) override;
 };
+
+/// LibTorch's AdamW (its options, state and checkpoint format: it is a torch::optim::AdamW, and
+/// the two read each other's saved state), with the update of a dense fp32 parameter on a CPU
+/// with AVX2 and FMA fused into one pass: p, its gradient and the two moments are read once and
+/// written once, where LibTorch's nine ATen operations make as many passes and allocate two
+/// temporaries. The arithmetic is ATen's, operation for operation (the moment update's
+/// multiply-add fused as ATen's vectorised kernels fuse it), so on such a CPU the parameters
+/// and moments come out bit-identical to torch::optim::AdamW's (tests/test_optim.cpp).
+/// Anything else (CUDA, other dtypes, overlapping or differently strided tensors, amsgrad, a CPU
+/// without FMA) takes LibTorch's own operations.
+class AdamW : public torch::optim::AdamW {
+ public:
+  using torch::optim::AdamW::AdamW;
+  torch::Tensor step(LossClosure closure = nullptr) override;
+};
+
+/// Whether AdamW::step fuses the update of `p` (with gradient `grad`) on this machine.
+bool adamw_fuses(const torch::Tensor& p, const torch::Tensor& grad);
 
 /// lr = base_lr * batch_size / 256 (the reference's scaling rule).
 double scaled_lr(double base_lr, int64_t batch_size);
