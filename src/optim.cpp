@@ -255,6 +255,10 @@ torch::Tensor AdamW::step(LossClosure closure) {
         at::parallel_for(0, p.numel(), at::internal::GRAIN_SIZE, [&](int64_t b, int64_t e) {
           adamw_avx2(pp + b, gp + b, mp + b, vp + b, e - b, s);
         });
+        // Written through raw pointers: count the writes as ATen's in-place operations do, so
+        // that autograd still notices a parameter changed under a graph that saved it.
+        for (torch::Tensor* t : {&p, &exp_avg, &exp_avg_sq})
+          t->unsafeGetTensorImpl()->bump_version();
         continue;
       }
 #endif

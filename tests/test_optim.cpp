@@ -219,6 +219,12 @@ TEST(AdamW, FusedStepIsLibTorchsBitForBit) {
     b->step();
   }
   expect_same_state(*a, *b, ours, theirs);
+  // The in-place update is seen by autograd like ATen's: a graph that saved a parameter before
+  // the step refuses to run backward after it.
+  auto saved = (ours[3] * ours[3]).sum();
+  set_grads(ours, 6);
+  a->step();
+  EXPECT_THROW(saved.backward(), c10::Error);
 #ifdef __x86_64__
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
     // Where the CPU allows it, the fused kernel is what ran (else the test compares LibTorch's
