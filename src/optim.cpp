@@ -59,6 +59,18 @@ void check_lars_options(const LARSOptions& o) {
 
 }  // namespace
 
+namespace {
+
+/// The loss of an optimizer step's closure, evaluated with gradients on (as LibTorch's
+/// optimizers do); undefined without one.
+torch::Tensor closure_loss(const torch::optim::Optimizer::LossClosure& closure) {
+  if (closure == nullptr) return {};
+  at::AutoGradMode enable_grad(true);
+  return closure();
+}
+
+}  // namespace
+
 LARS::LARS(std::vector<torch::optim::OptimizerParamGroup> param_groups, LARSOptions defaults)
     : Optimizer(std::move(param_groups), std::make_unique<LARSOptions>(defaults)) {
   check_lars_options(defaults);
@@ -69,11 +81,7 @@ LARS::LARS(std::vector<torch::Tensor> params, LARSOptions defaults)
 
 torch::Tensor LARS::step(LossClosure closure) {
   torch::NoGradGuard no_grad;
-  torch::Tensor loss;
-  if (closure != nullptr) {
-    at::AutoGradMode enable_grad(true);
-    loss = closure();
-  }
+  const torch::Tensor loss = closure_loss(closure);
   for (auto& group : param_groups_) {
     const auto& o = static_cast<const LARSOptions&>(group.options());
     for (auto& p : group.params()) {
@@ -206,11 +214,7 @@ bool adamw_fuses(const torch::Tensor& p, const torch::Tensor& grad) {
 
 torch::Tensor AdamW::step(LossClosure closure) {
   torch::NoGradGuard no_grad;
-  torch::Tensor loss;
-  if (closure != nullptr) {
-    at::AutoGradMode enable_grad(true);
-    loss = closure();
-  }
+  const torch::Tensor loss = closure_loss(closure);
   for (auto& group : param_groups_) {
     const auto& o = static_cast<const torch::optim::AdamWOptions&>(group.options());
     for (auto& p : group.params()) {
