@@ -149,10 +149,13 @@ struct AdamWScalars {
 /// in ATen's operations and order:
 ///   p.mul_(keep)                                     p * keep
 ///   exp_avg.mul_(beta1).add_(grad, 1 - beta1)        fma(g, 1 - beta1, m * beta1)
-///   exp_avg_sq.mul_(beta2).addcmul_(g, g, 1 - beta2) v * beta2 + ((1 - beta2) * g) * g
+///   exp_avg_sq.mul_(beta2).addcmul_(g, g, 1 - beta2) fma((1 - beta2) * g, g, v * beta2)
 ///   denom = (exp_avg_sq.sqrt() / sqrt(bc2)).add_(eps) sqrt(v) / sqrt(bc2) + eps
 ///   p.addcdiv_(exp_avg, denom, -step_size)           p + (-step_size * m) / denom
-/// (ATen's vectorised add with alpha is a fused multiply-add, its addcmul and addcdiv are not.)
+/// ATen's vectorised add with alpha is a fused multiply-add by construction, its addcmul one as
+/// GCC compiles it (Debian's LibTorch: the multiply and add contracted); the fused forms are
+/// written out, so that no compiler's contraction changes the result (clang does not contract
+/// across intrinsics, GCC does).
 __attribute__((target("avx2,fma"))) void adamw_avx2(float* p, const float* g, float* m, float* v,
                                                     int64_t n, const AdamWScalars& s) {
   const __m256 keep = _mm256_set1_ps(s.keep);
@@ -171,8 +174,7 @@ __attribute__((target("avx2,fma"))) void adamw_avx2(float* p, const float* g, fl
     __m256 vv = full ? _mm256_loadu_ps(v + i) : _mm256_maskload_ps(v + i, mask);
     if (s.decay) pv = _mm256_mul_ps(pv, keep);
     mv = _mm256_fmadd_ps(gv, one_minus_beta1, _mm256_mul_ps(mv, beta1));
-    vv = _mm256_add_ps(_mm256_mul_ps(vv, beta2),
-                       _mm256_mul_ps(_mm256_mul_ps(one_minus_beta2, gv), gv));
+    vv = _mm256_fmadd_ps(_mm256_mul_ps(one_minus_beta2, gv), gv, _mm256_mul_ps(vv, beta2));
     const __m256 denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vv), bc2), eps);
     pv = _mm256_add_ps(pv, _mm256_div_ps(_mm256_mul_ps(neg_step, mv), denom));
     if (full) {
