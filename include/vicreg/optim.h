@@ -64,11 +64,11 @@ class LARS : public torch::optim::Optimizer {
 
 /// LibTorch's AdamW (its options, state and checkpoint format: it is a torch::optim::AdamW, and
 /// the two read each other's saved state), with the update of a dense fp32 parameter on a CPU
-/// with AVX2 and FMA fused into one pass: p, its gradient and the two moments are read once and
-/// written once, where LibTorch's nine ATen operations make as many passes and allocate two
-/// temporaries. The arithmetic is ATen's, operation for operation (the moment update's
-/// multiply-add fused as ATen's vectorised kernels fuse it), so on such a CPU the parameters
-/// and moments come out bit-identical to torch::optim::AdamW's (tests/test_optim.cpp).
+/// with AVX2 and FMA fused into one pass: p, its gradient and the two moments are read once, and
+/// all but the gradient written once, where LibTorch's nine ATen operations make as many passes
+/// and allocate two temporaries. The arithmetic is ATen's, operation for operation (the two
+/// moments' multiply-adds fused, as Debian's GCC-built ATen computes them), so on such a CPU the
+/// parameters and moments come out bit-identical to torch::optim::AdamW's (tests/test_optim.cpp).
 /// Anything else (CUDA, other dtypes, overlapping or differently strided tensors, amsgrad, a CPU
 /// without FMA) takes LibTorch's own operations.
 class AdamW : public torch::optim::AdamW {
