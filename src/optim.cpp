@@ -138,8 +138,7 @@ namespace {
 /// The scalars of one AdamW update, rounded to float as ATen rounds the Scalar argument of a
 /// float tensor's operation.
 struct AdamWScalars {
-  bool decay = false;  ///< weight_decay != 0
-  float keep = 1;      ///< 1 - lr * weight_decay
+  float keep = 1;  ///< 1 - lr * weight_decay (1 without weight decay: p * 1 is p, bit for bit)
   float beta1 = 0, one_minus_beta1 = 0, beta2 = 0, one_minus_beta2 = 0;
   float bias_correction2_sqrt = 1, eps = 0, neg_step_size = 0;
 };
@@ -154,8 +153,9 @@ struct AdamWScalars {
 ///   p.addcdiv_(exp_avg, denom, -step_size)           p + (-step_size * m) / denom
 /// ATen's vectorised add with alpha is a fused multiply-add by construction, its addcmul one as
 /// GCC compiles it (Debian's LibTorch: the multiply and add contracted); the fused forms are
-/// written out, so that no compiler's contraction changes the result (clang does not contract
-/// across intrinsics, GCC does).
+/// written out, and the file is compiled with -ffp-contract=off (CMakeLists.txt), so that no
+/// compiler's contraction changes the result (clang does not contract across intrinsics, GCC
+/// does).
 __attribute__((target("avx2,fma"))) void adamw_avx2(float* p, const float* g, float* m, float* v,
                                                     int64_t n, const AdamWScalars& s) {
   const __m256 keep = _mm256_set1_ps(s.keep);
@@ -172,7 +172,7 @@ __attribute__((target("avx2,fma"))) void adamw_avx2(float* p, const float* g, fl
     const __m256 gv = full ? _mm256_loadu_ps(g + i) : _mm256_maskload_ps(g + i, mask);
     __m256 mv = full ? _mm256_loadu_ps(m + i) : _mm256_maskload_ps(m + i, mask);
     __m256 vv = full ? _mm256_loadu_ps(v + i) : _mm256_maskload_ps(v + i, mask);
-    if (s.decay) pv = _mm256_mul_ps(pv, keep);
+    pv = _mm256_mul_ps(pv, keep);
     mv = _mm256_fmadd_ps(gv, one_minus_beta1, _mm256_mul_ps(mv, beta1));
     vv = _mm256_fmadd_ps(_mm256_mul_ps(one_minus_beta2, gv), gv, _mm256_mul_ps(vv, beta2));
     const __m256 denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vv), bc2), eps);
@@ -245,7 +245,6 @@ torch::Tensor AdamW::step(LossClosure closure) {
       if (!o.amsgrad() && adamw_fuses(p, grad) && same_layout(exp_avg, p) &&
           same_layout(exp_avg_sq, p)) {
         AdamWScalars s;
-        s.decay = o.weight_decay() != 0;
         s.keep = static_cast<float>(1 - o.lr() * o.weight_decay());
         s.beta1 = static_cast<float>(beta1);
         s.one_minus_beta1 = static_cast<float>(1 - beta1);
