@@ -7,6 +7,7 @@
 //
 //   train_bench [--threads=N] [google benchmark flags]
 #include "vicreg/augment.h"
+#include "vicreg/data.h"
 #include "vicreg/loader.h"
 #include "vicreg/models.h"
 #include "vicreg/optim.h"
@@ -316,6 +317,30 @@ std::shared_ptr<vicreg::Dataset> jpeg_folder(int count) {
 }
 
 /// Images per second of one worker thread making both views (decode included for imagenet).
+/// Decoding the synthetic JPEGs to RGB: decode_image (libjpeg straight to RGB) against its
+/// baseline in the same run, what it did before (cv::imread, which writes BGR, then BGR to RGB).
+/// Argument: 0 the baseline, 1 decode_image.
+void BM_DecodeJpeg(benchmark::State& state) {
+  const std::shared_ptr<vicreg::Dataset> data = jpeg_folder(64);
+  const bool ours = state.range(0) == 1;
+  int64_t i = 0;
+  for (auto _ : state) {
+    const std::string path = data->files[static_cast<size_t>(i++ % data->size())];
+    cv::Mat image;
+    if (ours) {
+      image = vicreg::decode_image(path, 3);
+    } else {
+      image = cv::imread(path, cv::IMREAD_COLOR);
+      cv::cvtColor(image, image, cv::COLOR_BGR2RGB);
+    }
+    benchmark::DoNotOptimize(image.data);
+  }
+  state.SetLabel(ours ? "decode_image" : "cv::imread + BGR2RGB");
+  state.counters["images/s"] =
+      benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_DecodeJpeg)->ArgName("ours")->Arg(0)->Arg(1)->MinTime(1.0)->UseRealTime();
+
 void BM_Augment(benchmark::State& state, const std::string& recipe_name) {
   cv::setNumThreads(0);
   std::shared_ptr<vicreg::Dataset> data;

@@ -8,14 +8,14 @@
 # RSS. What the fuzzer finds is kept in build-asan/fuzz/corpus/TARGET/ (reused by the next run);
 # a failing input is written to build-asan/fuzz/crashes/ and the script exits 1: once it is fixed,
 # copy the input into tests/fuzz/regressions/TARGET/. Targets: safetensors torch_file npy idx
-# cifar config checkpoint backbone event_file (default: all).
+# cifar config checkpoint backbone event_file image (default: all).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 seconds=${1:-60}
 shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] ||
-  targets=(safetensors torch_file npy idx cifar config checkpoint backbone event_file)
+  targets=(safetensors torch_file npy idx cifar config checkpoint backbone event_file image)
 case "$seconds" in
   '' | *[!0-9]*) echo "fuzz.sh: SECONDS must be a whole number, not '$seconds'" >&2; exit 2 ;;
 esac

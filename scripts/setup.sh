@@ -13,8 +13,9 @@ packages=(
   # LibTorch (CPU) and the BLAS it should use: OpenBLAS's OpenMP build shares LibTorch's OpenMP
   # threads (the pthread build fights them: README, BLAS); CMake points our programs at it
   libtorch-dev libopenblas0-openmp
-  # data: IDX/gzip reading, image decoding and augmentation, the default data set
-  zlib1g-dev libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev dataset-fashion-mnist
+  # data: IDX/gzip reading, image decoding (libjpeg-turbo; OpenCV) and augmentation, the default
+  # data set
+  zlib1g-dev libjpeg62-turbo-dev libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev dataset-fashion-mnist
   # tests, benchmarks, CLI, config files
   libgtest-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev
   # TensorBoard event files (Protocol Buffers), and their test's independent reader

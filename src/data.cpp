@@ -1,5 +1,7 @@
 #include "vicreg/data.h"
 
+#include "vicreg/io/files.h"
+#include "vicreg/io/jpeg.h"
 #include "vicreg/io/npy.h"
 
 #include "vicreg/error.h"
@@ -209,6 +211,14 @@ cv::Mat decode_image(const std::string& path, int channels) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) {
     throw FormatError("image '" + path + "': no such file");
+  }
+  // JPEGs decode straight to RGB where decode_jpeg can (most of them); the rest through OpenCV.
+  const std::string head = read_file_head(path, "image", 3);
+  if (looks_like_jpeg(reinterpret_cast<const uint8_t*>(head.data()), head.size())) {
+    const std::string bytes = read_file(path, "image");
+    std::optional<cv::Mat> img = decode_jpeg(reinterpret_cast<const uint8_t*>(bytes.data()),
+                                             bytes.size(), channels == 1 ? 1 : 3);
+    if (img) return std::move(*img);
   }
   cv::Mat img = cv::imread(path, channels == 1 ? cv::IMREAD_GRAYSCALE : cv::IMREAD_COLOR);
   if (img.empty()) {

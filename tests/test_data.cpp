@@ -2,6 +2,7 @@
 // image folders), load_dataset(), and the real Fashion-MNIST test split when Debian's
 // dataset-fashion-mnist is installed.
 #include "vicreg/data.h"
+#include "vicreg/io/jpeg.h"
 
 #include "support/synthetic_data.h"
 #include "support/temp_dir.h"
@@ -11,10 +12,14 @@
 #include <zlib.h>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
 
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -339,6 +344,206 @@ TEST_F(Readers, ImageFolderWithClassesAndWithout) {
   const std::string corrupt = (dir_ / "bad.jpg").string();
   std::ofstream(corrupt) << "\xff\xd8 truncated jpeg";
   expect_error_from([&] { vicreg::decode_image(corrupt, 3); }, corrupt, "cannot be decoded");
+}
+
+// ---------------------------------------------------------------------------------------------
+// JPEG: decode_jpeg against OpenCV's decoding of the same files
+
+// What decode_image gave before decode_jpeg: OpenCV's decoding, in RGB.
+cv::Mat opencv_decoding(const std::string& path, int channels) {
+  cv::Mat m = cv::imread(path, channels == 1 ? cv::IMREAD_GRAYSCALE : cv::IMREAD_COLOR);
+  if (channels == 3 && !m.empty()) cv::cvtColor(m, m, cv::COLOR_BGR2RGB);
+  return m;
+}
+
+bool same_pixels(const cv::Mat& a, const cv::Mat& b) {
+  return a.size() == b.size() && a.type() == b.type() && cv::norm(a, b, cv::NORM_INF) == 0;
+}
+
+std::vector<uint8_t> encode_jpeg(const cv::Mat& image, const std::vector<int>& params = {}) {
+  std::vector<uint8_t> bytes;
+  EXPECT_TRUE(cv::imencode(".jpg", image, bytes, params));
+  return bytes;
+}
+
+// A picture with edges, gradients and noise: chroma subsampling, the DCT and the colour
+// conversion all shape the decoded pixels. Odd sizes: partial MCUs at the right and the bottom.
+cv::Mat test_picture(int rows, int cols) {
+  cv::Mat bgr(rows, cols, CV_8UC3);
+  cv::randu(bgr, 0, 256);
+  cv::GaussianBlur(bgr, bgr, cv::Size(5, 5), 1.2);
+  cv::rectangle(bgr, cv::Rect(cols / 4, rows / 3, cols / 2, rows / 4), cv::Scalar(250, 20, 90), -1);
+  return bgr;
+}
+
+// An APP1 EXIF segment whose IFD0 holds one entry: (tag, type, count, value).
+std::vector<uint8_t> exif_payload(bool little, uint16_t tag, uint16_t type, uint32_t count,
+                                  uint16_t value) {
+  std::vector<uint8_t> p = {'E', 'x', 'i', 'f', 0, 0};
+  const auto u16 = [&](uint32_t v) {
+    if (little) {
+      p.insert(p.end(), {static_cast<uint8_t>(v), static_cast<uint8_t>(v >> 8)});
+    } else {
+      p.insert(p.end(), {static_cast<uint8_t>(v >> 8), static_cast<uint8_t>(v)});
+    }
+  };
+  const auto u32 = [&](uint32_t v) {
+    if (little) {
+      u16(v & 0xFFFF);
+      u16(v >> 16);
+    } else {
+      u16(v >> 16);
+      u16(v & 0xFFFF);
+    }
+  };
+  p.insert(p.end(), little ? std::initializer_list<uint8_t>{'I', 'I'}
+                           : std::initializer_list<uint8_t>{'M', 'M'});
+  u16(42);
+  u32(8);  // IFD0 right after the header
+  u16(1);  // one entry
+  u16(tag);
+  u16(type);
+  u32(count);
+  u16(value);
+  u16(0);
+  u32(0);  // no IFD1
+  return p;
+}
+
+// `jpeg` with an APP1 segment holding `payload` after its first segment (JFIF's APP0).
+std::vector<uint8_t> with_app1(const std::vector<uint8_t>& jpeg,
+                               const std::vector<uint8_t>& payload) {
+  const size_t app0_end = 4 + (size_t{jpeg[4]} << 8 | jpeg[5]);
+  const size_t length = payload.size() + 2;
+  std::vector<uint8_t> out(jpeg.begin(), jpeg.begin() + static_cast<std::ptrdiff_t>(app0_end));
+  out.insert(out.end(),
+             {0xFF, 0xE1, static_cast<uint8_t>(length >> 8), static_cast<uint8_t>(length)});
+  out.insert(out.end(), payload.begin(), payload.end());
+  out.insert(out.end(), jpeg.begin() + static_cast<std::ptrdiff_t>(app0_end), jpeg.end());
+  return out;
+}
+
+TEST_F(Readers, JpegsDecodePixelForPixelAsOpenCvDecodesThem) {
+  const cv::Mat bgr = test_picture(37, 53);
+  cv::Mat gray;
+  cv::cvtColor(bgr, gray, cv::COLOR_BGR2GRAY);
+  const struct {
+    std::string name;
+    cv::Mat image;
+    std::vector<int> params;
+  } cases[] = {
+      {"default", bgr, {}},
+      {"q40_optimized", bgr, {cv::IMWRITE_JPEG_QUALITY, 40, cv::IMWRITE_JPEG_OPTIMIZE, 1}},
+      {"progressive", bgr, {cv::IMWRITE_JPEG_PROGRESSIVE, 1}},
+      {"restart_markers", bgr, {cv::IMWRITE_JPEG_RST_INTERVAL, 2}},
+      {"luma_chroma",
+       bgr,
+       {cv::IMWRITE_JPEG_LUMA_QUALITY, 90, cv::IMWRITE_JPEG_CHROMA_QUALITY, 30}},
+      {"gray", gray, {}},
+      {"gray_progressive", gray, {cv::IMWRITE_JPEG_PROGRESSIVE, 1}},
+      {"one_pixel", test_picture(1, 1), {}},
+      {"wide", test_picture(3, 517), {}},
+  };
+  for (const auto& c : cases) {
+    const std::vector<uint8_t> bytes = encode_jpeg(c.image, c.params);
+    const std::string path = (dir_ / (c.name + ".jpg")).string();
+    std::ofstream(path, std::ios::binary)
+        .write(reinterpret_cast<const char*>(bytes.data()),
+               static_cast<std::streamsize>(bytes.size()));
+    for (const int channels : {3, 1}) {
+      SCOPED_TRACE(c.name + ", channels " + std::to_string(channels));
+      const std::optional<cv::Mat> ours = vicreg::decode_jpeg(bytes.data(), bytes.size(), channels);
+      ASSERT_TRUE(ours.has_value());  // decoded here, not left to OpenCV
+      const cv::Mat reference = opencv_decoding(path, channels);
+      ASSERT_FALSE(reference.empty());
+      EXPECT_EQ(ours->channels(), channels);
+      EXPECT_TRUE(same_pixels(*ours, reference));
+      EXPECT_TRUE(same_pixels(vicreg::decode_image(path, channels), reference));
+    }
+  }
+  // The channel order is RGB: the rectangle is red.
+  const std::vector<uint8_t> bytes = encode_jpeg(bgr, {cv::IMWRITE_JPEG_QUALITY, 100});
+  const cv::Vec3b centre =
+      vicreg::decode_jpeg(bytes.data(), bytes.size(), 3)->at<cv::Vec3b>(37 / 3 + 4, 53 / 2);
+  EXPECT_NEAR(centre[0], 90, 12);
+  EXPECT_NEAR(centre[2], 250, 12);
+}
+
+TEST_F(Readers, DamagedJpegsDecodeAsOpenCvDecodesThemOrFailByName) {
+  const std::vector<uint8_t> whole = encode_jpeg(test_picture(64, 48));
+  const auto put = [&](const std::string& name, const std::vector<uint8_t>& bytes) {
+    const std::string path = (dir_ / name).string();
+    std::ofstream(path, std::ios::binary)
+        .write(reinterpret_cast<const char*>(bytes.data()),
+               static_cast<std::streamsize>(bytes.size()));
+    return path;
+  };
+  // Truncated in the scan: libjpeg warns and fills the rest, as OpenCV's decoding does too.
+  std::vector<uint8_t> cut(whole.begin(),
+                           whole.begin() + static_cast<std::ptrdiff_t>(whole.size() * 2 / 3));
+  const std::string cut_path = put("cut.jpg", cut);
+  const std::optional<cv::Mat> ours = vicreg::decode_jpeg(cut.data(), cut.size(), 3);
+  ASSERT_TRUE(ours.has_value());
+  EXPECT_TRUE(same_pixels(*ours, opencv_decoding(cut_path, 3)));
+  // Garbage in the scan's entropy-coded data: a warning, not an error, for both.
+  std::vector<uint8_t> noisy = whole;
+  for (size_t i = noisy.size() / 2; i < noisy.size() / 2 + 40; ++i) noisy[i] = 0x5A;
+  const std::string noisy_path = put("noisy.jpg", noisy);
+  const std::optional<cv::Mat> noisy_ours = vicreg::decode_jpeg(noisy.data(), noisy.size(), 3);
+  ASSERT_TRUE(noisy_ours.has_value());
+  EXPECT_TRUE(same_pixels(*noisy_ours, opencv_decoding(noisy_path, 3)));
+  // Cut in the header: libjpeg stops, decode_jpeg leaves it to OpenCV, which fails by name.
+  const std::vector<uint8_t> header_only(whole.begin(), whole.begin() + 30);
+  EXPECT_FALSE(vicreg::decode_jpeg(header_only.data(), header_only.size(), 3).has_value());
+  const std::string header_path = put("header.jpg", header_only);
+  expect_error_from([&] { vicreg::decode_image(header_path, 3); }, header_path,
+                    "cannot be decoded");
+  // Not JPEG at all, an unsupported channel count, an empty file.
+  const std::vector<uint8_t> png = {0x89, 'P', 'N', 'G'};
+  EXPECT_FALSE(vicreg::looks_like_jpeg(png.data(), png.size()));
+  EXPECT_FALSE(vicreg::decode_jpeg(png.data(), png.size(), 3).has_value());
+  EXPECT_FALSE(vicreg::decode_jpeg(whole.data(), whole.size(), 4).has_value());
+  EXPECT_FALSE(vicreg::looks_like_jpeg(whole.data(), 2));
+  const std::string empty = put("empty.jpg", {});
+  expect_error_from([&] { vicreg::decode_image(empty, 3); }, empty, "cannot be decoded");
+}
+
+TEST_F(Readers, JpegsWithExifOrientationAreTurnedUprightAsOpenCvDoes) {
+  const std::vector<uint8_t> plain = encode_jpeg(test_picture(20, 30));
+  for (const bool little : {true, false}) {
+    SCOPED_TRACE(little ? "II" : "MM");
+    const std::vector<uint8_t> upright = with_app1(plain, exif_payload(little, 0x0112, 3, 1, 1));
+    const std::vector<uint8_t> turned = with_app1(plain, exif_payload(little, 0x0112, 3, 1, 6));
+    const std::vector<uint8_t> p6 = exif_payload(little, 0x0112, 3, 1, 6);
+    EXPECT_EQ(vicreg::exif_orientation(p6.data(), p6.size()), 6);
+    // Orientation 1 is decoded here; 6 (a quarter turn) is left to OpenCV, which turns it.
+    ASSERT_TRUE(vicreg::decode_jpeg(upright.data(), upright.size(), 3).has_value());
+    EXPECT_FALSE(vicreg::decode_jpeg(turned.data(), turned.size(), 3).has_value());
+    const std::string path = (dir_ / (little ? "turned_ii.jpg" : "turned_mm.jpg")).string();
+    std::ofstream(path, std::ios::binary)
+        .write(reinterpret_cast<const char*>(turned.data()),
+               static_cast<std::streamsize>(turned.size()));
+    const cv::Mat image = vicreg::decode_image(path, 3);
+    EXPECT_EQ(image.rows, 30);
+    EXPECT_EQ(image.cols, 20);
+    EXPECT_TRUE(same_pixels(image, opencv_decoding(path, 3)));
+  }
+  const auto orientation = [](const std::vector<uint8_t>& p) {
+    return vicreg::exif_orientation(p.data(), p.size());
+  };
+  EXPECT_EQ(orientation(exif_payload(true, 0x0110, 2, 1, 7)), 1);   // no orientation tag: upright
+  EXPECT_EQ(orientation(exif_payload(true, 0x0112, 4, 1, 6)), 0);   // a LONG: unreadable
+  EXPECT_EQ(orientation(exif_payload(true, 0x0112, 3, 2, 6)), 0);   // two values
+  EXPECT_EQ(orientation(exif_payload(false, 0x0112, 3, 1, 9)), 0);  // no such orientation
+  std::vector<uint8_t> cut = exif_payload(true, 0x0112, 3, 1, 6);
+  for (const size_t size : {size_t{0}, size_t{6}, size_t{13}, size_t{16}, size_t{27}}) {
+    EXPECT_EQ(vicreg::exif_orientation(cut.data(), size), 0) << size;  // truncated
+  }
+  cut[7] = 'X';  // neither II nor MM
+  EXPECT_EQ(orientation(cut), 0);
+  // An unreadable EXIF block: left to OpenCV.
+  const std::vector<uint8_t> odd = with_app1(plain, exif_payload(true, 0x0112, 4, 1, 6));
+  EXPECT_FALSE(vicreg::decode_jpeg(odd.data(), odd.size(), 3).has_value());
 }
 
 // ---------------------------------------------------------------------------------------------

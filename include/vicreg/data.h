@@ -48,8 +48,10 @@ LabeledImages read_idx_split(const std::string& images_path, const std::string& 
 /// Throws if a file is missing, empty, not a whole number of records, or has a label out of range.
 LabeledImages read_cifar_bin(const std::vector<std::string>& paths, bool cifar100);
 
-/// Images decoded with OpenCV: uint8, RGB (3 channels) or grayscale (1), HWC.
-/// Throws naming the file when it is missing or cannot be decoded.
+/// An image file decoded to uint8, RGB (3 channels) or grayscale (1), HWC: JPEGs by libjpeg
+/// straight to RGB where decode_jpeg (io/jpeg.h) can, pixel for pixel what OpenCV gives; the rest
+/// (PNG, BMP, WebP, CMYK JPEGs, EXIF orientations to apply) with OpenCV. Throws naming the file
+/// when it is missing or cannot be decoded.
 cv::Mat decode_image(const std::string& path, int channels);
 
 /// The paths of a data set's files, held compactly: each folder once (ImageNet: 1,000 class
