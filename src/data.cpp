@@ -216,8 +216,13 @@ cv::Mat decode_image(const std::string& path, int channels) {
   const std::string head = read_file_head(path, "image", 3);
   if (looks_like_jpeg(reinterpret_cast<const uint8_t*>(head.data()), head.size())) {
     const std::string bytes = read_file(path, "image");
-    std::optional<cv::Mat> img = decode_jpeg(reinterpret_cast<const uint8_t*>(bytes.data()),
-                                             bytes.size(), channels == 1 ? 1 : 3);
+    std::optional<cv::Mat> img;
+    try {
+      img = decode_jpeg(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(),
+                        channels == 1 ? 1 : 3);
+    } catch (const FormatError& e) {
+      throw FormatError("image '" + path + "': " + e.what());
+    }
     if (img) return std::move(*img);
   }
   cv::Mat img = cv::imread(path, channels == 1 ? cv::IMREAD_GRAYSCALE : cv::IMREAD_COLOR);

@@ -2,6 +2,7 @@
 // image folders), load_dataset(), and the real Fashion-MNIST test split when Debian's
 // dataset-fashion-mnist is installed.
 #include "vicreg/data.h"
+#include "vicreg/error.h"
 #include "vicreg/io/jpeg.h"
 
 #include "support/synthetic_data.h"
@@ -14,6 +15,7 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -506,6 +508,39 @@ TEST_F(Readers, DamagedJpegsDecodeAsOpenCvDecodesThemOrFailByName) {
   EXPECT_FALSE(vicreg::looks_like_jpeg(whole.data(), 2));
   const std::string empty = put("empty.jpg", {});
   expect_error_from([&] { vicreg::decode_image(empty, 3); }, empty, "cannot be decoded");
+  // A header that declares 60000 x 60000 pixels (libjpeg would fill 10 GiB): refused by name,
+  // before anything is allocated.
+  std::vector<uint8_t> huge = whole;
+  const uint8_t sof0[] = {0xFF, 0xC0};
+  const auto sof = std::search(huge.begin(), huge.end(), std::begin(sof0), std::end(sof0));
+  ASSERT_NE(sof, huge.end());
+  for (const int at : {5, 7}) {  // height, width: 60000, big-endian
+    sof[at] = 0xEA;
+    sof[at + 1] = 0x60;
+  }
+  try {
+    vicreg::decode_jpeg(huge.data(), huge.size(), 3);
+    ADD_FAILURE() << "a 60000 x 60000 JPEG was not refused";
+  } catch (const vicreg::FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("60000 x 60000 pixels, more than the limit of"),
+              std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("OPENCV_IO_MAX_IMAGE_PIXELS"), std::string::npos);
+  }
+  const std::string huge_path = put("huge.jpg", huge);
+  expect_error_from([&] { vicreg::decode_image(huge_path, 1); }, huge_path, "more than the limit");
+}
+
+TEST(ImagePixelLimit, ReadsOpenCvsVariable) {
+  constexpr uint64_t kDefault = uint64_t{1} << 30;
+  EXPECT_EQ(vicreg::image_pixel_limit(nullptr), kDefault);
+  EXPECT_EQ(vicreg::image_pixel_limit("1048576"), uint64_t{1} << 20);
+  EXPECT_EQ(vicreg::image_pixel_limit("1M"), uint64_t{1} << 20);
+  EXPECT_EQ(vicreg::image_pixel_limit("2KB"), 2048u);
+  EXPECT_EQ(vicreg::image_pixel_limit("3G"), uint64_t{3} << 30);
+  for (const char* bad : {"", "abc", "12X", "0", "-5", " 7", "99999999999999999999", "2048G"}) {
+    EXPECT_EQ(vicreg::image_pixel_limit(bad), kDefault) << bad;
+  }
 }
 
 TEST_F(Readers, JpegsWithExifOrientationAreTurnedUprightAsOpenCvDoes) {

@@ -1,9 +1,13 @@
 #include "vicreg/io/jpeg.h"
 
+#include "vicreg/error.h"
+
 #include <algorithm>
 #include <csetjmp>
 #include <cstdio>  // jpeglib.h uses FILE without including it
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include <jpeglib.h>
 
@@ -73,6 +77,26 @@ bool read_pixels(Decompressor& d, unsigned char* out, size_t step, JDIMENSION ro
 
 }  // namespace
 
+uint64_t image_pixel_limit(const char* value) {
+  constexpr uint64_t kDefault = uint64_t{1} << 30;
+  if (value == nullptr || *value < '0' || *value > '9') return kDefault;
+  char* end = nullptr;
+  const unsigned long long n = std::strtoull(value, &end, 10);
+  const std::string unit(end);
+  const int shift = unit.empty()                  ? 0
+                    : unit == "K" || unit == "KB" ? 10
+                    : unit == "M" || unit == "MB" ? 20
+                    : unit == "G" || unit == "GB" ? 30
+                                                  : -1;
+  if (shift < 0 || n == 0 || n > (uint64_t{1} << 40) >> shift) return kDefault;
+  return uint64_t{n} << shift;
+}
+
+uint64_t max_image_pixels() {
+  static const uint64_t limit = image_pixel_limit(std::getenv("OPENCV_IO_MAX_IMAGE_PIXELS"));
+  return limit;
+}
+
 bool looks_like_jpeg(const uint8_t* data, size_t size) {
   return size >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF;
 }
@@ -116,6 +140,15 @@ std::optional<cv::Mat> decode_jpeg(const uint8_t* data, size_t size, int channel
   Decompressor d;
   if (!read_header(d, data, size)) return std::nullopt;
   jpeg_decompress_struct& c = d.cinfo;
+  // Before anything is left to OpenCV: its own limit is read when it is loaded, this one when
+  // first asked (the fuzz target sets a small one).
+  const uint64_t pixels = uint64_t{c.image_width} * c.image_height;
+  if (pixels > max_image_pixels()) {
+    throw FormatError("a JPEG of " + std::to_string(c.image_width) + " x " +
+                      std::to_string(c.image_height) + " pixels, more than the limit of " +
+                      std::to_string(max_image_pixels()) +
+                      " (set OPENCV_IO_MAX_IMAGE_PIXELS to allow more)");
+  }
   const bool known =
       (c.jpeg_color_space == JCS_GRAYSCALE && c.num_components == 1) ||
       ((c.jpeg_color_space == JCS_YCbCr || c.jpeg_color_space == JCS_RGB) && c.num_components == 3);
@@ -127,11 +160,7 @@ std::optional<cv::Mat> decode_jpeg(const uint8_t* data, size_t size, int channel
       return std::nullopt;  // OpenCV turns the image upright, or decides what unreadable EXIF means
     }
   }
-  constexpr uint64_t kMaxPixels = uint64_t{1} << 30;  // OpenCV's CV_IO_MAX_IMAGE_PIXELS
-  if (c.image_width == 0 || c.image_height == 0 ||
-      uint64_t{c.image_width} * c.image_height > kMaxPixels) {
-    return std::nullopt;
-  }
+  if (pixels == 0) return std::nullopt;
 #ifdef JCS_EXTENSIONS
   c.out_color_space = channels == 1 ? JCS_GRAYSCALE : JCS_EXT_RGB;
 #else
