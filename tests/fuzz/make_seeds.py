@@ -19,6 +19,7 @@ import tempfile
 
 import numpy as np
 import torch
+from PIL import Image
 
 
 def put(out, target, name, data):
@@ -94,14 +95,13 @@ def main(out, cli):
     rng = np.random.default_rng(0)
     put(out, "cifar", "cifar10", b"\0" + bytes([3]) + rng.integers(0, 256, 3072, np.uint8).tobytes())
     put(out, "cifar", "cifar100", b"\1" + bytes([1, 42]) + rng.integers(0, 256, 3072, np.uint8).tobytes())
-    # JPEGs (decode_jpeg, and OpenCV behind it): 4:2:0, 4:4:4 progressive,
-    # grayscale, CMYK, and one with EXIF orientation 6
-    from PIL import Image
+    # JPEGs (decode_jpeg, and OpenCV behind it): 4:2:0, 4:4:4 progressive, grayscale, CMYK, and
+    # one with EXIF orientation 6
     def jpeg(img, **kw):
         buf = io.BytesIO()
         img.save(buf, "JPEG", **kw)
         return buf.getvalue()
-    rgb = Image.fromarray(rng.integers(0, 256, (13, 21, 3), np.uint8))
+    rgb = Image.fromarray(np.random.default_rng(1).integers(0, 256, (13, 21, 3), np.uint8))
     put(out, "image", "yuv420", jpeg(rgb, quality=80))
     put(out, "image", "yuv444_progressive", jpeg(rgb, quality=90, subsampling=0, progressive=True))
     put(out, "image", "gray", jpeg(rgb.convert("L"), quality=75))
