@@ -160,12 +160,8 @@ std::optional<cv::Mat> decode_jpeg(const uint8_t* data, size_t size, int channel
       return std::nullopt;  // OpenCV turns the image upright, or decides what unreadable EXIF means
     }
   }
-  if (pixels == 0) return std::nullopt;
-#ifdef JCS_EXTENSIONS
+  // (libjpeg itself refuses an image of 0 pixels.) JCS_EXT_RGB: libjpeg-turbo's explicit RGB.
   c.out_color_space = channels == 1 ? JCS_GRAYSCALE : JCS_EXT_RGB;
-#else
-  c.out_color_space = channels == 1 ? JCS_GRAYSCALE : JCS_RGB;
-#endif
   cv::Mat image(static_cast<int>(c.image_height), static_cast<int>(c.image_width),
                 channels == 1 ? CV_8UC1 : CV_8UC3);
   if (!read_pixels(d, image.data, image.step[0], c.image_height,
