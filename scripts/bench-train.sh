@@ -9,7 +9,7 @@
 #     channels_last, as the PyTorch references train), and torchvision/PIL's ImageNet pipeline on
 #     one core;
 #   - the step ratios: our step (BM_TrainStep) and the peer's, each in processes of its own,
-#     alternately, three times (their medians).
+#     alternately, in five rounds; each ratio is the median of its five rounds' ratios.
 # Prints the ratios against the targets (README, "Performance"). Needs Fashion-MNIST.
 # On a CPU without bf16 instructions (AVX512-BF16 or AMX), where --precision auto trains in fp32
 # and bf16 is emulated (tens of times slower), the bf16 measurements are left out, on both sides,
@@ -41,11 +41,12 @@ if [ "$bf16" = 1 ]; then
   /usr/bin/python3 "$root/bench/peer_pytorch.py" train --threads "$threads" --precision bf16 \
     --channels-last > "$out/peer_train_bf16.json"
 fi
-# The step ratios: our steps and the peer's, each in a process of its own, the four alternately,
-# three times (their medians). Both sides are measured alike and at the same moments: the
-# machine's speed drifts within a run, and train_bench's own repetitions above run interleaved
-# with some hundred other benchmarks in one long process. Our bf16 step in the memory format auto
-# chose for the loop above.
+# The step ratios: our steps and the peer's, each in a process of its own, the four one after
+# the other in each of five rounds. Both sides are measured alike and at the same moments: the
+# machine's speed drifts within a run (one process to the next moved by up to 15 %), so each
+# ratio is taken within a round, and the median of the five rounds' ratios is reported; train_bench's
+# own repetitions above run interleaved with some hundred other benchmarks in one long process.
+# Our bf16 step in the memory format auto chose for the loop above.
 bf16_cl=$(/usr/bin/python3 -c 'import json, sys
 b = [x for x in json.load(open(sys.argv[1]))["benchmarks"] if x["name"].startswith("BM_TrainLoopDataWait")]
 print(int(b[0].get("channels_last", 0)))' "$out/train_bench.json")
@@ -54,7 +55,8 @@ our_step() {  # our_step BF16 CHANNELS_LAST OUTPUT: BM_TrainStep alone (its 5 re
     --benchmark_out_format=json --benchmark_filter="^BM_TrainStep/bf16:$1/channels_last:$2/" \
     > /dev/null
 }
-for i in 1 2 3; do
+rounds=5
+for i in $(seq "$rounds"); do
   /usr/bin/python3 "$root/bench/peer_pytorch.py" train --threads "$threads" --reuse-batch \
     > "$out/peer_step.$i.json"
   our_step 0 0 "$out/step.$i.json"
@@ -65,24 +67,27 @@ for i in 1 2 3; do
   fi
 done
 /usr/bin/python3 "$root/bench/peer_pytorch.py" augment > "$out/peer_augment.json"
-/usr/bin/python3 - "$out" "$threads" "$bf16" <<'PY'
-import json, sys
-out, threads, bf16 = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+/usr/bin/python3 - "$out" "$threads" "$bf16" "$rounds" <<'PY'
+import json, statistics, sys
+out, threads, bf16, rounds = sys.argv[1], sys.argv[2], sys.argv[3] == "1", range(1, int(sys.argv[4]) + 1)
 bench = json.load(open(out + "/train_bench.json"))["benchmarks"]
 b = {x["name"]: x for x in bench}
 peer_train = json.load(open(out + "/peer_train.json"))["images_per_s"]
 peer_bf16 = json.load(open(out + "/peer_train_bf16.json"))["images_per_s"] if bf16 else None
-def peer_runs(name):
-    return sorted(json.load(open("%s/%s.%d.json" % (out, name, i)))["images_per_s"] for i in (1, 2, 3))
-peer_step_runs = peer_runs("peer_step")
-peer_step_bf16_runs = peer_runs("peer_step_bf16") if bf16 else [None] * 3
-peer_step, peer_step_bf16 = peer_step_runs[1], peer_step_bf16_runs[1]
-def our_runs(name):  # the medians of BM_TrainStep's repetitions in each of the three processes
-    return sorted([x for x in json.load(open("%s/%s.%d.json" % (out, name, i)))["benchmarks"]
-                   if x.get("aggregate_name") == "median"][0]["images/s"] for i in (1, 2, 3))
-step_runs_alone = our_runs("step")
-step_bf16_runs_alone = our_runs("step_bf16") if bf16 else [None] * 3
-step_alone, bf16_alone = step_runs_alone[1], step_bf16_runs_alone[1]
+def peer_runs(name):  # images/s of each round, in round order
+    return [json.load(open("%s/%s.%d.json" % (out, name, i)))["images_per_s"] for i in rounds]
+def our_runs(name):  # the median of BM_TrainStep's repetitions in each round's process
+    return [[x for x in json.load(open("%s/%s.%d.json" % (out, name, i)))["benchmarks"]
+             if x.get("aggregate_name") == "median"][0]["images/s"] for i in rounds]
+peer_step_runs, step_runs_alone = peer_runs("peer_step"), our_runs("step")
+if bf16:
+    peer_step_bf16_runs, step_bf16_runs_alone = peer_runs("peer_step_bf16"), our_runs("step_bf16")
+med = statistics.median
+def ratio(a, b):  # the median over the rounds of a / b within each round
+    return med(x / y for x, y in zip(a, b))
+peer_step, step_alone = med(peer_step_runs), med(step_runs_alone)
+peer_step_bf16 = med(peer_step_bf16_runs) if bf16 else None
+bf16_alone = med(step_bf16_runs_alone) if bf16 else None
 peer_aug = json.load(open(out + "/peer_augment.json"))["images_per_s"]
 def step_runs(p, c, kind):
     # BM_TrainStep's repetitions (interleaved with the other benchmarks) or their median.
@@ -94,11 +99,11 @@ spread = {k: sorted(x["images/s"] for x in step_runs(k[0], k[1], "iteration")) f
 loop = b["BM_TrainLoopDataWait/iterations:1/real_time"]
 aug = {r: b["BM_Augment/%s/min_time:%s/real_time" % (r, t)]["images/s"]
        for r, t in [("imagenet", "3.000"), ("cifar", "2.000"), ("fashion_mnist", "2.000")]}
-rows = [("training step, fp32 contiguous vs the peer's fp32 step (images/s, both views)", step_alone, peer_step, step_alone / peer_step, ">= 1.2x")]
+rows = [("training step, fp32 contiguous vs the peer's fp32 step (images/s, both views)", step_alone, peer_step, ratio(step_runs_alone, peer_step_runs), ">= 1.2x")]
 if bf16:
     rows += [
-        ("training step, bf16 (auto) vs the peer's bf16 + channels_last step", bf16_alone, peer_step_bf16, bf16_alone / peer_step_bf16, ">= 1.2x"),
-        ("training step, bf16 (auto) vs our fp32", bf16_alone, step_alone, bf16_alone / step_alone, ">= 1.8x"),
+        ("training step, bf16 (auto) vs the peer's bf16 + channels_last step", bf16_alone, peer_step_bf16, ratio(step_bf16_runs_alone, peer_step_bf16_runs), ">= 1.2x"),
+        ("training step, bf16 (auto) vs our fp32", bf16_alone, step_alone, ratio(step_bf16_runs_alone, step_runs_alone), ">= 1.8x"),
         ("training loop with loader, auto settings vs the peer's bf16 + channels_last loop", loop["images/s"], peer_bf16, loop["images/s"] / peer_bf16, ">= 1.2x")]
 else:  # auto is fp32 here: the peer at its best is its fp32 loop
     rows += [("training loop with loader, auto settings (fp32) vs the peer's fp32 loop", loop["images/s"], peer_train, loop["images/s"] / peer_train, ">= 1.2x")]
@@ -112,7 +117,8 @@ print("| measure | vicreg | peer | ratio | target |\n|---|---:|---:|---:|---|")
 for name, v, p, r, t in rows:
     print("| %s | %.0f | %s | %s | %s |" % (name, v, "%.0f" % p if p else "-", "%.2fx" % r if r else "-", t))
 print("| data wait in the training loop | %.2f %% | | | < 5 %% |" % loop["data_wait_%"])
-print("\nThe step rows: each side in processes of its own, alternately, three times (medians).")
+print("\nThe step rows: each side in processes of its own, one after the other in %d rounds; images/s the\n"
+      "medians, ratios the medians of the rounds' ratios." % len(rounds))
 print("\n| training step, in the benchmark run above | images/s (median of %d) | lowest - highest | peak memory per step (MiB) |\n|---|---:|---:|---:|"
       % len(spread[(0, 0)]))
 for (p, c), x in sorted(steps.items()):
@@ -126,12 +132,12 @@ if bf16:
     print("\npeer (plain PyTorch %s), images/s: loop fp32 %.0f, loop bf16 + channels_last %.0f, "
           "step fp32 %.0f, step bf16 + channels_last %.0f"
           % (torch_version, peer_train, peer_bf16, peer_step, peer_step_bf16))
-    print("steps, three processes each (images/s): ours fp32 %s, bf16 %s%s; the peer's fp32 %s, bf16 + channels_last %s"
+    print("steps, rounds in order (images/s): ours fp32 %s, bf16 %s%s; the peer's fp32 %s, bf16 + channels_last %s"
           % (runs(step_runs_alone), runs(step_bf16_runs_alone), " + channels_last" if int(loop.get("channels_last", 0)) else "",
              runs(peer_step_runs), runs(peer_step_bf16_runs)))
 else:
     print("\npeer (plain PyTorch %s), images/s: loop fp32 %.0f, step fp32 %.0f"
           % (torch_version, peer_train, peer_step))
-    print("steps, three processes each (images/s): ours fp32 %s; the peer's fp32 %s"
+    print("steps, rounds in order (images/s): ours fp32 %s; the peer's fp32 %s"
           % (runs(step_runs_alone), runs(peer_step_runs)))
 PY
