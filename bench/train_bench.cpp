@@ -121,6 +121,28 @@ BENCHMARK(BM_TrainStepBf16Conv)
     ->MinTime(5.0)
     ->UseRealTime();
 
+/// The bf16 + channels_last step with the small stride-1 convolutions' weight gradients (the
+/// default ConvNet's 256->256 at 4x4 and its 1x1 conv) by oneDNN (0) or as patches and one matrix
+/// product (1; patches_weight_grad_at_stride1, models.h; the default depends on the CPU), in the
+/// CpuBf16Conv mode bf16 that rule belongs to.
+void BM_TrainStepPatchesAtStride1(benchmark::State& state) {
+  const vicreg::CpuBf16Conv mode_before = vicreg::cpu_bf16_conv();
+  const bool before = vicreg::patches_weight_grad_at_stride1();
+  vicreg::set_cpu_bf16_conv(vicreg::CpuBf16Conv::Bf16);
+  vicreg::set_patches_weight_grad_at_stride1(state.range(0) == 1);
+  train_step(state, true, true,
+             state.range(0) == 1 ? ", stride-1 weight gradients as patches" : ", oneDNN's");
+  vicreg::set_patches_weight_grad_at_stride1(before);
+  vicreg::set_cpu_bf16_conv(mode_before);
+}
+BENCHMARK(BM_TrainStepPatchesAtStride1)
+    ->ArgNames({"patches"})
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(5.0)
+    ->UseRealTime();
+
 /// One AdamW step over the default model's parameters (fp32, channels_last as the step has them,
 /// 4.6 M values in 47 tensors), the gradients in place: LibTorch's nine ATen operations per
 /// parameter (impl 0) against vicreg::AdamW's one fused pass (impl 1; LibTorch's operations on a

@@ -32,7 +32,7 @@ if grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo; then bf16=1; fi
 filter=()
 if [ "$bf16" = 0 ]; then
   echo "bench-train: this CPU has no bf16 instructions; fp32 only"
-  filter=(--benchmark_filter='-(bf16:1|BM_TrainStepBf16Conv|fp32:0|BM_ConvWeightGrad)')
+  filter=(--benchmark_filter='-(bf16:1|BM_TrainStepBf16Conv|BM_TrainStepPatchesAtStride1|fp32:0|BM_ConvWeightGrad)')
 fi
 "$root/build/bench/train_bench" --threads="$threads" --benchmark_out="$out/train_bench.json" \
   --benchmark_out_format=json --benchmark_enable_random_interleaving=true "${filter[@]}"

@@ -17,6 +17,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <map>
 #include <ostream>
@@ -241,9 +242,12 @@ torch::Tensor conv2d_patches_weight_grad(const torch::Tensor& grad_out, const to
                               .contiguous(kCl)
                               .permute({0, 2, 3, 1})
                               .reshape({n * ho * wo, c_out});
-  // Accumulated in fp32: oneDNN's bf16 product does, ATen's emulation on a CPU without bf16
-  // instructions does not (errors of several per cent), so there the product runs in fp32.
-  const bool widen = x.scalar_type() == torch::kBFloat16 && !cpu_has_native_bf16();
+  // Accumulated in fp32: oneDNN's bf16 product does, ATen's own bf16 product does not (errors of
+  // several per cent), so where ATen would not hand it to oneDNN the product runs in fp32: on a
+  // CPU without bf16 instructions, and for products of at most 16^3 multiply-adds (LibTorch
+  // 1.13's threshold for oneDNN; small layers of small batches).
+  const bool small = c_out * n * ho * wo * kernel * kernel * c <= 16 * 16 * 16;
+  const bool widen = x.scalar_type() == torch::kBFloat16 && (!cpu_has_native_bf16() || small);
   const torch::Tensor gw =
       widen ? g.to(torch::kFloat).t().mm(patches.to(torch::kFloat)).to(torch::kBFloat16)
             : g.t().mm(patches);
@@ -260,14 +264,27 @@ bool conv2d_patches_weight_grad_applies(const torch::nn::Conv2dImpl& c, const to
   const auto* pad = c10::get_if<torch::ExpandingArray<2>>(&o.padding());
   if (o.groups() != 1 || o.bias() || pad == nullptr || (**pad)[0] != (**pad)[1] ||
       (*o.dilation())[0] != 1 || (*o.dilation())[1] != 1 ||
-      (*o.kernel_size())[0] != (*o.kernel_size())[1] || (*o.kernel_size())[0] < 2 ||
-      (*o.stride())[0] != (*o.stride())[1] || (*o.stride())[0] < 2) {
+      (*o.kernel_size())[0] != (*o.kernel_size())[1] || (*o.stride())[0] != (*o.stride())[1]) {
     return false;
   }
   const int64_t k = (*o.kernel_size())[0], s = (*o.stride())[0], p = (**pad)[0];
   const int64_t out_h = (x.size(2) + 2 * p - k) / s + 1, out_w = (x.size(3) + 2 * p - k) / s + 1;
-  return out_h * out_w <= kPatchesWeightGradMaxPixels;
+  if (s == 1) {
+    return patches_weight_grad_at_stride1() && out_h * out_w <= kPatchesWeightGradStride1MaxPixels;
+  }
+  return k >= 2 && out_h * out_w <= kPatchesWeightGradMaxPixels;
 }
+
+namespace {
+std::atomic<bool>& patches_at_stride1_state() {
+  static std::atomic<bool> on{default_patches_weight_grad_at_stride1(cpu_amd_family())};
+  return on;
+}
+}  // namespace
+
+bool default_patches_weight_grad_at_stride1(int amd_family) { return amd_family >= 26; }
+bool patches_weight_grad_at_stride1() { return patches_at_stride1_state().load(); }
+void set_patches_weight_grad_at_stride1(bool on) { patches_at_stride1_state().store(on); }
 
 bool conv2d_in_fp32(const torch::nn::Conv2dImpl& c, const torch::Tensor& x) {
   return cpu_bf16_conv() == CpuBf16Conv::Fp32 && c.weight.scalar_type() == torch::kFloat &&

@@ -70,6 +70,21 @@ bool cpu_is_intel() {
 #endif
 }
 
+int cpu_amd_family() {
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid(0, &a, &b, &c, &d) == 0) return 0;
+  // The vendor string is EBX, EDX, ECX: "Auth" "enti" "cAMD".
+  if (b != 0x68747541u || d != 0x69746e65u || c != 0x444d4163u) return 0;
+  if (__get_cpuid(1, &a, &b, &c, &d) == 0) return 0;
+  const int base = static_cast<int>((a >> 8) & 0xFu),
+            extended = static_cast<int>((a >> 20) & 0xFFu);
+  return base == 0xF ? base + extended : base;
+#else
+  return 0;
+#endif
+}
+
 template <>
 const NameTable<CpuBf16Conv>& name_table<CpuBf16Conv>() {
   static const NameTable<CpuBf16Conv> t{"--bf16-conv",

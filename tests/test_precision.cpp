@@ -17,7 +17,9 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <fstream>
 #include <limits>
+#include <string>
 #include <utility>
 
 namespace {
@@ -309,7 +311,8 @@ TEST(Precision, PatchesWeightGradientIsTheConvolutionsWeightGradient) {
   // Square and not, odd sizes, padding wider than a stride step, 1x1 and 5x5 kernels.
   for (const Case& k :
        {Case{3, 5, 7, 7, 3, 2, 1}, Case{4, 6, 9, 6, 3, 1, 1}, Case{2, 3, 8, 11, 5, 3, 2},
-        Case{6, 4, 5, 5, 1, 2, 0}, Case{5, 7, 6, 4, 3, 2, 0}, Case{1, 2, 4, 4, 3, 1, 2}}) {
+        Case{6, 4, 5, 5, 1, 2, 0}, Case{5, 7, 6, 4, 3, 2, 0}, Case{1, 2, 4, 4, 3, 1, 2},
+        Case{6, 9, 4, 4, 1, 1, 0}}) {
     const int64_t ho = (k.h + 2 * k.padding - k.kernel) / k.stride + 1;
     const int64_t wo = (k.w + 2 * k.padding - k.kernel) / k.stride + 1;
     const auto x = torch::randn({3, k.c_in, k.h, k.w}, dbl);
@@ -349,17 +352,16 @@ TEST(Precision, PatchesWeightGradientIsTheConvolutionsWeightGradient) {
   EXPECT_THROW(vicreg::conv2d_patches_weight_grad(torch::randn({2, 4, 4}), x, 3, 2, 1), c10::Error);
 }
 
-TEST(Precision, SmallStridedConvolutionsGetThePatchesWeightGradientUnderBf16) {
-  // The default on CPUs with AVX512-BF16 but neither AMX nor Intel's (where it was measured).
-  const Bf16ConvMode scope(vicreg::CpuBf16Conv::Bf16);
-  torch::manual_seed(5);
+/// Trains `conv` (channels_last weights) one step under CPU bf16 autocast on x0 through
+/// conv2d_forward, where conv2d_patches_weight_grad_applies must hold, and through conv.forward:
+/// both forward passes are autocast's, bit for bit, and both paths' gradients are within bf16
+/// rounding of the exact gradients of the bf16-rounded tensors.
+void expect_patches_path_matches_autocast(torch::nn::Conv2d& conv, const torch::Tensor& x0,
+                                          int64_t stride, int64_t padding) {
   constexpr auto kCl = at::MemoryFormat::ChannelsLast;
-  // The default ConvNet's third stage on 28 px images: 64 -> 128 channels, stride 2, 14 -> 7.
-  torch::nn::Conv2d conv(torch::nn::Conv2dOptions(64, 128, 3).stride(2).padding(1).bias(false));
   vicreg::to_channels_last(*conv);
-  const auto x0 = torch::randn({16, 64, 14, 14}).contiguous(kCl);
-  const auto grad_out = torch::randn({16, 128, 7, 7}).to(torch::kBFloat16).contiguous(kCl);
   torch::Tensor grads[2][2];  // [patches, autocast's] x [input, weight]
+  torch::Tensor grad_out;
   for (const bool patches : {true, false}) {
     const auto x = x0.clone().requires_grad_();
     conv->weight.mutable_grad() = torch::Tensor();
@@ -371,10 +373,10 @@ TEST(Precision, SmallStridedConvolutionsGetThePatchesWeightGradientUnderBf16) {
       y = patches ? vicreg::conv2d_forward(*conv, x) : conv->forward(x);
       reference = conv->forward(x.detach());
     }
-    // The forward pass is autocast's, bit for bit, channels_last.
     EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
     EXPECT_TRUE(y.is_contiguous(kCl));
     EXPECT_TRUE(torch::equal(y, reference));
+    if (!grad_out.defined()) grad_out = torch::randn_like(y).contiguous(kCl);
     y.backward(grad_out);
     ASSERT_EQ(x.grad().scalar_type(), torch::kFloat);
     ASSERT_EQ(conv->weight.grad().scalar_type(), torch::kFloat);
@@ -382,17 +384,41 @@ TEST(Precision, SmallStridedConvolutionsGetThePatchesWeightGradientUnderBf16) {
     grads[patches ? 0 : 1][0] = x.grad();
     grads[patches ? 0 : 1][1] = conv->weight.grad();
   }
-  // Both paths are within bf16 rounding of the exact gradients of the bf16-rounded tensors.
   // Where bf16 is emulated (no AVX512-BF16 or AMX), LibTorch's own bf16 convolution backward
   // accumulates in bf16 (errors of 2-6 %: the input gradient of both paths, the weight
   // gradient of autocast's); the patches' product accumulates in fp32 on every CPU.
   const double libtorch_tol = vicreg::cpu_has_native_bf16() ? 8e-3 : 0.1;
-  const auto [gx, gw] = exact_bf16_conv_grads(x0, conv->weight, grad_out, 2, 1);
+  const auto [gx, gw] = exact_bf16_conv_grads(x0, conv->weight, grad_out, stride, padding);
   for (int path = 0; path < 2; ++path) {
     EXPECT_LT(max_rel_error(grads[path][0], gx), libtorch_tol) << "path " << path;
     EXPECT_LT(max_rel_error(grads[path][1], gw), path == 0 ? 8e-3 : libtorch_tol)
         << "path " << path;
   }
+}
+
+/// Sets patches_weight_grad_at_stride1 for a scope, restoring it after.
+class PatchesAtStride1 {
+ public:
+  explicit PatchesAtStride1(bool on) : before_(vicreg::patches_weight_grad_at_stride1()) {
+    vicreg::set_patches_weight_grad_at_stride1(on);
+  }
+  ~PatchesAtStride1() { vicreg::set_patches_weight_grad_at_stride1(before_); }
+  PatchesAtStride1(const PatchesAtStride1&) = delete;
+  PatchesAtStride1& operator=(const PatchesAtStride1&) = delete;
+
+ private:
+  bool before_;
+};
+
+TEST(Precision, SmallStridedConvolutionsGetThePatchesWeightGradientUnderBf16) {
+  // The default on CPUs with AVX512-BF16 but neither AMX nor Intel's (where it was measured).
+  const Bf16ConvMode scope(vicreg::CpuBf16Conv::Bf16);
+  const PatchesAtStride1 stride1(false);
+  torch::manual_seed(5);
+  constexpr auto kCl = at::MemoryFormat::ChannelsLast;
+  // The default ConvNet's third stage on 28 px images: 64 -> 128 channels, stride 2, 14 -> 7.
+  torch::nn::Conv2d conv(torch::nn::Conv2dOptions(64, 128, 3).stride(2).padding(1).bias(false));
+  expect_patches_path_matches_autocast(conv, torch::randn({16, 64, 14, 14}).contiguous(kCl), 2, 1);
   // Where the rule does not hold, conv.forward (or the fp32-backward rule) runs.
   torch::nn::Conv2d one(torch::nn::Conv2dOptions(64, 128, 3).stride(1).padding(1).bias(false));
   torch::nn::Conv2d pointwise(torch::nn::Conv2dOptions(64, 128, 1).stride(2).bias(false));
@@ -412,6 +438,59 @@ TEST(Precision, SmallStridedConvolutionsGetThePatchesWeightGradientUnderBf16) {
     EXPECT_FALSE(vicreg::conv2d_patches_weight_grad_applies(*conv, at8));
   }
   EXPECT_FALSE(vicreg::conv2d_patches_weight_grad_applies(*conv, at8));  // fp32: no autocast
+}
+
+TEST(Precision, SmallStride1ConvolutionsGetThePatchesWhereMeasuredFaster) {
+  // The default: AMD family 26 (Zen 5) and later, where it was measured faster.
+  EXPECT_FALSE(vicreg::default_patches_weight_grad_at_stride1(0));  // not AMD
+  EXPECT_FALSE(vicreg::default_patches_weight_grad_at_stride1(25));
+  EXPECT_TRUE(vicreg::default_patches_weight_grad_at_stride1(26));
+  EXPECT_TRUE(vicreg::default_patches_weight_grad_at_stride1(27));
+  EXPECT_EQ(vicreg::patches_weight_grad_at_stride1(),
+            vicreg::default_patches_weight_grad_at_stride1(vicreg::cpu_amd_family()));
+
+  const Bf16ConvMode scope(vicreg::CpuBf16Conv::Bf16);
+  torch::manual_seed(6);
+  constexpr auto kCl = at::MemoryFormat::ChannelsLast;
+  // The default ConvNet's last 3x3 conv (256 -> 256 at 4x4) and its 1x1 conv to 1,024 channels,
+  // narrower here.
+  torch::nn::Conv2d three(torch::nn::Conv2dOptions(32, 48, 3).stride(1).padding(1).bias(false));
+  torch::nn::Conv2d one(torch::nn::Conv2dOptions(32, 64, 1).stride(1).bias(false));
+  const auto at4 = torch::randn({16, 32, 4, 4}).contiguous(kCl);  // 16 output pixels
+  const auto at5 = torch::randn({16, 32, 5, 5}).contiguous(kCl);  // 25
+  {
+    const PatchesAtStride1 on(true);
+    expect_patches_path_matches_autocast(three, at4, 1, 1);
+    expect_patches_path_matches_autocast(one, at4, 1, 0);
+    const vicreg::AutocastGuard guard(torch::kCPU, Precision::Bf16);
+    EXPECT_FALSE(vicreg::conv2d_patches_weight_grad_applies(*three, at5));
+    EXPECT_FALSE(vicreg::conv2d_patches_weight_grad_applies(*one, at5));
+    EXPECT_FALSE(vicreg::conv2d_patches_weight_grad_applies(*three, at4.contiguous()));
+    vicreg::set_cpu_bf16_conv(vicreg::CpuBf16Conv::Fp32Backward);
+    EXPECT_FALSE(vicreg::conv2d_patches_weight_grad_applies(*three, at4));
+  }
+  const PatchesAtStride1 off(false);
+  const vicreg::AutocastGuard guard(torch::kCPU, Precision::Bf16);
+  EXPECT_FALSE(vicreg::conv2d_patches_weight_grad_applies(*three, at4));
+  EXPECT_FALSE(vicreg::conv2d_patches_weight_grad_applies(*one, at4));
+}
+
+TEST(Precision, AmdCpuFamilyIsTheKernels) {
+  // /proc/cpuinfo's "cpu family" (the kernel's reading of the same CPUID fields) on AMD CPUs.
+  std::ifstream in("/proc/cpuinfo");
+  std::string line, vendor;
+  int family = -1;
+  while (std::getline(in, line) && (vendor.empty() || family < 0)) {
+    const auto value =
+        line.substr(line.find(':') == std::string::npos ? line.size() : line.find(':') + 1);
+    if (line.rfind("vendor_id", 0) == 0) vendor = value;
+    if (line.rfind("cpu family", 0) == 0) family = std::stoi(value);
+  }
+  if (vendor.find("AuthenticAMD") == std::string::npos) {
+    EXPECT_EQ(vicreg::cpu_amd_family(), 0) << vendor;
+  } else {
+    EXPECT_EQ(vicreg::cpu_amd_family(), family);
+  }
 }
 
 vicreg::Encoder encoder(vicreg::Arch arch, int64_t channels) {

@@ -105,20 +105,40 @@ torch::Tensor conv2d_patches_weight_grad(const torch::Tensor& grad_out, const to
                                          int64_t kernel, int64_t stride, int64_t padding);
 
 /// The layers whose weight gradient conv2d_forward computes with conv2d_patches_weight_grad under
-/// CPU bf16 autocast: stride >= 2, kernel >= 2, at most this many output pixels (8x8). There
+/// CPU bf16 autocast: stride >= 2, kernel >= 2, at most this many output pixels (8x8); and, on
+/// some CPUs, the small stride-1 ones below. There
 /// oneDNN's bf16 weight-gradient kernel is 1.4-1.6x slower than the patches and one matrix product
 /// on AVX512-BF16 (2-core AMD EPYC, batch 128: the default ConvNet's 64->128 channels from 14x14
 /// to 7x7 4.5 ms against 3.3, 128->256 from 7x7 to 4x4 5.1 against 3.2), while for larger outputs
 /// gathering the patches costs more than it saves (32->64 from 28x28 to 14x14: 3.8 against 5.1)
-/// and at stride 1 or for 1x1 kernels the two are about even (bench/train_bench's
+/// and at stride 1 or for 1x1 kernels the two are about even there (bench/train_bench's
 /// BM_ConvWeightGrad, docs/decisions.md).
 constexpr int64_t kPatchesWeightGradMaxPixels = 64;
+
+/// Stride-1 convolutions (any kernel, 1x1 included) whose output has at most this many pixels
+/// (4x4) get conv2d_patches_weight_grad too where patches_weight_grad_at_stride1() holds. On a
+/// 2-core AMD EPYC of family 26 (Zen 5), batch 128, oneDNN's bf16 weight gradient against the
+/// patches: the default ConvNet's 256->256 channels at 4x4 9.21 ms against 5.64, its 1x1 conv
+/// 256->1024 at 4x4 2.89 against 1.90, but 128->128 at 7x7 3.34 against 4.57; on family 25 (Zen
+/// 4) 256->256 at 4x4 was 6.49 against 7.05 and the 1x1 about even (BM_ConvWeightGrad,
+/// docs/decisions.md).
+constexpr int64_t kPatchesWeightGradStride1MaxPixels = 16;
+
+/// Whether conv2d_patches_weight_grad_applies takes the stride-1 convolutions of
+/// kPatchesWeightGradStride1MaxPixels: default_patches_weight_grad_at_stride1(cpu_amd_family())
+/// until set_patches_weight_grad_at_stride1 changes it (process-wide, like set_cpu_bf16_conv).
+bool patches_weight_grad_at_stride1();
+void set_patches_weight_grad_at_stride1(bool on);
+/// The default for a CPU of this AMD family (precision.h's cpu_amd_family(); 0: not AMD): true
+/// from family 26 (Zen 5), where it was measured faster.
+bool default_patches_weight_grad_at_stride1(int amd_family);
 
 /// Whether conv2d_forward(conv, x) computes its weight gradient with conv2d_patches_weight_grad:
 /// with cpu_bf16_conv() Bf16 (precision.h; the default on CPUs with AVX512-BF16 but neither AMX
 /// nor Intel's), in grad mode under CPU bf16 autocast, for a channels_last input and a 2-D
 /// convolution without bias, groups or dilation, with square kernel and padding, whose kernel,
-/// stride and output size kPatchesWeightGradMaxPixels admits.
+/// stride and output size kPatchesWeightGradMaxPixels admits (stride >= 2, kernel >= 2), or
+/// kPatchesWeightGradStride1MaxPixels (stride 1) where patches_weight_grad_at_stride1() holds.
 bool conv2d_patches_weight_grad_applies(const torch::nn::Conv2dImpl& conv, const torch::Tensor& x);
 
 /// `conv`'s forward pass as every encoder runs it. Where conv2d_in_fp32 holds, it is the fp32

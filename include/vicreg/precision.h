@@ -38,6 +38,9 @@ bool cpu_has_native_bf16();
 bool cpu_has_amx_bf16();
 /// Whether this CPU is Intel's (CPUID vendor GenuineIntel).
 bool cpu_is_intel();
+/// The CPU family of an AMD CPU (CPUID vendor AuthenticAMD; leaf 1's family, the extended family
+/// added: 25 Zen 3 and 4, 26 Zen 5), 0 for other vendors and architectures.
+int cpu_amd_family();
 /// Whether `device` computes in bf16 natively: the CPU as above; CUDA devices of compute
 /// capability 8.0 or later (Ampere, Hopper).
 bool device_has_native_bf16(const torch::Device& device);
