@@ -44,9 +44,9 @@ fi
 # The step ratios: our steps and the peer's, each in a process of its own, the four one after
 # the other in each of five rounds. Both sides are measured alike and at the same moments: the
 # machine's speed drifts within a run (one process to the next moved by up to 15 %), so each
-# ratio is taken within a round, and the median of the five rounds' ratios is reported; train_bench's
-# own repetitions above run interleaved with some hundred other benchmarks in one long process.
-# Our bf16 step in the memory format auto chose for the loop above.
+# ratio is taken within a round, and the median of the five rounds' ratios is reported;
+# train_bench's own repetitions above run interleaved with some hundred other benchmarks in one
+# long process. Our bf16 step in the memory format auto chose for the loop above.
 bf16_cl=$(/usr/bin/python3 -c 'import json, sys
 b = [x for x in json.load(open(sys.argv[1]))["benchmarks"] if x["name"].startswith("BM_TrainLoopDataWait")]
 print(int(b[0].get("channels_last", 0)))' "$out/train_bench.json")
