@@ -15,6 +15,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstring>
 
 namespace vicreg {
 
@@ -59,24 +60,26 @@ bool cpu_has_amx_bf16() {
 #endif
 }
 
-bool cpu_is_intel() {
+namespace {
+/// Whether CPUID's vendor string (EBX, EDX, ECX of leaf 0) is `vendor`.
+bool cpu_vendor_is(const char (&vendor)[13]) {
 #if defined(__x86_64__) || defined(__i386__)
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  if (__get_cpuid(0, &a, &b, &c, &d) == 0) return false;
-  // The vendor string is EBX, EDX, ECX: "Genu" "ineI" "ntel".
-  return b == 0x756e6547u && d == 0x49656e69u && c == 0x6c65746eu;
+  unsigned a = 0, regs[3] = {0, 0, 0};
+  if (__get_cpuid(0, &a, &regs[0], &regs[2], &regs[1]) == 0) return false;
+  return std::memcmp(regs, vendor, 12) == 0;
 #else
+  (void)vendor;
   return false;
 #endif
 }
+}  // namespace
+
+bool cpu_is_intel() { return cpu_vendor_is("GenuineIntel"); }
 
 int cpu_amd_family() {
 #if defined(__x86_64__) || defined(__i386__)
   unsigned a = 0, b = 0, c = 0, d = 0;
-  if (__get_cpuid(0, &a, &b, &c, &d) == 0) return 0;
-  // The vendor string is EBX, EDX, ECX: "Auth" "enti" "cAMD".
-  if (b != 0x68747541u || d != 0x69746e65u || c != 0x444d4163u) return 0;
-  if (__get_cpuid(1, &a, &b, &c, &d) == 0) return 0;
+  if (!cpu_vendor_is("AuthenticAMD") || __get_cpuid(1, &a, &b, &c, &d) == 0) return 0;
   const int base = static_cast<int>((a >> 8) & 0xFu),
             extended = static_cast<int>((a >> 20) & 0xFFu);
   return base == 0xF ? base + extended : base;

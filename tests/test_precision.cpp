@@ -481,8 +481,8 @@ TEST(Precision, AmdCpuFamilyIsTheKernels) {
   std::string line, vendor;
   int family = -1;
   while (std::getline(in, line) && (vendor.empty() || family < 0)) {
-    const auto value =
-        line.substr(line.find(':') == std::string::npos ? line.size() : line.find(':') + 1);
+    const size_t colon = line.find(':');
+    const std::string value = colon == std::string::npos ? "" : line.substr(colon + 1);
     if (line.rfind("vendor_id", 0) == 0) vendor = value;
     if (line.rfind("cpu family", 0) == 0) family = std::stoi(value);
   }
