@@ -11,6 +11,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 #include <torch/nn/module.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -22,6 +23,14 @@ namespace vicreg {
 namespace {
 
 using torch::Tensor;
+
+// LibTorch 2.0 split c10d's ProcessGroup into a front end over per-backend Backends:
+// ProcessGroupGloo and ProcessGroupNCCL became Backends, with the same collectives.
+#if TORCH_VERSION_MAJOR >= 2
+using C10dBackend = c10d::Backend;
+#else
+using C10dBackend = c10d::ProcessGroup;
+#endif
 
 /// A non-negative integer from an environment variable, or throws naming it.
 int env_int(const char* name, const char* value, int min_value, int max_value) {
@@ -55,7 +64,7 @@ std::string message_of(const std::exception& e) {
 class C10dGroup : public ProcessGroup {
  public:
   C10dGroup(const DistributedEnv& env, c10::intrusive_ptr<c10d::Store> store,
-            c10::intrusive_ptr<c10d::ProcessGroup> pg, std::string backend,
+            c10::intrusive_ptr<C10dBackend> pg, std::string backend,
             std::chrono::milliseconds timeout)
       : env_(env),
         store_(std::move(store)),
@@ -162,7 +171,7 @@ class C10dGroup : public ProcessGroup {
 
   DistributedEnv env_;
   c10::intrusive_ptr<c10d::Store> store_;
-  c10::intrusive_ptr<c10d::ProcessGroup> pg_;
+  c10::intrusive_ptr<C10dBackend> pg_;
   std::string backend_;
   std::chrono::milliseconds timeout_;
 };
@@ -274,7 +283,7 @@ std::shared_ptr<ProcessGroup> init_process_group(const DistributedEnv& env,
         message_of(e) + "]");
   }
 
-  c10::intrusive_ptr<c10d::ProcessGroup> pg;
+  c10::intrusive_ptr<C10dBackend> pg;
   try {
     if (kind == DistBackend::Gloo) {
       auto o = c10d::ProcessGroupGloo::Options::create(options.timeout);

@@ -4,7 +4,6 @@
 #include "vicreg/error.h"
 #include "vicreg/precision.h"
 
-#include <ATen/autocast_mode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/autograd.h>
 #include <torch/nn/functional/activation.h>
@@ -13,6 +12,7 @@
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/pooling.h>
+#include <torch/version.h>
 
 #include <ATen/Parallel.h>
 
@@ -137,9 +137,19 @@ class GlobalAvgPool : public torch::autograd::Function<GlobalAvgPool> {
   }
 };
 
+/// A conv's padding when it is numbers (not kValid or kSame), or nullptr. The options hold it in a
+/// std::variant in LibTorch 2.x, in c10's own variant in 1.13.
+const torch::ExpandingArray<2>* explicit_padding(const torch::nn::detail::ConvNdOptions<2>& o) {
+#if TORCH_VERSION_MAJOR >= 2
+  return std::get_if<torch::ExpandingArray<2>>(&o.padding());
+#else
+  return c10::get_if<torch::ExpandingArray<2>>(&o.padding());
+#endif
+}
+
 bool under_cpu_bf16_autocast(const torch::Tensor& x) {
-  return x.device().type() == torch::kCPU && at::autocast::is_cpu_enabled() &&
-         at::autocast::get_autocast_cpu_dtype() == torch::kBFloat16;
+  return x.device().type() == torch::kCPU && autocast_enabled(torch::kCPU) &&
+         autocast_dtype(torch::kCPU) == torch::kBFloat16;
 }
 
 /// torchvision's ResNet initialisation: Kaiming normal (fan_out, relu) for convs, BN (1, 0).
@@ -175,7 +185,7 @@ bool conv2d_backward_in_fp32(const torch::nn::Conv2dImpl& c, const torch::Tensor
     return false;
   }
   const auto& o = c.options;
-  const auto* pad = c10::get_if<torch::ExpandingArray<2>>(&o.padding());
+  const auto* pad = explicit_padding(o);
   if (o.groups() != 1 || o.bias() || pad == nullptr || (**pad)[0] != (**pad)[1] ||
       (*o.dilation())[0] != 1 || (*o.dilation())[1] != 1 || (*o.stride())[0] != (*o.stride())[1]) {
     return false;
@@ -261,7 +271,7 @@ bool conv2d_patches_weight_grad_applies(const torch::nn::Conv2dImpl& c, const to
     return false;
   }
   const auto& o = c.options;
-  const auto* pad = c10::get_if<torch::ExpandingArray<2>>(&o.padding());
+  const auto* pad = explicit_padding(o);
   if (o.groups() != 1 || o.bias() || pad == nullptr || (**pad)[0] != (**pad)[1] ||
       (*o.dilation())[0] != 1 || (*o.dilation())[1] != 1 ||
       (*o.kernel_size())[0] != (*o.kernel_size())[1] || (*o.stride())[0] != (*o.stride())[1]) {
@@ -299,8 +309,7 @@ torch::Tensor conv2d_forward(torch::nn::Conv2dImpl& c, const torch::Tensor& x) {
   }
   const bool patches = conv2d_patches_weight_grad_applies(c, x);
   if (!patches && !conv2d_backward_in_fp32(c, x)) return c.forward(x);
-  return ConvBf16::apply(x, c.weight, (*c.options.stride())[0],
-                         (*c10::get<torch::ExpandingArray<2>>(c.options.padding()))[0],
+  return ConvBf16::apply(x, c.weight, (*c.options.stride())[0], (**explicit_padding(c.options))[0],
                          patches ? ConvBf16Backward::PatchesWeightGrad : ConvBf16Backward::Fp32);
 }
 

@@ -98,7 +98,7 @@ torch::Tensor LARS::step(LossClosure closure) {
         if (o.clip_lr() && o.lr() > 0) q = torch::clamp_max(q / o.lr(), 1.0);
         update = update * q;
       }
-      auto& slot = state_[c10::guts::to_string(p.unsafeGetTensorImpl())];
+      auto& slot = state_[optimizer_state_key(p)];
       if (!slot) {
         auto st = std::make_unique<LARSParamState>();
         st->momentum_buffer(torch::zeros_like(p, torch::MemoryFormat::Preserve));
@@ -223,7 +223,7 @@ torch::Tensor AdamW::step(LossClosure closure) {
       if (!p.grad().defined()) continue;
       const torch::Tensor& grad = p.grad();
       TORCH_CHECK(!grad.is_sparse(), "AdamW does not support sparse gradients");
-      auto& slot = state_[c10::guts::to_string(p.unsafeGetTensorImpl())];
+      auto& slot = state_[optimizer_state_key(p)];
       if (!slot) {
         auto st = std::make_unique<torch::optim::AdamWParamState>();
         st->step(0);

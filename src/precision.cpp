@@ -4,6 +4,7 @@
 
 #include <ATen/autocast_mode.h>
 #include <torch/cuda.h>
+#include <torch/version.h>
 
 #ifdef VICREG_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -191,22 +192,46 @@ torch::ScalarType compute_dtype(Precision precision) {
   }
 }
 
+// LibTorch 2.4 replaced the per-device autocast functions (is_cpu_enabled, set_autocast_gpu_dtype,
+// ...) by ones that take the device type, and deprecated the old ones.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+bool autocast_enabled(c10::DeviceType t) { return at::autocast::is_autocast_enabled(t); }
+torch::ScalarType autocast_dtype(c10::DeviceType t) { return at::autocast::get_autocast_dtype(t); }
+namespace {
+void set_autocast(c10::DeviceType t, bool enabled, torch::ScalarType dtype) {
+  at::autocast::set_autocast_enabled(t, enabled);
+  at::autocast::set_autocast_dtype(t, dtype);
+}
+}  // namespace
+#else
+bool autocast_enabled(c10::DeviceType t) {
+  return t == c10::DeviceType::CUDA ? at::autocast::is_enabled() : at::autocast::is_cpu_enabled();
+}
+torch::ScalarType autocast_dtype(c10::DeviceType t) {
+  return t == c10::DeviceType::CUDA ? at::autocast::get_autocast_gpu_dtype()
+                                    : at::autocast::get_autocast_cpu_dtype();
+}
+namespace {
+void set_autocast(c10::DeviceType t, bool enabled, torch::ScalarType dtype) {
+  if (t == c10::DeviceType::CUDA) {
+    at::autocast::set_enabled(enabled);
+    at::autocast::set_autocast_gpu_dtype(dtype);
+  } else {
+    at::autocast::set_cpu_enabled(enabled);
+    at::autocast::set_autocast_cpu_dtype(dtype);
+  }
+}
+}  // namespace
+#endif
+
 AutocastGuard::AutocastGuard(const torch::Device& device, Precision precision) {
   if (precision != Precision::Bf16 && precision != Precision::Fp16) return;
   active_ = true;
   cuda_ = device.is_cuda();
-  const torch::ScalarType dtype = compute_dtype(precision);
-  if (cuda_) {
-    was_enabled_ = at::autocast::is_enabled();
-    previous_dtype_ = at::autocast::get_autocast_gpu_dtype();
-    at::autocast::set_enabled(true);
-    at::autocast::set_autocast_gpu_dtype(dtype);
-  } else {
-    was_enabled_ = at::autocast::is_cpu_enabled();
-    previous_dtype_ = at::autocast::get_autocast_cpu_dtype();
-    at::autocast::set_cpu_enabled(true);
-    at::autocast::set_autocast_cpu_dtype(dtype);
-  }
+  const c10::DeviceType t = cuda_ ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
+  was_enabled_ = autocast_enabled(t);
+  previous_dtype_ = autocast_dtype(t);
+  set_autocast(t, true, compute_dtype(precision));
   at::autocast::increment_nesting();
 }
 
@@ -214,13 +239,7 @@ AutocastGuard::~AutocastGuard() {
   if (!active_) return;
   // The cast cache holds low-precision copies of the weights for the outermost region only.
   if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-  if (cuda_) {
-    at::autocast::set_enabled(was_enabled_);
-    at::autocast::set_autocast_gpu_dtype(previous_dtype_);
-  } else {
-    at::autocast::set_cpu_enabled(was_enabled_);
-    at::autocast::set_autocast_cpu_dtype(previous_dtype_);
-  }
+  set_autocast(cuda_ ? c10::DeviceType::CUDA : c10::DeviceType::CPU, was_enabled_, previous_dtype_);
 }
 
 bool use_channels_last(Toggle setting, bool convolutional, const torch::Device& device,

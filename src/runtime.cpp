@@ -48,7 +48,12 @@ class CountingCpuAllocator final : public c10::Allocator {
  public:
   static constexpr size_t kHeader = 64;  // keeps the data as aligned as alloc_cpu's
 
+  // LibTorch 2.3 made Allocator::allocate non-const and copy_data pure virtual.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 3)
+  c10::DataPtr allocate(size_t nbytes) override {
+#else
   c10::DataPtr allocate(size_t nbytes) const override {
+#endif
     auto* base = static_cast<char*>(c10::alloc_cpu(nbytes + kHeader));
     *reinterpret_cast<size_t*>(base) = nbytes;
     const int64_t now =
@@ -59,6 +64,11 @@ class CountingCpuAllocator final : public c10::Allocator {
     return {base + kHeader, base + kHeader, &CountingCpuAllocator::release, c10::Device(c10::kCPU)};
   }
   c10::DeleterFnPtr raw_deleter() const override { return &CountingCpuAllocator::release; }
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 3)
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+#endif
 
   MemoryStats stats() const { return {current_.load(), peak_.load()}; }
   void reset_peak() { peak_.store(current_.load()); }
@@ -221,7 +231,12 @@ MemoryStats memory_stats(const torch::Device& device) {
   if (device.is_cuda()) {
     const int index = device.has_index() ? device.index() : c10::cuda::current_device();
     const auto st = c10::cuda::CUDACachingAllocator::getDeviceStats(index);
+    // Later LibTorch (2.6 has it) moved the statistics' types to c10/core/CachingDeviceAllocator.h.
+#if __has_include(<c10/core/CachingDeviceAllocator.h>)
+    const auto agg = static_cast<size_t>(c10::CachingDeviceAllocator::StatType::AGGREGATE);
+#else
     const auto agg = static_cast<size_t>(c10::cuda::CUDACachingAllocator::StatType::AGGREGATE);
+#endif
     return {st.allocated_bytes[agg].current, st.allocated_bytes[agg].peak};
   }
 #endif

@@ -64,14 +64,14 @@ TEST(Precision, AutocastGuardCoversItsScopeOnly) {
   const torch::Device cpu(torch::kCPU);
   {
     const vicreg::AutocastGuard guard(cpu, Precision::Bf16);
-    EXPECT_TRUE(at::autocast::is_cpu_enabled());
+    EXPECT_TRUE(vicreg::autocast_enabled(torch::kCPU));
     EXPECT_EQ(linear(x).scalar_type(), torch::kBFloat16);
     {
       const vicreg::AutocastGuard fp32(cpu, Precision::Fp32);  // does nothing
       EXPECT_EQ(linear(x).scalar_type(), torch::kBFloat16);
     }
   }
-  EXPECT_FALSE(at::autocast::is_cpu_enabled());
+  EXPECT_FALSE(vicreg::autocast_enabled(torch::kCPU));
   EXPECT_EQ(linear(x).scalar_type(), torch::kFloat);
   EXPECT_EQ(linear->weight.scalar_type(), torch::kFloat);  // master weights untouched
 }

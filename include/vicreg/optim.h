@@ -11,12 +11,50 @@
 #include <torch/optim/serialize.h>
 #include <torch/types.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <sstream>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace vicreg {
+
+/// The key type of torch::optim::Optimizer::state(): the parameter's TensorImpl address as text in
+/// LibTorch 1.x, the address itself in 2.x.
+using OptimizerStateKey =
+    typename std::decay_t<decltype(std::declval<torch::optim::Optimizer&>().state())>::key_type;
+
+/// The key of parameter `p`'s state in torch::optim::Optimizer::state(), in any LibTorch: the same
+/// key LibTorch's own optimizers and their serialisation use.
+template <typename Key = OptimizerStateKey>
+Key optimizer_state_key(const torch::Tensor& p) {
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream s;  // c10::guts::to_string's format, which LibTorch 2.x no longer has
+    s << p.unsafeGetTensorImpl();
+    return s.str();
+  } else {
+    return p.unsafeGetTensorImpl();
+  }
+}
+
+/// Whether this LibTorch reads correctly an optimizer state saved under `keys` (the entries of
+/// the optimizer archive's "state"): LibTorch 1.x saves them as hexadecimal text ("0x55d0c3a0"),
+/// 2.x as decimal text and reads each key as a decimal number, so it would read 1.x's keys all as
+/// 0 and mix up the parameters' state. LibTorch 1.x reads both.
+template <typename Key = OptimizerStateKey>
+bool optimizer_state_keys_readable(const std::vector<std::string>& keys) {
+  if constexpr (std::is_same_v<Key, std::string>) {
+    return true;
+  } else {
+    return std::all_of(keys.begin(), keys.end(), [](const std::string& k) {
+      return !k.empty() &&
+             std::all_of(k.begin(), k.end(), [](char c) { return c >= '0' && c <= '9'; });
+    });
+  }
+}
 
 /// LARS as in facebookresearch/vicreg (main_vicreg.py), for each parameter p with gradient g:
 ///   u = g + weight_decay * p                       (not for 1-D p when exclude_1d)

@@ -62,6 +62,11 @@ PrecisionChoice resolve_precision(Precision requested, const torch::Device& devi
 /// The dtype of the forward pass: kBFloat16, kHalf or kFloat.
 torch::ScalarType compute_dtype(Precision precision);
 
+/// Whether LibTorch's autocast is on for `device_type` (CPU or CUDA), and the dtype it casts to,
+/// whichever LibTorch (2.4 renamed the functions that tell).
+bool autocast_enabled(c10::DeviceType device_type);
+torch::ScalarType autocast_dtype(c10::DeviceType device_type);
+
 /// Autocast on the device type of `device` in `precision` for the guard's lifetime (fp32: does
 /// nothing), restoring the previous autocast state and clearing autocast's cast cache after.
 class AutocastGuard {

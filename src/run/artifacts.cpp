@@ -4,9 +4,11 @@
 #include "vicreg/io/files.h"
 #include "vicreg/io/safetensors.h"
 #include "vicreg/io/state_dict.h"
+#include "vicreg/optim.h"
 
 #include <caffe2/serialize/inline_container.h>
 #include <torch/serialize.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -303,12 +305,40 @@ void write_checkpoint(const std::string& path, const torch::nn::Module& model,
   save_archive(archive, path);
 }
 
+namespace {
+
+/// Refuses a checkpoint whose optimizer state (`archive`'s entry `key`, if any) this LibTorch
+/// would read wrongly: one a LibTorch 1.x build wrote, read by a 2.x build
+/// (optimizer_state_keys_readable in optim.h).
+void check_optimizer_state_keys(torch::serialize::InputArchive& archive, const std::string& key,
+                                const std::string& path) {
+  std::vector<std::string> keys;
+  try {
+    torch::serialize::InputArchive optimizer, state;
+    if (!archive.try_read(key, optimizer) || !optimizer.try_read("state", state)) return;
+    keys = state.keys();
+  } catch (const c10::Error&) {
+    return;  // a damaged archive: reading it in read_checkpoint names the problem
+  }
+  if (!optimizer_state_keys_readable(keys)) {
+    throw FormatError("checkpoint '" + path +
+                      "' was written by a build of vicreg on LibTorch 1.x, whose optimizer state "
+                      "LibTorch " TORCH_VERSION
+                      " reads wrongly (it would mix up the parameters' state): resume it with a "
+                      "LibTorch 1.x build of vicreg");
+  }
+}
+
+}  // namespace
+
 CheckpointState read_checkpoint(const std::string& path, torch::nn::Module& model,
                                 torch::optim::Optimizer& optimizer, OnlineProbeImpl* probe) {
   torch::serialize::InputArchive archive;
   load_archive(archive, path, "checkpoint");
   CheckpointState s;
   s.config = checkpoint_config(archive, path);
+  check_optimizer_state_keys(archive, "optimizer", path);
+  if (probe != nullptr) check_optimizer_state_keys(archive, "online_probe_optimizer", path);
   try {
     torch::serialize::InputArchive model_archive, optimizer_archive;
     archive.read("model", model_archive);
