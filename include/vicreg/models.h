@@ -106,13 +106,12 @@ torch::Tensor conv2d_patches_weight_grad(const torch::Tensor& grad_out, const to
 
 /// The layers whose weight gradient conv2d_forward computes with conv2d_patches_weight_grad under
 /// CPU bf16 autocast: stride >= 2, kernel >= 2, at most this many output pixels (8x8); and, on
-/// some CPUs, the small stride-1 ones below. There
-/// oneDNN's bf16 weight-gradient kernel is 1.4-1.6x slower than the patches and one matrix product
-/// on AVX512-BF16 (2-core AMD EPYC, batch 128: the default ConvNet's 64->128 channels from 14x14
-/// to 7x7 4.5 ms against 3.3, 128->256 from 7x7 to 4x4 5.1 against 3.2), while for larger outputs
-/// gathering the patches costs more than it saves (32->64 from 28x28 to 14x14: 3.8 against 5.1)
-/// and at stride 1 or for 1x1 kernels the two are about even there (bench/train_bench's
-/// BM_ConvWeightGrad, docs/decisions.md).
+/// some CPUs, the small stride-1 ones below. For the strided ones oneDNN's bf16 weight-gradient
+/// kernel is 1.4-1.6x slower than the patches and one matrix product on AVX512-BF16 (2-core AMD
+/// EPYC, batch 128: the default ConvNet's 64->128 channels from 14x14 to 7x7 4.5 ms against 3.3,
+/// 128->256 from 7x7 to 4x4 5.1 against 3.2), while for larger outputs gathering the patches costs
+/// more than it saves (32->64 from 28x28 to 14x14: 3.8 against 5.1) and at stride 1 or for 1x1
+/// kernels the two are about even there (bench/train_bench's BM_ConvWeightGrad, docs/decisions.md).
 constexpr int64_t kPatchesWeightGradMaxPixels = 64;
 
 /// Stride-1 convolutions (any kernel, 1x1 included) whose output has at most this many pixels
