@@ -557,6 +557,7 @@ Dataset Dataset::subset(const torch::Tensor& indices) const {
   if (images.defined()) out.images = images.index_select(0, idx).contiguous();
   if (vectors.defined()) out.vectors = vectors.index_select(0, idx).contiguous();
   if (labels.defined()) out.labels = labels.index_select(0, idx);
+  out.rows = (rows.defined() ? rows : torch::arange(size(), torch::kLong)).index_select(0, idx);
   if (!files.empty()) {
     const int64_t* p = idx.data_ptr<int64_t>();
     out.files.reserve(static_cast<size_t>(idx.numel()));
@@ -721,9 +722,10 @@ Dataset image_folder_split(const std::string& name, const DatasetConfig& c, cons
     }
   }
   if (held.empty()) {
-    throw FormatError("image folder '" + root.string() +
-                      "' has no held-out split (no val/ or test/ folder beside train/): " +
-                      how_to_hold_out("--val-dir DIR (a folder of the same class folders)"));
+    throw NoHeldOutSplitError(
+        "image folder '" + root.string() +
+        "' has no held-out split (no val/ or test/ folder beside train/): " +
+        how_to_hold_out("--val-dir DIR (a folder of the same class folders)"));
   }
   if (!is_dir(held))
     throw FormatError("held-out image folder '" + held.string() + "': no such directory");
@@ -792,7 +794,7 @@ Dataset npy_split(const std::string& name, const DatasetConfig& c, const fs::pat
     }
   }
   if (matrix.empty()) {
-    throw FormatError(
+    throw NoHeldOutSplitError(
         "npy data '" + dir.string() + "' have no held-out split (" +
         (is_dir(dir) ? "no val.npy or test.npy beside train.npy" : "a single file") + "): " +
         how_to_hold_out("--val-data FILE (with FILE_labels.npy beside it), or put val.npy and "

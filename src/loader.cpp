@@ -143,26 +143,37 @@ TwoViewBatch TwoViewLoader::make_batch(int64_t global) const {
   for (int64_t i = 0; i < b; ++i) {
     // An unreadable file: an error naming it, or (skip_bad_images) the next sample in its place.
     for (int64_t attempt = 0;; ++attempt) {
-      try {
-        Rng rng(sample_seed(options_.seed, batch.epoch, first + i));
-        transform_->apply(*data_, idx[i], rng, a + i * per_sample, v + i * per_sample);
-        break;
-      } catch (const std::exception& e) {
-        const bool unreadable = dynamic_cast<const FormatError*>(&e) != nullptr ||
-                                dynamic_cast<const cv::Exception*>(&e);
-        if (!files || !unreadable) throw;
-        if (!options_.skip_bad_images) {
-          throw FormatError(std::string(e.what()) +
-                            "; remove or replace it, or give --skip-bad-images to skip such "
-                            "files (counted in metrics.jsonl)");
-        }
-        batch.skipped.push_back(e.what());
-        if (attempt >= 1000) {
-          throw FormatError("more than 1000 unreadable images in a row in '" + data_->source +
-                            "' (the last: " + e.what() + "): is the data set readable at all?");
-        }
-        idx[i] = (idx[i] + 1) % n;
+      std::string error;
+      if (files && options_.skip_bad_images) {
+        std::lock_guard<std::mutex> lock(bad_mutex_);
+        const auto known = bad_.find(idx[i]);
+        if (known != bad_.end()) error = known->second;
       }
+      if (error.empty()) {
+        try {
+          Rng rng(sample_seed(options_.seed, batch.epoch, first + i));
+          transform_->apply(*data_, idx[i], rng, a + i * per_sample, v + i * per_sample);
+          break;
+        } catch (const std::exception& e) {
+          const bool unreadable = dynamic_cast<const FormatError*>(&e) != nullptr ||
+                                  dynamic_cast<const cv::Exception*>(&e);
+          if (!files || !unreadable) throw;
+          if (!options_.skip_bad_images) {
+            throw FormatError(std::string(e.what()) +
+                              "; remove or replace it, or give --skip-bad-images to skip such "
+                              "files (counted in metrics.jsonl)");
+          }
+          error = e.what();
+          std::lock_guard<std::mutex> lock(bad_mutex_);
+          bad_.emplace(idx[i], error);
+        }
+      }
+      batch.skipped.push_back(error);
+      if (attempt >= 1000) {
+        throw FormatError("more than 1000 unreadable images in a row in '" + data_->source +
+                          "' (the last: " + error + "): is the data set readable at all?");
+      }
+      idx[i] = (idx[i] + 1) % n;
     }
   }
   if (data_->labels.defined()) batch.labels = data_->labels.index_select(0, batch.indices);

@@ -1,5 +1,7 @@
 #include "vicreg/report.h"
 
+#include "vicreg/run/evaluation.h"
+
 #include "vicreg/error.h"
 #include "vicreg/evaluate.h"
 #include "vicreg/io/files.h"
@@ -308,8 +310,10 @@ struct ModelSection {
 
 ModelSection model_section(const fs::path& checkpoint, const ReportOptions& options) {
   ModelSection out;
-  TrainConfig tc = read_checkpoint_config(checkpoint.string());
+  const TrainConfig recorded = read_checkpoint_config(checkpoint.string());
+  TrainConfig tc = recorded;
   if (!options.data_dir.empty()) tc.runtime.data_dir = options.data_dir;
+  check_recorded_paths(recorded, tc, checkpoint.string());
   const Dataset test = load_dataset(tc.dataset_config(Split::Test));
   TrainedModel tm = read_model(checkpoint.string(), test);
   const torch::Device device(options.device);
@@ -368,7 +372,8 @@ struct EvalSection {
 struct EvalResult {
   fs::path file;
   std::string protocol, features;
-  double top1 = 0, top5 = 0, seconds = 0;
+  double top1 = 0, seconds = 0;
+  std::optional<double> top5;  ///< none with 5 classes or fewer
   int64_t train_samples = 0;
   nlohmann::json settings;
 };
@@ -393,7 +398,7 @@ std::vector<EvalResult> eval_results(const fs::path& dir) {
     r.protocol = j["protocol"].get<std::string>();
     r.features = j.value("features", std::string("representation"));
     r.top1 = j["top1"].get<double>();
-    r.top5 = j.value("top5", 0.0);
+    if (j.contains("top5") && j["top5"].is_number()) r.top5 = j["top5"].get<double>();
     r.seconds = j.value("seconds", 0.0);
     r.train_samples = j.value("train_samples", int64_t{0});
     r.settings = j.value("settings", nlohmann::json::object());
@@ -409,13 +414,16 @@ EvalSection eval_section(const fs::path& dir) {
               "|---|---|---|---:|---:|---:|---:|\n";
   char row[512];
   for (const EvalResult& r : eval_results(dir)) {
+    char top5[32] = "-";
+    if (r.top5) std::snprintf(top5, sizeof top5, "%.2f", 100 * *r.top5);
     rows << "<tr><td>" << escape(r.file.filename().string()) << "</td><td>" << escape(r.protocol)
          << "</td><td>" << escape(r.features) << "</td><td>" << format_number(100 * r.top1)
-         << "</td><td>" << format_number(100 * r.top5) << "</td><td>" << r.train_samples
-         << "</td><td><code>" << escape(r.settings.dump()) << "</code></td></tr>";
-    std::snprintf(row, sizeof row, "| %s | %s | %s | %.2f | %.2f | %lld | %.0f |\n",
+         << "</td><td>" << (r.top5 ? format_number(100 * *r.top5) : "-") << "</td><td>"
+         << r.train_samples << "</td><td><code>" << escape(r.settings.dump())
+         << "</code></td></tr>";
+    std::snprintf(row, sizeof row, "| %s | %s | %s | %.2f | %s | %lld | %.0f |\n",
                   r.file.stem().string().c_str(), r.protocol.c_str(), r.features.c_str(),
-                  100 * r.top1, 100 * r.top5, static_cast<long long>(r.train_samples), r.seconds);
+                  100 * r.top1, top5, static_cast<long long>(r.train_samples), r.seconds);
     markdown << row;
     ++out.results;
   }
@@ -474,14 +482,27 @@ ReportSummary write_report(const ReportOptions& options) {
   std::vector<std::string> charts = curve_charts(m);
   ModelSection model;
   const fs::path checkpoint = dir / "checkpoint.pt";
+  bool held_out = true;
   if (fs::is_regular_file(checkpoint)) {
-    model = model_section(checkpoint, options);
+    try {
+      model = model_section(checkpoint, options);
+    } catch (const NoHeldOutSplitError& e) {
+      held_out = false;
+      summary.missing = std::string(
+                            "the final model's section (diagnostics, embedding map, "
+                            "neighbours) needs a held-out split: ") +
+                        e.what();
+      model = ModelSection{};
+      model.html = "<h2>Final model</h2><p>" + escape(summary.missing) + "</p>";
+    }
+  }
+  if (fs::is_regular_file(checkpoint) && held_out) {
     charts.push_back(model.histogram);
     charts.push_back(model.map);
     summary.model = true;
     summary.map_points = model.map_points;
     summary.grid_rows = model.grid_rows;
-  } else {
+  } else if (held_out) {
     model.html =
         "<h2>Final model</h2><p>No checkpoint.pt in the directory: no diagnostics, "
         "histogram or neighbours.</p>";

@@ -7,6 +7,7 @@
 #include "vicreg/precision.h"
 #include "vicreg/run/artifacts.h"
 
+#include "support/cli.h"
 #include "support/free_port.h"
 #include "support/synthetic_data.h"
 #include "support/temp_dir.h"
@@ -35,51 +36,9 @@
 namespace {
 
 namespace fs = std::filesystem;
-
-struct Result {
-  int code = -1;
-  std::string out;  // stdout
-  std::string err;  // stderr
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-class Cli : public vicreg::testing::TempDirTest {
- protected:
-  /// Runs `vicreg <args>` with one thread (tests run in parallel), capturing both streams.
-  Result run(const std::string& args) { return shell(std::string(VICREG_CLI) + " " + args); }
-  /// Starts a shell command line in the background (exec'd by /bin/sh); returns its PID, -1 when
-  /// fork fails.
-  static pid_t spawn_shell(const std::string& command) {
-    const std::string cmd = "exec " + command;
-    const pid_t pid = fork();
-    if (pid == 0) {
-      execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    return pid;
-  }
-  /// Runs a shell command line, capturing both streams.
-  Result shell(const std::string& command) {
-    const fs::path err = dir_ / "stderr.txt";
-    const std::string cmd = command + " 2>" + err.string();
-    Result r;
-    FILE* pipe = popen(cmd.c_str(), "r");
-    EXPECT_NE(pipe, nullptr);
-    std::array<char, 4096> buf{};
-    size_t got = 0;
-    while ((got = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.out.append(buf.data(), got);
-    const int status = pclose(pipe);
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r.err = slurp(err);
-    return r;
-  }
-};
+using vicreg::testing::Cli;
+using vicreg::testing::Result;
+using vicreg::testing::slurp;
 
 TEST_F(Cli, HelpListsTheSubcommands) {
   const Result r = run("--help");
@@ -225,8 +184,19 @@ TEST_F(CliTrain, TrainsWritesTheExperimentDirAndResumes) {
   EXPECT_NE(r.err.find("resuming at step 4"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("finished at step 12/12"), std::string::npos) << r.err;
   EXPECT_TRUE(fs::exists(dir_ / "exp" / "backbone.pt"));
-  // Model settings that differ from the checkpoint's are named, not silently dropped.
+  // Another model than the directory's run is refused, naming the difference and the ways out;
+  // --resume continues the run with its own settings, naming those it keeps.
+  const auto before = fs::last_write_time(dir_ / "exp" / "checkpoint.pt");
   r = run(small("exp", "--mlp 16-16 --progress plain"));
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("holds a run of other settings than this command's (it has --mlp "
+                       "\"32-32\")"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("give another --exp-dir"), std::string::npos) << r.err;
+  EXPECT_EQ(fs::last_write_time(dir_ / "exp" / "checkpoint.pt"), before);
+  r = run(small(
+      "exp", "--mlp 16-16 --progress plain --resume " + (dir_ / "exp" / "checkpoint.pt").string()));
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.err.find("ignoring --mlp \"16-16\""), std::string::npos) << r.err;
 }
@@ -843,8 +813,13 @@ TEST_F(CliTrain, ImageNetLayoutFoldersHeldOutSplitsSubsetsAndForeignWeights) {
   r = run("eval --threads 1 --protocol knn --backbone " + tab);
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("a single file"), std::string::npos) << r.err;
-  r = run("eval --threads 1 --protocol knn --backbone " + tab + " --holdout 0.25 --json " +
-          json.string());
+  // The run pretrained on every row: a --holdout part of them is refused (its pretraining saw
+  // them), unless the weights are said to come from elsewhere.
+  r = run("eval --threads 1 --protocol knn --backbone " + tab + " --holdout 0.25");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("--holdout 0.25 would measure on samples"), std::string::npos) << r.err;
+  r = run("eval --threads 1 --protocol knn --backbone " + tab +
+          " --holdout 0.25 --pretrained-elsewhere --json " + json.string());
   ASSERT_EQ(r.code, 0) << r.err;
   doc = nlohmann::json::parse(slurp(json));
   EXPECT_EQ(doc["splits"]["test"]["samples"], 12);  // 25 % of each of 4 classes of 10

@@ -93,14 +93,15 @@ TEST_F(Compat, OldCheckpointsResumeToTheSameLosses) {
   const fs::path exp = dir_ / "run";
   fs::create_directories(exp);
   fs::copy_file(fixture("checkpoint.pt"), exp / "checkpoint.pt");
-  vicreg::TrainConfig c;  // the command line: only runtime settings matter on resume
+  // The command line: only runtime settings matter when the checkpoint is named (--resume).
+  vicreg::TrainConfig c;
   c.runtime.exp_dir = exp.string();
   c.runtime.data_dir = (dir_ / "data").string();
   c.runtime.max_steps = 5;
   c.runtime.log_every = 1;
   c.runtime.threads = 1;
   c.runtime.workers = 1;
-  vicreg::Trainer trainer(c);
+  vicreg::Trainer trainer(c, (exp / "checkpoint.pt").string());
   EXPECT_EQ(trainer.step(), 3);
   EXPECT_EQ(trainer.config().model.mlp, "16-16");
   EXPECT_EQ(trainer.run({vicreg::ProgressStyle::None}).step, 5);

@@ -25,12 +25,13 @@ using vicreg::TrainConfig;
 /// Every setting of `c` changed to another valid value of its type (numbers + 1, booleans
 /// flipped, strings suffixed, choices the next name): a config that differs in every setting.
 TrainConfig changed_everywhere(TrainConfig c) {
-  vicreg::for_each_setting(c, [](const Setting&, auto& field) {
+  vicreg::for_each_setting(c, [](const Setting& s, auto& field) {
     using T = std::decay_t<decltype(field)>;
     if constexpr (std::is_same_v<T, bool>) {
       field = !field;
     } else if constexpr (std::is_same_v<T, std::string>) {
-      field += "x";
+      // A text of listed names takes another of them (the last: "vector" for --recipe).
+      field = s.choices != nullptr ? s.choices().back() : field + "x";
     } else if constexpr (std::is_same_v<T, std::optional<vicreg::Arch>>) {
       field = field ? std::nullopt : std::optional<vicreg::Arch>(vicreg::Arch::ResNet50);
     } else if constexpr (std::is_enum_v<T>) {

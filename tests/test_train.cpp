@@ -131,8 +131,10 @@ TEST_F(Train, LossFallsAndTheExperimentDirIsComplete) {
   in >> j;
   vicreg::TrainConfig back;
   vicreg::update_from_json(back, j);
-  auto resolved = c;  // what auto chose is recorded, and every view setting of the recipe
+  // What auto chose is recorded, the recipe resolved, and every view setting of the recipe.
+  auto resolved = c;
   resolved.runtime.channels_last = vicreg::Toggle::Off;
+  resolved.data.recipe = "fashion-mnist";
   resolved.data.recipe_overrides = vicreg::recipe_override_spec(c.recipe(1));
   EXPECT_NE(resolved.data.recipe_overrides.find("brightness=1.5,contrast=1.5"), std::string::npos);
   EXPECT_FALSE(trainer.channels_last());
@@ -196,9 +198,19 @@ TEST_F(Train, ResumeKeepsTheStoredModelSettings) {
   c.runtime.max_steps = 2;
   vicreg::Trainer(c).run({vicreg::ProgressStyle::None});
   auto changed = c;
-  changed.model.mlp = "32-32";  // ignored: the checkpoint's model is the one that continues
+  changed.model.mlp = "32-32";
   changed.runtime.max_steps = 3;
-  vicreg::Trainer t(changed);
+  // Found in the directory, a run of another model is refused, naming the difference...
+  try {
+    vicreg::Trainer refused(changed);
+    FAIL() << "expected a UsageError";
+  } catch (const vicreg::UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("(it has --mlp \"64-64\")"), std::string::npos)
+        << e.what();
+  }
+  // ...and named, it continues with the checkpoint's model.
+  const std::string checkpoint = (fs::path(c.runtime.exp_dir) / "checkpoint.pt").string();
+  vicreg::Trainer t(changed, checkpoint);
   EXPECT_EQ(t.config().model.mlp, "64-64");
   EXPECT_EQ(t.step(), 2);
 }

@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <optional>
 
@@ -60,9 +61,11 @@ void add_subject_flags(CLI::App& cmd, SubjectArgs& a) {
                       "Evaluate on another data set than the subject's (weights without a run's "
                       "settings: the data set they are evaluated on)");
   cmd.add_option_function<std::string>(
-      "--recipe", [&a](const std::string& v) { a.spec.recipe = v; },
-      "The augmentation recipe whose crop size and normalisation evaluation uses (default: the "
-      "run's, or the data set's)");
+         "--recipe", [&a](const std::string& v) { a.spec.recipe = v; },
+         "The augmentation recipe whose crop size and normalisation evaluation uses (default: the "
+         "run's, or the data set's)")
+      ->check(CLI::IsMember(recipe_names()))
+      ->type_name("{" + join_choices(recipe_names()) + "}");
   cmd.add_option_function<int64_t>(
          "--image-size", [&a](int64_t v) { a.spec.image_size = v; },
          "Crop size (default: the run's, or the recipe's)")
@@ -73,8 +76,13 @@ void add_subject_flags(CLI::App& cmd, SubjectArgs& a) {
   cmd.add_option_function<double>(
          "--holdout", [&a](double v) { a.spec.holdout = v; },
          "Measure on this class-stratified fraction of the training data, the rest being the "
-         "training split (as vicreg train --holdout; default: the run's)")
+         "training split (as vicreg train --holdout; default: the run's). A fraction other than "
+         "the run's would measure on data it was pretrained on and is refused, unless "
+         "--pretrained-elsewhere")
       ->check(CLI::Range(0.0, 0.99));
+  cmd.add_flag("--pretrained-elsewhere", a.spec.pretrained_elsewhere,
+               "These weights never saw these data (e.g. copied from a run on other data): "
+               "measure on a held-out split the run's settings say pretraining saw");
   cmd.add_option_function<std::string>(
       "--classes", [&a](const std::string& v) { a.spec.classes = v; },
       "image-folder: a file of class folder names, one per line (default: the run's)");
@@ -93,6 +101,15 @@ void add_subject_flags(CLI::App& cmd, SubjectArgs& a) {
                   "How the convolutions run in bf16 on a CPU: auto (as the run recorded, else the "
                   "CPU's fastest: fp32-backward with AMX, fp32 on other Intel CPUs, bf16 "
                   "elsewhere), bf16, fp32-backward or fp32 (as vicreg train --bf16-conv)");
+}
+
+/// Where a --json or --out file goes: a relative path is taken in the run's directory when the
+/// subject is a run's file (where vicreg report looks), else in the current directory.
+std::string output_path(const std::string& path, const Subject& s, const SubjectSpec& spec) {
+  namespace fs = std::filesystem;
+  if (path.empty() || fs::path(path).is_absolute() || !s.from_run) return path;
+  const std::string& file = spec.backbone.empty() ? spec.checkpoint : spec.backbone;
+  return (fs::absolute(file).parent_path() / path).lexically_normal().string();
 }
 
 struct EvalArgs {
@@ -117,14 +134,22 @@ int run_eval(EvalArgs& a) {
               sp["test"]["source"].get<std::string>().c_str(),
               static_cast<long long>(sp["test"]["samples"].get<int64_t>()),
               static_cast<long long>(sp["classes"].get<int64_t>()));
-  std::printf(
-      "%s on the %s of %s, %s (%lld train / %lld test): top-1 %.2f %%, top-5 %.2f %%; "
-      "%.1f s\n",
-      a.protocol.c_str(), doc["features"].get<std::string>().c_str(), s.name.c_str(),
-      doc["dataset"].get<std::string>().c_str(),
-      static_cast<long long>(doc["train_samples"].get<int64_t>()),
-      static_cast<long long>(doc["test_samples"].get<int64_t>()), 100 * doc["top1"].get<double>(),
-      100 * doc["top5"].get<double>(), doc["seconds"].get<double>());
+  const nlohmann::json& held = sp["test"].value("held_out", nlohmann::json());
+  if (held.value("declared_unseen", false)) {
+    std::printf(
+        "note: the run's settings say pretraining saw the held-out split; measured on it "
+        "as --pretrained-elsewhere says these weights never did\n");
+  }
+  char top5[64] = "";
+  if (doc.contains("top5")) {
+    std::snprintf(top5, sizeof top5, ", top-5 %.2f %%", 100 * doc["top5"].get<double>());
+  }
+  std::printf("%s on the %s of %s, %s (%lld train / %lld test): top-1 %.2f %%%s; %.1f s\n",
+              a.protocol.c_str(), doc["features"].get<std::string>().c_str(), s.name.c_str(),
+              doc["dataset"].get<std::string>().c_str(),
+              static_cast<long long>(doc["train_samples"].get<int64_t>()),
+              static_cast<long long>(doc["test_samples"].get<int64_t>()),
+              100 * doc["top1"].get<double>(), top5, doc["seconds"].get<double>());
   for (const auto& [what, d] : doc["diagnostics"].items()) {
     std::printf("  test %s: std mean %.3f min %.3f, covariance term %.4g, RankMe %.1f of %lld\n",
                 what.c_str(), d["std_mean"].get<double>(), d["std_min"].get<double>(),
@@ -136,14 +161,16 @@ int run_eval(EvalArgs& a) {
     if (!spec.backbone.empty()) doc["backbone"] = spec.backbone;
     if (!spec.checkpoint.empty()) doc["checkpoint"] = spec.checkpoint;
     if (!a.subject.baseline.empty()) doc["baseline"] = a.subject.baseline;
-    write_json(a.json, doc);
+    const std::string path = output_path(a.json, s, spec);
+    write_json(path, doc);
+    std::printf("results: %s\n", path.c_str());
   }
   return 0;
 }
 
 struct EmbedArgs {
   SubjectArgs subject;
-  std::string out, labels_out, split = "test";
+  std::string out, labels_out, rows_out, split = "test";
 };
 
 int run_embed(EmbedArgs& a) {
@@ -154,10 +181,16 @@ int run_embed(EmbedArgs& a) {
   const torch::Tensor f = subject_features(s, data, a.subject.embedding);
   write_npy(a.out, f);
   if (!a.labels_out.empty()) write_npy(a.labels_out, data.require_labels());
-  std::printf("wrote %lld x %lld %ss of the %s split (%s) to %s\n",
+  std::string rows = a.rows_out;
+  if (rows.empty()) {
+    const std::filesystem::path out(a.out);
+    rows = (out.parent_path() / (out.stem().string() + ".rows.tsv")).string();
+  }
+  write_sample_list(rows, data);
+  std::printf("wrote %lld x %lld %ss of the %s split (%s) to %s, and what each row is to %s\n",
               static_cast<long long>(f.size(0)), static_cast<long long>(f.size(1)),
               a.subject.embedding ? "embedding" : "representation", a.split.c_str(),
-              data.source.c_str(), a.out.c_str());
+              data.source.c_str(), a.out.c_str(), rows.c_str());
   return 0;
 }
 
@@ -212,7 +245,10 @@ Run setup_eval(CLI::App& cmd, const std::vector<std::string>&) {
   cmd.add_option("--temperature", r.knn.temperature, "knn: vote temperature")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  cmd.add_option("--json", a->json, "Also write the results to this JSON file");
+  cmd.add_option("--json", a->json,
+                 "Also write the results to this JSON file; a relative path is taken in the run's "
+                 "directory when evaluating a run's backbone.pt or checkpoint.pt (where vicreg "
+                 "report finds it), else in the current directory");
   return [a] { return run_eval(*a); };
 }
 
@@ -221,6 +257,10 @@ Run setup_embed(CLI::App& cmd, const std::vector<std::string>&) {
   add_subject_flags(cmd, a->subject);
   cmd.add_option("--out", a->out, "Output .npy, [N, D] float32")->required();
   cmd.add_option("--labels-out", a->labels_out, "Labels as .npy, [N] int64");
+  cmd.add_option("--rows-out", a->rows_out,
+                 "What each row is, as TSV with a header: row, sample (the image file, or the "
+                 "row in the data set's files), label, class (default: OUT with .rows.tsv for "
+                 ".npy)");
   cmd.add_option("--split", a->split,
                  "train, or test: the held-out split evaluation measures on (the test files, "
                  "val/ or test/, --val-dir, or the --holdout part)")

@@ -33,8 +33,9 @@ int run_export(const ExportArgs& a) {
   std::printf("wrote %s: %lld tensors of the %s backbone (%lld parameters) from %s\n",
               a.out.c_str(), static_cast<long long>(n), to_string(b.config.model.arch).c_str(),
               static_cast<long long>(count_parameters(*b.encoder)), from.c_str());
-  const std::string how = torchvision_recipe(b);
+  const std::string how = torchvision_recipe(b), inputs = input_normalisation(b);
   if (!how.empty()) std::printf("in PyTorch: %s\n", how.c_str());
+  if (!inputs.empty()) std::printf("inputs: %s\n", inputs.c_str());
   return 0;
 }
 

@@ -33,6 +33,7 @@ int run_report(ReportArgs& a) {
   a.options.exp_dir = a.exp_dirs.front();
   usable_device(a.options.device);
   const ReportSummary r = write_report(a.options);
+  if (!r.missing.empty()) std::fprintf(stderr, "vicreg report: note: %s\n", r.missing.c_str());
   std::printf(
       "wrote %s (and %s): %lld charts, %lld metrics lines, %lld kNN points, %lld "
       "evaluation results, %s; %.1f s\n",

@@ -68,7 +68,7 @@ std::shared_ptr<ProcessGroup> join_process_group(TrainConfig& config) {
 int run_train(TrainArgs& a) {
   const std::shared_ptr<ProcessGroup> group = join_process_group(a.config);
   const bool main_rank = !group || group->rank() == 0;
-  Trainer trainer(a.config, a.resume, group, a.given());
+  Trainer trainer(a.config, a.resume, group, a.given(), a.progress);
   std::signal(SIGINT, on_stop_signal);
   std::signal(SIGTERM, on_stop_signal);
   TrainHooks hooks;
@@ -126,10 +126,8 @@ Run setup_train(CLI::App& cmd, const std::vector<std::string>& argv) {
   cmd.add_option("--resume", a->resume,
                  "Continue from this checkpoint (by default, from EXP_DIR/checkpoint.pt if it "
                  "exists)");
-  cmd.add_option_function<std::string>(
-         "--progress", [a](const std::string& v) { a->progress = parse_choice<ProgressStyle>(v); },
-         "auto (bar on a terminal), bar, plain, none")
-      ->default_str("auto");
+  add_choice_flag(cmd, "--progress", a->progress,
+                  "auto (a bar on a terminal, log lines otherwise), bar, plain or none");
   return [a] { return run_train(*a); };
 }
 

@@ -4,6 +4,7 @@
 #include "vicreg/error.h"
 #include "vicreg/io/files.h"
 
+#include <algorithm>
 #include <cstring>
 #include <optional>
 #include <type_traits>
@@ -24,18 +25,19 @@ const std::vector<Command>& commands() {
        "(d x d covariance, off-diagonal by masking), with GFLOP/s and peak memory",
        setup_bench_loss},
       {"train",
-       "Pretrain a backbone with VICReg (default: Fashion-MNIST, ConvNet, about 24 minutes on 2 "
-       "cores; several processes under torchrun); resumable, writes EXP_DIR/{config.json, "
+       "Pretrain a backbone with VICReg (default: Fashion-MNIST, ConvNet, about 30 minutes on 2 "
+       "cores with bf16 instructions; several processes under torchrun); resumable, writes "
+       "EXP_DIR/{config.json, "
        "metrics.jsonl, checkpoint.pt, backbone.pt}",
        setup_train},
       {"eval",
        "Evaluate a pretrained backbone (or a baseline) on its data set's test split: linear "
-       "probe, cosine kNN, or fine-tuning on a labelled fraction; prints top-1/top-5 and collapse "
-       "diagnostics (per-dimension std, covariance term, RankMe)",
+       "probe, cosine kNN, or fine-tuning on a labelled fraction; prints top-1 (top-5 with more "
+       "than 5 classes) and collapse diagnostics (per-dimension std, covariance term, RankMe)",
        setup_eval},
       {"embed",
        "Write the representations (or, with --embedding, the embeddings) of a split as .npy "
-       "(numpy.load reads it)",
+       "(numpy.load reads it), and beside it a .rows.tsv naming each row's sample and label",
        setup_embed},
       {"export",
        "Write a run's backbone as safetensors with torchvision's names (a ResNet loads into "
@@ -63,7 +65,8 @@ void add_flag(CLI::App& cmd, const Setting& s, T& field) {
   const std::string flag = flag_name(s.key);
   const std::string names = s.alias != nullptr ? flag + "," + flag_name(s.alias) : flag;
   if constexpr (std::is_same_v<T, bool>) {
-    cmd.add_flag(flag + ",!--no-" + flag.substr(2), field, s.help);
+    cmd.add_flag(flag + ",!--no-" + flag.substr(2), field,
+                 std::string(s.help) + (field ? " (default: on)" : " (default: off)"));
   } else if constexpr (std::is_same_v<T, std::optional<Arch>>) {
     cmd.add_option_function<std::string>(
         flag,
@@ -73,6 +76,25 @@ void add_flag(CLI::App& cmd, const Setting& s, T& field) {
         s.help);
   } else if constexpr (std::is_enum_v<T>) {
     add_choice_flag(cmd, flag, field, s.help);
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    if (s.choices == nullptr) {
+      cmd.add_option(names, field, s.help)->capture_default_str();
+      return;
+    }
+    // Text that takes one of a list of names (empty: the default, e.g. the data set's recipe).
+    const std::vector<std::string>& choices = s.choices();
+    cmd.add_option_function<std::string>(
+           names,
+           [&field, &choices, flag](const std::string& v) {
+             if (!v.empty() && std::find(choices.begin(), choices.end(), v) == choices.end()) {
+               throw CLI::ValidationError("unknown " + flag + " '" + v + "': use " +
+                                          join_names(choices));
+             }
+             field = v;
+           },
+           s.help)
+        ->type_name("{" + join_choices(choices) + "}")
+        ->default_str(field);
   } else {
     cmd.add_option(names, field, s.help)->capture_default_str();
   }

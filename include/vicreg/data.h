@@ -158,6 +158,9 @@ struct Dataset {
   /// Class names by label (image-folder: the subfolders; fashion-mnist, mnist, cifar10: the
   /// data set's names); may be empty.
   std::vector<std::string> classes;
+  /// [N] int64: each sample's row in the file(s) it was read from (a --holdout part's rows in the
+  /// training files); undefined: 0..N-1.
+  torch::Tensor rows;
   /// Image channels (1 or 3); 0 for vectors.
   int64_t channels = 0;
   /// Where the samples came from: the folder or file(s), and the held-out part when there is one

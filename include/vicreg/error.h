@@ -30,6 +30,12 @@ class FormatError : public Error {
   using Error::Error;
 };
 
+/// A data set has no held-out split (no test files, val/ folder, --val-dir or --holdout).
+class NoHeldOutSplitError : public FormatError {
+ public:
+  using FormatError::FormatError;
+};
+
 /// A collective failed: a rank was lost, hung or unreachable, or the rendezvous failed.
 class DistributedError : public Error {
  public:

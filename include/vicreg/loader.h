@@ -19,6 +19,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 namespace vicreg {
@@ -141,6 +142,10 @@ class TwoViewLoader {
   std::map<int64_t, TwoViewBatch> ready_;
   std::exception_ptr error_;
   double wait_seconds_ = 0.0;
+  /// Files found unreadable (skip_bad_images), by sample, with the error: skipped again without
+  /// being decoded (a decoder's own complaint on stderr comes once).
+  mutable std::mutex bad_mutex_;
+  mutable std::unordered_map<int64_t, std::string> bad_;
   mutable std::mutex order_mutex_;
   mutable std::map<int64_t, torch::Tensor> orders_;
 };

@@ -39,12 +39,16 @@ struct ReportSummary {
   int64_t charts = 0, eval_results = 0, grid_rows = 0;
   int64_t map_points = 0;  ///< points drawn in the embedding map
   bool model = false;      ///< checkpoint.pt was found and its model evaluated
+  /// What the report leaves out and why (the run's data have no held-out split); empty: none.
+  std::string missing;
 };
 
 /// Writes the report of the experiment directory, and next to it results.md (the evaluation
 /// results as a Markdown table). Throws naming the directory when it holds no
 /// metrics.jsonl (not a `vicreg train` experiment directory), or naming the file for a checkpoint
-/// that cannot be read. Unparseable metrics lines (a run killed mid-write) are skipped and counted.
+/// that cannot be read, or a data path recorded by the run that no longer exists. Data without a
+/// held-out split leave out the final model's section (ReportSummary::missing says so). Unparseable
+/// metrics lines (a run killed mid-write) are skipped and counted.
 ReportSummary write_report(const ReportOptions& options);
 
 /// Several runs side by side (`vicreg report --exp-dir A --exp-dir B ...`): their curves overlaid

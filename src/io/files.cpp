@@ -202,6 +202,13 @@ DirectoryLock::DirectoryLock(const std::string& dir, const std::string& what) {
   static_cast<void>(written);
 }
 
+bool same_path(const std::string& a, const std::string& b) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::exists(a, ec) && fs::exists(b, ec)) return fs::equivalent(a, b, ec);
+  return fs::absolute(a).lexically_normal() == fs::absolute(b).lexically_normal();
+}
+
 int remove_stale_temporaries(const std::string& dir, const std::vector<std::string>& names) {
   // write_file_atomically's temporaries: "." + the file's name + "." + 6 characters of mkstemp.
   int removed = 0;

@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <limits>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string_view>
 
@@ -620,38 +621,6 @@ EncoderConfig infer_encoder_config(const NamedTensors& weights, const std::strin
   ec.in_channels = conv1->second.size(1);
   ec.image_size = kernel == 3 ? 32 : 224;  // what selects the stem in make_encoder
   return ec;
-}
-
-std::string torchvision_recipe(const Backbone& backbone) {
-  const auto* resnet = dynamic_cast<const ResNetImpl*>(backbone.encoder.get());
-  // torchvision has no resnet200 and no model of the reference's widening.
-  if (!resnet || resnet->options.widen() != 1 || resnet->options.depth() == 200) return "";
-  const std::string c = std::to_string(resnet->options.in_channels());
-  std::string how =
-      "m = torchvision.models.resnet" + std::to_string(resnet->options.depth()) + "()";
-  if (resnet->options.small_stem()) {
-    how += "; m.conv1 = nn.Conv2d(" + c + ", 64, 3, 1, 1, bias=False); m.maxpool = nn.Identity()";
-  } else if (resnet->options.in_channels() != 3) {
-    how += "; m.conv1 = nn.Conv2d(" + c + ", 64, 7, 2, 3, bias=False)";
-  }
-  return how +
-         "; m.load_state_dict(tensors, strict=False) (missing: fc.weight, fc.bias); "
-         "m.fc = nn.Identity() for the representation";
-}
-
-int64_t export_backbone(const Backbone& backbone, const std::string& path) {
-  const NamedTensors state = module_state(*backbone.encoder);
-  std::map<std::string, std::string> meta = {
-      {"format", "pt"},
-      {"vicreg.arch", to_string(backbone.config.model.arch)},
-      {"vicreg.config", to_json(backbone.config).dump()},
-      {"vicreg.in_channels", std::to_string(backbone.in_channels)},
-      {"vicreg.image_size", std::to_string(backbone.image_size)},
-      {"vicreg.in_features", std::to_string(backbone.in_features)}};
-  const std::string how = torchvision_recipe(backbone);
-  if (!how.empty()) meta["vicreg.torchvision"] = how;
-  write_safetensors(path, state, meta);
-  return static_cast<int64_t>(state.size());
 }
 
 Encoder load_backbone(const std::string& path) { return read_backbone(path).encoder; }

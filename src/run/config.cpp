@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <limits>
 #include <type_traits>
 
@@ -30,6 +31,15 @@ const NameTable<Section>& name_table<Section>() {
   return t;
 }
 
+const std::vector<std::string>& recipe_choices() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> n = recipe_names();
+    n.push_back("vector");
+    return n;
+  }();
+  return names;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Checks and derived settings
 
@@ -47,6 +57,34 @@ std::string TrainConfig::resolved_recipe() const {
       break;
   }
   return data.recipe.empty() ? "imagenet" : data.recipe;
+}
+
+std::string TrainConfig::default_exp_dir() const {
+  namespace fs = std::filesystem;
+  std::string name = to_string(data.dataset);
+  if (data.dataset == DatasetKind::ImageFolder || data.dataset == DatasetKind::Npy) {
+    fs::path p = fs::absolute(runtime.data_dir).lexically_normal();
+    if (!p.has_filename()) p = p.parent_path();  // "photos/" -> "photos"
+    if (p.extension() == ".npy") p.replace_extension();
+    std::string base = p.filename().string();
+    if (base == "train" || base == "val" || base == "test") {
+      base = p.parent_path().filename().string();
+    }
+    if (!runtime.data_dir.empty() && !base.empty()) name = base;
+  }
+  return (fs::path("runs") / name).string();
+}
+
+void TrainConfig::resolve_paths() {
+  namespace fs = std::filesystem;
+  const auto absolute = [](std::string& path) {
+    if (!path.empty()) path = fs::absolute(path).lexically_normal().string();
+  };
+  if (runtime.exp_dir.empty()) runtime.exp_dir = default_exp_dir();
+  for (std::string* p : {&runtime.data_dir, &runtime.val_dir, &runtime.exp_dir, &data.classes,
+                         &model.init_backbone}) {
+    absolute(*p);
+  }
 }
 
 void TrainConfig::validate() const {
@@ -111,7 +149,6 @@ void TrainConfig::validate() const {
   check(runtime.threads >= 0, "--threads must be >= 0 (0: all cores)");
   check(runtime.workers >= 1 && runtime.workers <= 256, "--workers must be in [1, 256]");
   check(runtime.prefetch >= 1, "--prefetch must be at least 1");
-  check(!runtime.exp_dir.empty(), "--exp-dir must not be empty");
   check(runtime.log_every >= 1, "--log-every must be at least 1");
   check(runtime.max_steps >= 0, "--max-steps must be >= 0");
   check(runtime.checkpoint_every >= 0, "--checkpoint-every must be >= 0 (0: off)");
@@ -361,6 +398,24 @@ TrainConfig config_for_resume(const TrainConfig& stored, const TrainConfig& give
   if (merged.runtime.data_dir.empty()) merged.runtime.data_dir = stored.runtime.data_dir;
   if (merged.runtime.val_dir.empty()) merged.runtime.val_dir = stored.runtime.val_dir;
   return merged;
+}
+
+std::vector<std::string> resume_conflicts(const TrainConfig& stored, const TrainConfig& asked) {
+  std::vector<std::string> out;
+  if (stored.data.dataset != asked.data.dataset) {
+    out.push_back("--dataset " + to_string(stored.data.dataset));
+  }
+  // An empty data_dir asks for none in particular (config_for_resume keeps the stored one).
+  const std::string& asked_dir = asked.runtime.data_dir;
+  if (!asked_dir.empty() && !stored.runtime.data_dir.empty() &&
+      !same_path(stored.runtime.data_dir, asked_dir)) {
+    out.push_back("--data-dir " + stored.runtime.data_dir);
+  }
+  TrainConfig a = stored, b = stored;
+  b.model = asked.model;
+  a.model.init_backbone = b.model.init_backbone;  // a new run's start only
+  for (const std::string& d : differing_settings(a, b)) out.push_back(d);
+  return out;
 }
 
 std::vector<std::string> differing_settings(const TrainConfig& a, const TrainConfig& b,

@@ -1,6 +1,7 @@
 #include "vicreg/run/evaluation.h"
 
 #include "vicreg/error.h"
+#include "vicreg/io/files.h"
 #include "vicreg/io/state_dict.h"
 #include "vicreg/run/artifacts.h"
 #include "vicreg/runtime.h"
@@ -10,6 +11,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <sstream>
 
 namespace vicreg {
 
@@ -82,7 +85,114 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
+std::string data_dir_of(const TrainConfig& c) {
+  return c.runtime.data_dir.empty() ? default_data_dir(c.data.dataset) : c.runtime.data_dir;
+}
+
+/// "--holdout 0.2": a fraction as the flag takes it.
+std::string holdout_text(double fraction) {
+  std::ostringstream o;
+  o << "--holdout " << fraction;
+  return o.str();
+}
+
+/// The held-out split `used` measures on, and whether the pretraining of a run of `recorded`
+/// saw it (Subject::held_out). Throws UsageError for a split it saw, unless `declared_unseen`.
+nlohmann::json held_out_record(const TrainConfig& recorded, const TrainConfig& used, bool from_run,
+                               bool declared_unseen, const std::string& subject) {
+  nlohmann::json h;
+  if (used.data.holdout > 0) {
+    h = {{"kind", "holdout"}, {"fraction", used.data.holdout}};
+  } else if (!used.runtime.val_dir.empty()) {
+    h = {{"kind", "val_dir"}, {"path", used.runtime.val_dir}};
+  } else {
+    h = {{"kind", "files"}};
+  }
+  const std::string data = data_dir_of(used);
+  const bool same_data = from_run && recorded.data.dataset == used.data.dataset && !data.empty() &&
+                         same_path(data_dir_of(recorded), data);
+  if (!same_data) {
+    h["seen_in_pretraining"] = nullptr;
+    return h;
+  }
+  const double run_holdout = recorded.data.holdout;
+  const bool other_holdout = used.data.holdout > 0 && used.data.holdout != run_holdout;
+  const bool training_folder =
+      !used.runtime.val_dir.empty() && same_path(used.runtime.val_dir, data);
+  const bool seen = other_holdout || training_folder;
+  h["seen_in_pretraining"] = seen;
+  if (!seen) return h;
+  if (declared_unseen) {
+    h["declared_unseen"] = true;
+    return h;
+  }
+  const std::string what =
+      other_holdout ? holdout_text(used.data.holdout) : "--val-dir '" + used.runtime.val_dir + "'";
+  const std::string run_split = run_holdout > 0 ? "held out " + holdout_text(run_holdout) + " only"
+                                                : "held out nothing of it (--holdout 0)";
+  throw UsageError(what + " would measure on samples of '" + data + "' that '" + subject +
+                   "' was pretrained on: its run " + run_split +
+                   ". Pretrain with --holdout F to keep a part of the data from pretraining and "
+                   "evaluate on it (leave --holdout out: the run's own split is used), or give "
+                   "--pretrained-elsewhere if these weights never saw these data");
+}
+
 }  // namespace
+
+void check_recorded_paths(const TrainConfig& recorded, const TrainConfig& used,
+                          const std::string& run) {
+  namespace fs = std::filesystem;
+  struct Path {
+    const std::string& recorded;
+    const std::string& used;
+    const char* what;
+    const char* flag;
+  };
+  const Path paths[] = {
+      {recorded.runtime.data_dir, used.runtime.data_dir, "data folder", "--data-dir"},
+      {recorded.runtime.val_dir, used.runtime.val_dir, "held-out split", "--val-dir"},
+      {recorded.data.classes, used.data.classes, "class list", "--classes"},
+  };
+  for (const Path& p : paths) {
+    // The data set's own default speaks for itself (load_dataset says how to install it).
+    if (p.used.empty() || p.used != p.recorded || p.used == default_data_dir(used.data.dataset)) {
+      continue;
+    }
+    std::error_code ec;
+    if (!fs::exists(p.used, ec)) {
+      throw FormatError(std::string("the ") + p.what + " '" + p.used +
+                        "' recorded in the settings of '" + run +
+                        "' does not exist (moved, deleted, or relative to another folder): give " +
+                        p.flag + " where it is now");
+    }
+  }
+}
+
+void write_sample_list(const std::string& path, const Dataset& data) {
+  std::ostringstream out;
+  out << "row\tsample\tlabel\tclass\n";
+  const torch::Tensor rows =
+      data.rows.defined() ? data.rows.contiguous() : torch::arange(data.size(), torch::kLong);
+  const torch::Tensor labels = data.labels.defined() ? data.labels.contiguous() : torch::Tensor();
+  const int64_t* r = rows.data_ptr<int64_t>();
+  for (int64_t i = 0; i < data.size(); ++i) {
+    out << i << '\t';
+    if (!data.files.empty()) {
+      out << data.files[static_cast<size_t>(i)];
+    } else {
+      out << r[i];
+    }
+    if (labels.defined()) {
+      const int64_t l = labels[i].item<int64_t>();
+      const bool named = l >= 0 && l < static_cast<int64_t>(data.classes.size());
+      out << '\t' << l << '\t' << (named ? data.classes[static_cast<size_t>(l)] : "");
+    } else {
+      out << "\t\t";
+    }
+    out << '\n';
+  }
+  write_file_atomically(path, out.str());
+}
 
 Subject load_subject(const SubjectSpec& spec, const std::vector<Split>& splits) {
   const int given = !spec.backbone.empty() + !spec.checkpoint.empty() + spec.baseline.has_value() +
@@ -121,7 +231,15 @@ Subject load_subject(const SubjectSpec& spec, const std::vector<Split>& splits) 
                      join_names(names_of<DatasetKind>()) +
                      ") beside --data-dir, and --image-size for crops other than its recipe's");
   }
+  // A run's own backbone.pt or checkpoint.pt carries the settings it was pretrained with.
+  s.from_run = !spec.checkpoint.empty() ||
+               (!spec.backbone.empty() && (b.image_size > 0 || b.in_features > 0));
+  const TrainConfig recorded = s.config;
   apply_data_settings(spec, s.config);
+  if (s.from_run) check_recorded_paths(recorded, s.config, s.name);
+  if (std::find(splits.begin(), splits.end(), Split::Test) != splits.end()) {
+    s.held_out = held_out_record(recorded, s.config, s.from_run, spec.pretrained_elsewhere, s.name);
+  }
   // A run's files record the precision it was trained in; auto evaluates in it.
   const bool trained_here = !spec.backbone.empty() || !spec.checkpoint.empty();
   s.precision = resolve_precision(spec.precision, s.device,
@@ -223,6 +341,14 @@ nlohmann::json evaluate_subject(Subject& s, const EvalRequest& r) {
   if (ytr.min().item<int64_t>() < 0 || yte.min().item<int64_t>() < 0) {
     throw UsageError("the labels of '" + to_string(s.config.data.dataset) + "' must be >= 0");
   }
+  const int64_t classes = !train_split.classes.empty()
+                              ? static_cast<int64_t>(train_split.classes.size())
+                              : std::max(ytr.max().item<int64_t>(), yte.max().item<int64_t>()) + 1;
+  if (ytr.numel() == 0 || ytr.min().item<int64_t>() == ytr.max().item<int64_t>()) {
+    throw UsageError("the training split (" + train_split.source +
+                     ") has one class: evaluation needs at least two (a classifier of one class "
+                     "is always right)");
+  }
   const bool image_data = !train_split.is_vector();
   Accuracy acc;
   nlohmann::json settings, diagnostics;
@@ -268,8 +394,8 @@ nlohmann::json evaluate_subject(Subject& s, const EvalRequest& r) {
     const torch::Tensor fte = r.embedding ? project(s, rep_te) : rep_te;
     feature_s = seconds_since(t0);
     if (r.protocol == Protocol::Knn) {
-      const int64_t classes = std::max(ytr.max().item<int64_t>(), yte.max().item<int64_t>()) + 1;
-      acc = accuracy(knn_scores(ftr, ytr, fte, r.knn.k, r.knn.temperature, classes), yte);
+      const int64_t labels = std::max(ytr.max().item<int64_t>(), yte.max().item<int64_t>()) + 1;
+      acc = accuracy(knn_scores(ftr, ytr, fte, r.knn.k, r.knn.temperature, labels), yte);
       settings = {{"k", r.knn.k}, {"temperature", r.knn.temperature}};
     } else {
       LinearProbeOptions o = ProtocolDefaults::linear();
@@ -286,16 +412,14 @@ nlohmann::json evaluate_subject(Subject& s, const EvalRequest& r) {
     diagnose(rep_te);
   }
   if (!r.train_subset.empty()) settings["train_subset"] = r.train_subset;
-  const int64_t classes = !train_split.classes.empty()
-                              ? static_cast<int64_t>(train_split.classes.size())
-                              : std::max(ytr.max().item<int64_t>(), yte.max().item<int64_t>()) + 1;
+  nlohmann::json test = {{"source", s.test.source}, {"samples", s.test.size()}};
+  if (!s.held_out.is_null()) test["held_out"] = s.held_out;
   const nlohmann::json splits = {
       {"train", {{"source", train_split.source}, {"samples", train_used}}},
-      {"test", {{"source", s.test.source}, {"samples", s.test.size()}}},
+      {"test", test},
       {"classes", classes}};
   nlohmann::json out = {{"protocol", to_string(r.protocol)},
                         {"top1", acc.top1},
-                        {"top5", acc.top5},
                         {"features", r.embedding ? "embedding" : "representation"},
                         {"subject", s.name},
                         {"dataset", to_string(s.config.data.dataset)},
@@ -309,6 +433,7 @@ nlohmann::json evaluate_subject(Subject& s, const EvalRequest& r) {
                         {"train_samples", train_used},
                         {"test_samples", s.test.size()},
                         {"splits", splits}};
+  if (classes > 5) out["top5"] = acc.top5;  // with 5 classes or fewer it is 100 %
   if (!s.bf16_conv.empty()) out["bf16_conv"] = s.bf16_conv;
   return out;
 }

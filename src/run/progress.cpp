@@ -172,15 +172,20 @@ void ProgressReporter::interval(const nlohmann::json& m, int64_t epochs, int64_t
 
 void ProgressReporter::probe(const nlohmann::json& p, int64_t per_epoch) const {
   if (!active()) return;
+  // Top-5 is left out of the line with 5 classes or fewer.
+  const auto top5 = [&p](const char* key) {
+    char b[32] = "";
+    if (p.contains(key)) std::snprintf(b, sizeof b, " top-5 %.2f %%", 100 * p[key].get<double>());
+    return std::string(b);
+  };
+  const auto epoch = static_cast<long long>(p["step"].get<int64_t>() / per_epoch);
   if (p.value("event", "") == "online_probe") {
-    std::fprintf(stderr, "%sepoch %lld online linear probe top-1 %.2f %% top-5 %.2f %%\n",
-                 bar_ ? "\n" : "", static_cast<long long>(p["step"].get<int64_t>() / per_epoch),
-                 100 * p["top1"].get<double>(), 100 * p["top5"].get<double>());
+    std::fprintf(stderr, "%sepoch %lld online linear probe top-1 %.2f %%%s\n", bar_ ? "\n" : "",
+                 epoch, 100 * p["top1"].get<double>(), top5("top5").c_str());
     return;
   }
-  std::fprintf(stderr, "%sepoch %lld kNN top-1 %.2f %% top-5 %.2f %% (bank %lld), RankMe %.1f\n",
-               bar_ ? "\n" : "", static_cast<long long>(p["step"].get<int64_t>() / per_epoch),
-               100 * p["knn_top1"].get<double>(), 100 * p["knn_top5"].get<double>(),
+  std::fprintf(stderr, "%sepoch %lld kNN top-1 %.2f %%%s (bank %lld), RankMe %.1f\n",
+               bar_ ? "\n" : "", epoch, 100 * p["knn_top1"].get<double>(), top5("knn_top5").c_str(),
                static_cast<long long>(p["bank"].get<int64_t>()),
                p["rankme_representation"].get<double>());
 }

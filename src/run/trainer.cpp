@@ -39,12 +39,14 @@ std::string joined(const std::vector<std::string>& v) {
 // Construction
 
 Trainer::Trainer(TrainConfig config, std::string resume, std::shared_ptr<ProcessGroup> group,
-                 std::optional<std::vector<std::string>> given)
-    : config_(std::move(config)),
+                 std::optional<std::vector<std::string>> given, ProgressStyle notes)
+    : notes_(notes),
+      config_(std::move(config)),
       given_keys_(std::move(given)),
       device_(torch::kCPU),
       group_(std::move(group)) {
   config_.validate();
+  config_.resolve_paths();
   given_ = config_;
   if (group_ && group_->world_size() > 1) {
     rank_ = group_->rank();
@@ -58,6 +60,7 @@ Trainer::Trainer(TrainConfig config, std::string resume, std::shared_ptr<Process
   resume_config(resume);
   choose_numerics();
   load_data();
+  ProgressReporter(notes_, is_main()).note(plan_line());
   choose_memory_format();
   make_loader();
   build_model(/*fresh=*/resume_.empty());
@@ -124,16 +127,41 @@ void Trainer::resume_config(const std::string& resume) {
       std::fprintf(stderr, "vicreg train: warning: %s\n", warning.c_str());
     }
   }
-  if (resume_.empty()) return;
+  if (resume_.empty()) {
+    if (config_.runtime.data_dir.empty()) {
+      config_.runtime.data_dir = default_data_dir(config_.data.dataset);
+    }
+    return;
+  }
   // The checkpoint decides what shapes the run; the command line where and how it runs
   // (config_for_resume: by section).
   const TrainConfig stored = read_checkpoint_config(resume_);
+  // A run found in the directory goes on only if it is the run asked for (an explicit --resume
+  // goes on with the checkpoint's settings).
+  const std::vector<std::string> conflicts =
+      resume.empty() ? resume_conflicts(stored, given_) : std::vector<std::string>{};
+  if (!conflicts.empty()) {
+    throw UsageError("the experiment directory '" + dir.root +
+                     "' holds a run of other settings "
+                     "than this command's (it has" +
+                     joined(conflicts) +
+                     "): give another "
+                     "--exp-dir for a new run, or --resume " +
+                     resume_ + " to continue that run with its own settings");
+  }
   trained_precision_ = stored.runtime.precision;
   trained_channels_last_ = stored.runtime.channels_last;
   trained_bf16_conv_ = stored.runtime.bf16_conv;
   config_ = config_for_resume(stored, given_);
+  if (config_.runtime.data_dir.empty()) {
+    config_.runtime.data_dir = default_data_dir(config_.data.dataset);
+  }
+  // Left to the recipe (its crop size), the settings are the run's whatever it recorded.
+  TrainConfig asked = given_;
+  if (asked.data.recipe.empty()) asked.data.recipe = stored.data.recipe;
+  if (asked.data.image_size == 0) asked.data.image_size = stored.data.image_size;
   const std::vector<std::string> ignored =
-      differing_settings(given_, config_, given_keys_ ? &*given_keys_ : nullptr);
+      differing_settings(asked, config_, given_keys_ ? &*given_keys_ : nullptr);
   if (!ignored.empty() && is_main()) {
     std::fprintf(stderr, "vicreg train: resuming from '%s', whose settings are kept; ignoring%s\n",
                  resume_.c_str(), joined(ignored).c_str());
@@ -144,101 +172,76 @@ Recipe Trainer::recipe() const { return config_.recipe(data_->channels); }
 
 void Trainer::load_data() {
   data_ = std::make_shared<Dataset>(load_dataset(config_.dataset_config(Split::Train)));
-  if (!data_->is_vector()) {
-    const Recipe views = recipe();
-    image_size_ = views.view_a.crop.size;
-    // A new run records every view setting, so that it resumes with them even if the recipe's
-    // values change (docs/decisions.md).
-    if (resume_.empty()) config_.data.recipe_overrides = recipe_override_spec(views);
-  }
   const int64_t batch = config_.optim.batch_size;
+  if (batch > data_->size()) {
+    throw UsageError("--batch-size " + std::to_string(batch) + " is larger than the data set ('" +
+                     data_->name + "', " + std::to_string(data_->size()) +
+                     " samples): give a --batch-size of at most " + std::to_string(data_->size()) +
+                     ", or more data");
+  }
   if (world_ > 1 && batch / world_ < 2) {
     throw UsageError("--batch-size " + std::to_string(batch) + " over " + std::to_string(world_) +
                      " processes leaves fewer than 2 rows per process: use at least " +
                      std::to_string(2 * world_));
   }
+  const bool labelled = data_->labels.defined();
+  if (config_.runtime.online_probe == Toggle::On && !labelled) {
+    throw UsageError("--online-probe on needs labels, and " + data_->source +
+                     " has none: give labelled data, or --online-probe off");
+  }
+  if (labelled && is_main() && data_->size() > 0 &&
+      data_->labels.min().item<int64_t>() == data_->labels.max().item<int64_t>()) {
+    std::fprintf(stderr,
+                 "vicreg train: warning: every sample of %s has the same label: pretraining "
+                 "needs no labels, but evaluation needs at least two classes\n",
+                 data_->source.c_str());
+  }
+  const std::string& init = config_.model.init_backbone;
+  if (resume_.empty() && !init.empty() && !fs::is_regular_file(init)) {
+    throw FormatError("--init-backbone '" + init + "': no such file");
+  }
+  if (!data_->is_vector()) {
+    const Recipe views = recipe();
+    image_size_ = views.view_a.crop.size;
+    if (resume_.empty()) {
+      // A new run records the recipe and crop size it resolved and every view setting, so that
+      // it resumes with them even if the recipe's values change (docs/decisions.md).
+      config_.data.recipe_overrides = recipe_override_spec(views);
+      config_.data.recipe = config_.resolved_recipe();
+      config_.data.image_size = image_size_;
+      const int64_t side = typical_image_side(*data_);
+      if (side > 0 && image_size_ > 2 * side && is_main()) {
+        std::fprintf(stderr,
+                     "vicreg train: warning: %lld px crops upscale the images (median shorter "
+                     "side %lld px) %.1fx: give --image-size %lld (or a recipe of that size) "
+                     "unless that is meant\n",
+                     static_cast<long long>(image_size_), static_cast<long long>(side),
+                     static_cast<double>(image_size_) / side, static_cast<long long>(side));
+      }
+    }
+  }
   // The probe's held-out split, checked before the first step rather than at the first probe.
   if (config_.runtime.eval_every > 0) load_test_data();
 }
 
-namespace {
-
-/// Times the forward, loss and backward passes of `config`'s model on `rows` random views of
-/// `channels` x `size` x `size` in both memory formats: one warm-up step of each (oneDNN builds
-/// its kernels then), then rounds of one step of each, in alternating order, until 3 rounds or
-/// `budget_s` seconds of them. The global generator is left as it was.
-MemoryFormatTiming time_memory_formats(const VICRegModelConfig& config, int64_t rows,
-                                       int64_t channels, int64_t size, Precision precision,
-                                       VICRegLossOptions loss, double budget_s) {
-  constexpr int kRounds = 3;
-  at::Generator global = at::detail::getDefaultCPUGenerator();
-  const torch::Tensor state = global.get_state();
-  VICReg models[2] = {VICReg(config), VICReg(config)};
-  global.set_state(state);
-  to_channels_last(*models[1]);
-  at::Generator own = at::detail::createCPUGenerator(0x5EED);
-  const torch::Tensor x_a = torch::randn({rows, channels, size, size}, own);
-  const torch::Tensor x_b = torch::randn({rows, channels, size, size}, own);
-  const torch::Tensor inputs[2][2] = {{x_a, x_b},
-                                      {channels_last_copy(x_a), channels_last_copy(x_b)}};
-  const torch::Device cpu(torch::kCPU);
-  loss.check_finite(false);  // random views of a model at its initialisation: only the time counts
-  const auto step = [&](int format) {
-    const auto t0 = std::chrono::steady_clock::now();
-    VICReg& m = models[format];
-    m->zero_grad();
-    VICRegOutput out;
-    {
-      const AutocastGuard autocast(cpu, precision);
-      out = m->forward(inputs[format][0], inputs[format][1]);
-    }
-    vicreg_loss(out.z_a, out.z_b, loss).total.backward();
-    return seconds_since(t0);
-  };
-  step(0);
-  step(1);
-  MemoryFormatTiming t;
-  t.contiguous_s = t.channels_last_s = std::numeric_limits<double>::infinity();
-  double spent = 0;
-  while (t.rounds < kRounds && (t.rounds == 0 || spent < budget_s)) {
-    for (int i = 0; i < 2; ++i) {
-      const int format = (t.rounds + i) % 2;
-      const double s = step(format);
-      spent += s;
-      double& best = format == 0 ? t.contiguous_s : t.channels_last_s;
-      best = std::min(best, s);
-    }
-    ++t.rounds;
-  }
-  return t;
-}
-
-}  // namespace
-
-void Trainer::choose_memory_format() {
-  if (measure_memory_format_ && is_main()) {
-    memory_format_timing_ = time_memory_formats(
-        config_.model_config(*data_), config_.optim.batch_size / world_, data_->channels,
-        image_size_, precision_.precision, config_.loss_options(), /*budget_s=*/10.0);
-    channels_last_ = memory_format_timing_->channels_last();
-  }
-  if (group_) {
-    // Every rank takes rank 0's format (the ranks could time them differently).
-    const MemoryFormatTiming t = memory_format_timing_.value_or(MemoryFormatTiming{});
-    std::vector<torch::Tensor> chosen = {
-        torch::tensor({channels_last_ ? 1.0 : 0.0, memory_format_timing_ ? 1.0 : 0.0,
-                       t.contiguous_s, t.channels_last_s, static_cast<double>(t.rounds)},
-                      torch::TensorOptions(torch::kDouble))
-            .to(device_)};
-    group_->broadcast(chosen, 0);
-    const torch::Tensor c = chosen[0].cpu();
-    const double* v = c.data_ptr<double>();
-    channels_last_ = v[0] > 0.5;
-    if (v[1] > 0.5) {
-      memory_format_timing_ = MemoryFormatTiming{v[2], v[3], static_cast<int>(v[4])};
-    }
-  }
-  config_.runtime.channels_last = channels_last_ ? Toggle::On : Toggle::Off;
+std::string Trainer::plan_line() const {
+  const ModelConfig& m = config_.model;
+  std::string model = to_string(m.arch);
+  if (m.arch_b && !m.shared_weights) model += " + " + to_string(*m.arch_b);
+  const std::string crops = data_->is_vector()
+                                ? ""
+                                : ", " + std::to_string(image_size_) + " px crops (recipe " +
+                                      config_.resolved_recipe() + ")";
+  const std::string classes =
+      data_->classes.size() > 1 ? ", " + std::to_string(data_->classes.size()) + " classes" : "";
+  return "vicreg train: " + to_string(config_.data.dataset) + ", " + std::to_string(data_->size()) +
+         " samples (" + data_->source + ")" + classes + "; " + model + crops + "; precision " +
+         to_string(precision_.precision) + " (" + precision_.reason + ")" +
+         (precision_.precision == Precision::Bf16 && device_.is_cpu() && !data_->is_vector() &&
+                  is_convolutional(m.arch)
+              ? ", convolutions " + to_string(cpu_bf16_conv())
+              : "") +
+         (scaler_.enabled() ? ", loss scaling" : "") + "; " + describe_runtime();
 }
 
 void Trainer::make_loader() {
@@ -271,11 +274,7 @@ void Trainer::build_optimizer() {
 
 void Trainer::build_probe() {
   const Toggle t = config_.runtime.online_probe;
-  const bool labelled = data_->labels.defined();
-  if (t == Toggle::On && !labelled) {
-    throw UsageError("--online-probe on needs labels, and " + data_->source +
-                     " has none: give labelled data, or --online-probe off");
-  }
+  const bool labelled = data_->labels.defined();  // on without labels: refused by load_data
   if (t == Toggle::Off || !labelled) return;
   // Its own draws: the global generator, which the model's initialisation has used, is left
   // where it was.
@@ -449,20 +448,6 @@ StepStats Trainer::train_step(const TwoViewBatch& batch) {
 // ---------------------------------------------------------------------------------------------
 // The loop
 
-std::string Trainer::memory_format_note() const {
-  if (!memory_format_timing_) return channels_last_ ? ", channels_last" : "";
-  const MemoryFormatTiming& t = *memory_format_timing_;
-  const auto ms = [](double s) {
-    char b[32];
-    std::snprintf(b, sizeof b, s < 0.01 ? "%.2f" : "%.0f", 1e3 * s);
-    return std::string(b);
-  };
-  return std::string(channels_last_ ? ", channels_last" : ", contiguous") +
-         " (auto: " + ms(channels_last_ ? t.channels_last_s : t.contiguous_s) +
-         " ms a step against " + ms(channels_last_ ? t.contiguous_s : t.channels_last_s) +
-         (channels_last_ ? " contiguous" : " channels_last") + ", measured)";
-}
-
 int64_t Trainer::stop_step() const {
   const int64_t total = schedule_.total_steps;
   return config_.runtime.max_steps > 0 ? std::min(total, config_.runtime.max_steps) : total;
@@ -540,20 +525,20 @@ std::vector<nlohmann::json> Trainer::held_out_probes() {
   const Accuracy a =
       accuracy(knn_scores(xb, bank.labels, xq, k.k, k.temperature, classes), test_data_->labels);
   const double epoch = static_cast<double>(step_) / loader_->batches_per_epoch();
+  // Top-5 only where it says something: with 5 classes or fewer it is 100 %.
+  const bool top5 = classes > 5;
   std::vector<nlohmann::json> lines = {{{"event", "knn"},
                                         {"step", step_},
                                         {"epoch", epoch},
                                         {"knn_top1", a.top1},
-                                        {"knn_top5", a.top5},
                                         {"bank", n},
                                         {"rankme_representation", rankme(xq)}}};
+  if (top5) lines[0]["knn_top5"] = a.top5;
   if (probe_) {
     const Accuracy o = probe_->evaluate(xq.to(device_), test_data_->labels.to(device_));
-    lines.push_back({{"event", "online_probe"},
-                     {"step", step_},
-                     {"epoch", epoch},
-                     {"top1", o.top1},
-                     {"top5", o.top5}});
+    lines.push_back(
+        {{"event", "online_probe"}, {"step", step_}, {"epoch", epoch}, {"top1", o.top1}});
+    if (top5) lines.back()["top5"] = o.top5;
   }
   return lines;
 }
@@ -579,17 +564,10 @@ TrainResult Trainer::run(const TrainHooks& hooks) {
   const ProgressReporter progress(hooks.progress, is_main());
   const int64_t per_epoch = loader_->batches_per_epoch();
   progress.note(
-      "vicreg train: " + to_string(config_.data.dataset) + ", " + std::to_string(data_->size()) +
-      " samples (" + data_->source + "), " + std::to_string(per_epoch) + " steps/epoch, " +
+      "vicreg train: " + std::to_string(per_epoch) + " steps/epoch, " +
       std::to_string(config_.optim.epochs) + " epochs, " +
       (start_step > 0 ? "resuming at step " + std::to_string(start_step) : "from scratch") +
-      "; precision " + to_string(precision_.precision) + " (" + precision_.reason + ")" +
-      (precision_.precision == Precision::Bf16 && device_.is_cpu() &&
-               is_convolutional(config_.model.arch)
-           ? ", convolutions " + to_string(cpu_bf16_conv())
-           : "") +
-      memory_format_note() + (scaler_.enabled() ? ", loss scaling" : "") + "; " +
-      describe_runtime());
+      memory_format_note() + "; writing " + dir.root);
   if (group_) {
     const int64_t batch = config_.optim.batch_size;
     progress.note("vicreg train: " + std::to_string(world_) + " processes (" + group_->backend() +

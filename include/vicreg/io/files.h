@@ -54,6 +54,10 @@ class DirectoryLock {
 /// process holds.
 int remove_stale_temporaries(const std::string& dir, const std::vector<std::string>& names);
 
+/// Whether two paths name the same file or folder: the same inode when both exist, else the
+/// same absolute, normalised path.
+bool same_path(const std::string& a, const std::string& b);
+
 /// How deep a JSON document read from a file may nest (objects and arrays).
 constexpr int kMaxJsonDepth = 1000;
 

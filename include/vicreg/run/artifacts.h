@@ -167,11 +167,18 @@ EncoderConfig infer_encoder_config(const NamedTensors& weights, const std::strin
 /// ones).
 std::string torchvision_recipe(const Backbone& backbone);
 
+/// The inputs an image backbone expects, as torchvision writes it:
+/// "transforms.Normalize(mean=[...], std=[...]) on [0, 1] images of S x S" (the evaluation
+/// transform of its run's recipe); empty for vectors and for weights without a run's settings.
+std::string input_normalisation(const Backbone& backbone);
+
 /// Writes a backbone as safetensors with torchvision's names (a ResNet loads into
 /// torchvision.models.resnetNN with strict=False, only fc.* missing; the small-image stem needs
 /// conv1 = Conv2d(C, 64, 3, 1, 1, bias=False) and maxpool = Identity()). The metadata records
 /// the settings (vicreg.config, vicreg.arch, vicreg.in_channels, vicreg.image_size,
-/// vicreg.in_features) and, in vicreg.torchvision, how to build the torchvision model.
+/// vicreg.in_features), for images the normalisation (vicreg.mean, vicreg.std: JSON arrays, and
+/// vicreg.input: input_normalisation) and, in vicreg.torchvision, how to build the torchvision
+/// model.
 /// Returns the number of tensors written.
 int64_t export_backbone(const Backbone& backbone, const std::string& path);
 

@@ -20,6 +20,7 @@
 // vicreg 0.1 wrote it, so its files read unchanged.
 #pragma once
 
+#include "vicreg/augment.h"
 #include "vicreg/data.h"
 #include "vicreg/distributed.h"
 #include "vicreg/loader.h"
@@ -106,7 +107,8 @@ struct RuntimeConfig {
   int threads = 0;             ///< intra-op threads; 0: one per core
   int workers = 2;             ///< loader threads
   int prefetch = 6;            ///< batches prepared ahead
-  std::string exp_dir = "runs/fashion-mnist";
+  /// Empty: runs/NAME, NAME the data's (TrainConfig::default_exp_dir).
+  std::string exp_dir;
   int64_t log_every = 20;  ///< steps per metrics line
   int64_t max_steps = 0;   ///< stop after this many steps in all (0: no limit)
   /// Checkpoints besides those at epoch ends and at the end: every N steps (0: no), and after M
@@ -153,6 +155,13 @@ struct TrainConfig {
   void validate() const;
   /// The recipe used: data.recipe, or the data set's natural one ("" for vector data).
   std::string resolved_recipe() const;
+  /// The experiment directory of a run without --exp-dir: runs/NAME, NAME the data set's name
+  /// for the built-in ones, the folder's (or .npy file's) name for image-folder and npy; a
+  /// folder called train, val or test is named by its parent.
+  std::string default_exp_dir() const;
+  /// runtime.exp_dir (its default when empty) and every path setting (data_dir, val_dir,
+  /// classes, init_backbone) made absolute, so that config.json is read the same from anywhere.
+  void resolve_paths();
 
   // The modules' own option structs, each built here and nowhere else.
   DatasetConfig dataset_config(Split split) const;
@@ -174,6 +183,9 @@ struct TrainConfig {
   DistributedOptions distributed_options() const;
 };
 
+/// What --recipe takes: the image recipes (recipe_names) and "vector" (vector data's own).
+const std::vector<std::string>& recipe_choices();
+
 /// The sections of TrainConfig.
 enum class Section { Data, Model, Optim, Loss, Seed, Runtime, Distributed };
 template <>
@@ -191,6 +203,8 @@ struct Setting {
   const char* key;
   const char* help;
   const char* alias = nullptr;
+  /// The names a text setting takes (the CLI checks and lists them); null: any text.
+  const std::vector<std::string>& (*choices)() = nullptr;
 };
 
 /// Calls visit(const Setting&, field&) for every setting of `config`, in the order of the
@@ -201,8 +215,8 @@ void for_each_setting(Config& c, Visit&& visit) {
   // data
   visit(Setting{S::Data, "dataset", "fashion-mnist, mnist, cifar10, cifar100, image-folder, npy"},
         c.data.dataset);
-  visit(Setting{S::Data, "recipe",
-                "Augmentation recipe: imagenet, cifar, fashion-mnist (default: the data set's)"},
+  visit(Setting{S::Data, "recipe", "Augmentation recipe (default: the data set's)", nullptr,
+                recipe_choices},
         c.data.recipe);
   visit(Setting{S::Data, "image_size", "Crop size (0: the recipe's)"}, c.data.image_size);
   visit(Setting{S::Data, "recipe_overrides",
@@ -236,9 +250,11 @@ void for_each_setting(Config& c, Visit&& visit) {
         c.model.final_conv);
   visit(Setting{S::Model, "encoder_mlp", "mlp backbone: hidden layers"}, c.model.encoder_mlp);
   visit(Setting{S::Model, "mlp", "Expander layer sizes, e.g. 8192-8192-8192"}, c.model.mlp);
-  visit(Setting{S::Model, "shared_weights",
-                "Both views through the same backbone and expander (default), or one each"},
-        c.model.shared_weights);
+  visit(
+      Setting{
+          S::Model, "shared_weights",
+          "Both views through the same backbone and expander, or (--no-shared-weights) one each"},
+      c.model.shared_weights);
   visit(Setting{S::Model, "arch_b", "Second branch's backbone with --no-shared-weights"},
         c.model.arch_b);
   visit(Setting{S::Model, "init_backbone",
@@ -288,7 +304,8 @@ void for_each_setting(Config& c, Visit&& visit) {
   visit(Setting{S::Runtime, "workers", "Data loader threads"}, c.runtime.workers);
   visit(Setting{S::Runtime, "prefetch", "Batches prepared ahead"}, c.runtime.prefetch);
   visit(Setting{S::Runtime, "exp_dir",
-                "Experiment directory (config.json, metrics.jsonl, checkpoint.pt, backbone.pt)"},
+                "Experiment directory (config.json, metrics.jsonl, checkpoint.pt, backbone.pt); "
+                "default runs/NAME, NAME the data set's or the data folder's"},
         c.runtime.exp_dir);
   visit(Setting{S::Runtime, "log_every", "Steps per metrics line"}, c.runtime.log_every);
   visit(Setting{S::Runtime, "max_steps",
@@ -353,7 +370,7 @@ void for_each_setting(Config& c, Visit&& visit) {
   // distributed
   visit(Setting{S::Distributed, "sync_bn",
                 "With several processes (torchrun), BatchNorm statistics over all of them "
-                "(default, as the reference), or each process's own"},
+                "(as the reference), or (--no-sync-bn) each process's own"},
         c.distributed.sync_bn);
   visit(Setting{S::Distributed, "dist_backend",
                 "With several processes: auto (NCCL on CUDA, else Gloo), gloo or nccl"},
@@ -385,6 +402,12 @@ TrainConfig read_config_file(const std::string& path, TrainConfig config = {},
 /// and seed; `given`'s runtime and distributed sections (an empty runtime.data_dir keeps the
 /// stored one).
 TrainConfig config_for_resume(const TrainConfig& stored, const TrainConfig& given);
+
+/// What keeps a run of `stored`'s settings from going on under the settings `asked` for, as
+/// "--flag value-of-stored" items: another data set, another data folder (only when `asked`
+/// names one) or other model settings (init_backbone aside: it only starts a new run). Empty:
+/// nothing. Paths are compared as resolve_paths() makes them.
+std::vector<std::string> resume_conflicts(const TrainConfig& stored, const TrainConfig& asked);
 
 /// The settings of the sections a checkpoint decides (not runtime, not distributed) whose values
 /// differ between `a` and `b`, as "--flag value" (the value of `a`, as JSON); with `only`, just

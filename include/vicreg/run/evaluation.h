@@ -45,6 +45,9 @@ struct SubjectSpec {
   Toggle channels_last = Toggle::Auto;  ///< convolutional backbones in channels_last
   /// How the convolutions run in CPU bf16 (auto: as the run recorded, else the CPU's default).
   CpuBf16Conv bf16_conv = CpuBf16Conv::Auto;
+  /// The user's word that the weights never saw these data: a held-out split that the run's own
+  /// pretraining data contain (another --holdout than the run's) is then measured on all the same.
+  bool pretrained_elsewhere = false;
 };
 
 /// A subject loaded, in eval mode on its device, with its data.
@@ -58,7 +61,25 @@ struct Subject {
   torch::Device device = torch::kCPU;
   PrecisionChoice precision;  ///< of feature extraction (and of finetune's backbone)
   std::string bf16_conv;      ///< the CpuBf16Conv used in CPU bf16; empty where none applies
+  /// The subject is a run's file (backbone.pt, checkpoint.pt) with the run's settings.
+  bool from_run = false;
+  /// The held-out split and whether pretraining saw it, as far as the run's settings tell:
+  /// {"kind": "holdout" | "files" | "val_dir", "fraction" (holdout), "seen_in_pretraining": true,
+  /// false, or null (other data than the run's, or no run), "declared_unseen": true when
+  /// pretrained_elsewhere let a seen split through}.
+  nlohmann::json held_out;
 };
+
+/// Checks that the paths `used` takes from a run's settings (`recorded`: data_dir, val_dir,
+/// classes, wherever `used` has the recorded value) exist; throws FormatError naming the setting,
+/// `run` (the file or folder it was recorded in) and the flag that gives another.
+void check_recorded_paths(const TrainConfig& recorded, const TrainConfig& used,
+                          const std::string& run);
+
+/// Writes a TSV of `data`'s samples, one line per row after a header (row, sample, label,
+/// class): the sample is the image file, or the row in the file(s) it came from (`data.rows`).
+/// Throws FormatError naming the file when it cannot be written.
+void write_sample_list(const std::string& path, const Dataset& data);
 
 /// Loads the subject and the splits of its data set. Throws UsageError for a spec that does not
 /// name exactly one subject, data that do not fit it, an unavailable device; FormatError for
@@ -85,11 +106,12 @@ struct EvalRequest {
   uint64_t seed = 0;
 };
 
-/// Runs the protocol on the subject (its train and test splits). Returns what `vicreg eval
-/// --json` writes: protocol, top1, top5, features, settings, diagnostics (the collapse statistics
-/// of the test representation and, with an expander, embedding), rankme, seconds,
-/// feature_seconds, threads, train_samples, test_samples, subject, dataset, and splits (each
-/// split's source and samples, and the number of classes).
+/// Runs the protocol on the subject (its train and test splits). Throws UsageError when the
+/// training split has fewer than two classes. Returns what `vicreg eval --json` writes:
+/// protocol, top1, top5 (with more than 5 classes only), features, settings, diagnostics (the
+/// collapse statistics of the test representation and, with an expander, embedding), rankme,
+/// seconds, feature_seconds, threads, train_samples, test_samples, subject, dataset, and splits
+/// (each split's source and samples, the test split's held_out record, and the number of classes).
 nlohmann::json evaluate_subject(Subject& subject, const EvalRequest& request);
 
 }  // namespace vicreg

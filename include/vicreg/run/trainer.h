@@ -50,6 +50,19 @@ struct MemoryFormatTiming {
   bool channels_last() const { return channels_last_s < contiguous_s; }
 };
 
+/// Times `config`'s forward, loss and backward passes on `rows` random views of `channels` x
+/// `size` x `size` in both memory formats: one warm-up step of each (oneDNN builds its kernels
+/// then), then rounds of one step of each, in alternating order, until 3 rounds or `budget_s`
+/// seconds of them. The global generator is left as it was.
+MemoryFormatTiming time_memory_formats(const VICRegModelConfig& config, int64_t rows,
+                                       int64_t channels, int64_t size, Precision precision,
+                                       VICRegLossOptions loss, double budget_s);
+
+/// The median shorter side of the images of `data`: in-memory images' side, or that of up to
+/// `samples` evenly spaced files decoded (unreadable ones left out); 0 for vectors or when none
+/// could be read.
+int64_t typical_image_side(const Dataset& data, int samples = 8);
+
 struct TrainHooks {
   ProgressStyle progress = ProgressStyle::Auto;
   /// Checked after every step; when it becomes true the run writes a checkpoint and returns.
@@ -71,9 +84,15 @@ class Trainer {
   /// at least 2 rows, FormatError for missing/corrupt data or a checkpoint that does not match.
   /// `given`: the keys of the settings the user gave (flags, --config); on resume, those the
   /// checkpoint overrides are named (none: every setting that differs from the checkpoint's).
+  /// Without `resume`, a checkpoint in exp_dir is resumed only if its data set, data folder and
+  /// model are those `config` asks for (resume_conflicts); otherwise a UsageError names them.
+  /// Every check that needs no model (data, labels, batch size, held-out split, resume) comes
+  /// before the model is built; `notes` (rank 0) then gets the run's first line, and a line
+  /// before the memory-format timing.
   Trainer(TrainConfig config, std::string resume = "",
           std::shared_ptr<ProcessGroup> group = nullptr,
-          std::optional<std::vector<std::string>> given = std::nullopt);
+          std::optional<std::vector<std::string>> given = std::nullopt,
+          ProgressStyle notes = ProgressStyle::Auto);
   TrainResult run(const TrainHooks& hooks = {});
 
   const TrainConfig& config() const { return config_; }
@@ -111,6 +130,8 @@ class Trainer {
   void choose_numerics();
   /// The datasets (the probe's held-out split too) and the crop's size; checks the batch.
   void load_data();
+  /// The start-up line: data, model, crop size, numerics, runtime.
+  std::string plan_line() const;
   /// channels_last auto on a CPU, for a new run of a convolutional backbone: times both memory
   /// formats (MemoryFormatTiming) and takes the faster. Distributed, rank 0 measures and every
   /// rank takes its choice (every rank calls it). Records the choice in config_.
@@ -151,6 +172,7 @@ class Trainer {
   /// else from the start of run(), to the end.
   std::optional<DirectoryLock> lock_;
   std::set<std::string> warned_bad_;  ///< skipped files already reported (--skip-bad-images)
+  ProgressStyle notes_ = ProgressStyle::Auto;
   TrainConfig config_;
   TrainConfig given_;  ///< the config as asked for (differs from config_ on resume)
   std::optional<std::vector<std::string>> given_keys_;  ///< the settings given explicitly
