@@ -173,8 +173,10 @@ void write_sample_list(const std::string& path, const Dataset& data) {
   out << "row\tsample\tlabel\tclass\n";
   const torch::Tensor rows =
       data.rows.defined() ? data.rows.contiguous() : torch::arange(data.size(), torch::kLong);
-  const torch::Tensor labels = data.labels.defined() ? data.labels.contiguous() : torch::Tensor();
+  const torch::Tensor labels =
+      data.labels.defined() ? data.labels.to(torch::kLong).contiguous() : torch::Tensor();
   const int64_t* r = rows.data_ptr<int64_t>();
+  const int64_t* y = labels.defined() ? labels.data_ptr<int64_t>() : nullptr;
   for (int64_t i = 0; i < data.size(); ++i) {
     out << i << '\t';
     if (!data.files.empty()) {
@@ -182,8 +184,8 @@ void write_sample_list(const std::string& path, const Dataset& data) {
     } else {
       out << r[i];
     }
-    if (labels.defined()) {
-      const int64_t l = labels[i].item<int64_t>();
+    if (y != nullptr) {
+      const int64_t l = y[i];
       const bool named = l >= 0 && l < static_cast<int64_t>(data.classes.size());
       out << '\t' << l << '\t' << (named ? data.classes[static_cast<size_t>(l)] : "");
     } else {

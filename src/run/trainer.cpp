@@ -141,13 +141,10 @@ void Trainer::resume_config(const std::string& resume) {
   const std::vector<std::string> conflicts =
       resume.empty() ? resume_conflicts(stored, given_) : std::vector<std::string>{};
   if (!conflicts.empty()) {
-    throw UsageError("the experiment directory '" + dir.root +
-                     "' holds a run of other settings "
-                     "than this command's (it has" +
-                     joined(conflicts) +
-                     "): give another "
-                     "--exp-dir for a new run, or --resume " +
-                     resume_ + " to continue that run with its own settings");
+    throw UsageError("the experiment directory '" + dir.root + "' holds a run of other " +
+                     "settings than this command's (it has" + joined(conflicts) + "): give " +
+                     "another --exp-dir for a new run, or --resume " + resume_ +
+                     " to continue that run with its own settings");
   }
   trained_precision_ = stored.runtime.precision;
   trained_channels_last_ = stored.runtime.channels_last;
@@ -209,8 +206,8 @@ void Trainer::load_data() {
       config_.data.recipe_overrides = recipe_override_spec(views);
       config_.data.recipe = config_.resolved_recipe();
       config_.data.image_size = image_size_;
-      const int64_t side = typical_image_side(*data_);
-      if (side > 0 && image_size_ > 2 * side && is_main()) {
+      const int64_t side = is_main() ? typical_image_side(*data_) : 0;
+      if (side > 0 && image_size_ > 2 * side) {
         std::fprintf(stderr,
                      "vicreg train: warning: %lld px crops upscale the images (median shorter "
                      "side %lld px) %.1fx: give --image-size %lld (or a recipe of that size) "
