@@ -10,7 +10,7 @@
 #     one core;
 #   - the step ratios: our step (BM_TrainStep) and the peer's, each in processes of its own,
 #     alternately, in five rounds; each ratio is the median of its five rounds' ratios.
-# Prints the ratios against the targets (README, "Performance"). Needs Fashion-MNIST.
+# Prints the ratios against the targets (docs/benchmarks.md). Needs Fashion-MNIST.
 # On a CPU without bf16 instructions (AVX512-BF16 or AMX), where --precision auto trains in fp32
 # and bf16 is emulated (tens of times slower), the bf16 measurements are left out, on both sides,
 # and the loop is compared with the peer's fp32 loop.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the README's results table in one go: the main job (scripts/run.sh: install, build,
+# Reproduces the results table of docs/results.md in one go: the main job (scripts/run.sh: install, build,
 # pretrain the default configuration on Fashion-MNIST, linear probe and kNN), then kNN on the
 # embedding, fine-tuning on 1 % and 10 % of the labels, the same protocols on the two baselines
 # (raw pixels; the untrained model of the same config, which fine-tuned is plain supervised

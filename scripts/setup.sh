@@ -11,7 +11,7 @@ packages=(
   # sanitizer and libFuzzer runtimes
   clang-14 libclang-rt-14-dev
   # LibTorch (CPU) and the BLAS it should use: OpenBLAS's OpenMP build shares LibTorch's OpenMP
-  # threads (the pthread build fights them: README, BLAS); CMake points our programs at it
+  # threads (the pthread build fights them: docs/building.md, BLAS); CMake points our programs at it
   libtorch-dev libopenblas0-openmp
   # data: IDX/gzip reading, image decoding (libjpeg-turbo; OpenCV) and augmentation, the default
   # data set

@@ -198,7 +198,7 @@ std::string describe_runtime() {
       const int mode = par();
       s << (mode == 2   ? " (OpenMP threads)"
             : mode == 1 ? " (pthreads: slow next to LibTorch's "
-                          "OpenMP, see the README, BLAS)"
+                          "OpenMP, see docs/building.md, BLAS)"
                         : " (single-threaded)");
     }
   }

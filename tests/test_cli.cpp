@@ -1057,14 +1057,14 @@ TEST_F(CliDistributed, TwoProcessesTrainLikeOneAndResumeWithAnyCount) {
   const std::vector<double> one = losses(dir_ / "one" / "metrics.jsonl");
   ASSERT_EQ(one.size(), 6u);
 
-  // Two processes through torchrun (python3-torch's), as the README says to launch them.
+  // Two processes through torchrun (python3-torch's), as docs/interop.md says to launch them.
   const std::string torchrun = VICREG_TORCHRUN;
   // The memory format left to auto: rank 0 times both and every rank takes its choice.
   const std::string two = small(
       "two", "--max-steps 4 --log-every 1 --progress plain --precision fp32 --channels-last auto");
   if (!torchrun.empty()) {
     // --no_python: torch 1.13's spelling (Debian 12), which later versions accept too;
-    // --redirects 2 --tee 2: Debian 12's torchrun crashes without them (README).
+    // --redirects 2 --tee 2: Debian 12's torchrun crashes without them (docs/interop.md).
     r = shell(torchrun +
               " --no_python --redirects 2 --tee 2 --nproc_per_node=2 --master_addr=127.0.0.1 "
               "--master_port=" +

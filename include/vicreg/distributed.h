@@ -6,7 +6,7 @@
 // sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; a plain process with none of
 // them set is a world of one and needs no process group at all.
 //
-// Conventions (README, Distributed training):
+// Conventions (docs/interop.md, Distributed training):
 // - Every call on a ProcessGroup is collective: all ranks make the same calls in the same order.
 // - Gradients are averaged over ranks (all_reduce_gradients), as with PyTorch's DDP. Losses whose
 //   value is a statistic of the global batch (vicreg_loss_sharded, sync_batch_norm) therefore
