@@ -402,13 +402,13 @@ Recipe make_recipe(const std::string& name, int channels, int size, const std::s
   } else if (name == "fashion-mnist") {
     // 28x28 grayscale: crops of at least half the image (smaller ones upsample a few pixels into
     // blobs; at equal budget 0.4 beat 0.25 by 0.7 points of kNN and 0.35 of linear accuracy, and
-    // 0.5 beat 0.4: docs/results.md), flips (garments are left-right symmetric), strong brightness/contrast
-    // jitter 1.5 (saturation and hue do not exist in one channel; 0.6 beat 0.4 by 0.6 points of
-    // kNN and 0.2 lost 3.3; over the full default run 1.0 beat 0.6 by 0.6 points of kNN at the
-    // same linear accuracy, and with the ConvNet's 1x1 conv 1.5 beat 1.0 by 0.4), no grayscale
-    // op (already gray), no blur (a sigma of 1-2 px erases most of a 28-px image's detail), and
-    // solarisation on both views, 0.1 / 0.2 (the reference has 0 / 0.2). Statistics of the
-    // Fashion-MNIST training set.
+    // 0.5 beat 0.4: docs/results.md), flips (garments are left-right symmetric), strong
+    // brightness/contrast jitter 1.5 (saturation and hue do not exist in one channel; 0.6 beat 0.4
+    // by 0.6 points of kNN and 0.2 lost 3.3; over the full default run 1.0 beat 0.6 by 0.6 points
+    // of kNN at the same linear accuracy, and with the ConvNet's 1x1 conv 1.5 beat 1.0 by 0.4), no
+    // grayscale op (already gray), no blur (a sigma of 1-2 px erases most of a 28-px image's
+    // detail), and solarisation on both views, 0.1 / 0.2 (the reference has 0 / 0.2). Statistics of
+    // the Fashion-MNIST training set.
     a.crop.size = 28;
     a.crop.scale_min = 0.5;
     a.crop.interpolation = cv::INTER_LINEAR;
