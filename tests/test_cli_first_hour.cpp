@@ -11,7 +11,6 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 
-#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -62,21 +61,17 @@ class FirstHour : public vicreg::testing::Cli {
 
 TEST_F(FirstHour, CheapChecksComeBeforeAnyModelAndTheFirstLineBeforeTheTiming) {
   const fs::path split = folder("split", 3, 10);
-  // Before: about 4 minutes of ResNet-18 memory-format timing at 224 px, then this error. The
-  // bound is generous: the check needs no model at all.
-  const auto t0 = std::chrono::steady_clock::now();
+  // Before: about 4 minutes of ResNet-18 memory-format timing at 224 px, then this error. Now the
+  // check comes before any model is built, so the timing (which announces itself) never starts.
   Result r = run_in(dir_,
                     "train --dataset image-folder --data-dir split --arch resnet18 "
                     "--threads 1 --workers 1");
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("--batch-size 128 is larger than the data set ('image-folder', 30 "
                        "samples): give a --batch-size of at most 30"),
             std::string::npos)
       << r.err;
   EXPECT_EQ(r.err.find("timing"), std::string::npos) << r.err;
-  EXPECT_LT(seconds, 60.0);
   EXPECT_FALSE(fs::exists(dir_ / "runs" / "split" / "checkpoint.pt"));
 
   // The first line (data, model, crop size, numerics) comes before the memory-format timing,
