@@ -8,6 +8,7 @@
 //   train_bench [--threads=N] [google benchmark flags]
 #include "vicreg/augment.h"
 #include "vicreg/data.h"
+#include "vicreg/kernels/conv.h"
 #include "vicreg/loader.h"
 #include "vicreg/models.h"
 #include "vicreg/optim.h"

@@ -11,6 +11,7 @@
 #include "vicreg/loader.h"
 #include "vicreg/loss.h"
 #include "vicreg/models.h"
+#include "vicreg/objective.h"
 #include "vicreg/optim.h"
 #include "vicreg/run/artifacts.h"
 #include "vicreg/runtime.h"
@@ -45,7 +46,7 @@ int main(int argc, char** argv) try {
 
   // 3. The model: a small ConvNet backbone and a 512-512 expander, the branches sharing weights.
   vicreg::VICRegModelConfig mc;
-  mc.encoder.arch = vicreg::Arch::ConvNet;
+  mc.encoder.arch = "convnet";  // any of vicreg::backbone_names()
   mc.encoder.in_channels = 1;
   mc.encoder.image_size = recipe.view_a.crop.size;
   mc.encoder.width = 16;
@@ -63,8 +64,8 @@ int main(int argc, char** argv) try {
   schedule.total_steps = steps;
   schedule.warmup_steps = steps / 10;
 
-  // 5. Train: two views through the model, the loss of their embeddings, one step.
-  vicreg::VICRegLoss criterion;  // the official preset: 25 / 25 / 1
+  // 5. Train: two views through the model, the objective's loss of their outputs, one step.
+  vicreg::VICRegObjective objective{vicreg::VICRegLossOptions()};  // the official preset: 25/25/1
   model->train();
   loader.start();
   double first = 0, last = 0;
@@ -72,15 +73,18 @@ int main(int argc, char** argv) try {
     const vicreg::TwoViewBatch batch = loader.next();
     vicreg::set_learning_rate(*optimizer, schedule.lr_at(step));
     optimizer->zero_grad();
-    const vicreg::VICRegOutput out = model->forward(batch.view_a, batch.view_b);
-    const vicreg::VICRegLossTerms terms = criterion(out.z_a, out.z_b);
-    terms.total.backward();
+    const vicreg::ModelOutputs out = model->forward(batch.view_a, batch.view_b);
+    const vicreg::ObjectiveLoss loss = objective.loss(out, /*group=*/nullptr);
+    loss.total.backward();
     optimizer->step();
-    last = terms.total.item<double>();
+    last = loss.total.item<double>();
     if (step == 0) first = last;
-    std::printf("step %lld loss %.4f (invariance %.4f variance %.4f covariance %.4f)\n",
-                static_cast<long long>(step), last, terms.invariance.item<double>(),
-                terms.variance.item<double>(), terms.covariance.item<double>());
+    std::printf("step %lld loss %.4f (", static_cast<long long>(step), last);
+    for (size_t i = 0; i < loss.terms.size(); ++i) {
+      std::printf("%s%s %.4f", i ? " " : "", objective.terms()[i].key.c_str(),
+                  loss.terms[i].item<double>());
+    }
+    std::printf(")\n");
   }
 
   // 6. Save the backbone as a run's backbone.pt, and read it back as `vicreg eval` would.

@@ -4,6 +4,7 @@
 #include "vicreg/io/safetensors.h"
 #include "vicreg/io/state_dict.h"
 #include "vicreg/loss.h"
+#include "vicreg/models/registry.h"
 #include "vicreg/run/artifacts.h"
 
 #include <torch/extension.h>
@@ -87,8 +88,7 @@ PYBIND11_MODULE(_C, m) {
   py::class_<PyBackbone>(m, "Backbone")
       .def("forward", &PyBackbone::forward, py::call_guard<py::gil_scoped_release>())
       .def("state_dict", &PyBackbone::state_dict)
-      .def_property_readonly("arch",
-                             [](const PyBackbone& p) { return to_string(p.b.config.model.arch); })
+      .def_property_readonly("arch", [](const PyBackbone& p) { return p.b.config.model.arch; })
       .def_property_readonly("in_channels", [](const PyBackbone& p) { return p.b.in_channels; })
       .def_property_readonly("image_size", [](const PyBackbone& p) { return p.b.image_size; })
       .def_property_readonly("output_dim",
@@ -99,11 +99,17 @@ PYBIND11_MODULE(_C, m) {
       "load_backbone",
       [](const std::string& path) { return PyBackbone{vicreg::read_backbone(path)}; },
       py::arg("path"), py::call_guard<py::gil_scoped_release>());
+  m.def("backbone_names", [] { return vicreg::backbone_names(); });
+  static const std::string build_backbone_doc =
+      "A freshly initialised image encoder of an architecture (" +
+      vicreg::join_names(vicreg::backbone_names()) +
+      ") for images of in_channels x image_size x image_size (ResNets: the small stem up to 64 px)";
   m.def(
       "build_backbone",
       [](const std::string& arch, int64_t in_channels, int64_t image_size) {
         vicreg::Backbone b;
-        b.config.model.arch = vicreg::parse_name<vicreg::Arch>(arch);
+        vicreg::backbone_family(arch);  // an unknown name: the error lists the known ones
+        b.config.model.arch = arch;
         vicreg::EncoderConfig ec;
         ec.arch = b.config.model.arch;
         ec.in_channels = b.in_channels = in_channels;
@@ -112,10 +118,8 @@ PYBIND11_MODULE(_C, m) {
         b.encoder->eval();
         return PyBackbone{b};
       },
-      "A freshly initialised encoder of an architecture (convnet, resnet18 ... resnet200x2) for "
-      "images of in_channels x image_size x image_size (ResNets: the small stem up to 64 px)",
-      py::arg("arch"), py::arg("in_channels") = 3, py::arg("image_size") = 224,
-      py::call_guard<py::gil_scoped_release>());
+      build_backbone_doc.c_str(), py::arg("arch"), py::arg("in_channels") = 3,
+      py::arg("image_size") = 224, py::call_guard<py::gil_scoped_release>());
   m.def(
       "export_backbone",
       [](const PyBackbone& p, const std::string& path) {

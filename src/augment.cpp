@@ -316,8 +316,9 @@ double parse_override_number(const std::string& text, const std::string& item) {
   char* end = nullptr;
   const double x = text.empty() ? NAN : std::strtod(text.c_str(), &end);
   if (text.empty() || end != text.c_str() + text.size() || !std::isfinite(x)) {
-    throw UsageError("--recipe-overrides '" + item + "': '" + text +
-                     "' is not a number (give one value for both views, or two as a/b)");
+    throw UsageError("recipe_overrides '" + item + "': '" + text +
+                         "' is not a number (give one value for both views, or two as a/b)",
+                     {"recipe_overrides"});
   }
   return x;
 }
@@ -338,8 +339,9 @@ void override_recipe(Recipe& recipe, const std::string& spec) {
     if (eq == std::string::npos || override_field(recipe.view_a, key) == nullptr) {
       std::string keys;
       for (const auto& k : recipe_override_keys()) keys += (keys.empty() ? "" : ", ") + k;
-      throw UsageError("--recipe-overrides '" + item + "': expected key=value with a key among " +
-                       keys + " (e.g. --recipe-overrides crop_scale=0.4,solarize=0/0.2)");
+      throw UsageError("recipe_overrides '" + item + "': expected key=value with a key among " +
+                           keys + " (e.g. recipe_overrides crop_scale=0.4,solarize=0/0.2)",
+                       {"recipe_overrides"});
     }
     const std::string value = item.substr(eq + 1);
     const size_t slash = value.find('/');
@@ -423,7 +425,8 @@ Recipe make_recipe(const std::string& name, int channels, int size, const std::s
     r.view_a = a;
     r.view_b = b;
   } else {
-    throw UsageError("unknown --recipe '" + name + "': use imagenet, cifar or fashion-mnist");
+    throw UsageError("unknown recipe '" + name + "': use imagenet, cifar or fashion-mnist",
+                     {"recipe"});
   }
   if (channels == 3 && r.view_a.mean.size() == 1) {
     for (ViewConfig* v : {&r.view_a, &r.view_b}) {

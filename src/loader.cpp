@@ -66,27 +66,30 @@ TwoViewLoader::TwoViewLoader(std::shared_ptr<const Dataset> data,
   const int64_t n = data_->size();
   if (options_.batch_size < 2) {
     throw UsageError(
-        "--batch-size must be at least 2 (the variance and covariance "
+        "batch_size must be at least 2 (the variance and covariance "
         "need two samples), got " +
-        std::to_string(options_.batch_size));
+            std::to_string(options_.batch_size),
+        {"batch_size"});
   }
   if (options_.batch_size > n) {
-    throw UsageError("--batch-size " + std::to_string(options_.batch_size) +
-                     " is larger than the data set ('" + data_->name + "', " + std::to_string(n) +
-                     " samples)");
+    throw UsageError("batch_size " + std::to_string(options_.batch_size) +
+                         " is larger than the data set ('" + data_->name + "', " +
+                         std::to_string(n) + " samples)",
+                     {"batch_size"});
   }
-  if (options_.workers < 1) throw UsageError("--workers must be at least 1");
+  if (options_.workers < 1) throw UsageError("workers must be at least 1", {"workers"});
   if (options_.shard_count < 1 || options_.shard_rank < 0 ||
       options_.shard_rank >= options_.shard_count) {
     throw UsageError("loader shard " + std::to_string(options_.shard_rank) + " of " +
                      std::to_string(options_.shard_count) + " is impossible");
   }
   if (options_.batch_size % options_.shard_count != 0) {
-    throw UsageError("--batch-size " + std::to_string(options_.batch_size) +
-                     " is not divisible by the " + std::to_string(options_.shard_count) +
-                     " processes (WORLD_SIZE): the global batch is "
-                     "split evenly over them; use a multiple of " +
-                     std::to_string(options_.shard_count));
+    throw UsageError("batch_size " + std::to_string(options_.batch_size) +
+                         " is not divisible by the " + std::to_string(options_.shard_count) +
+                         " processes (WORLD_SIZE): the global batch is "
+                         "split evenly over them; use a multiple of " +
+                         std::to_string(options_.shard_count),
+                     {"batch_size"});
   }
   if (options_.prefetch < 1) throw UsageError("prefetch must be at least 1");
   batches_per_epoch_ = n / options_.batch_size;
@@ -160,8 +163,9 @@ TwoViewBatch TwoViewLoader::make_batch(int64_t global) const {
           if (!files || !unreadable) throw;
           if (!options_.skip_bad_images) {
             throw FormatError(std::string(e.what()) +
-                              "; remove or replace it, or give --skip-bad-images to skip such "
-                              "files (counted in metrics.jsonl)");
+                                  "; remove or replace it, or set skip_bad_images to skip such "
+                                  "files (counted in metrics.jsonl)",
+                              {"skip_bad_images"});
           }
           error = e.what();
           std::lock_guard<std::mutex> lock(bad_mutex_);

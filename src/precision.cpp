@@ -167,8 +167,9 @@ PrecisionChoice resolve_precision(Precision requested, const torch::Device& devi
   c.reason = "as asked";
   if (requested == Precision::Fp16 && !device.is_cuda()) {
     throw UsageError(
-        "--precision fp16 needs a CUDA device: LibTorch computes fp16 autocast on GPUs only. On "
-        "a CPU use --precision bf16 (or auto)");
+        "precision fp16 needs a CUDA device: LibTorch computes fp16 autocast on GPUs only. On "
+        "a CPU use precision bf16 (or auto)",
+        {"precision"});
   }
   if (requested == Precision::Bf16 && !native_bf16) {
     c.warning =
@@ -249,6 +250,17 @@ bool use_channels_last(Toggle setting, bool convolutional, const torch::Device& 
   if (setting == Toggle::On || device.is_cuda()) return true;
   // CPUs: on for bf16 where convolutions do not run in autocast's bf16 (precision.h).
   return device.is_cpu() && precision == Precision::Bf16 && cpu_bf16_conv() != CpuBf16Conv::Bf16;
+}
+
+Numerics resolve_numerics(const NumericsRequest& r, const torch::Device& device) {
+  Numerics n;
+  n.precision = resolve_precision(r.precision, device, r.trained_precision);
+  if (device.is_cpu() && n.precision.precision == Precision::Bf16 && r.convolutional) {
+    n.bf16_conv = apply_cpu_bf16_conv(r.bf16_conv, r.trained_bf16_conv);
+  }
+  n.channels_last = use_channels_last(r.channels_last, r.convolutional, device,
+                                      n.precision.precision, r.trained_channels_last);
+  return n;
 }
 
 int64_t to_channels_last(torch::nn::Module& module) {

@@ -1,5 +1,7 @@
 #include "vicreg/report.h"
 
+#include "report_parts.h"
+
 #include "vicreg/run/evaluation.h"
 
 #include "vicreg/error.h"
@@ -29,17 +31,11 @@ namespace vicreg {
 namespace fs = std::filesystem;
 
 // ---------------------------------------------------------------------------------------------
-// the report
+// a run's files (report_parts.h)
 
-namespace {
+namespace report_parts {
 
 using svg::escape;
-using svg::format_number;
-
-struct Metrics {
-  std::vector<nlohmann::json> steps, knn, online;  ///< intervals; kNN and online probe lines
-  int64_t skipped = 0;
-};
 
 Metrics read_metrics(const fs::path& path) {
   std::ifstream in(path);
@@ -61,8 +57,7 @@ Metrics read_metrics(const fs::path& path) {
 
 /// The series key over x key of the metrics lines that have both.
 svg::Series series_of(const std::vector<nlohmann::json>& lines, const std::string& key,
-                      const std::string& name, const std::string& x_key = "epoch",
-                      double scale = 1.0) {
+                      const std::string& name, const std::string& x_key, double scale) {
   svg::Series s{name, {}, {}};
   for (const auto& j : lines) {
     if (!j.contains(key) || !j.contains(x_key) || !j[key].is_number() || !j[x_key].is_number()) {
@@ -72,29 +67,6 @@ svg::Series series_of(const std::vector<nlohmann::json>& lines, const std::strin
     s.y.push_back(scale * j[key].get<double>());
   }
   return s;
-}
-
-std::string png_data_uri(const cv::Mat& image) {
-  cv::Mat bgr = image;
-  if (image.channels() == 3) cv::cvtColor(image, bgr, cv::COLOR_RGB2BGR);
-  std::vector<uchar> png;
-  if (!cv::imencode(".png", bgr, png)) throw FormatError("report: PNG encoding failed");
-  return "data:image/png;base64," + base64(std::string(png.begin(), png.end()));
-}
-
-std::string class_name(const Dataset& data, int64_t label) {
-  if (label >= 0 && label < static_cast<int64_t>(data.classes.size())) {
-    return data.classes[static_cast<size_t>(label)];
-  }
-  return std::to_string(label);
-}
-
-std::string stats_row(const std::string& what, const CollapseStats& c) {
-  std::ostringstream s;
-  s << "<tr><td>" << what << "</td><td>" << c.dim << "</td><td>" << format_number(c.std_mean)
-    << "</td><td>" << format_number(c.std_min) << "</td><td>" << format_number(c.covariance)
-    << "</td><td>" << format_number(c.rankme) << "</td></tr>";
-  return s.str();
 }
 
 const char* const kStyle = R"(
@@ -152,7 +124,7 @@ std::optional<TrainConfig> run_config(const fs::path& dir) {
 
 /// A line chart over epochs: the report's and the comparison's.
 std::string epoch_chart(const std::string& id, const std::string& title, const std::string& y_label,
-                        std::vector<svg::Series> series, bool log_y = false) {
+                        std::vector<svg::Series> series, bool log_y) {
   svg::LineChart c;
   c.id = id;
   c.title = title;
@@ -163,18 +135,82 @@ std::string epoch_chart(const std::string& id, const std::string& title, const s
   return svg::line_chart(c);
 }
 
+/// The evaluation results in a directory (its *.json files that are ones), by file name.
+std::vector<EvalResult> eval_results(const fs::path& dir) {
+  std::vector<fs::path> jsons;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.is_regular_file() && e.path().extension() == ".json") jsons.push_back(e.path());
+  }
+  std::sort(jsons.begin(), jsons.end());
+  std::vector<EvalResult> out;
+  for (const fs::path& p : jsons) {
+    std::ifstream in(p);
+    const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+    if (!j.is_object() || !j.contains("protocol") || !j["protocol"].is_string() ||
+        !j.contains("top1") || !j["top1"].is_number()) {
+      continue;
+    }
+    EvalResult r;
+    r.file = p;
+    r.protocol = j["protocol"].get<std::string>();
+    r.features = j.value("features", std::string("representation"));
+    r.top1 = j["top1"].get<double>();
+    if (j.contains("top5") && j["top5"].is_number()) r.top5 = j["top5"].get<double>();
+    r.seconds = j.value("seconds", 0.0);
+    r.train_samples = j.value("train_samples", int64_t{0});
+    r.settings = j.value("settings", nlohmann::json::object());
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+}  // namespace report_parts
+
+using namespace report_parts;  // NOLINT: this file's own parts
+
+// ---------------------------------------------------------------------------------------------
+// the report
+
+namespace {
+
+using svg::escape;
+using svg::format_number;
+
+std::string png_data_uri(const cv::Mat& image) {
+  cv::Mat bgr = image;
+  if (image.channels() == 3) cv::cvtColor(image, bgr, cv::COLOR_RGB2BGR);
+  std::vector<uchar> png;
+  if (!cv::imencode(".png", bgr, png)) throw FormatError("report: PNG encoding failed");
+  return "data:image/png;base64," + base64(std::string(png.begin(), png.end()));
+}
+
+std::string class_name(const Dataset& data, int64_t label) {
+  if (label >= 0 && label < static_cast<int64_t>(data.classes.size())) {
+    return data.classes[static_cast<size_t>(label)];
+  }
+  return std::to_string(label);
+}
+
+std::string stats_row(const std::string& what, const CollapseStats& c) {
+  std::ostringstream s;
+  s << "<tr><td>" << what << "</td><td>" << c.dim << "</td><td>" << format_number(c.std_mean)
+    << "</td><td>" << format_number(c.std_min) << "</td><td>" << format_number(c.covariance)
+    << "</td><td>" << format_number(c.rankme) << "</td></tr>";
+  return s.str();
+}
+
 /// The training curves of metrics.jsonl.
-std::vector<std::string> curve_charts(const Metrics& m) {
+std::vector<std::string> curve_charts(const Metrics& m, const ObjectiveTerms& terms) {
   std::vector<std::string> charts;
   const auto chart = [&](const std::string& id, const std::string& t, const std::string& y_label,
                          std::vector<svg::Series> series, bool log_y = false) {
     charts.push_back(epoch_chart(id, t, y_label, std::move(series), log_y));
   };
   chart("chart-loss", "Loss", "loss", {series_of(m.steps, "loss", "loss")});
-  chart("chart-terms", "Loss terms (unweighted)", "term",
-        {series_of(m.steps, "invariance", "invariance"), series_of(m.steps, "variance", "variance"),
-         series_of(m.steps, "covariance", "covariance")},
-        /*log_y=*/true);
+  std::vector<svg::Series> term_series;
+  for (const ObjectiveTerm& term : terms)
+    term_series.push_back(series_of(m.steps, term.key, term.key));
+  chart("chart-terms", "Loss terms (unweighted)", "term", std::move(term_series), /*log_y=*/true);
   chart("chart-lr", "Learning rate", "lr", {series_of(m.steps, "lr", "lr")});
   chart("chart-std", "Std of the embedding Z per dimension", "std",
         {series_of(m.steps, "std_z", "mean"), series_of(m.steps, "std_z_min", "min")});
@@ -317,17 +353,16 @@ ModelSection model_section(const fs::path& checkpoint, const ReportOptions& opti
   const Dataset test = load_dataset(tc.dataset_config(Split::Test));
   TrainedModel tm = read_model(checkpoint.string(), test);
   const torch::Device device(options.device);
-  const Precision precision =
-      resolve_precision(options.precision, device, tc.runtime.precision).precision;
+  NumericsRequest request;
+  request.precision = options.precision;
+  request.trained_precision = tc.runtime.precision;
+  request.trained_channels_last = tc.runtime.channels_last;
+  request.trained_bf16_conv = tc.runtime.bf16_conv;
+  request.convolutional = !test.is_vector() && tc.convolutional();
+  const Numerics numerics = resolve_numerics(request, device);
+  const Precision precision = numerics.precision.precision;
   tm.model->to(device);
-  if (device.is_cpu() && precision == Precision::Bf16 && !test.is_vector() &&
-      is_convolutional(tc.model.arch)) {
-    apply_cpu_bf16_conv(CpuBf16Conv::Auto, tc.runtime.bf16_conv);
-  }
-  if (use_channels_last(Toggle::Auto, !test.is_vector() && is_convolutional(tc.model.arch), device,
-                        precision, tc.runtime.channels_last)) {
-    to_channels_last(*tm.model->backbone);
-  }
+  if (numerics.channels_last) to_channels_last(*tm.model->backbone);
   EvalTransform t;
   if (!test.is_vector()) {
     t = eval_transform_for(tc.resolved_recipe(), static_cast<int>(test.channels),
@@ -367,45 +402,6 @@ struct EvalSection {
   std::string html, markdown;
   int64_t results = 0;
 };
-
-/// One `vicreg eval --json` result.
-struct EvalResult {
-  fs::path file;
-  std::string protocol, features;
-  double top1 = 0, seconds = 0;
-  std::optional<double> top5;  ///< none with 5 classes or fewer
-  int64_t train_samples = 0;
-  nlohmann::json settings;
-};
-
-/// The evaluation results in a directory (its *.json files that are ones), by file name.
-std::vector<EvalResult> eval_results(const fs::path& dir) {
-  std::vector<fs::path> jsons;
-  for (const auto& e : fs::directory_iterator(dir)) {
-    if (e.is_regular_file() && e.path().extension() == ".json") jsons.push_back(e.path());
-  }
-  std::sort(jsons.begin(), jsons.end());
-  std::vector<EvalResult> out;
-  for (const fs::path& p : jsons) {
-    std::ifstream in(p);
-    const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-    if (!j.is_object() || !j.contains("protocol") || !j["protocol"].is_string() ||
-        !j.contains("top1") || !j["top1"].is_number()) {
-      continue;
-    }
-    EvalResult r;
-    r.file = p;
-    r.protocol = j["protocol"].get<std::string>();
-    r.features = j.value("features", std::string("representation"));
-    r.top1 = j["top1"].get<double>();
-    if (j.contains("top5") && j["top5"].is_number()) r.top5 = j["top5"].get<double>();
-    r.seconds = j.value("seconds", 0.0);
-    r.train_samples = j.value("train_samples", int64_t{0});
-    r.settings = j.value("settings", nlohmann::json::object());
-    out.push_back(std::move(r));
-  }
-  return out;
-}
 
 EvalSection eval_section(const fs::path& dir) {
   EvalSection out;
@@ -469,9 +465,9 @@ ReportSummary write_report(const ReportOptions& options) {
   if (!m.steps.empty()) {
     const nlohmann::json& last = m.steps.back();
     html << "<p class=\"sub\">" << escape(config ? to_string(config->data.dataset) : "?") << ", "
-         << escape(config ? to_string(config->model.arch) : "?") << ", step "
-         << last.value("step", int64_t{0}) << ", epoch " << format_number(last.value("epoch", 0.0))
-         << ", " << format_number(last.value("elapsed_s", 0.0) / 60) << " min, "
+         << escape(config ? config->model.arch : "?") << ", step " << last.value("step", int64_t{0})
+         << ", epoch " << format_number(last.value("epoch", 0.0)) << ", "
+         << format_number(last.value("elapsed_s", 0.0) / 60) << " min, "
          << format_number(last.value("images_per_s", 0.0)) << " images/s, final loss "
          << format_number(last.value("loss", 0.0)) << "</p>";
   }
@@ -479,7 +475,9 @@ ReportSummary write_report(const ReportOptions& options) {
     html << "<p>" << m.skipped << " unreadable line(s) of metrics.jsonl were skipped.</p>";
   }
 
-  std::vector<std::string> charts = curve_charts(m);
+  // The objective's terms (a run whose settings cannot be read: the default objective's).
+  std::vector<std::string> charts =
+      curve_charts(m, objective_terms(config ? config->loss.objective : LossConfig().objective));
   ModelSection model;
   const fs::path checkpoint = dir / "checkpoint.pt";
   bool held_out = true;
@@ -525,123 +523,6 @@ ReportSummary write_report(const ReportOptions& options) {
   write_file_atomically(summary.path, html.str());
   summary.results_path = (fs::path(summary.path).parent_path() / "results.md").string();
   write_file_atomically(summary.results_path, evals.markdown);
-  return summary;
-}
-
-// ---------------------------------------------------------------------------------------------
-// several runs side by side
-
-ComparisonSummary write_comparison(const ComparisonOptions& options) {
-  if (options.exp_dirs.size() < 2) {
-    throw UsageError("report: a comparison needs at least two --exp-dir (one gives its report)");
-  }
-  struct Run {
-    std::string label;
-    fs::path dir;
-    Metrics metrics;
-    std::optional<TrainConfig> config;
-    std::vector<EvalResult> evals;
-  };
-  std::vector<Run> runs;
-  std::vector<std::string> protocols;  // every protocol evaluated, in first-seen order
-  for (const std::string& d : options.exp_dirs) {
-    const fs::path dir(d);
-    if (!fs::is_regular_file(dir / "metrics.jsonl")) {
-      throw FormatError("'" + d +
-                        "' holds no metrics.jsonl: give the --exp-dir of a `vicreg train` run");
-    }
-    Run r{d, dir, read_metrics(dir / "metrics.jsonl"), std::nullopt, eval_results(dir)};
-    try {
-      r.config = run_config(dir);
-    } catch (const Error&) {
-      // settings unreadable: the table says "?"
-    }
-    for (const EvalResult& e : r.evals) {
-      if (std::find(protocols.begin(), protocols.end(), e.protocol) == protocols.end()) {
-        protocols.push_back(e.protocol);
-      }
-    }
-    runs.push_back(std::move(r));
-  }
-  ComparisonSummary summary;
-  summary.runs = static_cast<int64_t>(runs.size());
-  fs::path first = fs::absolute(runs.front().dir).lexically_normal();
-  if (first.filename().empty()) first = first.parent_path();  // "runs/a/"
-  summary.path =
-      options.out.empty() ? (first.parent_path() / "compare.html").string() : options.out;
-
-  std::vector<std::string> charts;
-  const auto chart = [&](const std::string& id, const std::string& title,
-                         const std::string& y_label,
-                         const std::function<svg::Series(const Run&)>& of) {
-    std::vector<svg::Series> series;
-    for (const Run& r : runs) series.push_back(of(r));
-    charts.push_back(epoch_chart(id, title, y_label, std::move(series)));
-  };
-  chart("compare-loss", "Loss", "loss",
-        [](const Run& r) { return series_of(r.metrics.steps, "loss", r.label); });
-  chart("compare-knn", "kNN top-1 on the test split (--eval-every)", "%",
-        [](const Run& r) { return series_of(r.metrics.knn, "knn_top1", r.label, "epoch", 100.0); });
-  chart("compare-online-probe", "Online linear probe top-1 on the test split", "%",
-        [](const Run& r) { return series_of(r.metrics.online, "top1", r.label, "epoch", 100.0); });
-  chart("compare-std", "Mean std of Z per dimension", "std",
-        [](const Run& r) { return series_of(r.metrics.steps, "std_z", r.label); });
-  chart("compare-rankme", "RankMe of the representation Y (a batch)", "rank",
-        [](const Run& r) { return series_of(r.metrics.steps, "rankme_y", r.label); });
-  chart("compare-throughput", "Throughput", "images/s",
-        [](const Run& r) { return series_of(r.metrics.steps, "images_per_s", r.label); });
-  summary.charts = static_cast<int64_t>(charts.size());
-
-  // The table: settings, last numbers, the last result of each protocol.
-  const auto last_number = [](const std::vector<nlohmann::json>& lines, const std::string& key,
-                              double scale) -> std::string {
-    for (auto it = lines.rbegin(); it != lines.rend(); ++it) {
-      if (it->contains(key) && (*it)[key].is_number()) {
-        return format_number(scale * (*it)[key].get<double>());
-      }
-    }
-    return "";
-  };
-  std::ostringstream table;
-  table << "<table id=\"compare-runs\"><tr><th>run</th><th>data set</th><th>arch</th>"
-           "<th>expander</th><th>batch</th><th>optimizer</th><th>base lr</th><th>epochs</th>"
-           "<th>step</th><th>final loss</th><th>kNN top-1 % (last probe)</th>"
-           "<th>online probe top-1 %</th>";
-  for (const std::string& p : protocols) table << "<th>" << escape(p) << " top-1 %</th>";
-  table << "</tr>";
-  for (const Run& r : runs) {
-    const auto cell = [](const std::string& v) { return "<td>" + escape(v) + "</td>"; };
-    const TrainConfig* c = r.config ? &*r.config : nullptr;
-    table << "<tr class=\"run\">" << cell(r.label) << cell(c ? to_string(c->data.dataset) : "?")
-          << cell(c ? to_string(c->model.arch) : "?") << cell(c ? c->model.mlp : "?")
-          << cell(c ? std::to_string(c->optim.batch_size) : "?")
-          << cell(c ? to_string(c->optim.optimizer) : "?")
-          << cell(c ? format_number(c->optim.base_lr) : "?")
-          << cell(c ? std::to_string(c->optim.epochs) : "?")
-          << cell(last_number(r.metrics.steps, "step", 1.0))
-          << cell(last_number(r.metrics.steps, "loss", 1.0))
-          << cell(last_number(r.metrics.knn, "knn_top1", 100.0))
-          << cell(last_number(r.metrics.online, "top1", 100.0));
-    for (const std::string& p : protocols) {
-      std::string v;
-      for (const EvalResult& e : r.evals) {
-        if (e.protocol == p) v = format_number(100 * e.top1);  // the last file of it, by name
-      }
-      table << cell(v);
-    }
-    table << "</tr>";
-    summary.eval_results += static_cast<int64_t>(r.evals.size());
-  }
-  table << "</table>";
-
-  std::ostringstream html;
-  const std::string title = "vicreg: " + std::to_string(runs.size()) + " runs side by side";
-  html << "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>" << escape(title)
-       << "</title><style>" << kStyle << "</style></head><body><h1>" << escape(title) << "</h1>"
-       << "<h2>Runs</h2>" << table.str() << "<h2>Curves</h2><div class=\"charts\">";
-  for (const std::string& c : charts) html << c;
-  html << "</div><p id=\"render-check\">not rendered</p>" << kRenderCheck << "</body></html>\n";
-  write_file_atomically(summary.path, html.str());
   return summary;
 }
 

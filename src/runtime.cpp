@@ -95,9 +95,10 @@ CountingCpuAllocator* g_counting = nullptr;
 torch::Device usable_device(const std::string& name) {
   const torch::Device device(name);
   if (device.is_cuda() && !torch::cuda::is_available()) {
-    throw UsageError("--device " + name +
-                     ": no CUDA device is available to this LibTorch build (use --device cpu, or "
-                     "build against a CUDA LibTorch)");
+    throw UsageError("device " + name +
+                         ": no CUDA GPU is available to this LibTorch build (use device cpu, or "
+                         "build against a CUDA LibTorch)",
+                     {"device"});
   }
   return device;
 }

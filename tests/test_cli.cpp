@@ -131,7 +131,7 @@ TEST_F(Cli, BenchLossRejectsBadArguments) {
   if (!torch::cuda::is_available()) {
     const Result r = run("bench-loss --device cuda --shapes 4x4");
     EXPECT_NE(r.code, 0);
-    EXPECT_NE(r.err.find("no CUDA device"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("no CUDA GPU"), std::string::npos) << r.err;
   }
 }
 
@@ -401,7 +401,7 @@ TEST_F(CliTrain, RejectsBadInput) {
       {small("h", "--dataset imagenet"), "unknown --dataset 'imagenet'"},
       {small("i", "--recipe simclr"), "unknown --recipe 'simclr'"},
       {small("j", "--loss-preset solo"), "solo"},
-      {small("k", "--device cuda:0"), torch::cuda::is_available() ? "" : "no CUDA device"},
+      {small("k", "--device cuda:0"), torch::cuda::is_available() ? "" : "no CUDA GPU"},
       {small("l", "--config /nonexistent.json"), "--config file '/nonexistent.json': no such file"},
       {small("m", "--arch-b resnet18"), "--arch-b needs --no-shared-weights"},
       {small("n", "--resume /nonexistent/checkpoint.pt"), "no such file"},
@@ -786,7 +786,7 @@ TEST_F(CliTrain, ImageNetLayoutFoldersHeldOutSplitsSubsetsAndForeignWeights) {
 
   // Weights without a run (a torchvision-layout ResNet-18): --dataset says what the data are.
   vicreg::EncoderConfig ec;
-  ec.arch = vicreg::Arch::ResNet18;
+  ec.arch = "resnet18";
   ec.in_channels = 3;
   ec.image_size = 224;
   const std::string tv = (dir_ / "tv.safetensors").string();

@@ -53,8 +53,8 @@ class Compat : public vicreg::testing::TempDirTest {
 TEST_F(Compat, OldCheckpointConfigReads) {
   const vicreg::TrainConfig c = vicreg::read_checkpoint_config(fixture("checkpoint.pt"));
   EXPECT_EQ(c.data.dataset, vicreg::DatasetKind::Mnist);
-  EXPECT_EQ(c.model.arch, vicreg::Arch::ConvNet);
-  EXPECT_FALSE(c.model.arch_b.has_value());  // stored as ""
+  EXPECT_EQ(c.model.arch, "convnet");
+  EXPECT_TRUE(c.model.arch_b.empty());  // stored as ""
   EXPECT_EQ(c.model.width, 4);
   EXPECT_EQ(c.model.final_conv, 0);  // written before the setting existed
   EXPECT_EQ(c.model.mlp, "16-16");

@@ -787,7 +787,7 @@ TEST_F(Splits, AFolderWithoutHeldOutSplitIsAnErrorOrAStratifiedHoldout) {
   const fs::path root = dir_ / "flowers";
   write_classes(root, {"daisy", "rose"}, 8);
   auto c = folder_config(root, vicreg::Split::Test);
-  expect_message([&] { vicreg::load_dataset(c); }, {"no held-out split", "--val-dir", "--holdout"});
+  expect_message([&] { vicreg::load_dataset(c); }, {"no held-out split", "val_dir", "holdout"});
   // --val-dir anywhere.
   write_classes(dir_ / "elsewhere", {"rose"}, 3);
   c.val_dir = (dir_ / "elsewhere").string();
@@ -827,7 +827,7 @@ TEST_F(Splits, NpyHeldOutBesideOrGivenOrHeldOut) {
   c.dataset = vicreg::DatasetKind::Npy;
   c.data_dir = dir_.string();
   c.split = vicreg::Split::Test;
-  expect_message([&] { vicreg::load_dataset(c); }, {"no val.npy or test.npy", "--val-data"});
+  expect_message([&] { vicreg::load_dataset(c); }, {"no val.npy or test.npy", "val_data"});
   vicreg::write_npy((dir_ / "test.npy").string(), rows(100, 5));
   EXPECT_EQ(vicreg::load_dataset(c).source, (dir_ / "test.npy").string());
   vicreg::write_npy((dir_ / "val.npy").string(), rows(200, 6));
@@ -836,7 +836,7 @@ TEST_F(Splits, NpyHeldOutBesideOrGivenOrHeldOut) {
   EXPECT_FALSE(val.labels.defined());
   // A single file: the defect was that its "test split" was itself.
   c.data_dir = (dir_ / "train.npy").string();
-  expect_message([&] { vicreg::load_dataset(c); }, {"a single file", "--holdout"});
+  expect_message([&] { vicreg::load_dataset(c); }, {"a single file", "holdout"});
   c.val_dir = (dir_ / "test.npy").string();
   EXPECT_EQ(row_ids(vicreg::load_dataset(c)), (std::set<float>{100, 101, 102, 103, 104}));
   c.val_dir.clear();

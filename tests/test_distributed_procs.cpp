@@ -68,7 +68,7 @@ Named loss_outcome(const std::shared_ptr<vicreg::ProcessGroup>& group) {
 Named step_outcome(const std::shared_ptr<vicreg::ProcessGroup>& group) {
   const int rank = group ? group->rank() : 0, world = group ? group->world_size() : 1;
   vicreg::VICRegModelConfig mc;
-  mc.encoder.arch = vicreg::Arch::ConvNet;
+  mc.encoder.arch = "convnet";
   mc.encoder.in_channels = 1;
   mc.encoder.image_size = 12;
   mc.encoder.width = 4;
@@ -93,8 +93,8 @@ Named step_outcome(const std::shared_ptr<vicreg::ProcessGroup>& group) {
     const int64_t rows = n / world;
     const auto o =
         model->forward(xa_all.narrow(0, rank * rows, rows), xb_all.narrow(0, rank * rows, rows));
-    const auto t = group ? vicreg::vicreg_loss_sharded(o.z_a, o.z_b, *group)
-                         : vicreg::vicreg_loss(o.z_a, o.z_b);
+    const auto t = group ? vicreg::vicreg_loss_sharded(o.views[0].z, o.views[1].z, *group)
+                         : vicreg::vicreg_loss(o.views[0].z, o.views[1].z);
     sgd.zero_grad();
     t.total.backward();
     if (group) vicreg::all_reduce_gradients(model->parameters(), *group);

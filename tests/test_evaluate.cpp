@@ -1,5 +1,6 @@
 #include "vicreg/evaluate.h"
 #include "vicreg/models.h"
+#include "vicreg/models/mlp.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>

@@ -161,7 +161,7 @@ TEST(Loader, ForwardsAWorkersError) {
     FAIL() << "expected the decode error";
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("/nonexistent/"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("--skip-bad-images"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("skip_bad_images"), std::string::npos) << e.what();
   }
 }
 

@@ -1,6 +1,7 @@
 // vicreg_loss(): against the plain-autograd reference, finite differences, hand-computed cases,
 // dtypes, memory, and every rejected input.
 #include "vicreg/loss.h"
+#include "vicreg/objective.h"
 #include "vicreg/runtime.h"
 
 #include <gtest/gtest.h>
@@ -418,3 +419,31 @@ TEST(LossCuda, MatchesCpu) {
 }
 
 }  // namespace
+
+TEST(Objective, VICRegIsTheFusedLossOfTheFirstTwoViewsWithNamedTerms) {
+  torch::manual_seed(8);
+  const auto options = VICRegLossOptions().preset(LossPreset::Paper).cov_coeff(0.5);
+  const vicreg::VICRegObjective objective(options);
+  std::vector<std::string> keys;
+  for (const vicreg::ObjectiveTerm& t : objective.terms()) keys.push_back(t.key);
+  // metrics.jsonl's keys, as every version wrote them.
+  EXPECT_EQ(keys, (std::vector<std::string>{"invariance", "variance", "covariance"}));
+  vicreg::ModelOutputs out;
+  for (int v = 0; v < 2; ++v) {
+    vicreg::ViewOutput view;
+    view.z = torch::randn({16, 12}, torch::requires_grad());
+    out.views.push_back(view);
+  }
+  const vicreg::ObjectiveLoss got = objective.loss(out, /*group=*/nullptr);
+  const vicreg::VICRegLossTerms want = vicreg::vicreg_loss(out.views[0].z, out.views[1].z, options);
+  EXPECT_TRUE(torch::equal(got.total, want.total));
+  ASSERT_EQ(got.terms.size(), 3u);
+  EXPECT_TRUE(torch::equal(got.terms[0], want.invariance));
+  EXPECT_TRUE(torch::equal(got.terms[1], want.variance));
+  EXPECT_TRUE(torch::equal(got.terms[2], want.covariance));
+  EXPECT_TRUE(torch::equal(got.embedding_std, want.std_a));
+  got.total.backward();
+  EXPECT_TRUE(out.views[0].z.grad().defined());
+  out.views.pop_back();
+  EXPECT_THROW(objective.loss(out, nullptr), c10::Error);
+}

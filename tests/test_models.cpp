@@ -1,7 +1,14 @@
+#include "vicreg/error.h"
+#include "vicreg/io/state_dict.h"
 #include "vicreg/models.h"
+#include "vicreg/models/convnet.h"
+#include "vicreg/models/mlp.h"
+#include "vicreg/models/registry.h"
+#include "vicreg/models/resnet.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <set>
 #include <stdexcept>
 
@@ -35,15 +42,14 @@ TEST(Models, ParameterCountsWithoutBuildingMatchTheBuiltModels) {
   // encoder_parameter_count checks stored settings against a file before building anything: it
   // must count what make_encoder builds, for every kind of encoder.
   struct Case {
-    vicreg::Arch arch;
+    std::string arch;
     int64_t in_channels, image_size, in_features;
   };
-  using A = vicreg::Arch;
-  for (const Case k :
-       {Case{A::ConvNet, 1, 28, 0}, Case{A::ConvNet, 3, 32, 0}, Case{A::Mlp, 0, 0, 37},
-        Case{A::ResNet18, 3, 32, 0}, Case{A::ResNet18, 1, 224, 0}, Case{A::ResNet34, 3, 224, 0},
-        Case{A::ResNet50, 3, 224, 0}, Case{A::ResNet50, 2, 32, 0}, Case{A::ResNet101, 3, 224, 0},
-        Case{A::ResNet50x2, 3, 224, 0}}) {
+  for (const Case& k :
+       {Case{"convnet", 1, 28, 0}, Case{"convnet", 3, 32, 0}, Case{"mlp", 0, 0, 37},
+        Case{"resnet18", 3, 32, 0}, Case{"resnet18", 1, 224, 0}, Case{"resnet34", 3, 224, 0},
+        Case{"resnet50", 3, 224, 0}, Case{"resnet50", 2, 32, 0}, Case{"resnet101", 3, 224, 0},
+        Case{"resnet50x2", 3, 224, 0}}) {
     vicreg::EncoderConfig c;
     c.arch = k.arch;
     c.in_channels = k.in_channels;
@@ -54,7 +60,7 @@ TEST(Models, ParameterCountsWithoutBuildingMatchTheBuiltModels) {
     c.encoder_mlp = "16-24";
     const vicreg::Encoder e = vicreg::make_encoder(c);
     EXPECT_EQ(vicreg::encoder_parameter_count(c), static_cast<double>(vicreg::count_parameters(*e)))
-        << vicreg::to_string(k.arch) << " " << k.in_channels << "x" << k.image_size;
+        << k.arch << " " << k.in_channels << "x" << k.image_size;
   }
   vicreg::EncoderConfig final_conv;
   final_conv.width = 8;
@@ -74,7 +80,7 @@ TEST(Models, WideResNetsWidenEveryWidth) {
   // torchvision's wide_resnet50_2 (2048-d). Its full shape check against the reference
   // definition is in tests/python/test_weights.py.
   vicreg::EncoderConfig c;
-  c.arch = vicreg::Arch::ResNet50x2;
+  c.arch = "resnet50x2";
   c.in_channels = 3;
   c.image_size = 224;
   const vicreg::Encoder e = vicreg::make_encoder(c);
@@ -86,13 +92,12 @@ TEST(Models, WideResNetsWidenEveryWidth) {
   EXPECT_EQ(e->forward(torch::randn({1, 3, 64, 64})).sizes(), torch::IntArrayRef({1, 4096}));
   for (const char* name : {"resnet101", "resnet152", "resnet200", "resnet50x2", "resnet50x4",
                            "resnet50x5", "resnet200x2"}) {
-    const vicreg::Arch a = vicreg::parse_name<vicreg::Arch>(name);
-    const auto shape = vicreg::resnet_shape(a);
+    const auto shape = vicreg::resnet_shape(name);
     ASSERT_TRUE(shape) << name;
-    EXPECT_EQ(vicreg::resnet_arch(shape->depth, shape->widen), a) << name;
-    EXPECT_TRUE(vicreg::is_convolutional(a));
+    EXPECT_EQ(vicreg::resnet_arch(shape->depth, shape->widen), name) << name;
+    EXPECT_TRUE(vicreg::backbone_traits(name).convolutional);
   }
-  EXPECT_FALSE(vicreg::resnet_shape(vicreg::Arch::ConvNet));
+  EXPECT_FALSE(vicreg::resnet_shape("convnet"));
   EXPECT_EQ(vicreg::resnet_depth(true, {3, 24, 36, 3}), 200);
   EXPECT_EQ(vicreg::resnet_depth(false, {3, 4, 6, 3}), 34);
   EXPECT_FALSE(vicreg::resnet_depth(true, {2, 5, 6, 3}));
@@ -132,8 +137,8 @@ TEST(Models, ZeroInitResidualZeroesTheLastNormOfEachBlock) {
 
 TEST(Models, SmallStemKeepsResolutionAndFollowsChannels) {
   torch::manual_seed(0);
-  auto small = vicreg::make_encoder({vicreg::Arch::ResNet18, /*in_channels=*/1, /*image_size=*/28});
-  auto large = vicreg::make_encoder({vicreg::Arch::ResNet18, 3, 224});
+  auto small = vicreg::make_encoder({"resnet18", /*in_channels=*/1, /*image_size=*/28});
+  auto large = vicreg::make_encoder({"resnet18", 3, 224});
   auto* rs = dynamic_cast<vicreg::ResNetImpl*>(small.get());
   ASSERT_NE(rs, nullptr);
   EXPECT_TRUE(rs->options.small_stem());
@@ -147,7 +152,7 @@ TEST(Models, SmallStemKeepsResolutionAndFollowsChannels) {
 TEST(Models, ConvNetShapesAndNames) {
   // The default: a last 1x1 conv to 1024 channels sets the representation's size; final.0 is
   // the conv, final.1 its BatchNorm.
-  auto net = vicreg::make_encoder({vicreg::Arch::ConvNet, 1, 28});
+  auto net = vicreg::make_encoder({"convnet", 1, 28});
   EXPECT_EQ(net->output_dim(), 1024);
   const torch::Tensor y = net->forward(torch::randn({3, 1, 28, 28}));
   EXPECT_EQ(y.sizes(), torch::IntArrayRef({3, 1024}));
@@ -158,7 +163,7 @@ TEST(Models, ConvNetShapesAndNames) {
   EXPECT_EQ(p["final.1.weight"].sizes(), torch::IntArrayRef({1024}));
   EXPECT_TRUE(net->named_buffers().contains("final.1.running_var"));
   // Without it, the last stage's pooled 256 channels.
-  EncoderConfig plain{vicreg::Arch::ConvNet, 1, 28};
+  EncoderConfig plain{"convnet", 1, 28};
   plain.final_conv = 0;
   auto small = vicreg::make_encoder(plain);
   EXPECT_EQ(small->output_dim(), 256);
@@ -166,7 +171,7 @@ TEST(Models, ConvNetShapesAndNames) {
   EXPECT_FALSE(names(*small).count("final.0.weight"));
   plain.final_conv = -1;
   EXPECT_THROW(vicreg::make_encoder(plain), vicreg::UsageError);
-  EncoderConfig too_deep{vicreg::Arch::ConvNet, 1, 4};
+  EncoderConfig too_deep{"convnet", 1, 4};
   too_deep.stages = 4;
   EXPECT_THROW(vicreg::make_encoder(too_deep), vicreg::UsageError);
 }
@@ -206,13 +211,13 @@ TEST(Models, GlobalAvgPoolIsTheSpatialMeanWithAGradientInTheInputsMemoryFormat) 
 }
 
 TEST(Models, MLPEncoder) {
-  EncoderConfig c{vicreg::Arch::Mlp};
+  EncoderConfig c{"mlp"};
   c.in_features = 10;
   c.encoder_mlp = "32-16";
   auto net = vicreg::make_encoder(c);
   EXPECT_EQ(net->output_dim(), 16);
   EXPECT_EQ(net->forward(torch::randn({4, 10})).sizes(), torch::IntArrayRef({4, 16}));
-  EXPECT_THROW(vicreg::make_encoder(EncoderConfig{vicreg::Arch::Mlp}), vicreg::UsageError);
+  EXPECT_THROW(vicreg::make_encoder(EncoderConfig{"mlp"}), vicreg::UsageError);
 }
 
 TEST(Models, LayerSpecParsing) {
@@ -222,7 +227,7 @@ TEST(Models, LayerSpecParsing) {
        {"", "-", "8192-", "-8", "8192--8192", "12a", "0-5", "8192 8192", "99999999999"}) {
     EXPECT_THROW(vicreg::parse_layer_spec(bad), vicreg::UsageError) << bad;
   }
-  EXPECT_THROW(vicreg::parse_name<vicreg::Arch>("vgg16"), vicreg::UsageError);
+  EXPECT_THROW(vicreg::make_encoder(vicreg::EncoderConfig{"vgg16"}), vicreg::UsageError);
 }
 
 TEST(Models, ExpanderMatchesTheReferenceSequential) {
@@ -240,7 +245,7 @@ TEST(Models, ExpanderMatchesTheReferenceSequential) {
 
 TEST(Models, VICRegSharedAndSeparateBranches) {
   vicreg::VICRegModelConfig config;
-  config.encoder = {vicreg::Arch::ConvNet, 1, 28};
+  config.encoder = {"convnet", 1, 28};
   config.encoder.width = 8;
   config.mlp = "64-64";
   vicreg::VICReg shared(config);
@@ -248,19 +253,134 @@ TEST(Models, VICRegSharedAndSeparateBranches) {
   EXPECT_TRUE(names(*shared).count("projector.0.weight"));
   const auto x = torch::randn({4, 1, 28, 28});
   auto out = shared->forward(x, x);
-  EXPECT_EQ(out.z_a.sizes(), torch::IntArrayRef({4, 64}));
-  EXPECT_TRUE(torch::allclose(out.z_a, out.z_b));  // same weights, same input
+  ASSERT_EQ(out.views.size(), 2u);
+  EXPECT_EQ(out.views[0].z.sizes(), torch::IntArrayRef({4, 64}));
+  EXPECT_TRUE(torch::allclose(out.views[0].z, out.views[1].z));  // same weights, same input
 
   config.shared_weights = false;
-  config.encoder_b = {vicreg::Arch::ResNet18, 1,
-                      28};  // a different architecture on the second branch
+  config.encoder_b = {"resnet18", 1, 28};  // a different architecture on the second branch
   vicreg::VICReg separate(config);
   EXPECT_TRUE(names(*separate).count("backbone_b.layer1.0.conv1.weight"));
   out = separate->forward(x, x);
-  EXPECT_EQ(out.y_b.sizes(), torch::IntArrayRef({4, 512}));
-  EXPECT_EQ(out.z_b.sizes(), torch::IntArrayRef({4, 64}));
-  EXPECT_FALSE(torch::allclose(out.z_a, out.z_b));
+  EXPECT_EQ(out.views[1].y.sizes(), torch::IntArrayRef({4, 512}));
+  EXPECT_EQ(out.views[1].z.sizes(), torch::IntArrayRef({4, 64}));
+  EXPECT_FALSE(torch::allclose(out.views[0].z, out.views[1].z));
   EXPECT_GT(vicreg::count_parameters(*separate), vicreg::count_parameters(*shared));
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// The backbone registry and feature maps
+
+namespace {
+
+/// A small encoder of every family, on its kind of input.
+struct FamilyCase {
+  vicreg::EncoderConfig config;
+  torch::Tensor input;
+};
+std::vector<FamilyCase> one_of_each_family() {
+  vicreg::EncoderConfig convnet{"convnet", 3, 16};
+  convnet.width = 4;
+  convnet.stages = 3;
+  convnet.final_conv = 24;
+  vicreg::EncoderConfig resnet{"resnet18", 2, 32};
+  vicreg::EncoderConfig mlp{"mlp"};
+  mlp.in_features = 7;
+  mlp.encoder_mlp = "12-10";
+  return {{convnet, torch::randn({3, 3, 16, 16})},
+          {resnet, torch::randn({3, 2, 32, 32})},
+          {mlp, torch::randn({3, 7})}};
+}
+
+}  // namespace
+
+TEST(Registry, EveryNameBelongsToOneFamily) {
+  const std::vector<std::string>& names = vicreg::backbone_names();
+  EXPECT_EQ(std::set<std::string>(names.begin(), names.end()).size(), names.size());
+  size_t listed = 0;
+  for (const vicreg::BackboneFamily& f : vicreg::backbone_families()) {
+    listed += f.archs.size();
+    for (const std::string& a : f.archs) EXPECT_EQ(&vicreg::backbone_family(a), &f) << a;
+    EXPECT_TRUE(f.check_settings && f.build && f.parameter_count) << f.name;
+    EXPECT_NE(vicreg::backbone_help().find(f.help), std::string::npos) << f.name;
+  }
+  EXPECT_EQ(listed, names.size());
+  for (const char* family : {"resnet", "convnet", "mlp"}) {
+    EXPECT_NE(std::find_if(vicreg::backbone_families().begin(), vicreg::backbone_families().end(),
+                           [&](const vicreg::BackboneFamily& f) { return f.name == family; }),
+              vicreg::backbone_families().end())
+        << family;
+  }
+  try {
+    vicreg::backbone_family("vgg16");
+    ADD_FAILURE() << "vgg16 accepted";
+  } catch (const vicreg::UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("unknown backbone 'vgg16': use resnet18"),
+              std::string::npos)
+        << e.what();
+  }
+  // What the numerics follow: a family's traits, not its name.
+  EXPECT_TRUE(vicreg::backbone_traits("resnet50").convolutional);
+  EXPECT_TRUE(vicreg::backbone_traits("convnet").images);
+  EXPECT_FALSE(vicreg::backbone_traits("mlp").convolutional);
+  EXPECT_FALSE(vicreg::backbone_traits("mlp").images);
+}
+
+TEST(Registry, EncodersGiveTheirLastFeaturesAndPoolThemIntoTheRepresentation) {
+  torch::manual_seed(5);
+  for (const FamilyCase& k : one_of_each_family()) {
+    const vicreg::Encoder e = vicreg::make_encoder(k.config);
+    e->eval();
+    const torch::Tensor features = e->forward_features(k.input);
+    const vicreg::FeatureLayout layout = vicreg::backbone_traits(k.config.arch).features;
+    EXPECT_EQ(e->feature_layout(), layout) << k.config.arch;
+    EXPECT_EQ(features.size(0), 3) << k.config.arch;
+    if (layout == vicreg::FeatureLayout::Map) {
+      ASSERT_EQ(features.dim(), 4) << k.config.arch;
+      EXPECT_EQ(features.size(1), e->feature_dim()) << k.config.arch;
+    } else {
+      ASSERT_EQ(features.dim(), 2) << k.config.arch;
+    }
+    // The representation is the pooled features, bit for bit.
+    const torch::Tensor y = e->forward(k.input);
+    EXPECT_TRUE(torch::equal(e->pool(features), y)) << k.config.arch;
+    EXPECT_EQ(y.sizes(), torch::IntArrayRef({3, e->output_dim()})) << k.config.arch;
+  }
+  // The small-stem ResNet-18's map: 512 channels at 1/8 of 32 px.
+  vicreg::EncoderConfig r{"resnet18", 3, 32};
+  EXPECT_EQ(vicreg::make_encoder(r)->forward_features(torch::randn({2, 3, 32, 32})).sizes(),
+            torch::IntArrayRef({2, 512, 4, 4}));
+  // The model hands every view's features, representation and embedding to the objective.
+  vicreg::VICRegModelConfig mc;
+  mc.encoder = one_of_each_family()[0].config;
+  mc.mlp = "16-8";
+  vicreg::VICReg model(mc);
+  const torch::Tensor x = torch::randn({4, 3, 16, 16});
+  const vicreg::ModelOutputs out = model->forward(x, x.flip(3));
+  ASSERT_EQ(out.views.size(), 2u);
+  for (const vicreg::ViewOutput& v : out.views) {
+    EXPECT_EQ(v.features.dim(), 4);
+    EXPECT_EQ(v.y.sizes(), torch::IntArrayRef({4, 24}));
+    EXPECT_EQ(v.z.sizes(), torch::IntArrayRef({4, 8}));
+  }
+}
+
+TEST(Registry, EveryFamilyReadsItsOwnWeightsBack) {
+  torch::manual_seed(6);
+  for (const FamilyCase& k : one_of_each_family()) {
+    const vicreg::Encoder original = vicreg::make_encoder(k.config);
+    original->eval();
+    // Under a prefix, as a VICReg model's state dict holds them.
+    vicreg::NamedTensors weights;
+    for (auto& [name, t] : vicreg::module_state(*original))
+      weights.emplace_back("backbone." + name, t);
+    const vicreg::EncoderConfig found = vicreg::infer_encoder_config(weights, "test");
+    EXPECT_EQ(found.arch, k.config.arch);
+    const vicreg::Encoder back = vicreg::make_encoder(found);
+    vicreg::load_encoder_weights(*back, weights, "test");
+    back->eval();
+    EXPECT_TRUE(torch::equal(back->forward(k.input), original->forward(k.input))) << k.config.arch;
+  }
+}

@@ -1,6 +1,7 @@
 // Mixed precision and channels_last (precision.h): choosing the precision, the autocast guard,
 // BatchNorm statistics and the loss in fp32 under autocast, channels_last giving the same outputs
 // and batches, and GradScaler's semantics.
+#include "vicreg/kernels/conv.h"
 #include "vicreg/precision.h"
 
 #include "vicreg/error.h"
@@ -201,6 +202,42 @@ TEST(Precision, TheBf16ConvolutionSettingPrefersTheAskedThenTheRecordedMode) {
   EXPECT_THROW(vicreg::parse_name<CpuBf16Conv>("fp16"), vicreg::UsageError);
 }
 
+TEST(Precision, NumericsAreResolvedInOnePlaceInTheirOrder) {
+  using vicreg::CpuBf16Conv;
+  using vicreg::Toggle;
+  const torch::Device cpu(torch::kCPU);
+  const CpuBf16Conv own = vicreg::cpu_bf16_conv();
+  const Bf16ConvMode scope(own);  // whatever happens below is undone
+  vicreg::NumericsRequest r;
+  r.precision = Precision::Bf16;
+  r.bf16_conv = CpuBf16Conv::Fp32;
+  r.convolutional = true;
+  // bf16 on a CPU with convolutions: the mode is set first, and channels_last follows it.
+  vicreg::Numerics n = vicreg::resolve_numerics(r, cpu);
+  EXPECT_EQ(n.precision.precision, Precision::Bf16);
+  EXPECT_EQ(n.bf16_conv, CpuBf16Conv::Fp32);
+  EXPECT_EQ(vicreg::cpu_bf16_conv(), CpuBf16Conv::Fp32);
+  EXPECT_TRUE(n.channels_last);
+  r.bf16_conv = CpuBf16Conv::Bf16;
+  EXPECT_FALSE(vicreg::resolve_numerics(r, cpu).channels_last);
+  // A recorded memory format is kept; nothing convolutional: no mode, no channels_last.
+  r.trained_channels_last = Toggle::On;
+  EXPECT_TRUE(vicreg::resolve_numerics(r, cpu).channels_last);
+  r.convolutional = false;
+  n = vicreg::resolve_numerics(r, cpu);
+  EXPECT_EQ(n.bf16_conv, CpuBf16Conv::Auto);
+  EXPECT_FALSE(n.channels_last);
+  // fp32: the mode is left alone; a recorded precision is what auto resolves to.
+  r.convolutional = true;
+  r.precision = Precision::Auto;
+  r.trained_precision = Precision::Fp32;
+  n = vicreg::resolve_numerics(r, cpu);
+  EXPECT_EQ(n.precision.precision, Precision::Fp32);
+  EXPECT_EQ(n.bf16_conv, CpuBf16Conv::Auto);
+  r.precision = Precision::Fp16;  // no fp16 autocast on CPUs
+  EXPECT_THROW(vicreg::resolve_numerics(r, cpu), vicreg::UsageError);
+}
+
 TEST(Precision, Fp32ConvolutionModeRunsConvolutionsInFp32UnderBf16) {
   const Bf16ConvMode scope(vicreg::CpuBf16Conv::Fp32);
   torch::manual_seed(4);
@@ -233,7 +270,7 @@ TEST(Precision, Fp32ConvolutionModeRunsConvolutionsInFp32UnderBf16) {
   // A whole ConvNet under bf16 autocast then gives the fp32 representation exactly (the
   // BatchNorms compute in fp32 and the convolutions now do too).
   vicreg::EncoderConfig c;
-  c.arch = vicreg::Arch::ConvNet;
+  c.arch = "convnet";
   c.in_channels = 1;
   c.image_size = 16;
   c.width = 8;
@@ -493,7 +530,7 @@ TEST(Precision, AmdCpuFamilyIsTheKernels) {
   }
 }
 
-vicreg::Encoder encoder(vicreg::Arch arch, int64_t channels) {
+vicreg::Encoder encoder(const std::string& arch, int64_t channels) {
   vicreg::EncoderConfig c;
   c.arch = arch;
   c.in_channels = channels;
@@ -521,7 +558,7 @@ TEST(Precision, ChannelsLastCopiesSayChannelsLastForOneChannelToo) {
 }
 
 TEST(Precision, ChannelsLastGivesTheSameOutputs) {
-  for (const auto arch : {vicreg::Arch::ConvNet, vicreg::Arch::ResNet18}) {
+  for (const std::string arch : {"convnet", "resnet18"}) {
     torch::manual_seed(2);
     auto plain = encoder(arch, 3);
     torch::manual_seed(2);
@@ -538,7 +575,7 @@ TEST(Precision, ChannelsLastGivesTheSameOutputs) {
       const auto y_plain = plain->forward(x);
       const auto y_cl = cl->forward(x.contiguous(at::MemoryFormat::ChannelsLast));
       EXPECT_TRUE(torch::allclose(y_plain, y_cl, 1e-4, 1e-5))
-          << vicreg::to_string(arch) << " train " << train << ": " << (y_plain - y_cl).abs().max();
+          << arch << " train " << train << ": " << (y_plain - y_cl).abs().max();
     }
     // Gradients reach the weights in their own format.
     cl->train();
@@ -598,7 +635,7 @@ TEST(Precision, MemoryCountingServesOneDnnRawAllocations) {
   allocator->raw_deallocate(p);
   EXPECT_EQ(vicreg::memory_stats(cpu).current_bytes, before);
   // A bf16 channels_last step of a convolutional encoder runs under it.
-  auto e = encoder(vicreg::Arch::ConvNet, 3);
+  auto e = encoder("convnet", 3);
   vicreg::to_channels_last(*e);
   const vicreg::AutocastGuard guard(cpu, Precision::Bf16);
   e->forward(torch::randn({4, 3, 16, 16}).contiguous(at::MemoryFormat::ChannelsLast))
@@ -742,7 +779,7 @@ TEST(PrecisionCuda, Fp16AndBf16StepsWithLossScaling) {
   if (vicreg::device_has_native_bf16(cuda)) precisions.push_back(Precision::Bf16);
   for (const Precision p : precisions) {
     torch::manual_seed(4);
-    auto e = encoder(vicreg::Arch::ConvNet, 3);
+    auto e = encoder("convnet", 3);
     e->to(cuda);
     vicreg::to_channels_last(*e);
     vicreg::Expander expander(e->output_dim(), "64-64");

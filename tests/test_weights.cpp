@@ -290,9 +290,7 @@ TEST_F(Weights, HostilePicklesAreRefusedWithoutCrashLeakOrUnboundedMemory) {
   expect_error([&] { vicreg::read_torch_file(path("mark.pth")); }, "empty stack");
 }
 
-vicreg::Arch resnet_arch(int64_t depth) {
-  return vicreg::parse_name<vicreg::Arch>("resnet" + std::to_string(depth));
-}
+std::string resnet_arch(int64_t depth) { return "resnet" + std::to_string(depth); }
 
 vicreg::Encoder resnet(int64_t depth, int64_t in_channels, int64_t image_size) {
   vicreg::EncoderConfig ec;
@@ -426,18 +424,29 @@ TEST_F(Weights, InfersTheResNetFromItsWeights) {
   }
   vicreg::EncoderConfig conv;
   const vicreg::Encoder convnet = vicreg::make_encoder(conv);
-  expect_error([&] { vicreg::infer_encoder_config(vicreg::module_state(*convnet), "F"); },
-               "no ResNet with torchvision's names");
+  // A ConvNet's own names are recognised too (its family reads its settings off them).
+  const vicreg::EncoderConfig back =
+      vicreg::infer_encoder_config(vicreg::module_state(*convnet), "t");
+  EXPECT_EQ(back.arch, "convnet");
+  EXPECT_EQ(back.width, conv.width);
+  EXPECT_EQ(back.stages, conv.stages);
+  EXPECT_EQ(back.final_conv, conv.final_conv);
+  EXPECT_EQ(back.in_channels, conv.in_channels);
+  expect_error(
+      [&] {
+        vicreg::infer_encoder_config({{"fc.weight", torch::zeros({2, 2})}}, "F");
+      },
+      "holds the weights of no backbone vicreg knows");
   NamedTensors odd = torchvision_state(*resnet(18, 3, 224), "", 512);
   odd.emplace_back("layer1.2.conv1.weight", torch::zeros({64, 64, 3, 3}));
   expect_error([&] { vicreg::infer_encoder_config(odd, "F"); }, "BasicBlock blocks [3,2,2,2]");
   // The official wide ResNets: the widening from the stem.
   vicreg::EncoderConfig wide;
-  wide.arch = vicreg::Arch::ResNet50x2;
+  wide.arch = "resnet50x2";
   wide.in_channels = 3;
   wide.image_size = 224;
   NamedTensors w = torchvision_state(*vicreg::make_encoder(wide), "backbone.", 4096);
-  EXPECT_EQ(vicreg::infer_encoder_config(w, "t").arch, vicreg::Arch::ResNet50x2);
+  EXPECT_EQ(vicreg::infer_encoder_config(w, "t").arch, "resnet50x2");
   // torchvision's wide_resnet50_2 (64-channel stem, 128-wide blocks) is another model.
   for (auto& [k, t] : w) {
     if (k == "backbone.conv1.weight") t = torch::zeros({64, 3, 7, 7});
@@ -456,7 +465,7 @@ TEST_F(Weights, ExportedBackbonesReadBackWithTheirSettings) {
   torch::manual_seed(3);
   for (const std::string arch : {"resnet18", "convnet"}) {
     vicreg::Backbone b;
-    b.config.model.arch = vicreg::parse_name<vicreg::Arch>(arch);
+    b.config.model.arch = arch;
     b.config.model.width = 8;
     b.config.model.stages = 3;
     b.in_channels = 1;
@@ -470,7 +479,7 @@ TEST_F(Weights, ExportedBackbonesReadBackWithTheirSettings) {
     EXPECT_EQ(f.metadata.at("vicreg.arch"), arch);
     EXPECT_EQ(f.metadata.count("vicreg.torchvision"), arch == "resnet18" ? 1u : 0u);
     const vicreg::Backbone back = vicreg::read_backbone(out);
-    EXPECT_EQ(vicreg::to_string(back.config.model.arch), arch);
+    EXPECT_EQ(back.config.model.arch, arch);
     EXPECT_EQ(back.image_size, 16);
     const torch::Tensor x = torch::randn({2, 1, 16, 16});
     EXPECT_TRUE(torch::equal(back.encoder->forward(x), b.encoder->forward(x))) << arch;
@@ -479,7 +488,7 @@ TEST_F(Weights, ExportedBackbonesReadBackWithTheirSettings) {
   const vicreg::Encoder tv = resnet(18, 3, 224);
   vicreg::write_safetensors(path("tv.safetensors"), torchvision_state(*tv, "", 512));
   const vicreg::Backbone foreign = vicreg::read_backbone(path("tv.safetensors"));
-  EXPECT_EQ(foreign.config.model.arch, vicreg::Arch::ResNet18);
+  EXPECT_EQ(foreign.config.model.arch, "resnet18");
   EXPECT_EQ(foreign.in_channels, 3);
   EXPECT_EQ(foreign.image_size, 0);
   tv->eval();

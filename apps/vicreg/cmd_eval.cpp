@@ -34,9 +34,9 @@ struct SubjectArgs {
 
 void add_subject_flags(CLI::App& cmd, SubjectArgs& a) {
   cmd.add_option("--backbone", a.spec.backbone,
-                 "A run's backbone.pt, a safetensors file from vicreg export, or a torchvision "
-                 "ResNet's state dict (safetensors or torch.save; the architecture is read off the "
-                 "weights)")
+                 "A run's backbone.pt, a safetensors file from vicreg export, or the state dict "
+                 "of a backbone vicreg knows, e.g. a torchvision ResNet's (safetensors or "
+                 "torch.save; the architecture is read off the weights)")
       ->check(CLI::ExistingFile);
   cmd.add_option("--init-backbone", a.spec.init_backbone,
                  "Weights (safetensors or torch.save, torchvision's names) for the backbone of "

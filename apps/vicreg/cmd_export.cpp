@@ -31,7 +31,7 @@ int run_export(const ExportArgs& a) {
       a.checkpoint.empty() ? read_backbone(a.backbone) : read_checkpoint_backbone(a.checkpoint);
   const int64_t n = export_backbone(b, a.out);
   std::printf("wrote %s: %lld tensors of the %s backbone (%lld parameters) from %s\n",
-              a.out.c_str(), static_cast<long long>(n), to_string(b.config.model.arch).c_str(),
+              a.out.c_str(), static_cast<long long>(n), b.config.model.arch.c_str(),
               static_cast<long long>(count_parameters(*b.encoder)), from.c_str());
   const std::string how = torchvision_recipe(b), inputs = input_normalisation(b);
   if (!how.empty()) std::printf("in PyTorch: %s\n", how.c_str());

@@ -67,13 +67,6 @@ void add_flag(CLI::App& cmd, const Setting& s, T& field) {
   if constexpr (std::is_same_v<T, bool>) {
     cmd.add_flag(flag + ",!--no-" + flag.substr(2), field,
                  std::string(s.help) + (field ? " (default: on)" : " (default: off)"));
-  } else if constexpr (std::is_same_v<T, std::optional<Arch>>) {
-    cmd.add_option_function<std::string>(
-        flag,
-        [&field](const std::string& v) {
-          field = v.empty() ? std::nullopt : std::optional<Arch>(parse_choice<Arch>(v));
-        },
-        s.help);
   } else if constexpr (std::is_enum_v<T>) {
     add_choice_flag(cmd, flag, field, s.help);
   } else if constexpr (std::is_same_v<T, std::string>) {

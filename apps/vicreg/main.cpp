@@ -4,6 +4,7 @@
 #include "commands.h"
 
 #include "vicreg/error.h"
+#include "vicreg/run/config.h"
 
 #include <c10/util/Exception.h>
 #include <torch/version.h>
@@ -93,6 +94,8 @@ int report_error() {
                  "%s: error: %s; the last checkpoint is kept (run the same command again to "
                  "resume, with any number of processes)\n",
                  who, e.what());
+  } catch (const vicreg::Error& e) {  // settings named by key: said as flags here
+    std::fprintf(stderr, "%s: error: %s\n", who, vicreg::with_flag_names(e).c_str());
   } catch (const c10::Error& e) {  // a TORCH_CHECK inside LibTorch
     std::fprintf(stderr, "%s: error: %s\n", who, e.what_without_backtrace());
   } catch (const std::exception& e) {  // vicreg::Error and everything else

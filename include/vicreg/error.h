@@ -9,19 +9,37 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace vicreg {
 
-/// Base of the family.
+/// Base of the family. A message that names settings or options names them by key, as the
+/// library's structs and config.json do ("batch_size must be at least 2"), and `settings` lists
+/// those keys, so that a front end can say them its own way (the CLI: --batch-size,
+/// run/config.h's with_flag_names).
 class Error : public std::runtime_error {
  public:
-  using std::runtime_error::runtime_error;
+  explicit Error(const std::string& what, std::vector<std::string> settings = {})
+      : std::runtime_error(what), settings_(std::move(settings)) {}
+  /// The keys of the settings the message names (empty: none).
+  const std::vector<std::string>& settings() const { return settings_; }
+
+ private:
+  std::vector<std::string> settings_;
 };
 
 /// Bad input or usage: an impossible option, an unknown name, tensors or data of the wrong shape.
 class UsageError : public Error {
  public:
   using Error::Error;
+};
+
+/// A UsageError about the settings `keys`, which its message names.
+class SettingError : public UsageError {
+ public:
+  SettingError(std::vector<std::string> keys, const std::string& what)
+      : UsageError(what, std::move(keys)) {}
 };
 
 /// A file is missing, unreadable, truncated or corrupt, or could not be written.

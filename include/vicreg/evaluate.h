@@ -96,8 +96,10 @@ CollapseStats collapse_stats(const torch::Tensor& z);
 class PixelEncoderImpl : public EncoderImpl {
  public:
   explicit PixelEncoderImpl(int64_t output_dim) : output_dim_(output_dim) {}
-  torch::Tensor forward(torch::Tensor x) override { return x.flatten(1); }
+  torch::Tensor forward_features(torch::Tensor x) override { return x.flatten(1); }
+  torch::Tensor pool(const torch::Tensor& features) override { return features; }
   int64_t output_dim() const override { return output_dim_; }
+  FeatureLayout feature_layout() const override { return FeatureLayout::Vector; }
 
  private:
   int64_t output_dim_;

@@ -83,26 +83,24 @@ class AutocastGuard {
   torch::ScalarType previous_dtype_ = torch::kFloat;
 };
 
-/// How the encoders' convolutions (conv2d_forward in models.h) run under CPU bf16 autocast. Which
-/// is fastest depends on the CPU's bf16 convolution kernels (oneDNN's), not on bf16 support alone:
-/// bench/train_bench's BM_ConvBackward, BM_ConvForward and BM_TrainStepBf16Conv measure all three.
+/// How the encoders' convolutions (conv2d_forward in kernels/conv.h) run under CPU bf16 autocast.
+/// Which is fastest depends on the CPU's bf16 convolution kernels (oneDNN's), not on bf16 support
+/// alone: bench/train_bench's BM_ConvBackward, BM_ConvForward and BM_TrainStepBf16Conv measure all
+/// three.
 enum class CpuBf16Conv {
   Auto,          ///< the CPU's default_cpu_bf16_conv() (a setting; cpu_bf16_conv() never is)
   Bf16,          ///< autocast's: forward and backward in bf16
-  Fp32Backward,  ///< bf16 forward; the small-spatial layers' backward in fp32 (models.h)
+  Fp32Backward,  ///< bf16 forward; the small-spatial layers' backward in fp32 (kernels/conv.h)
   Fp32,          ///< forward and backward in fp32 (autocast skips them); linear layers stay bf16
 };
 template <>
 const NameTable<CpuBf16Conv>& name_table<CpuBf16Conv>();
 
-/// The mode measured fastest for a CPU: Fp32Backward with AMX-BF16 (default step 640 against 571
-/// images/s with Bf16 on a 2-core AMX Xeon); Fp32 on Intel CPUs with AVX512-BF16 but no AMX, whose
-/// bf16 convolutions are 1.4-1.9x slower than fp32 ones forward and backward at every layer of
-/// the default ConvNet (2-core Emerald Rapids under KVM, AMX not exposed); Bf16 elsewhere (AMD
-/// EPYC with AVX512-BF16: the bf16 step 1.53x the fp32 one). Fp32 on CPUs without bf16
-/// instructions, where bf16 is emulated (`--precision bf16` there; auto is fp32): on a 2-core
-/// AMD EPYC without AVX-512 the default bf16 step took 2.6 s with fp32 convolutions against 18 s
-/// with autocast's, whose products also accumulate in bf16 there. docs/decisions.md.
+/// The mode measured fastest for a CPU (docs/decisions.md has the numbers): Fp32Backward with
+/// AMX-BF16; Fp32 on Intel CPUs with AVX512-BF16 but no AMX, whose bf16 convolutions were slower
+/// than fp32 ones at every layer of the default ConvNet; Bf16 elsewhere with bf16 instructions
+/// (AMD); Fp32 on CPUs without them, where bf16 is emulated and autocast's convolutions were
+/// several times slower.
 CpuBf16Conv default_cpu_bf16_conv(bool native_bf16, bool amx_bf16, bool intel);
 /// default_cpu_bf16_conv() of this CPU.
 CpuBf16Conv default_cpu_bf16_conv();
@@ -117,17 +115,35 @@ void set_cpu_bf16_conv(CpuBf16Conv mode);
 CpuBf16Conv apply_cpu_bf16_conv(CpuBf16Conv setting, CpuBf16Conv trained = CpuBf16Conv::Auto);
 
 /// Whether to use channels_last for a model, by rule (a new training run on a CPU measures it
-/// instead: Trainer, run/trainer.h): never for models without convolutions; auto: on
-/// CUDA devices (tensor cores take NHWC; PyTorch's own advice for mixed precision) and for bf16 on
-/// CPUs whose cpu_bf16_conv() is not Bf16 (AMX: default step 640 against 547 images/s on a 2-core
-/// AMX Xeon; Fp32 convolutions on an AVX512-BF16 Intel CPU: faster in channels_last, as fp32
-/// steps are there), off on other CPUs, where it was measured no faster in fp32 (803 against 815
-/// images/s, default step, AVX512-BF16 AMD EPYC) and slower in bf16 (1,197 against 1,245):
-/// docs/decisions.md.
+/// instead: Trainer, run/trainer.h): never for models without convolutions; auto: on CUDA
+/// devices (tensor cores take NHWC; PyTorch's own advice for mixed precision) and for bf16 on
+/// CPUs whose cpu_bf16_conv() is not Bf16, off on other CPUs, where it was measured no faster
+/// (docs/decisions.md).
 /// `trained`: the choice a run being resumed or evaluated recorded (Auto: none, or a new run);
 /// auto keeps it, since the memory format changes the last bits of every convolution.
 bool use_channels_last(Toggle setting, bool convolutional, const torch::Device& device,
                        Precision precision, Toggle trained = Toggle::Auto);
+
+/// What a model's numerics are resolved from: the settings asked for, those recorded by the run
+/// being resumed or evaluated (Auto: none, or a new run), and whether its backbones are
+/// convolutional on image data (models/registry.h's traits).
+struct NumericsRequest {
+  Precision precision = Precision::Auto, trained_precision = Precision::Auto;
+  Toggle channels_last = Toggle::Auto, trained_channels_last = Toggle::Auto;
+  CpuBf16Conv bf16_conv = CpuBf16Conv::Auto, trained_bf16_conv = CpuBf16Conv::Auto;
+  bool convolutional = false;
+};
+struct Numerics {
+  PrecisionChoice precision;
+  bool channels_last = false;
+  /// The CPU bf16 convolution mode now set process-wide (apply_cpu_bf16_conv); Auto where it was
+  /// left alone (not bf16 on a CPU, or no convolutions).
+  CpuBf16Conv bf16_conv = CpuBf16Conv::Auto;
+};
+/// The one resolution of precision, CPU bf16 convolution mode and memory format, for training,
+/// evaluation and the report: resolve_precision, then apply_cpu_bf16_conv (bf16 on a CPU with
+/// convolutions), then use_channels_last, whose rule depends on the mode just set.
+Numerics resolve_numerics(const NumericsRequest& request, const torch::Device& device);
 
 /// Puts every 4-D parameter and buffer of `module` (convolution weights) in channels_last memory
 /// format, in place (the tensors keep their identity: optimizers built before still hold them).
@@ -136,7 +152,7 @@ int64_t to_channels_last(torch::nn::Module& module);
 /// A copy of `x` ([B, C, H, W]) in channels_last memory format whose strides say so, as the
 /// loader's channels_last batches have them. x.contiguous(ChannelsLast) is not that for C = 1:
 /// contiguous strides already count as channels_last there and are kept, and a convolution then
-/// takes the input as contiguous (measured 10 % slower a step than a true channels_last batch).
+/// takes the input as contiguous (a slower step, docs/decisions.md).
 torch::Tensor channels_last_copy(const torch::Tensor& x);
 /// Whether `module`'s first 4-D parameter with more than one input channel is in channels_last
 /// memory format (false when it has none): inputs are then best given in channels_last too.

@@ -16,7 +16,7 @@ vicreg.load_weights read and write safetensors (Debian has no safetensors packag
 torch.save state dicts the way the CLI's --init-backbone does.
 """
 from collections import OrderedDict
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch  # loads LibTorch before the extension, which links to it
 from torch import nn
@@ -24,7 +24,8 @@ from torch import nn
 from . import _C
 
 __all__ = ["VICRegLossTerms", "vicreg_loss", "vicreg_loss_reference", "VICRegLoss",
-           "Backbone", "load_backbone", "build_backbone", "save_safetensors", "load_weights"]
+           "Backbone", "load_backbone", "backbone_names", "build_backbone", "save_safetensors",
+           "load_weights"]
 
 PRESETS = ("official", "paper")
 
@@ -127,10 +128,16 @@ def load_backbone(path: str) -> Backbone:
     return Backbone(_C.load_backbone(str(path)))
 
 
+def backbone_names() -> List[str]:
+    """The architectures build_backbone takes, from vicreg's backbone registry (today convnet,
+    mlp, resnet18/34/50/101/152/200 and the official VICReg zoo's wide resnet50x2/x4/x5 and
+    resnet200x2)."""
+    return list(_C.backbone_names())
+
+
 def build_backbone(arch: str, in_channels: int = 3, image_size: int = 224) -> Backbone:
-    """A freshly initialised vicreg encoder: convnet, resnet18/34/50/101/152/200, or the official
-    VICReg zoo's wide resnet50x2/x4/x5 and resnet200x2 (ResNets take the small-image stem for
-    image_size <= 64)."""
+    """A freshly initialised vicreg image encoder of one of backbone_names() (ResNets take the
+    small-image stem for image_size <= 64)."""
     return Backbone(_C.build_backbone(arch, in_channels, image_size))
 
 

@@ -193,8 +193,9 @@ DirectoryLock::DirectoryLock(const std::string& dir, const std::string& what) {
     }
     const std::string holder = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "?";
     throw UsageError(what + " '" + dir + "' is in use by process " +
-                     holder.substr(0, holder.find_first_of("\n ")) +
-                     " (another vicreg train): wait for it, stop it, or give another --exp-dir");
+                         holder.substr(0, holder.find_first_of("\n ")) +
+                         " (another vicreg train): wait for it, stop it, or give another exp_dir",
+                     {"exp_dir"});
   }
   const std::string pid = std::to_string(::getpid()) + "\n";
   // Best effort: without the PID the lock still holds; only a second process's message lacks it.

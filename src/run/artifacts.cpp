@@ -1,5 +1,7 @@
 #include "vicreg/run/artifacts.h"
 
+#include "archive_read.h"
+
 #include "vicreg/error.h"
 #include "vicreg/io/files.h"
 #include "vicreg/io/safetensors.h"
@@ -119,8 +121,6 @@ void load_archive(torch::serialize::InputArchive& archive, const std::string& pa
   }
 }
 
-namespace {
-
 /// The config a vicreg file stores. Files written before the precision and memory format were
 /// recorded (0.1) were trained in fp32 and contiguous, all there was. Files written before
 /// --recipe-overrides existed were trained with the fashion-mnist recipe's jitter at 0.6 (its
@@ -173,6 +173,8 @@ TrainConfig checkpoint_config(torch::serialize::InputArchive& archive, const std
   }
   return config;
 }
+
+namespace {
 
 /// Module::load() in LibTorch 1.13 replaces each tensor with what the archive holds, whatever its
 /// shape: a checkpoint of another architecture would load silently. Read every parameter and
@@ -256,8 +258,9 @@ std::string recover_checkpoint(const std::string& path, std::string* warning) {
   if (!fs::exists(previous, ec)) {
     if (why.empty()) return "";  // a new run
     throw FormatError(why + "; there is no previous checkpoint (" +
-                      fs::path(previous).filename().string() +
-                      ") to go back to: remove it to start over, or give another --exp-dir");
+                          fs::path(previous).filename().string() +
+                          ") to go back to: remove it to start over, or give another exp_dir",
+                      {"exp_dir"});
   }
   try {
     read_checkpoint_config(previous);
@@ -391,274 +394,6 @@ TrainConfig read_run_config_file(const std::string& path) {
   } catch (const UsageError& e) {
     throw UsageError("'" + path + "': " + e.what());
   }
-}
-
-namespace {
-
-/// True for LibTorch's torch::save archives (a TorchScript module: constants.pkl, code/), false
-/// for anything else (Python's torch.save zip, safetensors, ...).
-bool is_libtorch_archive(const std::string& path) {
-  if (sniff_format(read_file_head(path, "backbone", 9)) != FileFormat::Zip) return false;
-  try {
-    caffe2::serialize::PyTorchStreamReader zip(path);
-    return zip.hasRecord("constants.pkl");
-  } catch (const c10::Error&) {
-    return false;
-  }
-}
-
-int64_t metadata_int(const std::map<std::string, std::string>& m, const std::string& key) {
-  const auto it = m.find(key);
-  if (it == m.end()) throw FormatError("metadata '" + key + "' is missing");
-  try {
-    return std::stoll(it->second);
-  } catch (const std::exception&) {
-    throw FormatError("metadata '" + key + "' is not an integer: " + it->second);
-  }
-}
-
-/// The encoder `config` stored in `path` asks for, once it is plausible: a model cannot have more
-/// parameters than the file holds values (`values`), and a file's settings are checked so before
-/// any memory goes to them (a few hundred bytes could otherwise ask for a model of gigabytes).
-EncoderConfig plausible_encoder(const TrainConfig& config, int64_t in_channels, int64_t image_size,
-                                int64_t in_features, double values, const std::string& what) {
-  if (in_channels < 0 || image_size < 0 || in_features < 0) {
-    throw FormatError(what + " stores a negative input shape (channels " +
-                      std::to_string(in_channels) + ", image size " + std::to_string(image_size) +
-                      ", features " + std::to_string(in_features) + "): damaged");
-  }
-  const EncoderConfig ec =
-      config.encoder_config(config.model.arch, in_channels, image_size, in_features);
-  const double parameters = encoder_parameter_count(ec);
-  if (!(parameters <= values)) {
-    char buf[160];
-    std::snprintf(buf, sizeof buf, "%.4g parameters, but the file holds at most %.4g values",
-                  parameters, values);
-    throw FormatError(what + " describes a " + to_string(ec.arch) + " encoder of " + buf +
-                      ": its settings are damaged or not vicreg's");
-  }
-  return ec;
-}
-
-/// The most values a LibTorch archive of `path` can hold (2 bytes each: bf16, the smallest).
-double archive_values(const std::string& path) {
-  std::error_code ec;
-  const auto size = fs::file_size(path, ec);
-  return ec ? 0.0 : static_cast<double>(size) / 2;
-}
-
-/// The backbone of a safetensors or torch.save file.
-Backbone backbone_from_weights(const std::string& path) {
-  WeightsFile file;
-  try {
-    file = read_weights(path);
-  } catch (const FormatError& e) {
-    throw FormatError("backbone '" + path +
-                      "' cannot be read (a backbone.pt, safetensors "
-                      "or torch.save file was expected): " +
-                      e.what());
-  }
-  Backbone b;
-  EncoderConfig ec;
-  if (file.metadata.count("vicreg.config")) {  // written by export_backbone
-    try {
-      b.config = stored_config(file.metadata.at("vicreg.config"));
-      b.in_channels = metadata_int(file.metadata, "vicreg.in_channels");
-      b.image_size = metadata_int(file.metadata, "vicreg.image_size");
-      b.in_features = metadata_int(file.metadata, "vicreg.in_features");
-    } catch (const std::exception& e) {
-      throw FormatError("backbone '" + path + "' has broken vicreg metadata: " + e.what());
-    }
-    double values = 0;
-    for (const auto& [name, t] : file.tensors) values += static_cast<double>(t.numel());
-    ec = plausible_encoder(b.config, b.in_channels, b.image_size, b.in_features, values,
-                           "backbone '" + path + "'");
-  } else {
-    ec = infer_encoder_config(file.tensors, "backbone '" + path + "'");
-    b.config.model.arch = ec.arch;
-    b.config.data.channels = ec.in_channels;
-    b.in_channels = ec.in_channels;
-    b.image_size = 0;  // not recorded: the data's recipe decides
-  }
-  try {
-    b.encoder = make_encoder(ec);
-  } catch (const UsageError& e) {  // settings no encoder can have: the file is damaged
-    throw FormatError("backbone '" + path +
-                      "' describes an encoder that cannot be built: " + e.what());
-  }
-  load_encoder_weights(*b.encoder, file.tensors, "backbone '" + path + "'");
-  b.encoder->eval();
-  return b;
-}
-
-}  // namespace
-
-Backbone read_backbone(const std::string& path) {
-  if (!fs::is_regular_file(path)) {
-    throw FormatError("backbone '" + path + "': no such file");
-  }
-  if (!is_libtorch_archive(path)) return backbone_from_weights(path);
-  torch::serialize::InputArchive archive;
-  load_archive(archive, path, "backbone");
-  Backbone b;
-  try {
-    b.config = stored_config(read_string(archive, "config"));
-    b.in_channels = read_int(archive, "in_channels");
-    b.image_size = read_int(archive, "image_size");
-    b.in_features = read_int(archive, "in_features");
-    b.encoder = make_encoder(plausible_encoder(b.config, b.in_channels, b.image_size, b.in_features,
-                                               archive_values(path), "the file"));
-    torch::serialize::InputArchive weights;
-    archive.read("backbone", weights);
-    load_module_checked(*b.encoder, weights);
-  } catch (const std::exception& e) {
-    throw FormatError("backbone '" + path +
-                      "' is not a vicreg backbone, or its weights do "
-                      "not fit its stored architecture: " +
-                      e.what());
-  }
-  b.encoder->eval();
-  return b;
-}
-
-Backbone read_checkpoint_backbone(const std::string& path) {
-  torch::serialize::InputArchive archive;
-  load_archive(archive, path, "checkpoint");
-  Backbone b;
-  b.config = checkpoint_config(archive, path);
-  c10::IValue probe;
-  if (!archive.try_read("in_channels", probe)) {
-    throw FormatError("checkpoint '" + path +
-                      "' does not record its input shape (written "
-                      "before vicreg 0.1's export); use the run's backbone.pt instead");
-  }
-  try {
-    b.in_channels = read_int(archive, "in_channels");
-    b.image_size = read_int(archive, "image_size");
-    b.in_features = read_int(archive, "in_features");
-    b.encoder = make_encoder(plausible_encoder(b.config, b.in_channels, b.image_size, b.in_features,
-                                               archive_values(path), "the file"));
-    torch::serialize::InputArchive model_archive, weights;
-    archive.read("model", model_archive);
-    model_archive.read("backbone", weights);
-    load_module_checked(*b.encoder, weights);
-  } catch (const std::exception& e) {
-    throw FormatError("checkpoint '" + path +
-                      "' does not fit the backbone it describes: " + e.what());
-  }
-  b.encoder->eval();
-  return b;
-}
-
-EncoderConfig infer_encoder_config(const NamedTensors& weights, const std::string& source) {
-  // The prefix under which a ResNet's first block is.
-  const std::string probe = "layer1.0.conv1.weight";
-  std::vector<std::string> prefixes;
-  for (const auto& [name, t] : weights) {
-    if (name.size() >= probe.size() &&
-        name.compare(name.size() - probe.size(), probe.size(), probe) == 0) {
-      const std::string p = name.substr(0, name.size() - probe.size());
-      if (p.empty() || p.back() == '.') prefixes.push_back(p);
-    }
-  }
-  if (prefixes.empty()) {
-    throw FormatError(source +
-                      ": holds no ResNet with torchvision's names (no "
-                      "layer1.0.conv1.weight), and no vicreg metadata; name the "
-                      "architecture instead (--init-backbone with --arch, or with --config)");
-  }
-  const std::string p = choose_encoder_prefix(prefixes, source);
-  std::map<std::string, torch::Tensor> by_name(weights.begin(), weights.end());
-  const auto conv1 = by_name.find(p + "conv1.weight");
-  if (conv1 == by_name.end() || conv1->second.dim() != 4) {
-    throw FormatError(source + ": no 4-d " + p + "conv1.weight");
-  }
-  const bool bottleneck = by_name.count(p + "layer1.0.conv3.weight") > 0;
-  std::vector<int64_t> blocks;
-  for (int layer = 1; layer <= 4; ++layer) {
-    int64_t n = 0;
-    while (by_name.count(p + "layer" + std::to_string(layer) + "." + std::to_string(n) +
-                         ".conv1.weight")) {
-      ++n;
-    }
-    blocks.push_back(n);
-  }
-  // Depth from the blocks per stage, widening from the stem: the reference's wide ResNets multiply
-  // every width, the stem's too.
-  const std::optional<int64_t> depth = resnet_depth(bottleneck, blocks);
-  const int64_t stem = conv1->second.size(0);
-  const std::string described = std::string("a ResNet with ") +
-                                (bottleneck ? "Bottleneck" : "BasicBlock") + " blocks [" +
-                                std::to_string(blocks[0]) + "," + std::to_string(blocks[1]) + "," +
-                                std::to_string(blocks[2]) + "," + std::to_string(blocks[3]) +
-                                "] and a " + std::to_string(stem) + "-channel stem";
-  const torch::Tensor& inner = by_name.at(p + "layer1.0.conv1.weight");
-  if (inner.dim() != 4 || inner.size(0) != stem) {
-    throw FormatError(source + ": " + described + " whose first block is " +
-                      std::to_string(inner.dim() == 4 ? inner.size(0) : 0) +
-                      " wide: neither a torchvision ResNet nor one of the official VICReg wide "
-                      "ResNets (torchvision's wide_resnet50_2 widens only the blocks' inner "
-                      "convolutions, which vicreg does not build)");
-  }
-  const std::optional<Arch> arch =
-      depth && stem % 64 == 0 ? resnet_arch(*depth, stem / 64) : std::nullopt;
-  if (!arch) {
-    std::string names;
-    for (const std::string& n : names_of<Arch>()) {
-      if (resnet_shape(parse_name<Arch>(n))) names += (names.empty() ? "" : ", ") + n;
-    }
-    throw FormatError(source + ": " + described + ", which is none of " + names);
-  }
-  EncoderConfig ec;
-  ec.arch = *arch;
-  const int64_t kernel = conv1->second.size(3);
-  if (kernel != 3 && kernel != 7) {
-    throw FormatError(source + ": conv1 has a " + std::to_string(kernel) + "x" +
-                      std::to_string(kernel) +
-                      " kernel; vicreg's ResNets have 7x7 "
-                      "(torchvision) or 3x3 (small-image stem)");
-  }
-  ec.in_channels = conv1->second.size(1);
-  ec.image_size = kernel == 3 ? 32 : 224;  // what selects the stem in make_encoder
-  return ec;
-}
-
-Encoder load_backbone(const std::string& path) { return read_backbone(path).encoder; }
-
-TrainedModel read_model(const std::string& checkpoint, const Dataset& data) {
-  TrainedModel m;
-  torch::serialize::InputArchive archive;
-  load_archive(archive, checkpoint, "checkpoint");
-  m.config = checkpoint_config(archive, checkpoint);  // one read of the file for both
-  try {
-    const VICRegModelConfig mc = m.config.model_config(data);
-    const double values = archive_values(checkpoint);
-    plausible_encoder(m.config, data.channels, mc.encoder.image_size, data.features(), values,
-                      "the file");
-    m.model = VICReg(mc);
-    torch::serialize::InputArchive model_archive;
-    archive.read("model", model_archive);
-    load_module_checked(*m.model, model_archive);
-    m.step = read_int(archive, "step");
-  } catch (const std::exception& e) {
-    throw FormatError("checkpoint '" + checkpoint +
-                      "' does not fit the model it describes "
-                      "on this data (" +
-                      data.name + "): " + e.what());
-  }
-  m.model->eval();
-  return m;
-}
-
-void write_backbone(const Backbone& backbone, const std::string& path) {
-  torch::serialize::OutputArchive out, weights;
-  backbone.encoder->save(weights);
-  out.write("backbone", weights);
-  out.write("config", c10::IValue(to_json(backbone.config).dump()));
-  out.write("in_channels", c10::IValue(backbone.in_channels));
-  out.write("image_size", c10::IValue(backbone.image_size));
-  out.write("in_features", c10::IValue(backbone.in_features));
-  save_archive(out, path);
 }
 
 }  // namespace vicreg

@@ -5,6 +5,7 @@
 #include "vicreg/io/files.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <limits>
@@ -42,6 +43,12 @@ const std::vector<std::string>& recipe_choices() {
 
 // ---------------------------------------------------------------------------------------------
 // Checks and derived settings
+
+bool TrainConfig::convolutional() const {
+  const std::string& b = model.shared_weights || model.arch_b.empty() ? model.arch : model.arch_b;
+  return data.dataset != DatasetKind::Npy && backbone_traits(model.arch).convolutional &&
+         backbone_traits(b).convolutional;
+}
 
 std::string TrainConfig::resolved_recipe() const {
   switch (data.dataset) {
@@ -88,77 +95,88 @@ void TrainConfig::resolve_paths() {
 }
 
 void TrainConfig::validate() const {
-  const auto check = [](bool ok, const std::string& what) {
-    if (!ok) throw UsageError(what);
+  // Messages name settings by their keys (the CLI says them as its flags: with_flag_names).
+  const auto check = [](bool ok, std::vector<std::string> settings, const std::string& what) {
+    if (!ok) throw SettingError(std::move(settings), what);
   };
   const bool vectors = data.dataset == DatasetKind::Npy;
   const auto& recipes = recipe_names();
   check(vectors || data.recipe.empty() ||
             std::find(recipes.begin(), recipes.end(), data.recipe) != recipes.end(),
-        "unknown --recipe '" + data.recipe + "': use " + join_names(recipes));
-  check(!vectors || data.recipe.empty() || data.recipe == "vector",
-        "--dataset npy uses the vector augmentations: leave --recipe out (or say vector)");
-  check(data.image_size >= 0 && data.image_size <= 4096, "--image-size must be in [0, 4096]");
-  check(!vectors || data.recipe_overrides.empty(),
-        "--recipe-overrides changes image views; vector data (--dataset npy) have their own "
+        {"recipe"}, "unknown recipe '" + data.recipe + "': use " + join_names(recipes));
+  check(!vectors || data.recipe.empty() || data.recipe == "vector", {"dataset", "recipe"},
+        "dataset npy uses the vector augmentations: leave recipe out (or say vector)");
+  check(data.image_size >= 0 && data.image_size <= 4096, {"image_size"},
+        "image_size must be in [0, 4096]");
+  check(!vectors || data.recipe_overrides.empty(), {"recipe_overrides", "dataset"},
+        "recipe_overrides changes image views; vector data (dataset npy) have their own "
         "augmentations");
   if (!vectors && !data.recipe_overrides.empty()) {
     try {
-      recipe(1);  // --recipe-overrides's syntax and ranges; the channels do not matter for them
+      recipe(1);  // recipe_overrides's syntax and ranges; the channels do not matter for them
     } catch (const UsageError& e) {
       const std::string what = e.what();
-      throw UsageError(what.find("--recipe-overrides") != std::string::npos
+      throw UsageError(what.find("recipe_overrides") != std::string::npos
                            ? what
-                           : what + " (in --recipe-overrides '" + data.recipe_overrides + "')");
+                           : what + " (in recipe_overrides '" + data.recipe_overrides + "')",
+                       {"recipe_overrides"});
     }
   }
-  check(data.channels == 1 || data.channels == 3, "--channels must be 1 or 3");
-  check(data.holdout >= 0 && data.holdout < 1, "--holdout must be in [0, 1) (0: none)");
-  check(data.holdout == 0 || runtime.val_dir.empty(),
-        "--holdout and --val-dir both name a held-out split: give one of them");
-  check(data.classes.empty() || data.dataset == DatasetKind::ImageFolder,
-        "--classes selects class folders: it is for --dataset image-folder");
-  check(!model.arch_b || !model.shared_weights, "--arch-b needs --no-shared-weights");
-  const bool mlp_a = model.arch == Arch::Mlp,
-             mlp_b = model.arch_b.value_or(model.arch) == Arch::Mlp;
-  check(mlp_a == vectors && mlp_b == vectors,
-        "--arch mlp is for vector data (--dataset npy), and vector data need --arch mlp");
-  parse_layer_spec(model.mlp);  // throws with the spec in the message
+  check(data.channels == 1 || data.channels == 3, {"channels"}, "channels must be 1 or 3");
+  check(data.holdout >= 0 && data.holdout < 1, {"holdout"}, "holdout must be in [0, 1) (0: none)");
+  check(data.holdout == 0 || runtime.val_dir.empty(), {"holdout", "val_dir"},
+        "holdout and val_dir both name a held-out split: give one of them");
+  check(data.classes.empty() || data.dataset == DatasetKind::ImageFolder, {"classes", "dataset"},
+        "classes selects class folders: it is for dataset image-folder");
+  check(model.arch_b.empty() || !model.shared_weights, {"arch_b", "shared_weights"},
+        "arch_b needs shared_weights off");
+  const std::string& arch_b = model.arch_b.empty() ? model.arch : model.arch_b;
+  const bool images_a = backbone_traits(model.arch).images,  // unknown names throw here
+      images_b = backbone_traits(arch_b).images;
+  check(images_a != vectors && images_b != vectors, {"arch", "dataset"},
+        "arch mlp is for vector data (dataset npy), and vector data need arch mlp");
+  objective_terms(loss.objective);  // an unknown objective throws, naming the known ones
+  parse_layer_spec(model.mlp);      // throws with the spec in the message
   parse_layer_spec(model.encoder_mlp);
-  check(model.width >= 1 && model.width <= 4096, "--width must be in [1, 4096]");
-  check(model.stages >= 1 && model.stages <= 8, "--stages must be in [1, 8]");
-  check(model.final_conv >= 0 && model.final_conv <= kMaxFinalConv,
-        "--final-conv must be in [0, " + std::to_string(kMaxFinalConv) + "]");
-  check(optim.epochs >= 1, "--epochs must be at least 1");
-  check(optim.batch_size >= 2,
-        "--batch-size must be at least 2 (the variance and covariance terms need two samples), "
+  for (const std::string* arch : {&model.arch, &arch_b}) {
+    backbone_family(*arch).check_settings(encoder_config(*arch, 0, 0, 0));  // the family's own
+  }
+  check(optim.epochs >= 1, {"epochs"}, "epochs must be at least 1");
+  check(optim.batch_size >= 2, {"batch_size"},
+        "batch_size must be at least 2 (the variance and covariance terms need two samples), "
         "got " +
             std::to_string(optim.batch_size));
-  check(std::isfinite(optim.base_lr) && optim.base_lr > 0, "--base-lr must be > 0");
-  check(std::isfinite(optim.wd) && optim.wd >= 0, "--wd must be >= 0");
-  check(optim.momentum >= 0 && optim.momentum < 1, "--momentum must be in [0, 1)");
-  check(optim.eta > 0, "--eta must be > 0");
+  check(std::isfinite(optim.base_lr) && optim.base_lr > 0, {"base_lr"}, "base_lr must be > 0");
+  check(std::isfinite(optim.wd) && optim.wd >= 0, {"wd"}, "wd must be >= 0");
+  check(optim.momentum >= 0 && optim.momentum < 1, {"momentum"}, "momentum must be in [0, 1)");
+  check(optim.eta > 0, {"eta"}, "eta must be > 0");
   check(optim.warmup_epochs >= 0 && optim.warmup_epochs <= static_cast<double>(optim.epochs),
-        "--warmup-epochs must be in [0, --epochs]");
-  check(optim.end_lr_ratio >= 0 && optim.end_lr_ratio <= 1, "--end-lr-ratio must be in [0, 1]");
+        {"warmup_epochs", "epochs"}, "warmup_epochs must be in [0, epochs]");
+  check(optim.end_lr_ratio >= 0 && optim.end_lr_ratio <= 1, {"end_lr_ratio"},
+        "end_lr_ratio must be in [0, 1]");
   check(loss.sim_coeff >= 0 && loss.std_coeff >= 0 && loss.cov_coeff >= 0 &&
             std::isfinite(loss.sim_coeff + loss.std_coeff + loss.cov_coeff),
-        "--sim-coeff, --std-coeff and --cov-coeff must be finite and >= 0");
+        {"sim_coeff", "std_coeff", "cov_coeff"},
+        "sim_coeff, std_coeff and cov_coeff must be finite and >= 0");
   const std::string& device = runtime.device;
-  check(device == "cpu" || device.rfind("cuda", 0) == 0, "--device must be cpu or cuda[:N]");
-  check(runtime.threads >= 0, "--threads must be >= 0 (0: all cores)");
-  check(runtime.workers >= 1 && runtime.workers <= 256, "--workers must be in [1, 256]");
-  check(runtime.prefetch >= 1, "--prefetch must be at least 1");
-  check(runtime.log_every >= 1, "--log-every must be at least 1");
-  check(runtime.max_steps >= 0, "--max-steps must be >= 0");
-  check(runtime.checkpoint_every >= 0, "--checkpoint-every must be >= 0 (0: off)");
+  check(device == "cpu" || device.rfind("cuda", 0) == 0, {"device"},
+        "device must be cpu or cuda[:N]");
+  check(runtime.threads >= 0, {"threads"}, "threads must be >= 0 (0: all cores)");
+  check(runtime.workers >= 1 && runtime.workers <= 256, {"workers"}, "workers must be in [1, 256]");
+  check(runtime.prefetch >= 1, {"prefetch"}, "prefetch must be at least 1");
+  check(runtime.log_every >= 1, {"log_every"}, "log_every must be at least 1");
+  check(runtime.max_steps >= 0, {"max_steps"}, "max_steps must be >= 0");
+  check(runtime.checkpoint_every >= 0, {"checkpoint_every"},
+        "checkpoint_every must be >= 0 (0: off)");
   check(std::isfinite(runtime.checkpoint_minutes) && runtime.checkpoint_minutes >= 0,
-        "--checkpoint-minutes must be a number >= 0 (0: off)");
-  check(runtime.eval_every >= 0, "--eval-every must be >= 0 (0: never)");
-  check(runtime.eval_bank >= 0, "--eval-bank must be >= 0 (0: the whole training split)");
-  check(runtime.max_skipped_steps >= 1, "--max-skipped-steps must be at least 1");
-  check(std::isfinite(distributed.dist_timeout) && distributed.dist_timeout >= 1,
-        "--dist-timeout must be at least 1 second");
+        {"checkpoint_minutes"}, "checkpoint_minutes must be a number >= 0 (0: off)");
+  check(runtime.eval_every >= 0, {"eval_every"}, "eval_every must be >= 0 (0: never)");
+  check(runtime.eval_bank >= 0, {"eval_bank"},
+        "eval_bank must be >= 0 (0: the whole training split)");
+  check(runtime.max_skipped_steps >= 1, {"max_skipped_steps"},
+        "max_skipped_steps must be at least 1");
+  check(std::isfinite(distributed.dist_timeout) && distributed.dist_timeout >= 1, {"dist_timeout"},
+        "dist_timeout must be at least 1 second");
 }
 
 DatasetConfig TrainConfig::dataset_config(Split split) const {
@@ -182,8 +200,8 @@ int64_t TrainConfig::crop_size(const Dataset& d) const {
   return d.is_vector() ? 0 : recipe(d.channels).view_a.crop.size;
 }
 
-EncoderConfig TrainConfig::encoder_config(Arch arch, int64_t in_channels, int64_t image_size,
-                                          int64_t in_features) const {
+EncoderConfig TrainConfig::encoder_config(const std::string& arch, int64_t in_channels,
+                                          int64_t image_size, int64_t in_features) const {
   EncoderConfig e;
   e.arch = arch;
   e.in_channels = in_channels;
@@ -200,7 +218,8 @@ VICRegModelConfig TrainConfig::model_config(const Dataset& d) const {
   const int64_t size = crop_size(d);
   VICRegModelConfig mc;
   mc.encoder = encoder_config(model.arch, d.channels, size, d.features());
-  mc.encoder_b = encoder_config(model.arch_b.value_or(model.arch), d.channels, size, d.features());
+  mc.encoder_b = encoder_config(model.arch_b.empty() ? model.arch : model.arch_b, d.channels, size,
+                                d.features());
   mc.mlp = model.mlp;
   mc.shared_weights = model.shared_weights;
   return mc;
@@ -256,6 +275,53 @@ DistributedOptions TrainConfig::distributed_options() const {
   return o;
 }
 
+namespace {
+
+/// Whether `key` is a setting that is a plain switch (a bool: --X / --no-X).
+bool is_switch(const std::string& key) {
+  bool found = false;
+  TrainConfig c;
+  for_each_setting(c, [&](const Setting& s, const auto& field) {
+    if (key == s.key) found = std::is_same_v<std::decay_t<decltype(field)>, bool>;
+  });
+  return found;
+}
+
+}  // namespace
+
+std::string with_flag_names(const Error& error) {
+  std::string text = error.what();
+  const auto is_word = [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_';
+  };
+  for (const std::string& key : error.settings()) {
+    const std::string flag = flag_name(key.c_str());
+    std::string out;
+    size_t i = 0;
+    while (i < text.size()) {
+      const size_t at = text.find(key, i);
+      const size_t end = at == std::string::npos ? 0 : at + key.size();
+      if (at == std::string::npos) {
+        out += text.substr(i);
+        break;
+      }
+      out += text.substr(i, at - i);
+      if ((at > 0 && is_word(text[at - 1])) || (end < text.size() && is_word(text[end]))) {
+        out += key;  // part of another word
+      } else if (text.compare(end, 4, " off") == 0 && is_switch(key)) {
+        out += "--no-" + flag.substr(2);  // a switch named off: its --no- flag
+        i = end + 4;
+        continue;
+      } else {
+        out += flag;
+      }
+      i = end;
+    }
+    text = out;
+  }
+  return text;
+}
+
 std::string flag_name(const char* key) {
   std::string flag = std::string("--") + key;
   std::replace(flag.begin(), flag.end(), '_', '-');
@@ -278,14 +344,14 @@ json value_json(const T& v) {
   }
 }
 
-json value_json(const std::optional<Arch>& v) { return v ? json(to_string(*v)) : json(nullptr); }
-
 template <class T>
 void read_value(const json& j, T& out) {
   if constexpr (std::is_enum_v<T>) {
     if (!j.is_string()) throw UsageError("expected one of " + join_names(names_of<T>()));
     out = parse_name<T>(j.get<std::string>());
-  } else if constexpr (std::is_same_v<T, bool> || std::is_same_v<T, std::string>) {
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    out = j.is_null() ? std::string() : j.get<std::string>();  // vicreg 0.3 wrote null for arch_b
+  } else if constexpr (std::is_same_v<T, bool>) {
     out = j.get<T>();
   } else {  // numbers: integers must be integers, and fit
     if (!j.is_number()) throw UsageError("expected a number");
@@ -313,16 +379,6 @@ void read_value(const json& j, T& out) {
   }
 }
 
-void read_value(const json& j, std::optional<Arch>& out) {
-  if (j.is_null() || (j.is_string() && j.get<std::string>().empty())) {
-    out.reset();  // vicreg 0.1 wrote "" for "the same as arch"
-  } else {
-    Arch a{};
-    read_value(j, a);
-    out = a;
-  }
-}
-
 /// Sets the setting `key` (of `section` when given); false when there is none such.
 bool set_setting(TrainConfig& config, const std::string& key, const Section* section,
                  const json& value) {
@@ -332,6 +388,14 @@ bool set_setting(TrainConfig& config, const std::string& key, const Section* sec
     found = true;
     try {
       read_value(value, field);
+      if constexpr (std::is_same_v<std::decay_t<decltype(field)>, std::string>) {
+        if (s.choices != nullptr && !field.empty()) {
+          const std::vector<std::string>& names = s.choices();
+          if (std::find(names.begin(), names.end(), field) == names.end()) {
+            throw UsageError("expected one of " + join_names(names));
+          }
+        }
+      }
     } catch (const std::exception& e) {
       throw UsageError("config: key '" + key + "' has a wrong value (" + value.dump() +
                        "): " + e.what());

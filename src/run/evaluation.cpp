@@ -242,13 +242,6 @@ Subject load_subject(const SubjectSpec& spec, const std::vector<Split>& splits) 
   if (std::find(splits.begin(), splits.end(), Split::Test) != splits.end()) {
     s.held_out = held_out_record(recorded, s.config, s.from_run, spec.pretrained_elsewhere, s.name);
   }
-  // A run's files record the precision it was trained in; auto evaluates in it.
-  const bool trained_here = !spec.backbone.empty() || !spec.checkpoint.empty();
-  s.precision = resolve_precision(spec.precision, s.device,
-                                  trained_here ? s.config.runtime.precision : Precision::Auto);
-  if (!s.precision.warning.empty()) {
-    std::fprintf(stderr, "vicreg: warning: %s\n", s.precision.warning.c_str());
-  }
   for (const Split split : splits) {
     (split == Split::Train ? s.train : s.test) = load_dataset(s.config.dataset_config(split));
   }
@@ -294,16 +287,26 @@ Subject load_subject(const SubjectSpec& spec, const std::vector<Split>& splits) 
   }
   s.encoder->to(s.device);
   s.encoder->eval();
-  const bool convolutional =
-      !shape.is_vector() && !spec.baseline.has_value() && is_convolutional(s.config.model.arch);
-  if (convolutional && s.device.is_cpu() && s.precision.precision == Precision::Bf16) {
-    s.bf16_conv = to_string(apply_cpu_bf16_conv(
-        spec.bf16_conv, trained_here ? s.config.runtime.bf16_conv : CpuBf16Conv::Auto));
+  // A run's files record the numerics it was trained in; auto evaluates in them.
+  const bool trained_here = !spec.backbone.empty() || !spec.checkpoint.empty();
+  NumericsRequest request;
+  request.precision = spec.precision;
+  request.channels_last = spec.channels_last;
+  request.bf16_conv = spec.bf16_conv;
+  if (trained_here) {
+    request.trained_precision = s.config.runtime.precision;
+    request.trained_channels_last = s.config.runtime.channels_last;
+    request.trained_bf16_conv = s.config.runtime.bf16_conv;
   }
-  if (use_channels_last(spec.channels_last, convolutional, s.device, s.precision.precision,
-                        trained_here ? s.config.runtime.channels_last : Toggle::Auto)) {
-    to_channels_last(*s.encoder);
+  request.convolutional =
+      !shape.is_vector() && !spec.baseline.has_value() && s.config.convolutional();
+  const Numerics numerics = resolve_numerics(request, s.device);
+  s.precision = numerics.precision;
+  if (!s.precision.warning.empty()) {
+    std::fprintf(stderr, "vicreg: warning: %s\n", s.precision.warning.c_str());
   }
+  if (numerics.bf16_conv != CpuBf16Conv::Auto) s.bf16_conv = to_string(numerics.bf16_conv);
+  if (numerics.channels_last) to_channels_last(*s.encoder);
   if (s.projector) {
     s.projector->to(s.device);
     s.projector->eval();

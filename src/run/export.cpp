@@ -15,20 +15,8 @@
 namespace vicreg {
 
 std::string torchvision_recipe(const Backbone& backbone) {
-  const auto* resnet = dynamic_cast<const ResNetImpl*>(backbone.encoder.get());
-  // torchvision has no resnet200 and no model of the reference's widening.
-  if (!resnet || resnet->options.widen() != 1 || resnet->options.depth() == 200) return "";
-  const std::string c = std::to_string(resnet->options.in_channels());
-  std::string how =
-      "m = torchvision.models.resnet" + std::to_string(resnet->options.depth()) + "()";
-  if (resnet->options.small_stem()) {
-    how += "; m.conv1 = nn.Conv2d(" + c + ", 64, 3, 1, 1, bias=False); m.maxpool = nn.Identity()";
-  } else if (resnet->options.in_channels() != 3) {
-    how += "; m.conv1 = nn.Conv2d(" + c + ", 64, 7, 2, 3, bias=False)";
-  }
-  return how +
-         "; m.load_state_dict(tensors, strict=False) (missing: fc.weight, fc.bias); "
-         "m.fc = nn.Identity() for the representation";
+  const BackboneFamily& family = backbone_family(backbone.config.model.arch);
+  return family.torchvision_recipe ? family.torchvision_recipe(*backbone.encoder) : "";
 }
 
 namespace {
@@ -60,7 +48,7 @@ int64_t export_backbone(const Backbone& backbone, const std::string& path) {
   const NamedTensors state = module_state(*backbone.encoder);
   std::map<std::string, std::string> meta = {
       {"format", "pt"},
-      {"vicreg.arch", to_string(backbone.config.model.arch)},
+      {"vicreg.arch", backbone.config.model.arch},
       {"vicreg.config", to_json(backbone.config).dump()},
       {"vicreg.in_channels", std::to_string(backbone.in_channels)},
       {"vicreg.image_size", std::to_string(backbone.image_size)},

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <limits>
@@ -20,9 +21,8 @@ void IntervalStats::add(const StepStats& s) {
     return;
   }
   sum.loss += s.loss;
-  sum.invariance += s.invariance;
-  sum.variance += s.variance;
-  sum.covariance += s.covariance;
+  if (sum.terms.size() < s.terms.size()) sum.terms.resize(s.terms.size(), 0.0);
+  for (size_t i = 0; i < s.terms.size(); ++i) sum.terms[i] += s.terms[i];
   sum.std_z += s.std_z;
   sum.std_z_min += s.std_z_min;
   sum.probe_loss += s.probe_loss * static_cast<double>(s.probe_count);
@@ -36,9 +36,7 @@ StepStats IntervalStats::mean(double last_lr) const {
       counted > 0 ? 1.0 / static_cast<double>(counted) : std::numeric_limits<double>::quiet_NaN();
   StepStats m;
   m.loss = sum.loss * k;
-  m.invariance = sum.invariance * k;
-  m.variance = sum.variance * k;
-  m.covariance = sum.covariance * k;
+  for (const double term : sum.terms) m.terms.push_back(term * k);
   m.std_z = sum.std_z * k;
   m.std_z_min = sum.std_z_min * k;
   m.lr = last_lr;
@@ -144,8 +142,9 @@ void ProgressReporter::note(const std::string& line) const {
   if (active()) std::fprintf(stderr, "%s\n", line.c_str());
 }
 
-void ProgressReporter::interval(const nlohmann::json& m, int64_t epochs, int64_t per_epoch,
-                                int64_t total, double eta_s) const {
+void ProgressReporter::interval(const nlohmann::json& m, const ObjectiveTerms& terms,
+                                int64_t epochs, int64_t per_epoch, int64_t total,
+                                double eta_s) const {
   if (!active()) return;
   const auto step = m["step"].get<int64_t>();
   const auto epoch = static_cast<long long>((step - 1) / per_epoch + 1);
@@ -159,14 +158,20 @@ void ProgressReporter::interval(const nlohmann::json& m, int64_t epochs, int64_t
                  static_cast<long long>(total), loss, ips, clock_time(eta_s).c_str());
     return;
   }
+  std::string parts;  // "inv 0.1234 var 0.5678 cov 0.0012"
+  for (const ObjectiveTerm& term : terms) {
+    char b[64];
+    const auto v = m.find(term.key);
+    std::snprintf(b, sizeof b, "%s%s %.4f", parts.empty() ? "" : " ", term.abbrev.c_str(),
+                  v != m.end() && v->is_number() ? v->get<double>() : std::nan(""));
+    parts += b;
+  }
   std::fprintf(stderr,
-               "epoch %lld/%lld step %lld/%lld lr %.4g loss %.4f (inv %.4f var %.4f cov %.4f) "
-               "std(z) %.3f %.0f img/s data wait %.1f%% elapsed %s ETA %s\n",
+               "epoch %lld/%lld step %lld/%lld lr %.4g loss %.4f (%s) std(z) %.3f %.0f img/s data "
+               "wait %.1f%% elapsed %s ETA %s\n",
                epoch, static_cast<long long>(epochs), static_cast<long long>(step),
-               static_cast<long long>(total), m["lr"].get<double>(), loss,
-               m["invariance"].get<double>(), m["variance"].get<double>(),
-               m["covariance"].get<double>(), m["std_z"].get<double>(), ips,
-               100.0 * m["data_wait_fraction"].get<double>(),
+               static_cast<long long>(total), m["lr"].get<double>(), loss, parts.c_str(),
+               m["std_z"].get<double>(), ips, 100.0 * m["data_wait_fraction"].get<double>(),
                clock_time(m["elapsed_s"].get<double>()).c_str(), clock_time(eta_s).c_str());
 }
 

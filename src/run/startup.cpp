@@ -23,7 +23,7 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
 
 MemoryFormatTiming time_memory_formats(const VICRegModelConfig& config, int64_t rows,
                                        int64_t channels, int64_t size, Precision precision,
-                                       VICRegLossOptions loss, double budget_s) {
+                                       const Objective& objective, double budget_s) {
   constexpr int kRounds = 3;
   at::Generator global = at::detail::getDefaultCPUGenerator();
   const torch::Tensor state = global.get_state();
@@ -36,17 +36,16 @@ MemoryFormatTiming time_memory_formats(const VICRegModelConfig& config, int64_t 
   const torch::Tensor inputs[2][2] = {{x_a, x_b},
                                       {channels_last_copy(x_a), channels_last_copy(x_b)}};
   const torch::Device cpu(torch::kCPU);
-  loss.check_finite(false);  // random views of a model at its initialisation: only the time counts
   const auto step = [&](int format) {
     const auto t0 = std::chrono::steady_clock::now();
     VICReg& m = models[format];
     m->zero_grad();
-    VICRegOutput out;
+    ModelOutputs out;
     {
       const AutocastGuard autocast(cpu, precision);
       out = m->forward(inputs[format][0], inputs[format][1]);
     }
-    vicreg_loss(out.z_a, out.z_b, loss).total.backward();
+    objective.loss(out, nullptr).total.backward();
     return seconds_since(t0);
   };
   step(0);
@@ -91,9 +90,11 @@ void Trainer::choose_memory_format() {
         .note(
             "vicreg train: timing a training step in both memory formats (--channels-last "
             "auto; on or off skips this)...");
-    memory_format_timing_ = time_memory_formats(
-        config_.model_config(*data_), config_.optim.batch_size / world_, data_->channels,
-        image_size_, precision_.precision, config_.loss_options(), /*budget_s=*/10.0);
+    memory_format_timing_ =
+        time_memory_formats(config_.model_config(*data_), config_.optim.batch_size / world_,
+                            data_->channels, image_size_, precision_.precision,
+                            // Random views of a model at its initialisation: only the time counts.
+                            *config_.objective(/*check_finite=*/false), /*budget_s=*/10.0);
     channels_last_ = memory_format_timing_->channels_last();
   }
   if (group_) {

@@ -19,7 +19,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string config(reinterpret_cast<const char*>(data + 13), size - 13);
   static const vicreg::VICReg model = [] {
     vicreg::VICRegModelConfig c;
-    c.encoder.arch = vicreg::Arch::ConvNet;
+    c.encoder.arch = "convnet";
     c.encoder.in_channels = 1;
     c.encoder.image_size = 8;
     c.encoder.width = 4;

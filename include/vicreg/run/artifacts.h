@@ -21,6 +21,7 @@
 #include "vicreg/evaluate.h"
 #include "vicreg/io/named_tensors.h"
 #include "vicreg/models.h"
+#include "vicreg/models/registry.h"
 #include "vicreg/run/config.h"
 
 #include <torch/optim/optimizer.h>
@@ -129,10 +130,6 @@ struct Backbone {
   Encoder encoder;
   TrainConfig config;
   int64_t in_channels = 0, image_size = 0, in_features = 0;
-  /// Loss scaling: GradScaler::state() (undefined when the run has none; absent before 0.2) and
-  /// the steps skipped in a row up to this one.
-  torch::Tensor loss_scaler;
-  int64_t skipped_in_a_row = 0;
 };
 
 /// Writes a run's backbone.pt: the encoder with its config and input shape.
@@ -141,10 +138,11 @@ void write_backbone(const Backbone& backbone, const std::string& path);
 /// Reads
 ///   - a run's backbone.pt;
 ///   - a safetensors file written by export_backbone() (its metadata carries the settings);
-///   - any other safetensors or torch.save state dict of a ResNet with torchvision's names
-///     (torchvision's, the official VICReg releases, wide ones included): the architecture is read
-///     off the weights (infer_encoder_config); config is the default one with that arch, image_size
-///     0 (unknown).
+///   - any other safetensors or torch.save state dict of an encoder a backbone family recognises
+///     (a ResNet with torchvision's names: torchvision's, the official VICReg releases, wide ones
+///     included; a ConvNet's or an mlp's own names): the architecture is read off the weights
+///     (models/registry.h's infer_encoder_config); config is the default one with that
+///     architecture, image_size 0 (unknown).
 /// Throws naming the file if it is missing, not a backbone, or its weights do not fit.
 Backbone read_backbone(const std::string& path);
 /// read_backbone(path).encoder
@@ -153,18 +151,9 @@ Encoder load_backbone(const std::string& path);
 /// The backbone of a checkpoint.pt (written by vicreg 0.1 since the input shape is stored in it).
 Backbone read_checkpoint_backbone(const std::string& path);
 
-/// The settings of a ResNet encoder from its weights (torchvision names, possibly under a prefix
-/// such as "backbone." or "module."): depth from the blocks per stage (18, 34: BasicBlock
-/// [2,2,2,2], [3,4,6,3]; 50, 101, 152, 200: Bottleneck [3,4,6,3], [3,4,23,3], [3,8,36,3],
-/// [3,24,36,3]), the widening from conv1's output channels / 64 (the official resnet50x2/x4/x5,
-/// resnet200x2), in_channels and the stem (7x7: torchvision's, 3x3: the small-image one) from
-/// conv1.weight. Throws FormatError naming `source` when the
-/// weights are no ResNet vicreg builds.
-EncoderConfig infer_encoder_config(const NamedTensors& weights, const std::string& source);
-
-/// How to build the torchvision model that a ResNet backbone's weights load into (Python, one
-/// line); empty for the other encoders and for ResNets torchvision lacks (resnet200, the wide
-/// ones).
+/// How to build the torchvision model that a backbone's weights load into (Python, one line; its
+/// family's torchvision_recipe); empty where torchvision has none (resnet200, the wide ResNets,
+/// convnet, mlp).
 std::string torchvision_recipe(const Backbone& backbone);
 
 /// The inputs an image backbone expects, as torchvision writes it:

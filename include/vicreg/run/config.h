@@ -26,13 +26,16 @@
 #include "vicreg/loader.h"
 #include "vicreg/loss.h"
 #include "vicreg/models.h"
+#include "vicreg/models/registry.h"
 #include "vicreg/names.h"
+#include "vicreg/objective.h"
 #include "vicreg/optim.h"
 #include "vicreg/precision.h"
 
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -57,14 +60,14 @@ struct DataConfig {
 
 /// What is trained: the backbone(s) and the expander.
 struct ModelConfig {
-  Arch arch = Arch::ConvNet;
+  std::string arch = "convnet";           ///< a backbone name (models/registry.h)
   int64_t width = 32;                     ///< convnet
   int64_t stages = 4;                     ///< convnet
   int64_t final_conv = 1024;              ///< convnet: channels of a last 1x1 conv (0: none)
   std::string encoder_mlp = "1024-1024";  ///< mlp encoder's hidden layers
   std::string mlp = "1024-1024-1024";     ///< expander (--mlp)
   bool shared_weights = true;
-  std::optional<Arch> arch_b;  ///< second branch without shared weights (none: arch)
+  std::string arch_b;  ///< second branch without shared weights (empty: arch)
   /// Weights for the backbone at the start of a new run (not on resume): a safetensors or
   /// torch.save file with torchvision's names (load_encoder_weights). Empty: random.
   std::string init_backbone;
@@ -84,8 +87,9 @@ struct OptimConfig {
   double end_lr_ratio = 0.001;
 };
 
-/// The objective's weights (VICRegLossOptions).
+/// The objective (objective.h) and its weights (VICRegLossOptions).
 struct LossConfig {
+  std::string objective = "vicreg";  ///< one of objective_names()
   double sim_coeff = 25.0, std_coeff = 25.0, cov_coeff = 1.0;
   LossPreset loss_preset = LossPreset::Official;
 };
@@ -153,6 +157,10 @@ struct TrainConfig {
   /// Throws UsageError naming the flag for impossible values (batch < 2, epochs < 1, negative
   /// rates, an arch that does not fit the data kind, ...). Data-dependent checks happen later.
   void validate() const;
+  /// Whether the model's backbones (both, without shared weights) are convolutional (their
+  /// families' traits) and the data images: channels_last and the CPU bf16 convolution modes
+  /// apply.
+  bool convolutional() const;
   /// The recipe used: data.recipe, or the data set's natural one ("" for vector data).
   std::string resolved_recipe() const;
   /// The experiment directory of a run without --exp-dir: runs/NAME, NAME the data set's name
@@ -170,7 +178,7 @@ struct TrainConfig {
   Recipe recipe(int64_t channels) const;
   /// The crop size the recipe gives images of `channels` channels (0 for vector data).
   int64_t crop_size(const Dataset& data) const;
-  EncoderConfig encoder_config(Arch arch, int64_t in_channels, int64_t image_size,
+  EncoderConfig encoder_config(const std::string& arch, int64_t in_channels, int64_t image_size,
                                int64_t in_features) const;
   /// The model on data shaped like `data` (channels, the recipe's crop size, features).
   VICRegModelConfig model_config(const Dataset& data) const;
@@ -178,10 +186,19 @@ struct TrainConfig {
   /// The learning-rate schedule for this many steps per epoch.
   WarmupCosineSchedule schedule(int64_t steps_per_epoch) const;
   VICRegLossOptions loss_options() const;
+  /// The objective of loss.objective with its settings; `check_finite`: reject NaN or Inf
+  /// embeddings with a clear error (off under loss scaling, which skips such steps).
+  std::unique_ptr<Objective> objective(bool check_finite = true) const;
   /// Rank `rank` of `world` processes.
   LoaderOptions loader_options(int rank, int world) const;
   DistributedOptions distributed_options() const;
 };
+
+/// The objectives a run trains with ("vicreg"), listed in src/run/objectives.cpp.
+const std::vector<std::string>& objective_names();
+/// The terms of the objective `name`, as its metrics lines hold them. Throws UsageError for an
+/// unknown name.
+const ObjectiveTerms& objective_terms(const std::string& name);
 
 /// What --recipe takes: the image recipes (recipe_names) and "vector" (vector data's own).
 const std::vector<std::string>& recipe_choices();
@@ -238,10 +255,7 @@ void for_each_setting(Config& c, Visit&& visit) {
                 "list); only those classes are used, in both splits"},
         c.data.classes);
   // model
-  visit(Setting{S::Model, "arch",
-                "Backbone: convnet, mlp (vectors), resnet18/34/50/101/152/200, or the official "
-                "VICReg zoo's wide resnet50x2, resnet50x4, resnet50x5, resnet200x2"},
-        c.model.arch);
+  visit(Setting{S::Model, "arch", backbone_help().c_str(), nullptr, backbone_names}, c.model.arch);
   visit(Setting{S::Model, "width", "convnet: channels of the first stage"}, c.model.width);
   visit(Setting{S::Model, "stages", "convnet: stages"}, c.model.stages);
   visit(Setting{S::Model, "final_conv",
@@ -255,7 +269,8 @@ void for_each_setting(Config& c, Visit&& visit) {
           S::Model, "shared_weights",
           "Both views through the same backbone and expander, or (--no-shared-weights) one each"},
       c.model.shared_weights);
-  visit(Setting{S::Model, "arch_b", "Second branch's backbone with --no-shared-weights"},
+  visit(Setting{S::Model, "arch_b", "Second branch's backbone with --no-shared-weights", nullptr,
+                backbone_names},
         c.model.arch_b);
   visit(Setting{S::Model, "init_backbone",
                 "Start the backbone from these weights (new runs only): a safetensors or "
@@ -279,6 +294,11 @@ void for_each_setting(Config& c, Visit&& visit) {
   visit(Setting{S::Optim, "end_lr_ratio", "Cosine decay ends at this fraction of the peak"},
         c.optim.end_lr_ratio);
   // loss
+  visit(Setting{S::Loss, "objective",
+                "What pretraining minimises: vicreg (invariance, variance and covariance of the "
+                "two views' embeddings)",
+                nullptr, objective_names},
+        c.loss.objective);
   visit(Setting{S::Loss, "sim_coeff", "Invariance weight (lambda)"}, c.loss.sim_coeff);
   visit(Setting{S::Loss, "std_coeff", "Variance weight (mu)"}, c.loss.std_coeff);
   visit(Setting{S::Loss, "cov_coeff", "Covariance weight (nu)"}, c.loss.cov_coeff);
@@ -383,6 +403,10 @@ void for_each_setting(Config& c, Visit&& visit) {
 
 /// The flag of a setting's key: "--base-lr" for "base_lr".
 std::string flag_name(const char* key);
+
+/// An error's message as the CLI says it: each setting it names by key (Error::settings(),
+/// "batch_size") said as its flag ("--batch-size"); "KEY off" for a switch as its --no- flag.
+std::string with_flag_names(const Error& error);
 
 /// The config as JSON: one object per section ("seed" at the top).
 nlohmann::json to_json(const TrainConfig& config);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "vicreg/names.h"
+#include "vicreg/terms.h"
 
 #include <nlohmann/json.hpp>
 
@@ -18,7 +19,9 @@ namespace vicreg {
 
 /// One optimizer step's numbers.
 struct StepStats {
-  double loss = 0, invariance = 0, variance = 0, covariance = 0, lr = 0;
+  double loss = 0, lr = 0;
+  /// The objective's terms, in the order of its terms() (objective.h).
+  std::vector<double> terms;
   double std_z = 0, std_z_min = 0;  ///< mean and min over dimensions of the std of z_a
   /// Loss scaling: the optimizer step was skipped (an inf or NaN gradient).
   bool skipped = false;
@@ -87,10 +90,11 @@ class ProgressReporter {
   bool active() const { return bar_ || plain_; }
   /// A line of its own (the run's start, the process group), before the first interval.
   void note(const std::string& line) const;
-  /// One log interval: `line` is the metrics line (epoch, step, lr, loss, its terms, std_z,
-  /// images_per_s, data_wait_fraction, elapsed_s); `eta_s` the estimated time left.
-  void interval(const nlohmann::json& line, int64_t epochs, int64_t steps_per_epoch,
-                int64_t total_steps, double eta_s) const;
+  /// One log interval: `line` is the metrics line (epoch, step, lr, loss, the objective's
+  /// `terms`, std_z, images_per_s, data_wait_fraction, elapsed_s); `eta_s` the estimated time
+  /// left.
+  void interval(const nlohmann::json& line, const ObjectiveTerms& terms, int64_t epochs,
+                int64_t steps_per_epoch, int64_t total_steps, double eta_s) const;
   /// A held-out probe's metrics line (kNN, or the online linear probe's).
   void probe(const nlohmann::json& line, int64_t steps_per_epoch) const;
   /// Ends the bar's line (before an error message, or at the end).

@@ -8,6 +8,7 @@
 #include "vicreg/loader.h"
 #include "vicreg/loss.h"
 #include "vicreg/models.h"
+#include "vicreg/objective.h"
 #include "vicreg/optim.h"
 #include "vicreg/precision.h"
 #include "vicreg/run/artifacts.h"
@@ -56,7 +57,7 @@ struct MemoryFormatTiming {
 /// seconds of them. The global generator is left as it was.
 MemoryFormatTiming time_memory_formats(const VICRegModelConfig& config, int64_t rows,
                                        int64_t channels, int64_t size, Precision precision,
-                                       VICRegLossOptions loss, double budget_s);
+                                       const Objective& objective, double budget_s);
 
 /// The median shorter side of the images of `data`: in-memory images' side, or that of up to
 /// `samples` evenly spaced files decoded (unreadable ones left out); 0 for vectors or when none
@@ -183,7 +184,7 @@ class Trainer {
   VICReg model_{nullptr};
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   WarmupCosineSchedule schedule_;
-  VICRegLossOptions loss_options_;
+  std::unique_ptr<Objective> objective_;
   Precision trained_precision_ = Precision::Auto;      ///< the checkpoint's (resume)
   Toggle trained_channels_last_ = Toggle::Auto;        ///< the checkpoint's (resume)
   CpuBf16Conv trained_bf16_conv_ = CpuBf16Conv::Auto;  ///< the checkpoint's (resume)
