@@ -358,10 +358,11 @@ TEST(Registry, EncodersGiveTheirLastFeaturesAndPoolThemIntoTheRepresentation) {
   mc.mlp = "16-8";
   vicreg::VICReg model(mc);
   const torch::Tensor x = torch::randn({4, 3, 16, 16});
-  const vicreg::ModelOutputs out = model->forward(x, x.flip(3));
+  EXPECT_FALSE(model->forward(x, x).views[0].features.defined());  // not kept unless asked for
+  const vicreg::ModelOutputs out = model->forward(x, x.flip(3), /*features=*/true);
   ASSERT_EQ(out.views.size(), 2u);
   for (const vicreg::ViewOutput& v : out.views) {
-    EXPECT_EQ(v.features.dim(), 4);
+    EXPECT_EQ(v.features.sizes(), torch::IntArrayRef({4, 24, 4, 4}));
     EXPECT_EQ(v.y.sizes(), torch::IntArrayRef({4, 24}));
     EXPECT_EQ(v.z.sizes(), torch::IntArrayRef({4, 8}));
   }

@@ -146,9 +146,11 @@ double encoder_parameter_count(const EncoderConfig& config);
 
 /// One view through one branch.
 struct ViewOutput {
-  torch::Tensor features;  ///< the encoder's forward_features() (feature map, tokens or vector)
-  torch::Tensor y;         ///< representation [N, backbone output_dim]
-  torch::Tensor z;         ///< embedding [N, expander output_dim]
+  /// The encoder's forward_features() (feature map, tokens or vector), when asked for: held, it
+  /// outlives the backward pass of a training step (memory the VICReg objective does not need).
+  torch::Tensor features;
+  torch::Tensor y;  ///< representation [N, backbone output_dim]
+  torch::Tensor z;  ///< embedding [N, expander output_dim]
 };
 
 /// The model's outputs for the views of one step, in the views' order (an objective's input).
@@ -171,11 +173,11 @@ class VICRegImpl : public torch::nn::Module {
  public:
   explicit VICRegImpl(const VICRegModelConfig& config);
   /// x_a, x_b: the two views, [N, ...] each; the second through the second branch when the
-  /// weights are not shared.
-  ModelOutputs forward(torch::Tensor x_a, torch::Tensor x_b);
+  /// weights are not shared. `features`: keep each view's forward_features() output too.
+  ModelOutputs forward(torch::Tensor x_a, torch::Tensor x_b, bool features = false);
   /// One view through branch 0 (backbone, projector) or 1 (backbone_b, projector_b; the first
   /// with shared weights).
-  ViewOutput forward_view(torch::Tensor x, int branch = 0);
+  ViewOutput forward_view(torch::Tensor x, int branch = 0, bool features = false);
   /// The first branch's representation only (what downstream tasks use).
   torch::Tensor represent(torch::Tensor x) { return backbone->forward(x); }
 

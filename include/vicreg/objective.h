@@ -32,6 +32,9 @@ class Objective {
   virtual ~Objective() = default;
   /// The terms loss() returns, in order.
   virtual const ObjectiveTerms& terms() const = 0;
+  /// Whether loss() reads the views' features (ViewOutput::features; dense objectives): the
+  /// model then keeps them.
+  virtual bool uses_features() const { return false; }
   /// The loss of one step from the outputs of all its views (computed in fp32 at least, outside
   /// autocast). With a process group of more than one rank, each rank passes its own rows and
   /// gets the loss of the global batch. Throws c10::Error for inputs the loss cannot take (NaN

@@ -201,23 +201,24 @@ VICRegImpl::VICRegImpl(const VICRegModelConfig& config_) : config(config_) {
   }
 }
 
-ViewOutput VICRegImpl::forward_view(torch::Tensor x, int branch) {
+ViewOutput VICRegImpl::forward_view(torch::Tensor x, int branch, bool features) {
   const bool second = branch == 1 && !config.shared_weights;
   Encoder& encoder = second ? backbone_b : backbone;
   Expander& expander = second ? projector_b : projector;
   ViewOutput out;
-  out.features = encoder->forward_features(std::move(x));
-  out.y = encoder->pool(out.features);
+  torch::Tensor map = encoder->forward_features(std::move(x));
+  out.y = encoder->pool(map);
   out.z = expander->forward(out.y);
+  if (features) out.features = std::move(map);
   return out;
 }
 
-ModelOutputs VICRegImpl::forward(torch::Tensor x_a, torch::Tensor x_b) {
+ModelOutputs VICRegImpl::forward(torch::Tensor x_a, torch::Tensor x_b, bool features) {
   // The views go through the network separately, as in the reference: BatchNorm statistics are
   // those of each view's batch.
   ModelOutputs out;
-  out.views.push_back(forward_view(std::move(x_a), 0));
-  out.views.push_back(forward_view(std::move(x_b), 1));
+  out.views.push_back(forward_view(std::move(x_a), 0, features));
+  out.views.push_back(forward_view(std::move(x_b), 1, features));
   return out;
 }
 

@@ -43,7 +43,7 @@ MemoryFormatTiming time_memory_formats(const VICRegModelConfig& config, int64_t 
     ModelOutputs out;
     {
       const AutocastGuard autocast(cpu, precision);
-      out = m->forward(inputs[format][0], inputs[format][1]);
+      out = m->forward(inputs[format][0], inputs[format][1], objective.uses_features());
     }
     objective.loss(out, nullptr).total.backward();
     return seconds_since(t0);

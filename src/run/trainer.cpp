@@ -82,7 +82,7 @@ StepStats Trainer::train_step(const TwoViewBatch& batch) {
     // The encoders and expanders under autocast; the loss outside it, in fp32 (the fused loss
     // accumulates bf16/fp16 embeddings in fp32 and returns their gradients in their dtype).
     const AutocastGuard autocast(device_, precision_.precision);
-    out = model_->forward(x_a, x_b);
+    out = model_->forward(x_a, x_b, objective_->uses_features());
   }
   ObjectiveLoss terms;
   try {
