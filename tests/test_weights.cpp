@@ -461,6 +461,34 @@ TEST_F(Weights, InfersTheResNetFromItsWeights) {
   expect_error([&] { vicreg::infer_encoder_config(x3, "F"); }, "none of resnet18");
 }
 
+TEST_F(Weights, SettingsReadOffForeignWeightsAreNoBiggerThanTheFile) {
+  // A ConvNet's names with a few small tensors that would make a model of 10^14 parameters: the
+  // settings read off the shapes are checked against the values the file holds before building.
+  NamedTensors tensors = {{"stage1.0.weight", torch::zeros({4096, 1, 3, 3})}};
+  for (int s = 2; s <= 8; ++s) {
+    tensors.emplace_back("stage" + std::to_string(s) + ".0.weight", torch::zeros({1}));
+  }
+  vicreg::write_safetensors(path("huge.safetensors"), tensors, {});
+  expect_error([&] { vicreg::read_backbone(path("huge.safetensors")); },
+               "describes a convnet encoder of");
+  // A ConvNet's own weights read back whole, with their settings.
+  vicreg::EncoderConfig c;
+  c.width = 6;
+  c.stages = 2;
+  c.final_conv = 0;
+  torch::manual_seed(1);
+  const vicreg::Encoder e = vicreg::make_encoder(c);
+  vicreg::write_safetensors(path("convnet.safetensors"), vicreg::module_state(*e), {});
+  const vicreg::Backbone b = vicreg::read_backbone(path("convnet.safetensors"));
+  EXPECT_EQ(b.config.model.arch, "convnet");
+  EXPECT_EQ(b.config.model.width, 6);
+  EXPECT_EQ(b.config.model.stages, 2);
+  EXPECT_EQ(b.config.model.final_conv, 0);
+  e->eval();
+  const torch::Tensor x = torch::randn({2, 1, 8, 8});
+  EXPECT_TRUE(torch::equal(b.encoder->forward(x), e->forward(x)));
+}
+
 TEST_F(Weights, ExportedBackbonesReadBackWithTheirSettings) {
   torch::manual_seed(3);
   for (const std::string arch : {"resnet18", "convnet"}) {

@@ -2,13 +2,11 @@
 #include "vicreg/models/convnet.h"
 
 #include "vicreg/error.h"
-#include "vicreg/io/state_dict.h"
 #include "vicreg/models/registry.h"
 
 #include <torch/nn/modules/activation.h>
 
 #include <cmath>
-#include <map>
 
 namespace vicreg {
 
@@ -107,22 +105,23 @@ double count_convnet(const EncoderConfig& config) {
 /// the stages take.
 std::optional<EncoderConfig> recognise_convnet(const NamedTensors& weights,
                                                const std::string& source) {
-  const std::vector<std::string> prefixes = prefixes_of(weights, "stage1.0.weight");
-  if (prefixes.empty()) return std::nullopt;
-  const std::string p = choose_encoder_prefix(prefixes, source);
-  std::map<std::string, torch::Tensor> by_name(weights.begin(), weights.end());
-  const torch::Tensor& first = by_name.at(p + "stage1.0.weight");
+  const std::optional<EncoderWeights> w = encoder_weights(weights, "stage1.0.weight", source);
+  if (!w) return std::nullopt;
+  const torch::Tensor& first = *w->find("stage1.0.weight");
   if (first.dim() != 4 || first.size(2) != 3 || first.size(3) != 3) {
-    throw FormatError(source + ": " + p + "stage1.0.weight is not a 3x3 convolution");
+    throw FormatError(source + ": " + w->prefix() + "stage1.0.weight is not a 3x3 convolution");
   }
   EncoderConfig ec;
   ec.arch = "convnet";
   ec.width = first.size(0);
   ec.in_channels = first.size(1);
   ec.stages = 0;
-  while (by_name.count(p + "stage" + std::to_string(ec.stages + 1) + ".0.weight")) ++ec.stages;
-  const auto final = by_name.find(p + "final.0.weight");
-  ec.final_conv = final == by_name.end() ? 0 : final->second.size(0);
+  while (w->has("stage" + std::to_string(ec.stages + 1) + ".0.weight")) ++ec.stages;
+  const torch::Tensor* final = w->find("final.0.weight");
+  if (final != nullptr && final->dim() != 4) {
+    throw FormatError(source + ": " + w->prefix() + "final.0.weight is not a convolution");
+  }
+  ec.final_conv = final == nullptr ? 0 : final->size(0);
   try {
     check_convnet(ec);
   } catch (const UsageError& e) {

@@ -2,13 +2,10 @@
 #include "vicreg/models/mlp.h"
 
 #include "vicreg/error.h"
-#include "vicreg/io/state_dict.h"
 #include "vicreg/models/registry.h"
 
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/linear.h>
-
-#include <map>
 
 namespace vicreg {
 
@@ -50,21 +47,21 @@ double count_mlp(const EncoderConfig& config) {
 /// in_features and the hidden sizes from the Linear layers, layers.0, layers.3, ... (each
 /// followed by a BatchNorm and a ReLU).
 std::optional<EncoderConfig> recognise_mlp(const NamedTensors& weights, const std::string& source) {
-  const std::vector<std::string> prefixes = prefixes_of(weights, "layers.0.weight");
-  if (prefixes.empty()) return std::nullopt;
-  const std::string p = choose_encoder_prefix(prefixes, source);
-  std::map<std::string, torch::Tensor> by_name(weights.begin(), weights.end());
+  const std::optional<EncoderWeights> layers = encoder_weights(weights, "layers.0.weight", source);
+  if (!layers) return std::nullopt;
   EncoderConfig ec;
   ec.arch = "mlp";
   std::string spec;
   for (int i = 0;; i += 3) {
-    const auto w = by_name.find(p + "layers." + std::to_string(i) + ".weight");
-    if (w == by_name.end()) break;
-    if (w->second.dim() != 2 || w->second.size(0) < 1 || w->second.size(1) < 1) {
-      throw FormatError(source + ": " + w->first + " is not the weight of a linear layer");
+    const std::string name = "layers." + std::to_string(i) + ".weight";
+    const torch::Tensor* w = layers->find(name);
+    if (w == nullptr) break;
+    if (w->dim() != 2 || w->size(0) < 1 || w->size(1) < 1) {
+      throw FormatError(source + ": " + layers->prefix() + name +
+                        " is not the weight of a linear layer");
     }
-    if (i == 0) ec.in_features = w->second.size(1);
-    spec += (spec.empty() ? "" : "-") + std::to_string(w->second.size(0));
+    if (i == 0) ec.in_features = w->size(1);
+    spec += (spec.empty() ? "" : "-") + std::to_string(w->size(0));
   }
   ec.encoder_mlp = spec;
   return ec;

@@ -2,6 +2,7 @@
 #include "vicreg/models/registry.h"
 
 #include "vicreg/error.h"
+#include "vicreg/io/state_dict.h"
 #include "vicreg/names.h"
 
 namespace vicreg {
@@ -55,16 +56,30 @@ const std::string& backbone_help() {
   return help;
 }
 
-std::vector<std::string> prefixes_of(const NamedTensors& weights, const std::string& suffix) {
+EncoderWeights::EncoderWeights(std::string prefix, const NamedTensors& weights)
+    : prefix_(std::move(prefix)) {
+  for (const auto& [name, t] : weights) {
+    if (name.compare(0, prefix_.size(), prefix_) == 0) by_name_.emplace(name, t);
+  }
+}
+
+const torch::Tensor* EncoderWeights::find(const std::string& name) const {
+  const auto it = by_name_.find(prefix_ + name);
+  return it == by_name_.end() ? nullptr : &it->second;
+}
+
+std::optional<EncoderWeights> encoder_weights(const NamedTensors& weights, const std::string& first,
+                                              const std::string& source) {
   std::vector<std::string> prefixes;
   for (const auto& [name, t] : weights) {
-    if (name.size() >= suffix.size() &&
-        name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
-      const std::string p = name.substr(0, name.size() - suffix.size());
+    if (name.size() >= first.size() &&
+        name.compare(name.size() - first.size(), first.size(), first) == 0) {
+      const std::string p = name.substr(0, name.size() - first.size());
       if (p.empty() || p.back() == '.') prefixes.push_back(p);
     }
   }
-  return prefixes;
+  if (prefixes.empty()) return std::nullopt;
+  return EncoderWeights(choose_encoder_prefix(prefixes, source), weights);
 }
 
 EncoderConfig infer_encoder_config(const NamedTensors& weights, const std::string& source) {

@@ -3,7 +3,6 @@
 #include "vicreg/models/resnet.h"
 
 #include "vicreg/error.h"
-#include "vicreg/io/state_dict.h"
 #include "vicreg/models/registry.h"
 
 #include <torch/nn/functional/pooling.h>
@@ -180,33 +179,30 @@ double count_resnet(const EncoderConfig& config) {
 /// conv1.weight.
 std::optional<EncoderConfig> recognise_resnet(const NamedTensors& weights,
                                               const std::string& source) {
-  const std::vector<std::string> prefixes = prefixes_of(weights, "layer1.0.conv1.weight");
-  if (prefixes.empty()) return std::nullopt;
-  const std::string p = choose_encoder_prefix(prefixes, source);
-  std::map<std::string, torch::Tensor> by_name(weights.begin(), weights.end());
-  const auto conv1 = by_name.find(p + "conv1.weight");
-  if (conv1 == by_name.end() || conv1->second.dim() != 4) {
-    throw FormatError(source + ": no 4-d " + p + "conv1.weight");
+  const std::optional<EncoderWeights> w = encoder_weights(weights, "layer1.0.conv1.weight", source);
+  if (!w) return std::nullopt;
+  const torch::Tensor* conv1 = w->find("conv1.weight");
+  if (conv1 == nullptr || conv1->dim() != 4) {
+    throw FormatError(source + ": no 4-d " + w->prefix() + "conv1.weight");
   }
-  const bool bottleneck = by_name.count(p + "layer1.0.conv3.weight") > 0;
+  const bool bottleneck = w->has("layer1.0.conv3.weight");
   std::vector<int64_t> blocks;
   for (int layer = 1; layer <= 4; ++layer) {
     int64_t n = 0;
-    while (by_name.count(p + "layer" + std::to_string(layer) + "." + std::to_string(n) +
-                         ".conv1.weight")) {
+    while (w->has("layer" + std::to_string(layer) + "." + std::to_string(n) + ".conv1.weight")) {
       ++n;
     }
     blocks.push_back(n);
   }
   // The reference's wide ResNets multiply every width, the stem's too.
   const std::optional<int64_t> depth = resnet_depth(bottleneck, blocks);
-  const int64_t stem = conv1->second.size(0);
+  const int64_t stem = conv1->size(0);
   const std::string described = std::string("a ResNet with ") +
                                 (bottleneck ? "Bottleneck" : "BasicBlock") + " blocks [" +
                                 std::to_string(blocks[0]) + "," + std::to_string(blocks[1]) + "," +
                                 std::to_string(blocks[2]) + "," + std::to_string(blocks[3]) +
                                 "] and a " + std::to_string(stem) + "-channel stem";
-  const torch::Tensor& inner = by_name.at(p + "layer1.0.conv1.weight");
+  const torch::Tensor& inner = *w->find("layer1.0.conv1.weight");
   if (inner.dim() != 4 || inner.size(0) != stem) {
     throw FormatError(source + ": " + described + " whose first block is " +
                       std::to_string(inner.dim() == 4 ? inner.size(0) : 0) +
@@ -223,13 +219,13 @@ std::optional<EncoderConfig> recognise_resnet(const NamedTensors& weights,
   }
   EncoderConfig ec;
   ec.arch = *arch;
-  const int64_t kernel = conv1->second.size(3);
+  const int64_t kernel = conv1->size(3);
   if (kernel != 3 && kernel != 7) {
     throw FormatError(source + ": conv1 has a " + std::to_string(kernel) + "x" +
                       std::to_string(kernel) +
                       " kernel; vicreg's ResNets have 7x7 (torchvision) or 3x3 (small-image stem)");
   }
-  ec.in_channels = conv1->second.size(1);
+  ec.in_channels = conv1->size(1);
   ec.image_size = kernel == 3 ? 32 : 224;  // what selects the stem in build_resnet
   return ec;
 }

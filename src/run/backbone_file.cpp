@@ -96,6 +96,8 @@ Backbone backbone_from_weights(const std::string& path) {
   }
   Backbone b;
   EncoderConfig ec;
+  double values = 0;
+  for (const auto& [name, t] : file.tensors) values += static_cast<double>(t.numel());
   if (file.metadata.count("vicreg.config")) {  // written by export_backbone
     try {
       b.config = stored_config(file.metadata.at("vicreg.config"));
@@ -105,8 +107,6 @@ Backbone backbone_from_weights(const std::string& path) {
     } catch (const std::exception& e) {
       throw FormatError("backbone '" + path + "' has broken vicreg metadata: " + e.what());
     }
-    double values = 0;
-    for (const auto& [name, t] : file.tensors) values += static_cast<double>(t.numel());
     ec = plausible_encoder(b.config, b.in_channels, b.image_size, b.in_features, values,
                            "backbone '" + path + "'");
   } else {
@@ -125,6 +125,9 @@ Backbone backbone_from_weights(const std::string& path) {
       b.in_features = ec.in_features;
     }
     b.image_size = 0;  // not recorded: the data's recipe decides
+    // Read off a few tensors' shapes (a ConvNet's width and stages): no bigger than the file.
+    ec = plausible_encoder(b.config, b.in_channels, ec.image_size, b.in_features, values,
+                           "backbone '" + path + "'");
   }
   try {
     b.encoder = make_encoder(ec);

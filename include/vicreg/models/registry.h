@@ -13,6 +13,7 @@
 #include "vicreg/models.h"
 
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -73,8 +74,25 @@ const std::string& backbone_help();
 /// family that recognises them. Throws FormatError naming `source` when none does.
 EncoderConfig infer_encoder_config(const NamedTensors& weights, const std::string& source);
 
-/// The names in `weights` that end in `suffix` after a prefix ("", or ending in '.'), each given
-/// as that prefix: where an encoder whose first tensor is `suffix` sits in a state dict.
-std::vector<std::string> prefixes_of(const NamedTensors& weights, const std::string& suffix);
+/// An encoder's tensors in a state dict, looked up by the encoder's own names.
+class EncoderWeights {
+ public:
+  EncoderWeights(std::string prefix, const NamedTensors& weights);
+  /// The tensor `name` (without the prefix), or null.
+  const torch::Tensor* find(const std::string& name) const;
+  bool has(const std::string& name) const { return find(name) != nullptr; }
+  const std::string& prefix() const { return prefix_; }
+
+ private:
+  std::string prefix_;
+  std::map<std::string, torch::Tensor> by_name_;
+};
+
+/// The tensors of the encoder in `weights` whose tensor `first` (its own name) sits under a
+/// prefix ("", or ending in '.': "backbone.", "module.", ...): nullopt when no name ends so;
+/// FormatError naming `source` when several prefixes do and none is the encoder's
+/// (io/state_dict.h's choose_encoder_prefix).
+std::optional<EncoderWeights> encoder_weights(const NamedTensors& weights, const std::string& first,
+                                              const std::string& source);
 
 }  // namespace vicreg
