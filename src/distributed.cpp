@@ -130,7 +130,8 @@ class C10dGroup : public ProcessGroup {
     } catch (const std::exception& e) {
       throw DistributedError(
           "rank " + std::to_string(env_.rank) + " of " + std::to_string(env_.world_size) + ": " +
-          op + " failed: " + lost_ranks() + " [" + backend_ + ": " + message_of(e) + "]");
+              op + " failed: " + lost_ranks() + " [" + backend_ + ": " + message_of(e) + "]",
+          {"dist_timeout"});
     }
   }
 
@@ -155,8 +156,7 @@ class C10dGroup : public ProcessGroup {
       }
       if (missing.empty()) {
         return "every rank is still there, so one was slower than the timeout (" +
-               std::to_string(timeout_.count() / 1000) +
-               " s, --dist-timeout) or the network failed";
+               std::to_string(timeout_.count() / 1000) + " s, dist_timeout) or the network failed";
       }
       std::string list;
       for (int r : missing) list += (list.empty() ? "" : ", ") + std::to_string(r);
@@ -246,12 +246,13 @@ std::shared_ptr<ProcessGroup> init_process_group(const DistributedEnv& env,
   }
 #ifndef USE_C10D_NCCL
   if (kind == DistBackend::Nccl) {
-    throw UsageError(
-        "--dist-backend nccl: this LibTorch was built without NCCL; use gloo (or auto)");
+    throw UsageError("dist_backend nccl: this LibTorch was built without NCCL; use gloo (or auto)",
+                     {"dist_backend"});
   }
 #endif
   if (kind == DistBackend::Nccl && !options.device.is_cuda()) {
-    throw UsageError("--dist-backend nccl needs a CUDA --device; use gloo on CPU");
+    throw UsageError("dist_backend nccl needs device cuda; use gloo on CPU",
+                     {"dist_backend", "device"});
   }
   const std::string& backend = to_string(kind);
   const std::string where = env.master_addr + ":" + std::to_string(env.master_port);
@@ -275,12 +276,14 @@ std::shared_ptr<ProcessGroup> init_process_group(const DistributedEnv& env,
   } catch (const std::exception& e) {
     throw DistributedError(
         who + ": " +
-        (server ? "cannot host the rendezvous store on " + where + " or not every rank joined it"
-                : "cannot reach the rendezvous store at " + where) +
-        " within " + std::to_string(options.timeout.count() / 1000) +
-        " s (--dist-timeout): check that every rank was started, MASTER_ADDR and MASTER_PORT are "
-        "the same for all and the port is free on rank 0's host and open between hosts [" +
-        message_of(e) + "]");
+            (server
+                 ? "cannot host the rendezvous store on " + where + " or not every rank joined it"
+                 : "cannot reach the rendezvous store at " + where) +
+            " within " + std::to_string(options.timeout.count() / 1000) +
+            " s (dist_timeout): check that every rank was started, MASTER_ADDR and MASTER_PORT are "
+            "the same for all and the port is free on rank 0's host and open between hosts [" +
+            message_of(e) + "]",
+        {"dist_timeout"});
   }
 
   c10::intrusive_ptr<C10dBackend> pg;
@@ -307,10 +310,11 @@ std::shared_ptr<ProcessGroup> init_process_group(const DistributedEnv& env,
     }
   } catch (const std::exception& e) {
     throw DistributedError(who + ": the " + backend + " process group did not form within " +
-                           std::to_string(options.timeout.count() / 1000) +
-                           " s (--dist-timeout): a rank did not join or the hosts cannot reach "
-                           "each other [" +
-                           message_of(e) + "]");
+                               std::to_string(options.timeout.count() / 1000) +
+                               " s (dist_timeout): a rank did not join or the hosts cannot reach "
+                               "each other [" +
+                               message_of(e) + "]",
+                           {"dist_timeout"});
   }
   auto group = std::make_shared<C10dGroup>(env, store, pg, backend, options.timeout);
   group->barrier();

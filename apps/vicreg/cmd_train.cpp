@@ -61,7 +61,7 @@ std::shared_ptr<ProcessGroup> join_process_group(TrainConfig& config) {
   try {
     return init_process_group(env, config.distributed_options());
   } catch (const DistributedError& e) {
-    throw Error(e.what());  // nothing started: no checkpoint to speak of
+    throw Error(e.what(), e.settings());  // nothing started: no checkpoint to speak of
   }
 }
 

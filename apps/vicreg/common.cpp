@@ -143,7 +143,7 @@ void write_json(const std::string& path, const nlohmann::json& doc) {
   try {
     write_file_atomically(path, doc.dump(2) + "\n");
   } catch (const FormatError& e) {
-    throw FormatError(std::string("--json: ") + e.what());
+    throw FormatError(std::string("--json: ") + e.what(), e.settings());
   }
 }
 

@@ -88,12 +88,12 @@ int report_error() {
     std::fprintf(stderr,
                  "%s: error: %s; the last good checkpoint is kept (lower --base-lr, or check the "
                  "data)\n",
-                 who, e.what());
+                 who, vicreg::with_flag_names(e).c_str());
   } catch (const vicreg::DistributedError& e) {
     std::fprintf(stderr,
                  "%s: error: %s; the last checkpoint is kept (run the same command again to "
                  "resume, with any number of processes)\n",
-                 who, e.what());
+                 who, vicreg::with_flag_names(e).c_str());
   } catch (const vicreg::Error& e) {  // settings named by key: said as flags here
     std::fprintf(stderr, "%s: error: %s\n", who, vicreg::with_flag_names(e).c_str());
   } catch (const c10::Error& e) {  // a TORCH_CHECK inside LibTorch
