@@ -7,18 +7,22 @@
             torchvision augmentations of the fashion-mnist recipe, DataLoader with 2 workers);
             --precision bf16 --channels-last: as the PyTorch references train (autocast around the
             forward passes and the loss, as facebookresearch/vicreg's main_vicreg.py);
-            --reuse-batch: the step alone, on one batch.
+            --reuse-batch: the step alone, on one batch; --loss-fp32: the loss outside autocast
+            in fp32 (the strongest plain loop); --arch vit_tiny (torchvision's VisionTransformer,
+            patch 4, 1 channel) or convnext_tiny (torchvision's, a 3x3 stride-1 stem, 1 channel):
+            train_bench's BM_TrainStepFamily. Reports the process's peak resident memory.
   augment:  facebookresearch/vicreg's per-image ImageNet pipeline (PIL decode + two 224-px views,
             torchvision transforms) on one core, over the JPEGs train_bench writes.
 Both start OpenBLAS on the kernels vicreg's programs use (openblas_kernels). Prints one JSON object.
 """
-import argparse, ctypes, glob, gzip, json, os, random, time
+import argparse, ctypes, glob, gzip, json, os, random, resource, time
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageFilter, ImageOps
+import torchvision
 import torchvision.transforms as T
 
 
@@ -128,9 +132,31 @@ class FashionPairs(torch.utils.data.Dataset):
         return self.a(img), self.b(img)
 
 
+class Representation(nn.Module):
+    """A torchvision classifier without its head: the representation vicreg's encoder returns."""
+
+    def __init__(self, arch):
+        super().__init__()
+        if arch == "vit_tiny":
+            m = torchvision.models.VisionTransformer(image_size=28, patch_size=4, num_layers=12,
+                                                     num_heads=3, hidden_dim=192, mlp_dim=768)
+            m.conv_proj = nn.Conv2d(1, 192, 4, 4)
+            m.heads = nn.Identity()
+            self.out_dim = 192
+        else:
+            m = torchvision.models.convnext_tiny()
+            m.features[0][0] = nn.Conv2d(1, 96, 3, 1, 1)
+            m.classifier[2] = nn.Identity()
+            self.out_dim = 768
+        self.m = m
+
+    def forward(self, x):
+        return self.m(x)
+
+
 def bench_train(args):
     torch.set_num_threads(args.threads)
-    backbone = ConvNet(final_conv=args.final_conv)
+    backbone = ConvNet(final_conv=args.final_conv) if args.arch == "convnet" else Representation(args.arch)
     proj = projector(backbone.out_dim)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     backbone = backbone.to(memory_format=fmt)
@@ -147,8 +173,13 @@ def bench_train(args):
         x, y = first if args.reuse_batch else next(it)
         x, y = x.to(memory_format=fmt), y.to(memory_format=fmt)
         opt.zero_grad()
-        with autocast:  # as facebookresearch/vicreg's main_vicreg.py: the loss under autocast too
-            loss = vicreg_loss(proj(backbone(x)), proj(backbone(y)))
+        if args.loss_fp32:
+            with autocast:
+                zx, zy = proj(backbone(x)), proj(backbone(y))
+            loss = vicreg_loss(zx.float(), zy.float())
+        else:
+            with autocast:  # as facebookresearch/vicreg's main_vicreg.py: the loss under autocast too
+                loss = vicreg_loss(proj(backbone(x)), proj(backbone(y)))
         loss.backward()
         opt.step()
     for _ in range(3):
@@ -160,7 +191,8 @@ def bench_train(args):
     return {"peer": "pytorch-train", "threads": args.threads, "workers": args.workers,
             "steps": args.steps, "batch": args.batch, "images_per_s": 2 * args.batch * args.steps / dt,
             "precision": args.precision, "channels_last": args.channels_last,
-            "reuse_batch": args.reuse_batch,
+            "reuse_batch": args.reuse_batch, "arch": args.arch, "loss_fp32": args.loss_fp32,
+            "maxrss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "torch": torch.__version__, "blas_core": args.blas_core}
 
 
@@ -221,6 +253,9 @@ if __name__ == "__main__":
                     help="train on one batch over and over: the step alone, without the loader "
                          "(train_bench's BM_TrainStep)")
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--arch", choices=["convnet", "vit_tiny", "convnext_tiny"], default="convnet")
+    ap.add_argument("--loss-fp32", action="store_true",
+                    help="the loss outside autocast, on fp32 embeddings (the strongest plain loop)")
     ap.add_argument("--final-conv", type=int, default=1024,
                     help="channels of the ConvNet's last 1x1 conv, as vicreg's --final-conv (0: none)")
     ap.add_argument("--seconds", type=float, default=10.0)

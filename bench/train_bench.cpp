@@ -22,6 +22,8 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <sys/resource.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -58,10 +60,12 @@ vicreg::TrainConfig default_config(const std::string& name) {
 /// images/s and the peak tensor memory of a step above what was allocated before it (the
 /// counting allocator).
 void train_step(benchmark::State& state, bool bf16, bool channels_last,
-                const std::string& note = "") {
+                const std::string& note = "", const std::string& arch = "convnet") {
   vicreg::enable_memory_tracking();
-  auto config = default_config(std::string("step") + (bf16 ? "_bf16" : "_fp32") +
+  auto config = default_config(std::string("step_") + arch + (bf16 ? "_bf16" : "_fp32") +
                                (channels_last ? "_cl" : ""));
+  config.model.arch = arch;
+  if (arch == "vit_tiny") config.model.patch_size = 4;  // 7x7 tokens of Fashion-MNIST's 28 px
   config.runtime.precision = bf16 ? vicreg::Precision::Bf16 : vicreg::Precision::Fp32;
   config.runtime.channels_last = channels_last ? vicreg::Toggle::On : vicreg::Toggle::Off;
   vicreg::Trainer trainer(config);
@@ -83,7 +87,10 @@ void train_step(benchmark::State& state, bool bf16, bool channels_last,
   state.counters["images/s"] =
       benchmark::Counter(images, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["step_peak_MiB"] = peak / (1 << 20);
-  state.SetLabel(std::string(bf16 ? "bf16" : "fp32") + (channels_last ? " channels_last" : "") +
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);  // the process's peak, comparable with the peer's
+  state.counters["maxrss_MiB"] = static_cast<double>(usage.ru_maxrss) / 1024;
+  state.SetLabel(arch + " " + (bf16 ? "bf16" : "fp32") + (channels_last ? " channels_last" : "") +
                  note + "; " + vicreg::describe_runtime().substr(0, 60));
 }
 void BM_TrainStep(benchmark::State& state) {
@@ -101,6 +108,26 @@ BENCHMARK(BM_TrainStep)
     ->Unit(benchmark::kMillisecond)
     ->MinTime(3.0)
     ->Repetitions(5)
+    ->UseRealTime();
+
+/// The step of the transformer and ConvNeXt families on Fashion-MNIST (batch 128 x 2 views, the
+/// default expander and AdamW): ViT-Tiny/4 (50 tokens) and ConvNeXt-Tiny with its small-image
+/// stem. Arguments: the backbone (0 vit_tiny/4, 1 convnext_tiny), the precision (0 fp32, 1 bf16)
+/// and the memory format (0 contiguous, 1 channels_last; the ViT has no convolutions to lay
+/// out). The peer: bench/peer_pytorch.py train --arch vit_tiny|convnext_tiny.
+void BM_TrainStepFamily(benchmark::State& state) {
+  train_step(state, state.range(1) == 1, state.range(2) == 1, "",
+             state.range(0) == 0 ? "vit_tiny" : "convnext_tiny");
+}
+BENCHMARK(BM_TrainStepFamily)
+    ->ArgNames({"arch", "bf16", "channels_last"})
+    ->Args({0, 0, 0})
+    ->Args({0, 1, 0})
+    ->Args({1, 0, 0})
+    ->Args({1, 1, 1})
+    ->Unit(benchmark::kMillisecond)
+    ->Iterations(4)
+    ->Repetitions(3)
     ->UseRealTime();
 
 /// The bf16 step in each CpuBf16Conv mode (precision.h; the default depends on the CPU): the

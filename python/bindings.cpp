@@ -103,23 +103,32 @@ PYBIND11_MODULE(_C, m) {
   static const std::string build_backbone_doc =
       "A freshly initialised image encoder of an architecture (" +
       vicreg::join_names(vicreg::backbone_names()) +
-      ") for images of in_channels x image_size x image_size (ResNets: the small stem up to 64 px)";
+      ") for images of in_channels x image_size x image_size (ResNets and ConvNeXts: the small "
+      "stem "
+      "up to 64 px); ViTs: patch_size and depth (0: the arch's)";
   m.def(
       "build_backbone",
-      [](const std::string& arch, int64_t in_channels, int64_t image_size) {
+      [](const std::string& arch, int64_t in_channels, int64_t image_size, int64_t patch_size,
+         int64_t depth) {
         vicreg::Backbone b;
-        vicreg::backbone_family(arch);  // an unknown name: the error lists the known ones
+        const vicreg::BackboneFamily& family = vicreg::backbone_family(arch);  // lists the known
         b.config.model.arch = arch;
+        b.config.model.patch_size = patch_size;
+        b.config.model.depth = depth;
         vicreg::EncoderConfig ec;
         ec.arch = b.config.model.arch;
         ec.in_channels = b.in_channels = in_channels;
         ec.image_size = b.image_size = image_size;
+        ec.patch_size = patch_size;
+        ec.depth = depth;
+        family.check_settings(ec);
         b.encoder = vicreg::make_encoder(ec);
         b.encoder->eval();
         return PyBackbone{b};
       },
       build_backbone_doc.c_str(), py::arg("arch"), py::arg("in_channels") = 3,
-      py::arg("image_size") = 224, py::call_guard<py::gil_scoped_release>());
+      py::arg("image_size") = 224, py::arg("patch_size") = 0, py::arg("depth") = 0,
+      py::call_guard<py::gil_scoped_release>());
   m.def(
       "export_backbone",
       [](const PyBackbone& p, const std::string& path) {

@@ -71,13 +71,16 @@ torch::Tensor closure_loss(const torch::optim::Optimizer::LossClosure& closure) 
 
 }  // namespace
 
-LARS::LARS(std::vector<torch::optim::OptimizerParamGroup> param_groups, LARSOptions defaults)
+LARS::LARS(std::vector<torch::optim::OptimizerParamGroup> param_groups, LARSOptions defaults,
+           const std::vector<torch::Tensor>& excluded)
     : Optimizer(std::move(param_groups), std::make_unique<LARSOptions>(defaults)) {
   check_lars_options(defaults);
+  for (const auto& p : excluded) excluded_.insert(p.unsafeGetTensorImpl());
 }
 
-LARS::LARS(std::vector<torch::Tensor> params, LARSOptions defaults)
-    : LARS({torch::optim::OptimizerParamGroup(std::move(params))}, std::move(defaults)) {}
+LARS::LARS(std::vector<torch::Tensor> params, LARSOptions defaults,
+           const std::vector<torch::Tensor>& excluded)
+    : LARS({torch::optim::OptimizerParamGroup(std::move(params))}, std::move(defaults), excluded) {}
 
 torch::Tensor LARS::step(LossClosure closure) {
   torch::NoGradGuard no_grad;
@@ -87,7 +90,8 @@ torch::Tensor LARS::step(LossClosure closure) {
     for (auto& p : group.params()) {
       if (!p.grad().defined()) continue;
       torch::Tensor update = p.grad();
-      const bool adapt = !(o.exclude_1d() && p.dim() == 1);
+      const bool adapt =
+          !(o.exclude_1d() && (p.dim() == 1 || excluded_.count(p.unsafeGetTensorImpl()) > 0));
       if (adapt) {
         if (o.weight_decay() != 0) update = update.add(p, o.weight_decay());
         // q = eta ||p|| / ||u||, or 1 where either norm is 0; kept on the device (no sync).
@@ -328,19 +332,26 @@ void set_learning_rate(torch::optim::Optimizer& optimizer, double lr) {
   for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
 }
 
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::vector<torch::Tensor>& params,
-                                                        const OptimizerConfig& c) {
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(
+    const std::vector<torch::Tensor>& params, const OptimizerConfig& c,
+    const std::vector<torch::Tensor>& no_decay) {
   TORCH_CHECK(c.lr >= 0, "optimizer: lr must be >= 0, got ", c.lr);
   TORCH_CHECK(c.weight_decay >= 0, "optimizer: weight decay must be >= 0, got ", c.weight_decay);
   if (c.kind == OptimizerKind::Lars) {
-    return std::make_unique<LARS>(params, LARSOptions(c.lr)
-                                              .momentum(c.momentum)
-                                              .weight_decay(c.weight_decay)
-                                              .eta(c.eta)
-                                              .clip_lr(c.clip_lr));
+    return std::make_unique<LARS>(params,
+                                  LARSOptions(c.lr)
+                                      .momentum(c.momentum)
+                                      .weight_decay(c.weight_decay)
+                                      .eta(c.eta)
+                                      .clip_lr(c.clip_lr),
+                                  no_decay);
   }
+  std::set<const c10::TensorImpl*> excluded;
+  for (const auto& p : no_decay) excluded.insert(p.unsafeGetTensorImpl());
   std::vector<torch::Tensor> decayed, plain;
-  for (const auto& p : params) (p.dim() == 1 ? plain : decayed).push_back(p);
+  for (const auto& p : params) {
+    (p.dim() == 1 || excluded.count(p.unsafeGetTensorImpl()) ? plain : decayed).push_back(p);
+  }
   // Two groups, weight decay on the first only; empty groups are left out.
   auto grouped = [&](auto options) {
     using Options = decltype(options);

@@ -289,9 +289,15 @@ std::vector<FamilyCase> one_of_each_family() {
   vicreg::EncoderConfig mlp{"mlp"};
   mlp.in_features = 7;
   mlp.encoder_mlp = "12-10";
+  vicreg::EncoderConfig vit{"vit_tiny", 1, 16};
+  vit.patch_size = 8;
+  vit.depth = 2;
+  vicreg::EncoderConfig convnext{"convnext_tiny", 3, 16};
   return {{convnet, torch::randn({3, 3, 16, 16})},
           {resnet, torch::randn({3, 2, 32, 32})},
-          {mlp, torch::randn({3, 7})}};
+          {mlp, torch::randn({3, 7})},
+          {vit, torch::randn({3, 1, 16, 16})},
+          {convnext, torch::randn({3, 3, 16, 16})}};
 }
 
 }  // namespace
@@ -307,7 +313,7 @@ TEST(Registry, EveryNameBelongsToOneFamily) {
     EXPECT_NE(vicreg::backbone_help().find(f.help), std::string::npos) << f.name;
   }
   EXPECT_EQ(listed, names.size());
-  for (const char* family : {"resnet", "convnet", "mlp"}) {
+  for (const char* family : {"resnet", "convnet", "mlp", "vit", "convnext"}) {
     EXPECT_NE(std::find_if(vicreg::backbone_families().begin(), vicreg::backbone_families().end(),
                            [&](const vicreg::BackboneFamily& f) { return f.name == family; }),
               vicreg::backbone_families().end())
@@ -326,6 +332,8 @@ TEST(Registry, EveryNameBelongsToOneFamily) {
   EXPECT_TRUE(vicreg::backbone_traits("convnet").images);
   EXPECT_FALSE(vicreg::backbone_traits("mlp").convolutional);
   EXPECT_FALSE(vicreg::backbone_traits("mlp").images);
+  EXPECT_FALSE(vicreg::backbone_traits("vit_small").convolutional);
+  EXPECT_TRUE(vicreg::backbone_traits("convnext_base").convolutional);
 }
 
 TEST(Registry, EncodersGiveTheirLastFeaturesAndPoolThemIntoTheRepresentation) {
@@ -340,6 +348,9 @@ TEST(Registry, EncodersGiveTheirLastFeaturesAndPoolThemIntoTheRepresentation) {
     if (layout == vicreg::FeatureLayout::Map) {
       ASSERT_EQ(features.dim(), 4) << k.config.arch;
       EXPECT_EQ(features.size(1), e->feature_dim()) << k.config.arch;
+    } else if (layout == vicreg::FeatureLayout::Tokens) {
+      ASSERT_EQ(features.dim(), 3) << k.config.arch;
+      EXPECT_EQ(features.size(2), e->feature_dim()) << k.config.arch;
     } else {
       ASSERT_EQ(features.dim(), 2) << k.config.arch;
     }

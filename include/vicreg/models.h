@@ -51,6 +51,9 @@ class EncoderImpl : public torch::nn::Module {
   /// Channels of forward_features()'s output.
   virtual int64_t feature_dim() const { return output_dim(); }
   virtual FeatureLayout feature_layout() const = 0;
+  /// Parameters of two or more dimensions that get no weight decay (a ViT's position embeddings
+  /// and class token); one-dimensional ones (biases, norms) never get any (make_optimizer).
+  virtual std::vector<torch::Tensor> no_weight_decay() const { return {}; }
 };
 using Encoder = std::shared_ptr<EncoderImpl>;
 
@@ -131,6 +134,15 @@ struct EncoderConfig {
   int64_t final_conv = 1024;
   /// mlp: hidden layers.
   std::string encoder_mlp = "1024-1024";
+  /// vit: patch side and blocks (0: the arch's: patch 16, 32 for vit_b_32; 12 blocks, 24 large).
+  int64_t patch_size = 0;
+  int64_t depth = 0;
+  /// vit: a class token ahead of the patches; the representation the mean of the patch tokens
+  /// instead of the class token (always without one).
+  bool class_token = true;
+  bool mean_pool = false;
+  /// vit, convnext: stochastic depth, the rate of the last block (earlier ones linearly less).
+  double drop_path = 0;
   bool zero_init_residual = true;
 };
 

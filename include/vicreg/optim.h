@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <sstream>
 #include <string>
 #include <type_traits>
@@ -91,13 +92,20 @@ struct LARSParamState : public torch::optim::OptimizerCloneableParamState<LARSPa
 
 class LARS : public torch::optim::Optimizer {
  public:
-  LARS(std::vector<torch::optim::OptimizerParamGroup> param_groups, LARSOptions defaults);
-  LARS(std::vector<torch::Tensor> params, LARSOptions defaults);
+  /// `excluded`: parameters of two or more dimensions treated as exclude_1d treats 1-D ones (a
+  /// ViT's position embeddings and class token).
+  LARS(std::vector<torch::optim::OptimizerParamGroup> param_groups, LARSOptions defaults,
+       const std::vector<torch::Tensor>& excluded = {});
+  LARS(std::vector<torch::Tensor> params, LARSOptions defaults,
+       const std::vector<torch::Tensor>& excluded = {});
 
   torch::Tensor step(LossClosure closure = nullptr) override;
   void save(torch::serialize::OutputArchive& archive) const override;
   /// Restores the momentum buffers and, unlike LibTorch 1.13's optimizers, each group's options.
   void load(torch::serialize::InputArchive& archive) override;
+
+ private:
+  std::set<const c10::TensorImpl*> excluded_;
 };
 
 /// LibTorch's AdamW (its options, state and checkpoint format: it is a torch::optim::AdamW, and
@@ -156,9 +164,11 @@ struct OptimizerConfig {
 
 /// The optimizer named in `config` over `params`. As in the reference (and solo-learn's
 /// exclude_bias_n_norm), parameters with one dimension get no weight decay: LARS does this
-/// itself; for AdamW and SGD they go into a second group with weight_decay 0.
-/// Throws for an unknown name or a negative setting.
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::vector<torch::Tensor>& params,
-                                                        const OptimizerConfig& config);
+/// itself; for AdamW and SGD they go into a second group with weight_decay 0. So do those of
+/// `no_decay` (EncoderImpl::no_weight_decay: position embeddings, class tokens), which LARS also
+/// leaves unadapted. Throws for an unknown name or a negative setting.
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(
+    const std::vector<torch::Tensor>& params, const OptimizerConfig& config,
+    const std::vector<torch::Tensor>& no_decay = {});
 
 }  // namespace vicreg

@@ -123,22 +123,26 @@ class Backbone(nn.Module):
 
 
 def load_backbone(path: str) -> Backbone:
-    """A backbone.pt, a safetensors file from `vicreg export`, or a ResNet state dict with
-    torchvision's names (safetensors or torch.save; the architecture is read off the weights)."""
+    """A backbone.pt, a safetensors file from `vicreg export`, or a state dict (safetensors or
+    torch.save; the architecture is read off the weights) with torchvision's names (ResNet, ViT,
+    ConvNeXt), timm's ViT names (DINO, MAE, MoCo v3, I-JEPA) or the official ConvNeXt's (VICRegL)."""
     return Backbone(_C.load_backbone(str(path)))
 
 
 def backbone_names() -> List[str]:
-    """The architectures build_backbone takes, from vicreg's backbone registry (today convnet,
-    mlp, resnet18/34/50/101/152/200 and the official VICReg zoo's wide resnet50x2/x4/x5 and
-    resnet200x2)."""
+    """The architectures build_backbone takes, from vicreg's backbone registry (today
+    resnet18/34/50/101/152/200, the official VICReg zoo's wide resnet50x2/x4/x5 and resnet200x2,
+    convnet, mlp, vit_tiny/small/base/large with torchvision's vit_b_16/vit_b_32/vit_l_16, and
+    convnext_tiny/small/base/large/xlarge)."""
     return list(_C.backbone_names())
 
 
-def build_backbone(arch: str, in_channels: int = 3, image_size: int = 224) -> Backbone:
-    """A freshly initialised vicreg image encoder of one of backbone_names() (ResNets take the
-    small-image stem for image_size <= 64)."""
-    return Backbone(_C.build_backbone(arch, in_channels, image_size))
+def build_backbone(arch: str, in_channels: int = 3, image_size: int = 224, patch_size: int = 0,
+                   depth: int = 0) -> Backbone:
+    """A freshly initialised vicreg image encoder of one of backbone_names() (ResNets and ConvNeXts
+    take the small-image stem for image_size <= 64; ViTs take patch_size and depth, 0 for the
+    arch's)."""
+    return Backbone(_C.build_backbone(arch, in_channels, image_size, patch_size, depth))
 
 
 def save_safetensors(tensors: Dict[str, torch.Tensor], path: str,

@@ -57,6 +57,14 @@ std::string list_some(const std::vector<std::string>& keys, size_t most = 6) {
   return out;
 }
 
+/// torchvision's classifiers: a ResNet's fc, a ViT's heads.head, a ConvNeXt's classifier.2.
+bool is_classifier(const std::string& key) {
+  static const std::set<std::string> heads = {"fc.weight",           "fc.bias",
+                                              "heads.head.weight",   "heads.head.bias",
+                                              "classifier.2.weight", "classifier.2.bias"};
+  return heads.count(key) > 0;
+}
+
 }  // namespace
 
 std::string choose_encoder_prefix(const std::vector<std::string>& candidates,
@@ -118,7 +126,7 @@ WeightsLoadReport load_encoder_weights(torch::nn::Module& module, const NamedTen
     const std::string key = name.substr(report.prefix.size());
     if (known.count(key))
       found[key] = t;
-    else if (key == "fc.weight" || key == "fc.bias")
+    else if (is_classifier(key))
       report.head.push_back(key);
     else
       unknown.push_back(report.prefix + key);

@@ -12,6 +12,7 @@
 #include <torch/nn/modules/linear.h>
 
 #include <algorithm>
+#include <cmath>
 #include <ostream>
 
 namespace vicreg {
@@ -58,6 +59,32 @@ void init_conv_bn(torch::nn::Module& module) {
       torch::nn::init::zeros_(b->bias);
     }
   }
+}
+
+void trunc_normal_(torch::Tensor t, double std) {
+  // The inverse-CDF method of PyTorch's nn.init.trunc_normal_: uniform in [cdf(-2), cdf(2)].
+  torch::NoGradGuard no_grad;
+  const double lo = std::erf(-2.0 / std::sqrt(2.0)), hi = std::erf(2.0 / std::sqrt(2.0));
+  t.uniform_(lo, hi).erfinv_().mul_(std * std::sqrt(2.0)).clamp_(-2 * std, 2 * std);
+}
+
+torch::Tensor drop_path(const torch::Tensor& branch, double p, bool training) {
+  if (!training || p <= 0) return branch;
+  std::vector<int64_t> shape(static_cast<size_t>(branch.dim()), 1);
+  shape[0] = branch.size(0);
+  const torch::Tensor keep =
+      torch::empty(shape, branch.options()).bernoulli_(1.0 - p).div_(1.0 - p);
+  return branch * keep;
+}
+
+torch::Tensor layer_norm(const torch::Tensor& x, const torch::Tensor& weight,
+                         const torch::Tensor& bias, double eps) {
+  const bool low = x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kHalf;
+  return torch::layer_norm(low ? x.to(torch::kFloat) : x, {weight.size(0)}, weight, bias, eps);
+}
+
+double drop_path_rate(double rate, int64_t k, int64_t n) {
+  return n > 1 ? rate * static_cast<double>(k) / static_cast<double>(n - 1) : rate;
 }
 
 /// A Sequential's forward pass, with its convolutions through conv2d_forward.

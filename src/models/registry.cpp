@@ -82,6 +82,14 @@ std::optional<EncoderWeights> encoder_weights(const NamedTensors& weights, const
   return EncoderWeights(choose_encoder_prefix(prefixes, source), weights);
 }
 
+NamedTensors weights_in_own_names(const NamedTensors& weights, const std::string& source) {
+  for (const BackboneFamily& f : backbone_families()) {
+    if (!f.own_names) continue;
+    if (std::optional<NamedTensors> renamed = f.own_names(weights, source)) return *renamed;
+  }
+  return weights;
+}
+
 EncoderConfig infer_encoder_config(const NamedTensors& weights, const std::string& source) {
   std::string families;
   for (const BackboneFamily& f : backbone_families()) {
@@ -90,7 +98,8 @@ EncoderConfig infer_encoder_config(const NamedTensors& weights, const std::strin
     families += (families.empty() ? "" : ", ") + f.name;
   }
   throw FormatError(source + ": holds the weights of no backbone vicreg knows (" + families +
-                    ": for a ResNet, torchvision's names such as layer1.0.conv1.weight) and no "
+                    ": torchvision's names such as layer1.0.conv1.weight, timm's for a ViT, the "
+                    "official ConvNeXt's) and no "
                     "vicreg metadata; name the architecture instead (the arch setting, "
                     "--arch on the command line)");
 }

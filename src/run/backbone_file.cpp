@@ -8,6 +8,7 @@
 #include "vicreg/io/files.h"
 #include "vicreg/io/safetensors.h"
 #include "vicreg/io/state_dict.h"
+#include "vicreg/models/registry.h"
 #include "vicreg/optim.h"
 
 #include <caffe2/serialize/inline_container.h>
@@ -94,6 +95,7 @@ Backbone backbone_from_weights(const std::string& path) {
                       "or torch.save file was expected): " +
                       e.what());
   }
+  file.tensors = weights_in_own_names(file.tensors, "backbone '" + path + "'");
   Backbone b;
   EncoderConfig ec;
   double values = 0;
@@ -117,6 +119,10 @@ Backbone backbone_from_weights(const std::string& path) {
     m.stages = ec.stages;
     m.final_conv = ec.final_conv;
     m.encoder_mlp = ec.encoder_mlp;
+    m.patch_size = ec.patch_size;
+    m.depth = ec.depth;
+    m.class_token = ec.class_token;
+    m.mean_pool = ec.mean_pool;
     if (backbone_traits(ec.arch).images) {
       b.config.data.channels = ec.in_channels;
       b.in_channels = ec.in_channels;

@@ -211,6 +211,11 @@ EncoderConfig TrainConfig::encoder_config(const std::string& arch, int64_t in_ch
   e.stages = model.stages;
   e.final_conv = model.final_conv;
   e.encoder_mlp = model.encoder_mlp;
+  e.patch_size = model.patch_size;
+  e.depth = model.depth;
+  e.class_token = model.class_token;
+  e.mean_pool = model.mean_pool;
+  e.drop_path = model.drop_path;
   return e;
 }
 

@@ -3,6 +3,7 @@
 #include "vicreg/error.h"
 #include "vicreg/io/files.h"
 #include "vicreg/io/state_dict.h"
+#include "vicreg/models/registry.h"
 #include "vicreg/run/artifacts.h"
 #include "vicreg/runtime.h"
 
@@ -271,8 +272,9 @@ Subject load_subject(const SubjectSpec& spec, const std::vector<Split>& splits) 
     s.projector = m.model->projector;
   } else if (!spec.init_backbone.empty()) {
     s.encoder = VICReg(mc)->backbone;  // the model of the config, weights from the file
-    const WeightsFile file = read_weights(spec.init_backbone);
-    load_encoder_weights(*s.encoder, file.tensors, "--init-backbone '" + spec.init_backbone + "'");
+    const std::string source = "--init-backbone '" + spec.init_backbone + "'";
+    load_encoder_weights(
+        *s.encoder, weights_in_own_names(read_weights(spec.init_backbone).tensors, source), source);
   } else if (*spec.baseline == Baseline::RandomInit) {
     torch::manual_seed(s.config.seed);  // the run's model before its first step
     s.encoder = VICReg(mc)->backbone;

@@ -7,6 +7,7 @@
 #include "vicreg/io/files.h"
 #include "vicreg/io/state_dict.h"
 #include "vicreg/io/tensorboard.h"
+#include "vicreg/models/registry.h"
 #include "vicreg/runtime.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -269,7 +270,11 @@ void Trainer::build_model(bool fresh) {
 }
 
 void Trainer::build_optimizer() {
-  optimizer_ = make_optimizer(model_->parameters(), config_.optimizer_config());
+  std::vector<torch::Tensor> no_decay = model_->backbone->no_weight_decay();
+  if (model_->backbone_b) {
+    for (auto& t : model_->backbone_b->no_weight_decay()) no_decay.push_back(t);
+  }
+  optimizer_ = make_optimizer(model_->parameters(), config_.optimizer_config(), no_decay);
 }
 
 void Trainer::build_probe() {
@@ -310,13 +315,13 @@ void Trainer::join_group() {
 
 void Trainer::init_backbone() {
   const std::string& path = config_.model.init_backbone;
-  const WeightsFile file = read_weights(path);
   const std::string source = "--init-backbone '" + path + "'";
-  WeightsLoadReport r = load_encoder_weights(*model_->backbone, file.tensors, source);
+  const NamedTensors weights = weights_in_own_names(read_weights(path).tensors, source);
+  WeightsLoadReport r = load_encoder_weights(*model_->backbone, weights, source);
   // Without shared weights, the second branch starts from the same weights when it has the same
   // architecture.
   if (model_->backbone_b && model_->config.encoder_b.arch == model_->config.encoder.arch) {
-    load_encoder_weights(*model_->backbone_b, file.tensors, source);
+    load_encoder_weights(*model_->backbone_b, weights, source);
   }
   if (!is_main()) return;
   std::string skipped;

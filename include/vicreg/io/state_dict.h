@@ -29,7 +29,7 @@ std::string choose_encoder_prefix(const std::vector<std::string>& candidates,
 struct WeightsLoadReport {
   std::string prefix;             ///< where the encoder's keys were found ("", "backbone.", ...)
   int64_t loaded = 0;             ///< tensors copied
-  std::vector<std::string> head;  ///< torchvision classifier keys skipped (fc.*)
+  std::vector<std::string> head;  ///< torchvision classifier keys skipped (fc.*, heads.head.*, ...)
   int64_t other = 0;              ///< entries outside the prefix (projector, optimizer, ...)
   std::vector<std::string>
       kept;  ///< num_batches_tracked buffers the file lacks (left as they were)
@@ -41,7 +41,7 @@ struct WeightsLoadReport {
 /// (the official full checkpoint: "model.module.backbone."). Under that prefix every key of the
 /// module must be present (num_batches_tracked may be absent) with the same shape and a dtype of
 /// the same kind (floating point into floating point, converted; integer into integer); the only
-/// extra keys allowed are torchvision's classifier fc.weight / fc.bias. Throws
+/// extra keys allowed are torchvision's classifiers (fc.*, heads.head.*, classifier.2.*). Throws
 /// FormatError naming `source`, the keys and the shapes otherwise; the module is left
 /// unchanged when anything does not fit.
 WeightsLoadReport load_encoder_weights(torch::nn::Module& module, const NamedTensors& weights,

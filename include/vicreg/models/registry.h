@@ -54,6 +54,12 @@ struct BackboneFamily {
   std::function<std::optional<EncoderConfig>(const NamedTensors& weights,
                                              const std::string& source)>
       recognise;
+  /// `weights` renamed to the family's own names when they are in another layout the family
+  /// reads (timm's ViT names, the official ConvNeXt's), under the same prefix; nullopt when they
+  /// are not. Throws FormatError naming `source` for parts of that layout the family does not
+  /// build. Unset: the family reads its own names only.
+  std::function<std::optional<NamedTensors>(const NamedTensors& weights, const std::string& source)>
+      own_names;
   /// How to build the torchvision model the encoder's exported weights load into (Python, one
   /// line); unset or "": torchvision has none.
   std::function<std::string(const EncoderImpl& encoder)> torchvision_recipe;
@@ -73,6 +79,11 @@ const std::string& backbone_help();
 /// The settings of the encoder whose weights `weights` holds, read off the weights by the first
 /// family that recognises them. Throws FormatError naming `source` when none does.
 EncoderConfig infer_encoder_config(const NamedTensors& weights, const std::string& source);
+
+/// `weights` in the names vicreg's encoders have: the first family's own_names that reads them,
+/// or `weights` as they are. What every reader of foreign weights calls before
+/// infer_encoder_config and load_encoder_weights.
+NamedTensors weights_in_own_names(const NamedTensors& weights, const std::string& source);
 
 /// An encoder's tensors in a state dict, looked up by the encoder's own names.
 class EncoderWeights {

@@ -65,6 +65,11 @@ struct ModelConfig {
   int64_t stages = 4;                     ///< convnet
   int64_t final_conv = 1024;              ///< convnet: channels of a last 1x1 conv (0: none)
   std::string encoder_mlp = "1024-1024";  ///< mlp encoder's hidden layers
+  int64_t patch_size = 0;                 ///< vit: patch side (0: the arch's)
+  int64_t depth = 0;                      ///< vit: blocks (0: the arch's)
+  bool class_token = true;                ///< vit
+  bool mean_pool = false;                 ///< vit: represent by the patch tokens' mean
+  double drop_path = 0;                   ///< vit, convnext: stochastic depth of the last block
   std::string mlp = "1024-1024-1024";     ///< expander (--mlp)
   bool shared_weights = true;
   std::string arch_b;  ///< second branch without shared weights (empty: arch)
@@ -263,6 +268,23 @@ void for_each_setting(Config& c, Visit&& visit) {
                 "the representation's size (0: none; the representation is the last stage's)"},
         c.model.final_conv);
   visit(Setting{S::Model, "encoder_mlp", "mlp backbone: hidden layers"}, c.model.encoder_mlp);
+  visit(Setting{S::Model, "patch_size",
+                "vit: patch side in px, dividing the image size (0: the arch's, 16; vit_b_32's "
+                "32; Fashion-MNIST's 28 px: 4, 7 or 14)"},
+        c.model.patch_size);
+  visit(Setting{S::Model, "depth", "vit: transformer blocks (0: the arch's, 12; 24 for large)"},
+        c.model.depth);
+  visit(Setting{S::Model, "class_token",
+                "vit: a learned class token ahead of the patch tokens (--no-class-token: none, "
+                "as I-JEPA's; needs --mean-pool)"},
+        c.model.class_token);
+  visit(Setting{S::Model, "mean_pool",
+                "vit: the representation is the mean of the patch tokens, not the class token"},
+        c.model.mean_pool);
+  visit(Setting{S::Model, "drop_path",
+                "vit, convnext: stochastic depth, the drop rate of the last block (earlier ones "
+                "linearly less; 0.1 in the ViT and ConvNeXt recipes)"},
+        c.model.drop_path);
   visit(Setting{S::Model, "mlp", "Expander layer sizes, e.g. 8192-8192-8192"}, c.model.mlp);
   visit(
       Setting{
