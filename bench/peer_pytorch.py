@@ -148,6 +148,12 @@ class Representation(nn.Module):
             m.features[0][0] = nn.Conv2d(1, 96, 3, 1, 1)
             m.classifier[2] = nn.Identity()
             self.out_dim = 768
+            # PyTorch 1.13's CPU autocast leaves LayerNorm alone and its kernel takes no bf16
+            # input with fp32 weights ("expected scalar type BFloat16 but found Float"): the fp32
+            # island later releases keep, as vicreg does.
+            for mod in m.modules():
+                if isinstance(mod, nn.LayerNorm):
+                    mod.register_forward_pre_hook(lambda _, inputs: (inputs[0].float(),))
         self.m = m
 
     def forward(self, x):

@@ -51,9 +51,12 @@ ConvNeXtBlockImpl::ConvNeXtBlockImpl(int64_t dim, double drop_path_, double laye
 torch::Tensor ConvNeXtBlockImpl::forward(const torch::Tensor& x) {
   // The MLP runs on NHWC (channels last in memory: no copy for a channels_last x).
   torch::Tensor y = conv2d_forward(*dwconv, x).permute({0, 2, 3, 1});
-  y = pwconv2(torch::gelu(pwconv1(layer_norm(y, norm->weight, norm->bias, 1e-6))));
-  y = (y * layer_scale.view({-1})).permute({0, 3, 1, 2});
-  return x + vicreg::drop_path(y, drop_path, is_training());
+  y = torch::gelu(pwconv1(layer_norm(y, norm->weight, norm->bias, 1e-6)));
+  // The layer scale folded into pwconv2 (diag(s) (W h + b) = (s W) h + s b): a product of the
+  // weights instead of one over every cell's channels, in the compute dtype.
+  const torch::Tensor s = layer_scale.view({-1});
+  y = torch::linear(y, pwconv2->weight * s.unsqueeze(1), pwconv2->bias * s);
+  return x + vicreg::drop_path(y.permute({0, 3, 1, 2}), drop_path, is_training());
 }
 
 ConvNeXtImpl::ConvNeXtImpl(const ConvNeXtOptions& options_) : options(options_) {

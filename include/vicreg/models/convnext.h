@@ -40,6 +40,7 @@ class LayerNorm2dImpl : public torch::nn::Module {
 TORCH_MODULE(LayerNorm2d);
 
 /// torchvision's CNBlock: x + drop_path(layer_scale * pwconv2(GELU(pwconv1(LN(dwconv(x)))))),
+/// the layer scale applied to pwconv2's weights and bias (the same product, reassociated),
 /// named block.0 (7x7 depthwise), block.2 (LayerNorm), block.3, block.5 (Linear, 4x), and
 /// layer_scale [C, 1, 1].
 class ConvNeXtBlockImpl : public torch::nn::Module {
