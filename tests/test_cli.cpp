@@ -613,6 +613,54 @@ TEST_F(CliTrain, EvalAndEmbedATrainedBackbone) {
   EXPECT_NE(r.err.find("no such file"), std::string::npos) << r.err;
 }
 
+TEST_F(CliTrain, ViTAndConvNeXtTrainResumeEvaluateEmbedReportAndExport) {
+  // The new families everywhere the ResNets go: a run, its resume, the three protocols, embed,
+  // the report and export with torchvision's recipe (a 2-block ViT with 8 px patches; the
+  // ConvNeXt-Tiny's small-image stem at 16 px).
+  vicreg::testing::write_idx_dataset(dir_ / "data", 50, 16, 2, "t10k");
+  struct Family {
+    std::string exp, flags;
+    int64_t dim;
+    std::string torchvision;
+  };
+  for (const Family& f :
+       {Family{"vit", "--arch vit_tiny --patch-size 8 --depth 2 --drop-path 0.1", 192,
+               "torchvision.models.VisionTransformer(image_size=16, patch_size=8, num_layers=2"},
+        Family{
+            "convnext", "--arch convnext_tiny --batch-size 8 --expander-norm layer", 768,
+            "torchvision.models.convnext_tiny(); m.features[0][0] = nn.Conv2d(1, 96, 3, 1, 1)"}}) {
+    Result r = run(small(f.exp, f.flags + " --max-steps 2 --progress none"));
+    ASSERT_EQ(r.code, 0) << f.exp << r.err;
+    r = run(small(f.exp, f.flags + " --max-steps 3 --progress plain"));
+    ASSERT_EQ(r.code, 0) << f.exp << r.err;
+    EXPECT_NE(r.err.find("resuming at step 2"), std::string::npos) << r.err;
+    const std::string backbone = (dir_ / f.exp / "backbone.pt").string();
+    const std::string checkpoint = (dir_ / f.exp / "checkpoint.pt").string();
+    for (const std::string& args :
+         {"--protocol knn --backbone " + backbone,
+          "--protocol linear --epochs 2 --checkpoint " + checkpoint,
+          "--protocol finetune --label-fraction 0.5 --epochs 1 --backbone " + backbone}) {
+      r = run("eval --threads 1 " + args);
+      EXPECT_EQ(r.code, 0) << f.exp << " " << args << "\n" << r.err;
+      EXPECT_NE(r.out.find("top-1"), std::string::npos) << r.out;
+    }
+    const fs::path emb = dir_ / (f.exp + ".npy");
+    r = run("embed --threads 1 --split test --backbone " + backbone + " --out " + emb.string());
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(vicreg::read_npy(emb.string()).sizes(), (std::vector<int64_t>{50, f.dim}));
+    r = run("report --threads 1 --exp-dir " + (dir_ / f.exp).string());
+    EXPECT_EQ(r.code, 0) << r.err;
+    r = run("export --backbone " + backbone + " --out " + (dir_ / (f.exp + ".st")).string());
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_NE(r.out.find(f.torchvision), std::string::npos) << r.out;
+  }
+  // Settings the ViT cannot take are named by their flags.
+  const Result bad = run(small("bad", "--arch vit_tiny --patch-size 5 --max-steps 1"));
+  EXPECT_EQ(bad.code, 1) << bad.err;
+  EXPECT_NE(bad.err.find("--patch-size"), std::string::npos) << bad.err;
+  EXPECT_NE(bad.err.find("16 px do not split into 5 px patches"), std::string::npos) << bad.err;
+}
+
 TEST_F(CliTrain, EvalCheckpointEmbeddingFinetuneAndBaselines) {
   vicreg::testing::write_idx_dataset(dir_ / "data", 50, 16, 2, "t10k");
   ASSERT_EQ(run(small("ev", "--max-steps 3 --progress none")).code, 0);

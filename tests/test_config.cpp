@@ -67,8 +67,8 @@ TEST(Config, EverySettingHasOneKeyAndReadsBackFromJson) {
   // loss_scale and max_skipped_steps, holdout, classes, val_dir and skip_bad_images, and
   // checkpoint_every and checkpoint_minutes, tensorboard and online_probe, bf16_conv,
   // recipe_overrides, final_conv, objective, and the ViT's and ConvNeXt's patch_size, depth,
-  // class_token, mean_pool and drop_path.
-  EXPECT_EQ(k.size(), 61u);
+  // class_token, mean_pool and drop_path, expander_norm.
+  EXPECT_EQ(k.size(), 62u);
   const TrainConfig other = changed_everywhere(c);
   const nlohmann::json j = vicreg::to_json(other);
   TrainConfig back;
@@ -187,7 +187,7 @@ TEST(Config, ResumeTakesTheCheckpointsSectionsAndTheCommandLinesRuntime) {
     }
     ++checked;
   });
-  EXPECT_EQ(checked, 61);
+  EXPECT_EQ(checked, 62);
   // An empty data_dir keeps where the run found its data.
   TrainConfig with_dir = stored;
   with_dir.runtime.data_dir = "/data/fm";
@@ -196,7 +196,7 @@ TEST(Config, ResumeTakesTheCheckpointsSectionsAndTheCommandLinesRuntime) {
   EXPECT_EQ(vicreg::config_for_resume(with_dir, TrainConfig{}).runtime.val_dir, "/data/val");
   // Only the checkpoint's sections are named as overridden.
   const std::vector<std::string> named = vicreg::differing_settings(given, merged);
-  EXPECT_EQ(named.size(), 36u);  // data 7, model 14, optim 10, loss 4, seed 1
+  EXPECT_EQ(named.size(), 37u);  // data 7, model 15, optim 10, loss 4, seed 1
   for (const std::string& n : named) {
     EXPECT_EQ(n.find("--threads"), std::string::npos) << n;
     EXPECT_EQ(n.find("--data-dir"), std::string::npos) << n;

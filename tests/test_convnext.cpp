@@ -197,4 +197,24 @@ TEST(ConvNeXt, ReadsTheOfficialLayoutAndInfersTheArchitecture) {
   }
 }
 
+TEST(ConvNeXt, LayerNormExpanderAsVICRegLs) {
+  // The expander with LayerNorm (VICRegL's projectors for ConvNeXts): LayerNorm's parameters
+  // under the reference's Sequential names, no running statistics, and a bf16 forward pass.
+  vicreg::Expander e(24, "32-32-16", /*layer_norm=*/true);
+  std::set<std::string> names;
+  for (const auto& [name, t] : vicreg::module_state(*e)) names.insert(name);
+  EXPECT_EQ(names, (std::set<std::string>{"0.weight", "0.bias", "1.weight", "1.bias", "3.weight",
+                                          "3.bias", "4.weight", "4.bias", "6.weight"}));
+  const torch::Tensor y = torch::randn({5, 24});
+  const torch::Tensor z = e->forward(y);
+  EXPECT_EQ(z.sizes(), torch::IntArrayRef({5, 16}));
+  {
+    vicreg::AutocastGuard guard(torch::kCPU, vicreg::Precision::Bf16);
+    EXPECT_TRUE(torch::allclose(e->forward(y).to(torch::kFloat), z, 0.1, 0.1));
+  }
+  // One sample is enough (no batch statistics), unlike BatchNorm in training mode.
+  e->train();
+  EXPECT_NO_THROW(e->forward(torch::randn({1, 24})));
+}
+
 }  // namespace

@@ -100,10 +100,11 @@ int64_t convert_sync_batchnorm(torch::nn::Module& module, std::shared_ptr<Proces
 
 /// From a spec such as "8192-8192-8192" and the representation size: Linear -> BatchNorm1d ->
 /// ReLU for each layer but the last, which is a Linear without bias. Submodules are named "0",
-/// "1", ... as in the reference's nn.Sequential.
+/// "1", ... as in the reference's nn.Sequential. `layer_norm`: LayerNorm (eps 1e-5, computed in
+/// fp32) instead of BatchNorm, as VICRegL's projectors for ConvNeXts.
 class ExpanderImpl : public torch::nn::Module {
  public:
-  ExpanderImpl(int64_t in_features, const std::string& spec);
+  ExpanderImpl(int64_t in_features, const std::string& spec, bool layer_norm = false);
   /// y: [N, in_features] -> [N, output_dim]
   torch::Tensor forward(torch::Tensor y);
   int64_t output_dim() const { return output_dim_; }
@@ -174,6 +175,8 @@ struct VICRegModelConfig {
   EncoderConfig encoder;
   /// The expander spec, like the reference's --mlp.
   std::string mlp = "8192-8192-8192";
+  /// The expander's normalisation: "batch" (BatchNorm, the reference's) or "layer" (LayerNorm).
+  std::string expander_norm = "batch";
   /// false: each view gets its own backbone and expander ("backbone_b", "projector_b").
   bool shared_weights = true;
   /// The second branch's encoder when shared_weights is false (arch may differ from the first;

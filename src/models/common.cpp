@@ -155,7 +155,24 @@ int64_t convert_sync_batchnorm(torch::nn::Module& module, std::shared_ptr<Proces
 // ---------------------------------------------------------------------------------------------
 // Expander
 
-ExpanderImpl::ExpanderImpl(int64_t in_features, const std::string& spec) {
+namespace {
+
+/// LayerNorm over the features of [N, F] (weight, bias: LayerNorm's names), in fp32 under
+/// autocast (layer_norm, models/layers.h).
+class FeatureLayerNormImpl : public torch::nn::Module {
+ public:
+  explicit FeatureLayerNormImpl(int64_t features) {
+    weight = register_parameter("weight", torch::ones({features}));
+    bias = register_parameter("bias", torch::zeros({features}));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return layer_norm(x, weight, bias, 1e-5); }
+  torch::Tensor weight, bias;
+};
+TORCH_MODULE(FeatureLayerNorm);
+
+}  // namespace
+
+ExpanderImpl::ExpanderImpl(int64_t in_features, const std::string& spec, bool layer_norm) {
   TORCH_CHECK(in_features >= 1, "Expander: in_features must be >= 1, got ", in_features);
   const std::vector<int64_t> sizes = parse_layer_spec(spec);
   int64_t in = in_features;
@@ -165,7 +182,11 @@ ExpanderImpl::ExpanderImpl(int64_t in_features, const std::string& spec) {
   };
   for (size_t i = 0; i + 1 < sizes.size(); ++i) {
     add(torch::nn::Linear(in, sizes[i]));
-    add(BatchNorm(sizes[i]));
+    if (layer_norm) {
+      add(FeatureLayerNorm(sizes[i]));
+    } else {
+      add(BatchNorm(sizes[i]));
+    }
     add(torch::nn::ReLU(torch::nn::ReLUOptions(true)));
     in = sizes[i];
   }
@@ -221,10 +242,12 @@ double encoder_parameter_count(const EncoderConfig& config) {
 
 VICRegImpl::VICRegImpl(const VICRegModelConfig& config_) : config(config_) {
   backbone = register_module("backbone", make_encoder(config.encoder));
-  projector = register_module("projector", Expander(backbone->output_dim(), config.mlp));
+  const bool ln = config.expander_norm == "layer";
+  projector = register_module("projector", Expander(backbone->output_dim(), config.mlp, ln));
   if (!config.shared_weights) {
     backbone_b = register_module("backbone_b", make_encoder(config.encoder_b));
-    projector_b = register_module("projector_b", Expander(backbone_b->output_dim(), config.mlp));
+    projector_b =
+        register_module("projector_b", Expander(backbone_b->output_dim(), config.mlp, ln));
   }
 }
 

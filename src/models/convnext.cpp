@@ -247,8 +247,9 @@ Encoder build_convnext(const EncoderConfig& config) {
   // Four halvings after the stem: the last stage needs at least one cell.
   const int64_t least = small ? 8 : 32;
   if (config.image_size < least) {
-    throw UsageError(config.arch + ": images of at least " + std::to_string(least) + " px, got " +
-                     std::to_string(config.image_size));
+    throw SettingError({"image_size"}, config.arch + " takes images of at least " +
+                                           std::to_string(least) + " px (image_size), got " +
+                                           std::to_string(config.image_size));
   }
   return std::make_shared<ConvNeXtImpl>(convnext_shape(config.arch)
                                             .value()

@@ -364,11 +364,11 @@ void check_vit(const EncoderConfig& config) {
 Encoder build_vit(const EncoderConfig& config) {
   const ViTShape s = resolved_shape(config);
   if (config.image_size < s.patch || config.image_size % s.patch != 0) {
-    throw UsageError(
-        "vit: images of " + std::to_string(config.image_size) + " px do not split into " +
-        std::to_string(s.patch) +
-        " px patches; choose a patch_size that divides the image size (Fashion-MNIST's "
-        "28 px: 4, 7, 14, 28)");
+    throw SettingError({"patch_size", "image_size"},
+                       "vit: images of " + std::to_string(config.image_size) +
+                           " px do not split into " + std::to_string(s.patch) +
+                           " px patches: choose a patch_size that divides the image size "
+                           "(Fashion-MNIST's 28 px: 4, 7, 14 or 28) or another image_size");
   }
   return std::make_shared<ViTImpl>(ViTOptions()
                                        .in_channels(config.in_channels)

@@ -32,6 +32,11 @@ const NameTable<Section>& name_table<Section>() {
   return t;
 }
 
+const std::vector<std::string>& expander_norm_choices() {
+  static const std::vector<std::string> names = {"batch", "layer"};
+  return names;
+}
+
 const std::vector<std::string>& recipe_choices() {
   static const std::vector<std::string> names = [] {
     std::vector<std::string> n = recipe_names();
@@ -138,6 +143,8 @@ void TrainConfig::validate() const {
   objective_terms(loss.objective);  // an unknown objective throws, naming the known ones
   parse_layer_spec(model.mlp);      // throws with the spec in the message
   parse_layer_spec(model.encoder_mlp);
+  check(model.expander_norm == "batch" || model.expander_norm == "layer", {"expander_norm"},
+        "expander_norm must be batch or layer, got '" + model.expander_norm + "'");
   for (const std::string* arch : {&model.arch, &arch_b}) {
     backbone_family(*arch).check_settings(encoder_config(*arch, 0, 0, 0));  // the family's own
   }
@@ -226,6 +233,7 @@ VICRegModelConfig TrainConfig::model_config(const Dataset& d) const {
   mc.encoder_b = encoder_config(model.arch_b.empty() ? model.arch : model.arch_b, d.channels, size,
                                 d.features());
   mc.mlp = model.mlp;
+  mc.expander_norm = model.expander_norm;
   mc.shared_weights = model.shared_weights;
   return mc;
 }

@@ -71,6 +71,7 @@ struct ModelConfig {
   bool mean_pool = false;                 ///< vit: represent by the patch tokens' mean
   double drop_path = 0;                   ///< vit, convnext: stochastic depth of the last block
   std::string mlp = "1024-1024-1024";     ///< expander (--mlp)
+  std::string expander_norm = "batch";    ///< batch | layer (expander_norm_choices)
   bool shared_weights = true;
   std::string arch_b;  ///< second branch without shared weights (empty: arch)
   /// Weights for the backbone at the start of a new run (not on resume): a safetensors or
@@ -159,8 +160,9 @@ struct TrainConfig {
   RuntimeConfig runtime;
   DistributedConfig distributed;
 
-  /// Throws UsageError naming the flag for impossible values (batch < 2, epochs < 1, negative
-  /// rates, an arch that does not fit the data kind, ...). Data-dependent checks happen later.
+  /// Throws UsageError (SettingError, naming the settings by key) for impossible values (batch
+  /// < 2, epochs < 1, negative rates, an unknown backbone or objective, a backbone that does not
+  /// fit the data kind, its family's own ranges, ...). Data-dependent checks happen later.
   void validate() const;
   /// Whether the model's backbones (both, without shared weights) are convolutional (their
   /// families' traits) and the data images: channels_last and the CPU bf16 convolution modes
@@ -204,6 +206,9 @@ const std::vector<std::string>& objective_names();
 /// The terms of the objective `name`, as its metrics lines hold them. Throws UsageError for an
 /// unknown name.
 const ObjectiveTerms& objective_terms(const std::string& name);
+
+/// What expander_norm takes: batch, layer.
+const std::vector<std::string>& expander_norm_choices();
 
 /// What --recipe takes: the image recipes (recipe_names) and "vector" (vector data's own).
 const std::vector<std::string>& recipe_choices();
@@ -286,6 +291,11 @@ void for_each_setting(Config& c, Visit&& visit) {
                 "linearly less; 0.1 in the ViT and ConvNeXt recipes)"},
         c.model.drop_path);
   visit(Setting{S::Model, "mlp", "Expander layer sizes, e.g. 8192-8192-8192"}, c.model.mlp);
+  visit(Setting{S::Model, "expander_norm",
+                "The expander's normalisation: batch (BatchNorm, the reference's) or layer "
+                "(LayerNorm, as VICRegL's projectors for ConvNeXts)",
+                nullptr, expander_norm_choices},
+        c.model.expander_norm);
   visit(
       Setting{
           S::Model, "shared_weights",
