@@ -83,6 +83,12 @@ torch::Tensor layer_norm(const torch::Tensor& x, const torch::Tensor& weight,
   return torch::layer_norm(low ? x.to(torch::kFloat) : x, {weight.size(0)}, weight, bias, eps);
 }
 
+void check_drop_path(double rate) {
+  if (!(rate >= 0 && rate < 1)) {
+    throw SettingError({"drop_path"}, "drop_path must be in [0, 1), got " + std::to_string(rate));
+  }
+}
+
 double drop_path_rate(double rate, int64_t k, int64_t n) {
   return n > 1 ? rate * static_cast<double>(k) / static_cast<double>(n - 1) : rate;
 }

@@ -235,12 +235,7 @@ std::optional<NamedTensors> convnext_weights_from_official(const NamedTensors& w
 
 namespace {
 
-void check_convnext(const EncoderConfig& config) {
-  if (!(config.drop_path >= 0 && config.drop_path < 1)) {
-    throw SettingError({"drop_path"},
-                       "drop_path must be in [0, 1), got " + std::to_string(config.drop_path));
-  }
-}
+void check_convnext(const EncoderConfig& config) { check_drop_path(config.drop_path); }
 
 Encoder build_convnext(const EncoderConfig& config) {
   const bool small = config.image_size <= 64;

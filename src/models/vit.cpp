@@ -191,7 +191,11 @@ torch::Tensor ViTImpl::forward_features(torch::Tensor x) {
               o.patch_size(), " px patches, got ", x.sizes());
   const int64_t h = x.size(2) / o.patch_size(), w = x.size(3) / o.patch_size();
   torch::Tensor t = conv_proj(x).flatten(2).transpose(1, 2);  // [N, h w, D]
-  if (o.class_token()) t = torch::cat({class_token.expand({t.size(0), 1, -1}).to(t.dtype()), t}, 1);
+  // fp32 from here (the class token and position embeddings are fp32; under autocast the
+  // projection's bf16 output is widened, as PyTorch's cat promotes it), so the residual stream is.
+  if (o.class_token()) {
+    t = torch::cat({class_token.expand({t.size(0), 1, -1}), t.to(class_token.scalar_type())}, 1);
+  }
   t = t + position_embeddings(h, w);
   for (auto& b : blocks) t = b(t);
   return layer_norm(t, ln->weight, ln->bias, 1e-6);
@@ -300,7 +304,9 @@ std::optional<NamedTensors> vit_weights_from_timm(const NamedTensors& weights,
     } else if (starts_with(key, "decoder") || key == "mask_token") {
       continue;  // a whole MAE model: its decoder is not part of the encoder
     } else {
-      throw unsupported("not part of a timm ViT");
+      throw FormatError(source + ": " + name +
+                        " is not part of a timm ViT (cls_token, pos_embed, patch_embed.proj, "
+                        "blocks.K, norm, head)");
     }
   }
   // A qkv without bias (timm's qkv_bias=False) is one with zero bias.
@@ -350,10 +356,7 @@ void check_vit(const EncoderConfig& config) {
                                       std::to_string(own.depth) + "), got " +
                                       std::to_string(config.depth));
   }
-  if (!(config.drop_path >= 0 && config.drop_path < 1)) {
-    throw SettingError({"drop_path"},
-                       "drop_path must be in [0, 1), got " + std::to_string(config.drop_path));
-  }
+  check_drop_path(config.drop_path);
   if (!config.class_token && !config.mean_pool) {
     throw SettingError({"class_token", "mean_pool"},
                        "a ViT without a class token needs mean_pool (its representation is the "

@@ -28,6 +28,9 @@ void trunc_normal_(torch::Tensor t, double std);
 /// by 1 / (1 - p); otherwise `branch` itself.
 torch::Tensor drop_path(const torch::Tensor& branch, double p, bool training);
 
+/// Throws SettingError naming drop_path unless 0 <= rate < 1.
+void check_drop_path(double rate);
+
 /// The rate of block k of n under a linear stochastic depth rule ending at `rate`: rate k / (n-1).
 double drop_path_rate(double rate, int64_t k, int64_t n);
 
