@@ -270,7 +270,10 @@ std::optional<NamedTensors> vit_weights_from_timm(const NamedTensors& weights,
       {"norm.bias", "encoder.ln.bias"},
   };
   NamedTensors out;
-  for (const auto& [name, t] : weights) {
+  for (const auto& entry : weights) {
+    // Named, not a structured binding: C++17 lambdas cannot capture those.
+    const std::string& name = entry.first;
+    const torch::Tensor& t = entry.second;
     if (!starts_with(name, prefix)) {
       out.emplace_back(name, t);
       continue;
