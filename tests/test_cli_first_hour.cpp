@@ -295,6 +295,20 @@ TEST_F(FirstHour, OneClassTopFiveEmbedRowsAndTheExportsNormalisation) {
   EXPECT_NE(r.out.find("top-1"), std::string::npos) << r.out;
   EXPECT_FALSE(
       nlohmann::json::parse(slurp(dir_ / "runs" / "photos" / "knn.json")).contains("top5"));
+  // A path with a folder part is the user's, from where the command runs (not joined to the run's
+  // folder); a folder that is not there is named before any evaluation.
+  r = run_in(dir_,
+             "eval --threads 1 --protocol knn --k 3 --backbone runs/photos/backbone.pt "
+             "--json runs/photos/knn2.json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(dir_ / "runs" / "photos" / "knn2.json"));
+  r = run_in(dir_,
+             "eval --threads 1 --protocol knn --k 3 --backbone runs/photos/backbone.pt "
+             "--json nowhere/knn.json");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("--json nowhere/knn.json: there is no folder 'nowhere'"), std::string::npos)
+      << r.err;
+  EXPECT_EQ(r.out.find("top-1"), std::string::npos) << r.out;
 
   // embed: a row list beside the array, one line per row, naming the file and its label.
   const std::string out = (dir_ / "rep.npy").string();

@@ -103,11 +103,11 @@ void add_subject_flags(CLI::App& cmd, SubjectArgs& a) {
                   "elsewhere), bf16, fp32-backward or fp32 (as vicreg train --bf16-conv)");
 }
 
-/// Where a --json or --out file goes: a relative path is taken in the run's directory when the
-/// subject is a run's file (where vicreg report looks), else in the current directory.
+/// Where a --json file goes: a bare file name is taken in the run's directory when the subject is
+/// a run's file (where vicreg report looks); any other path as given, from the current directory.
 std::string output_path(const std::string& path, const Subject& s, const SubjectSpec& spec) {
   namespace fs = std::filesystem;
-  if (path.empty() || fs::path(path).is_absolute() || !s.from_run) return path;
+  if (path.empty() || fs::path(path).has_parent_path() || !s.from_run) return path;
   const std::string& file = spec.backbone.empty() ? spec.checkpoint : spec.backbone;
   return (fs::absolute(file).parent_path() / path).lexically_normal().string();
 }
@@ -125,6 +125,14 @@ int run_eval(EvalArgs& a) {
   r.protocol = parse_name<Protocol>(a.protocol);
   r.embedding = a.subject.embedding;
   Subject s = load_subject(a.subject.resolved(), {Split::Train, Split::Test});
+  const std::string json_path = output_path(a.json, s, a.subject.spec);
+  if (!json_path.empty()) {  // before the evaluation's minutes, not after them
+    const std::filesystem::path folder = std::filesystem::path(json_path).parent_path();
+    if (!folder.empty() && !std::filesystem::is_directory(folder)) {
+      throw UsageError("--json " + a.json + ": there is no folder '" + folder.string() +
+                       "' to write it in");
+    }
+  }
   nlohmann::json doc = evaluate_subject(s, r);
   doc["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const nlohmann::json& sp = doc["splits"];
@@ -161,9 +169,8 @@ int run_eval(EvalArgs& a) {
     if (!spec.backbone.empty()) doc["backbone"] = spec.backbone;
     if (!spec.checkpoint.empty()) doc["checkpoint"] = spec.checkpoint;
     if (!a.subject.baseline.empty()) doc["baseline"] = a.subject.baseline;
-    const std::string path = output_path(a.json, s, spec);
-    write_json(path, doc);
-    std::printf("results: %s\n", path.c_str());
+    write_json(json_path, doc);
+    std::printf("results: %s\n", json_path.c_str());
   }
   return 0;
 }
@@ -246,9 +253,9 @@ Run setup_eval(CLI::App& cmd, const std::vector<std::string>&) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd.add_option("--json", a->json,
-                 "Also write the results to this JSON file; a relative path is taken in the run's "
+                 "Also write the results to this JSON file; a bare file name is taken in the run's "
                  "directory when evaluating a run's backbone.pt or checkpoint.pt (where vicreg "
-                 "report finds it), else in the current directory");
+                 "report finds it), any other path from the current directory");
   return [a] { return run_eval(*a); };
 }
 
