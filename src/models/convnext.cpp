@@ -238,12 +238,13 @@ namespace {
 void check_convnext(const EncoderConfig& config) { check_drop_path(config.drop_path); }
 
 Encoder build_convnext(const EncoderConfig& config) {
+  // Up to 64 px the small stem keeps the resolution; three halvings leave the last stage at
+  // least one cell from 8 px (above 64 px torchvision's stride-4 stem always leaves one).
   const bool small = config.image_size <= 64;
-  // Four halvings after the stem: the last stage needs at least one cell.
-  const int64_t least = small ? 8 : 32;
-  if (config.image_size < least) {
-    throw SettingError({"image_size"}, config.arch + " takes images of at least " +
-                                           std::to_string(least) + " px (image_size), got " +
+  if (config.image_size < 8) {
+    throw SettingError({"image_size"}, config.arch +
+                                           " takes images of at least 8 px "
+                                           "(image_size), got " +
                                            std::to_string(config.image_size));
   }
   return std::make_shared<ConvNeXtImpl>(convnext_shape(config.arch)

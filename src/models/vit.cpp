@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <map>
+#include <set>
 
 namespace vicreg {
 
@@ -221,13 +222,15 @@ namespace {
 struct ViTName {
   const char* name;
   ViTShape shape;
+  bool fixed_patch = false;  ///< torchvision's names: the patch is part of the name
 };
 
 const std::vector<ViTName>& vit_names() {
   static const std::vector<ViTName> names = {
-      {"vit_tiny", {192, 12, 16}},   {"vit_small", {384, 12, 16}}, {"vit_base", {768, 12, 16}},
-      {"vit_large", {1024, 24, 16}}, {"vit_b_16", {768, 12, 16}},  {"vit_b_32", {768, 12, 32}},
-      {"vit_l_16", {1024, 24, 16}},
+      {"vit_tiny", {192, 12, 16}},        {"vit_small", {384, 12, 16}},
+      {"vit_base", {768, 12, 16}},        {"vit_large", {1024, 24, 16}},
+      {"vit_b_16", {768, 12, 16}, true},  {"vit_b_32", {768, 12, 32}, true},
+      {"vit_l_16", {1024, 24, 16}, true},
   };
   return names;
 }
@@ -244,6 +247,18 @@ std::optional<ViTShape> vit_shape(const std::string& arch) {
   }
   return std::nullopt;
 }
+
+namespace {
+
+/// The table entry of a name the family lists (check_settings runs on those only).
+const ViTName& vit_name(const std::string& arch) {
+  for (const auto& e : vit_names()) {
+    if (arch == e.name) return e;
+  }
+  throw UsageError("not a ViT: '" + arch + "'");
+}
+
+}  // namespace
 
 std::optional<NamedTensors> vit_weights_from_timm(const NamedTensors& weights,
                                                   const std::string& source) {
@@ -313,14 +328,14 @@ std::optional<NamedTensors> vit_weights_from_timm(const NamedTensors& weights,
     }
   }
   // A qkv without bias (timm's qkv_bias=False) is one with zero bias.
+  std::set<std::string> names;
+  for (const auto& e : out) names.insert(e.first);
+  const std::string suffix = ".self_attention.in_proj_weight";
   for (const auto& [name, t] : NamedTensors(out)) {
-    const std::string suffix = ".self_attention.in_proj_weight";
     if (name.size() > suffix.size() &&
         name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
       const std::string bias = name.substr(0, name.size() - 6) + "bias";
-      bool found = false;
-      for (const auto& e : out) found = found || e.first == bias;
-      if (!found) out.emplace_back(bias, torch::zeros({t.size(0)}, t.options()));
+      if (!names.count(bias)) out.emplace_back(bias, torch::zeros({t.size(0)}, t.options()));
     }
   }
   return out;
@@ -347,7 +362,7 @@ void check_vit(const EncoderConfig& config) {
                                            std::to_string(config.patch_size));
   }
   // torchvision's names fix the patch: vit_b_32 is vit_base with 32 px patches.
-  if (config.arch.find('_', 4) != std::string::npos && config.patch_size != 0 &&
+  if (vit_name(config.arch).fixed_patch && config.patch_size != 0 &&
       config.patch_size != own.patch) {
     throw SettingError({"arch", "patch_size"},
                        config.arch + " has " + std::to_string(own.patch) +
@@ -441,7 +456,7 @@ std::optional<EncoderConfig> recognise_vit(const NamedTensors& weights, const st
                                     "torchvision's ratio 4 only)"));
   }
   for (const auto& e : vit_names()) {
-    if (e.shape.width == width && std::string(e.name).find('_', 4) == std::string::npos) {
+    if (e.shape.width == width && !e.fixed_patch) {
       ec.arch = e.name;
       ec.depth = depth == e.shape.depth ? 0 : depth;
       ec.patch_size = ec.patch_size == e.shape.patch ? 0 : ec.patch_size;
