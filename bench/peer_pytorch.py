@@ -11,6 +11,13 @@
             in fp32 (the strongest plain loop); --arch vit_tiny (torchvision's VisionTransformer,
             patch 4, 1 channel) or convnext_tiny (torchvision's, a 3x3 stride-1 stem, 1 channel):
             train_bench's BM_TrainStepFamily. Reports the process's peak resident memory.
+  device-step: one training step of torchvision's resnet50, vit_b_16 or convnext_tiny (3 channels,
+            --image-size 224, heads removed) with the expander --mlp (8192-8192-8192), batch
+            --batch, on a batch of random views resident on --device (cuda: cudnn.benchmark,
+            fused AdamW, channels_last for the convolutional ones), in fp32 or under autocast
+            bf16 / fp16 (with GradScaler), the loss outside autocast in fp32 (the strongest plain
+            loop; --loss-in-autocast: as main_vicreg.py): train_bench's BM_TrainStepDevice, run by
+            scripts/gpu-check.sh. Reports images/s and the peak tensor memory (CUDA's allocator).
   augment:  facebookresearch/vicreg's per-image ImageNet pipeline (PIL decode + two 224-px views,
             torchvision transforms) on one core, over the JPEGs train_bench writes.
 Both start OpenBLAS on the kernels vicreg's programs use (openblas_kernels). Prints one JSON object.
@@ -132,6 +139,15 @@ class FashionPairs(torch.utils.data.Dataset):
         return self.a(img), self.b(img)
 
 
+def layer_norm_in_fp32(model):
+    """PyTorch 1.13's CPU autocast leaves LayerNorm alone and its kernel takes no bf16 input with
+    fp32 weights ("expected scalar type BFloat16 but found Float"): the fp32 island later releases
+    keep, as vicreg does."""
+    for mod in model.modules():
+        if isinstance(mod, nn.LayerNorm):
+            mod.register_forward_pre_hook(lambda _, inputs: (inputs[0].float(),))
+
+
 class Representation(nn.Module):
     """A torchvision classifier without its head: the representation vicreg's encoder returns."""
 
@@ -148,16 +164,85 @@ class Representation(nn.Module):
             m.features[0][0] = nn.Conv2d(1, 96, 3, 1, 1)
             m.classifier[2] = nn.Identity()
             self.out_dim = 768
-            # PyTorch 1.13's CPU autocast leaves LayerNorm alone and its kernel takes no bf16
-            # input with fp32 weights ("expected scalar type BFloat16 but found Float"): the fp32
-            # island later releases keep, as vicreg does.
-            for mod in m.modules():
-                if isinstance(mod, nn.LayerNorm):
-                    mod.register_forward_pre_hook(lambda _, inputs: (inputs[0].float(),))
+            layer_norm_in_fp32(m)
         self.m = m
 
     def forward(self, x):
         return self.m(x)
+
+
+def torchvision_backbone(arch, image_size):
+    """torchvision's model without its classifier, and its representation's width."""
+    if arch == "vit_b_16":
+        m = torchvision.models.vit_b_16(image_size=image_size)
+        m.heads = nn.Identity()
+        return m, 768
+    if arch == "convnext_tiny":
+        m = torchvision.models.convnext_tiny()
+        m.classifier[2] = nn.Identity()
+        return m, 768
+    m = torchvision.models.resnet50()
+    m.fc = nn.Identity()
+    return m, 2048
+
+
+def bench_device_step(args):
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    torch.backends.cudnn.benchmark = True
+    backbone, width = torchvision_backbone(args.arch, args.image_size)
+    if not cuda and args.arch == "convnext_tiny":
+        layer_norm_in_fp32(backbone)
+    proj = projector(width, args.mlp)
+    fmt = torch.channels_last if cuda and args.arch != "vit_b_16" else torch.contiguous_format
+    backbone = backbone.to(device, memory_format=fmt)
+    proj = proj.to(device)
+    params = list(backbone.parameters()) + list(proj.parameters())
+    groups = [{"params": [p for p in params if p.ndim > 1]},
+              {"params": [p for p in params if p.ndim == 1], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=1e-4, weight_decay=0.05, **({"fused": True} if cuda else {}))
+    dtype = torch.float16 if args.precision == "fp16" else torch.bfloat16  # unused in fp32
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=args.precision != "fp32")
+    fp16 = args.precision == "fp16"
+    scaler = (torch.amp.GradScaler(device.type, enabled=fp16) if hasattr(torch.amp, "GradScaler")
+              else torch.cuda.amp.GradScaler(enabled=fp16))  # PyTorch 1.x
+    shape = (args.batch, 3, args.image_size, args.image_size)
+    x = torch.randn(shape, device=device).contiguous(memory_format=fmt)
+    y = torch.randn(shape, device=device).contiguous(memory_format=fmt)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            zx, zy = proj(backbone(x)), proj(backbone(y))
+            if args.loss_in_autocast:
+                loss = vicreg_loss(zx, zy)
+        if not args.loss_in_autocast:
+            loss = vicreg_loss(zx.float(), zy.float())
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    for _ in range(args.warmup):
+        step()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync()
+    dt = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
+    return {"peer": "pytorch-device-step", "arch": args.arch, "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if cuda else None,
+            "precision": args.precision, "batch": args.batch, "image_size": args.image_size,
+            "mlp": args.mlp, "steps": args.steps, "images_per_s": 2 * args.batch * args.steps / dt,
+            "peak_MiB": peak, "loss_in_autocast": args.loss_in_autocast, "torch": torch.__version__}
 
 
 def bench_train(args):
@@ -247,19 +332,28 @@ def bench_augment(args):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["train", "augment"])
+    ap.add_argument("what", choices=["train", "device-step", "augment"])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                    help="bf16: torch.autocast('cpu', bfloat16) around the forward passes and the loss")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                    help="bf16: torch.autocast('cpu', bfloat16) around the forward passes and the loss; "
+                         "device-step: bf16 or fp16 autocast on --device (fp16 with GradScaler)")
     ap.add_argument("--channels-last", action="store_true",
                     help="the backbone's weights and the batches in channels_last memory format")
     ap.add_argument("--reuse-batch", action="store_true",
                     help="train on one batch over and over: the step alone, without the loader "
                          "(train_bench's BM_TrainStep)")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--arch", choices=["convnet", "vit_tiny", "convnext_tiny"], default="convnet")
+    ap.add_argument("--arch", choices=["convnet", "vit_tiny", "convnext_tiny", "resnet50", "vit_b_16"],
+                    default="convnet", help="train: convnet, vit_tiny, convnext_tiny; "
+                                            "device-step: resnet50, vit_b_16, convnext_tiny")
+    ap.add_argument("--device", default="cuda", help="device-step: where the step runs")
+    ap.add_argument("--image-size", type=int, default=224, help="device-step: the views' side")
+    ap.add_argument("--mlp", default="8192-8192-8192", help="device-step: the expander")
+    ap.add_argument("--warmup", type=int, default=5, help="device-step: untimed steps first")
+    ap.add_argument("--loss-in-autocast", action="store_true",
+                    help="device-step: the loss under autocast too, as main_vicreg.py")
     ap.add_argument("--loss-fp32", action="store_true",
                     help="the loss outside autocast, on fp32 embeddings (the strongest plain loop)")
     ap.add_argument("--final-conv", type=int, default=1024,
@@ -268,4 +362,9 @@ if __name__ == "__main__":
     ap.add_argument("--jpeg-dir", default="/tmp/vicreg_bench_jpeg")
     a = ap.parse_args()
     a.blas_core = openblas_kernels()
-    print(json.dumps(bench_train(a) if a.what == "train" else bench_augment(a)))
+    if a.what == "device-step" and a.arch not in ("resnet50", "vit_b_16", "convnext_tiny"):
+        ap.error("device-step: --arch must be resnet50, vit_b_16 or convnext_tiny")
+    if a.what == "train" and a.arch not in ("convnet", "vit_tiny", "convnext_tiny"):
+        ap.error("train: --arch must be convnet, vit_tiny or convnext_tiny")
+    run = {"train": bench_train, "device-step": bench_device_step, "augment": bench_augment}[a.what]
+    print(json.dumps(run(a)))

@@ -5,7 +5,10 @@
 // batch and augmentations in a plain PyTorch loop, and torchvision/PIL's per-image pipeline.
 // The script divides the figures of one run by each other; this program reports its own side.
 //
-//   train_bench [--threads=N] [google benchmark flags]
+//   train_bench [--threads=N] [--device=cuda[:N] [--device-batch=256] [--device-image-size=224]]
+//               [google benchmark flags]
+// --device registers BM_TrainStepDevice (ImageNet-sized steps on that device:
+// scripts/gpu-check.sh).
 #include "vicreg/augment.h"
 #include "vicreg/data.h"
 #include "vicreg/kernels/conv.h"
@@ -37,6 +40,8 @@ namespace {
 namespace fs = std::filesystem;
 
 int g_threads = 0;
+std::string g_device;  // BM_TrainStepDevice's device; empty: not registered
+int64_t g_device_batch = 256, g_device_image_size = 224;
 
 fs::path temp_dir(const std::string& name) {
   const fs::path dir = fs::temp_directory_path() / ("vicreg_bench_" + name);
@@ -424,6 +429,80 @@ BENCHMARK_CAPTURE(BM_Augment, fashion_mnist, std::string("fashion-mnist"))
     ->MinTime(2.0)
     ->UseRealTime();
 
+/// An image folder (train/{a,b}/ and val/{a,b}/, the synthetic JPEGs of jpeg_folder) that a Trainer
+/// opens: BM_TrainStepDevice's steps run on batches of their own, the folder only makes the run.
+fs::path trainer_image_folder(int count) {
+  const std::shared_ptr<vicreg::Dataset> jpegs = jpeg_folder(count);
+  const fs::path root = temp_dir("device_folder");
+  for (const char* split : {"train", "val"}) {
+    for (size_t i = 0; i < jpegs->files.size(); ++i) {
+      const fs::path folder = root / split / (i % 2 == 0 ? "a" : "b");  // two classes
+      fs::create_directories(folder);
+      fs::copy_file(jpegs->files[i], folder / fs::path(jpegs->files[i]).filename(),
+                    fs::copy_options::skip_existing);
+    }
+  }
+  return root;
+}
+
+/// The ImageNet-sized step of the GPU check (scripts/gpu-check.sh) on --device: ResNet-50,
+/// ViT-B/16 or ConvNeXt-T (argument 0, 1, 2) with the reference's 8192-8192-8192 expander, AdamW,
+/// batch --device-batch x 2 views of --device-image-size px, in fp32, bf16 or fp16 (argument 1:
+/// 0, 1, 2; fp16 with loss scaling), on random views resident on the device: the trainer's own
+/// step (Trainer::train_step), the numerics it chooses for the device (channels_last for the
+/// convolutional ones on GPUs). Counters: images/s and the peak tensor memory of the process on
+/// the device (weights and optimizer state included: the peer's torch.cuda.max_memory_allocated
+/// after a reset). The peer: bench/peer_pytorch.py device-step.
+void BM_TrainStepDevice(benchmark::State& state) {
+  static const char* const arches[] = {"resnet50", "vit_b_16", "convnext_tiny"};
+  static const vicreg::Precision precisions[] = {vicreg::Precision::Fp32, vicreg::Precision::Bf16,
+                                                 vicreg::Precision::Fp16};
+  static const char* const precision_names[] = {"fp32", "bf16", "fp16"};
+  vicreg::enable_memory_tracking();  // the CPU's accounting (a CPU run: a smoke test)
+  const std::string arch = arches[state.range(0)];
+  const char* precision = precision_names[state.range(1)];
+  auto config = default_config("device_" + arch + "_" + precision);
+  config.data.dataset = vicreg::DatasetKind::ImageFolder;
+  config.runtime.data_dir = trainer_image_folder(16).string();
+  config.data.recipe = "imagenet";
+  config.data.image_size = g_device_image_size;
+  config.model.arch = arch;
+  config.model.mlp = "8192-8192-8192";
+  config.optim.batch_size = g_device_batch;
+  config.runtime.device = g_device;
+  config.runtime.precision = precisions[state.range(1)];
+  config.runtime.online_probe = vicreg::Toggle::Off;
+  config.runtime.tensorboard = vicreg::OnOff::Off;
+  std::unique_ptr<vicreg::Trainer> made;
+  try {
+    made = std::make_unique<vicreg::Trainer>(config);
+  } catch (const std::exception& e) {  // fp16 on a CPU, say: the row says why, the others run
+    state.SkipWithError(e.what());
+    return;
+  }
+  vicreg::Trainer& trainer = *made;
+  const torch::Device device(g_device);
+  const auto options = torch::TensorOptions().device(device).memory_format(
+      trainer.channels_last() ? torch::MemoryFormat::ChannelsLast
+                              : torch::MemoryFormat::Contiguous);
+  vicreg::TwoViewBatch batch;
+  batch.view_a =
+      torch::randn({g_device_batch, 3, g_device_image_size, g_device_image_size}, options);
+  batch.view_b = torch::randn_like(batch.view_a);
+  // Warm-up: cuDNN's algorithm search, the optimizer's state, the allocator's blocks, the loss
+  // scale settling. Each step reads its numbers back (a synchronisation), so a step's wall time
+  // is the device's.
+  for (int i = 0; i < 5; ++i) trainer.train_step(batch);
+  vicreg::reset_peak_memory(device);
+  for (auto _ : state) trainer.train_step(batch);
+  state.counters["images/s"] = benchmark::Counter(2.0 * static_cast<double>(g_device_batch),
+                                                  benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["peak_MiB"] =
+      static_cast<double>(vicreg::memory_stats(device).peak_bytes) / (1 << 20);
+  state.SetLabel(arch + " " + precision + (trainer.channels_last() ? " channels_last" : "") + " " +
+                 g_device + "; " + vicreg::describe_runtime().substr(0, 60));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -431,12 +510,27 @@ int main(int argc, char** argv) {
   for (int i = 0; i < argc; ++i) {
     if (std::strncmp(argv[i], "--threads=", 10) == 0) {
       g_threads = std::atoi(argv[i] + 10);
+    } else if (std::strncmp(argv[i], "--device=", 9) == 0) {
+      g_device = argv[i] + 9;
+    } else if (std::strncmp(argv[i], "--device-batch=", 15) == 0) {
+      g_device_batch = std::atoll(argv[i] + 15);
+    } else if (std::strncmp(argv[i], "--device-image-size=", 20) == 0) {
+      g_device_image_size = std::atoll(argv[i] + 20);
     } else {
       rest.push_back(argv[i]);
     }
   }
   int n = static_cast<int>(rest.size());
   vicreg::set_threads(g_threads);
+  if (!g_device.empty()) {
+    g_device = vicreg::usable_device(g_device).str();  // a clear error for a missing GPU
+    benchmark::RegisterBenchmark("BM_TrainStepDevice", BM_TrainStepDevice)
+        ->ArgNames({"arch", "precision"})
+        ->ArgsProduct({{0, 1, 2}, {0, 1, 2}})
+        ->Unit(benchmark::kMillisecond)
+        ->MinTime(2.0)
+        ->UseRealTime();
+  }
   benchmark::Initialize(&n, rest.data());
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
