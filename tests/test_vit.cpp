@@ -133,6 +133,44 @@ TEST(ViT, AttentionAndItsGradientsMatchAutogradAndFiniteDifferences) {
       torch::allclose(low.to(torch::kFloat), plain_attention(qf, kf, vf, 0.35), 0.05, 0.05));
 }
 
+TEST(ViT, PackedAttentionMatchesTheHeadsComputedApart) {
+  torch::manual_seed(4);
+  // [B 2, N 5, 3, H 3, d 4], q, k, v of each head as the in_proj's output viewed.
+  const torch::Tensor qkv =
+      torch::randn({2, 5, 3, 3, 4}, torch::dtype(torch::kDouble)).requires_grad_(true);
+  const torch::Tensor w = torch::randn({2, 5, 12}, torch::kDouble);
+  const double s = 0.4;
+  const torch::Tensor ours = vicreg::packed_attention(qkv, s);
+  const torch::Tensor t = qkv.permute({2, 0, 3, 1, 4});
+  const torch::Tensor ref =
+      plain_attention(t[0], t[1], t[2], s).transpose(1, 2).reshape({2, 5, 12});
+  ASSERT_EQ(ours.sizes(), ref.sizes());
+  EXPECT_TRUE(torch::allclose(ours, ref, 1e-12, 1e-12));
+  const torch::Tensor g_ours = torch::autograd::grad({(ours * w).sum()}, {qkv})[0];
+  const torch::Tensor g_ref = torch::autograd::grad({(ref * w).sum()}, {qkv})[0];
+  ASSERT_EQ(g_ours.sizes(), qkv.sizes());
+  EXPECT_TRUE(torch::allclose(g_ours, g_ref, 1e-10, 1e-12));
+  const double h = 1e-6;
+  const torch::Tensor d = torch::randn(qkv.sizes(), torch::kDouble);
+  const double numeric = [&] {
+    torch::NoGradGuard no_grad;
+    return ((vicreg::packed_attention(qkv + h * d, s) * w).sum() -
+            (vicreg::packed_attention(qkv - h * d, s) * w).sum())
+               .item<double>() /
+           (2 * h);
+  }();
+  EXPECT_NEAR((g_ours * d).sum().item<double>(), numeric, 1e-6);
+  // bf16, as under autocast: outputs and gradient in bf16, near the fp32 computation.
+  const torch::Tensor low = qkv.detach().to(torch::kBFloat16).requires_grad_(true);
+  const torch::Tensor out = vicreg::packed_attention(low, s);
+  EXPECT_EQ(out.scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(torch::allclose(out.to(torch::kDouble), ref.detach(), 0.05, 0.05));
+  const torch::Tensor g_low = torch::autograd::grad({(out.to(torch::kDouble) * w).sum()}, {low})[0];
+  EXPECT_EQ(g_low.scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(torch::allclose(g_low.to(torch::kDouble), g_ref, 0.1, 0.1));
+  EXPECT_THROW(vicreg::packed_attention(torch::randn({2, 5, 4, 3, 4}), s), c10::Error);
+}
+
 TEST(ViT, TokensRepresentationAndOtherImageSizes) {
   torch::manual_seed(2);
   const vicreg::Encoder e = vicreg::make_encoder(vit("vit_tiny", 1, 28, 7, 2));

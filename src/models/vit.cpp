@@ -9,6 +9,7 @@
 #include <torch/nn/functional/upsampling.h>
 #include <torch/version.h>
 
+#include <array>
 #include <cmath>
 #include <map>
 #include <set>
@@ -20,39 +21,95 @@ namespace vicreg {
 
 namespace {
 
-/// softmax(q kᵀ scale) v keeping only the attention weights for the backward pass.
+torch::ScalarType accumulation_type(const torch::Tensor& t) {
+  return t.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+}
+
+/// softmax(q kᵀ scale) v for q, k, v [B, H, N, d] (any strides) and the attention weights P
+/// [B, H, N, N] in q's dtype (the softmax computed in the accumulation type).
+std::pair<torch::Tensor, torch::Tensor> attention_forward(const torch::Tensor& q,
+                                                          const torch::Tensor& k,
+                                                          const torch::Tensor& v, double scale) {
+  const torch::Tensor scores = torch::matmul(q, k.transpose(-2, -1));
+  torch::Tensor p =
+      torch::softmax(scores.to(accumulation_type(q)).mul_(scale), -1).to(q.scalar_type());
+  torch::Tensor out = torch::matmul(p, v);
+  return {std::move(out), std::move(p)};
+}
+
+/// The gradients of q, k and v from P and the output's gradient go [B, H, N, d].
+std::array<torch::Tensor, 3> attention_backward(const torch::Tensor& q, const torch::Tensor& k,
+                                                const torch::Tensor& v, const torch::Tensor& p,
+                                                const torch::Tensor& go, double scale) {
+  const torch::ScalarType acc = accumulation_type(q);
+  const torch::Tensor gv = torch::matmul(p.transpose(-2, -1), go);
+  // dS = P (dP - rowsum(dP P)) scale, in the accumulation type.
+  const torch::Tensor gp = torch::matmul(go, v.transpose(-2, -1)).to(acc);
+  const torch::Tensor p32 = p.to(acc);
+  const torch::Tensor gs =
+      (p32 * (gp - (gp * p32).sum(-1, /*keepdim=*/true))).mul_(scale).to(q.scalar_type());
+  return {torch::matmul(gs, k), torch::matmul(gs.transpose(-2, -1), q), gv};
+}
+
+/// attention() as an autograd function: saves q, k, v and P.
 class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q,
                                const torch::Tensor& k, const torch::Tensor& v, double scale) {
-    const torch::ScalarType acc =
-        q.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
-    const torch::Tensor scores = torch::matmul(q, k.transpose(-2, -1));
-    const torch::Tensor p = torch::softmax(scores.to(acc).mul_(scale), -1).to(q.scalar_type());
+    auto [out, p] = attention_forward(q, k, v, scale);
     ctx->save_for_backward({q, k, v, p});
     ctx->saved_data["scale"] = scale;
-    return torch::matmul(p, v);
+    return out;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const torch::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &p = saved[3];
-    const double scale = ctx->saved_data["scale"].toDouble();
-    const torch::ScalarType dtype = q.scalar_type();
-    const torch::ScalarType acc = dtype == torch::kDouble ? torch::kDouble : torch::kFloat;
-    const torch::Tensor go = grads[0].to(dtype);
-    const torch::Tensor gv = torch::matmul(p.transpose(-2, -1), go);
-    // dS = P (dP - rowsum(dP P)) scale, in the accumulation type.
-    const torch::Tensor gp = torch::matmul(go, v.transpose(-2, -1)).to(acc);
-    const torch::Tensor p32 = p.to(acc);
-    const torch::Tensor gs =
-        (p32 * (gp - (gp * p32).sum(-1, /*keepdim=*/true))).mul_(scale).to(dtype);
-    const torch::Tensor gq = torch::matmul(gs, k);
-    const torch::Tensor gk = torch::matmul(gs.transpose(-2, -1), q);
-    return {gq, gk, gv, torch::Tensor()};
+    const auto g = attention_backward(q, k, v, p, grads[0].to(q.scalar_type()),
+                                      ctx->saved_data["scale"].toDouble());
+    return {g[0], g[1], g[2], torch::Tensor()};
   }
 };
+
+/// [B, N, 3, H, d] -> the [3, B, H, N, d] view whose slices are q, k, v.
+torch::Tensor heads_first(const torch::Tensor& qkv) { return qkv.permute({2, 0, 3, 1, 4}); }
+
+/// packed_attention() as an autograd function: saves q, k, v (in one tensor) and P, and writes
+/// qkv's gradient as one tensor (autograd's own path through the three slices fills three zero
+/// tensors of qkv's size and adds them).
+class PackedAttentionFunction : public torch::autograd::Function<PackedAttentionFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& qkv,
+                               double scale) {
+    // One copy into [3, B, H, N, d] (the products would otherwise copy q, k and v one by one,
+    // and again in the backward pass), kept for the backward instead of qkv.
+    const torch::Tensor t = heads_first(qkv).contiguous();
+    auto [out, p] = attention_forward(t[0], t[1], t[2], scale);
+    ctx->save_for_backward({t, p});
+    ctx->saved_data["scale"] = scale;
+    return out.transpose(1, 2).reshape({qkv.size(0), qkv.size(1), qkv.size(3) * qkv.size(4)});
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &t = saved[0], &p = saved[1];  // t: [3, B, H, N, d]
+    const int64_t b = t.size(1), h = t.size(2), n = t.size(3), d = t.size(4);
+    // [B, N, H d] -> [B, H, N, d], copied once for the two products that read it.
+    const torch::Tensor go =
+        grads[0].to(t.scalar_type()).reshape({b, n, h, d}).transpose(1, 2).contiguous();
+    const auto g = attention_backward(t[0], t[1], t[2], p, go, ctx->saved_data["scale"].toDouble());
+    torch::Tensor gqkv = torch::empty({b, n, 3, h, d}, t.options());
+    for (int64_t i = 0; i < 3; ++i) gqkv.select(2, i).copy_(g[i].transpose(1, 2));
+    return {gqkv, torch::Tensor()};
+  }
+};
+
+void check_packed(const torch::Tensor& qkv) {
+  TORCH_CHECK(qkv.dim() == 5 && qkv.size(2) == 3,
+              "packed_attention: qkv must be [B, N, 3, H, d], got ", qkv.sizes());
+}
 
 }  // namespace
 
@@ -71,6 +128,18 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
 #endif
 }
 
+torch::Tensor packed_attention(const torch::Tensor& qkv, double scale) {
+  check_packed(qkv);
+#if TORCH_VERSION_MAJOR >= 2
+  const torch::Tensor t = heads_first(qkv);
+  return attention(t[0], t[1], t[2], scale)
+      .transpose(1, 2)
+      .reshape({qkv.size(0), qkv.size(1), qkv.size(3) * qkv.size(4)});
+#else
+  return PackedAttentionFunction::apply(qkv, scale);
+#endif
+}
+
 ViTAttentionImpl::ViTAttentionImpl(int64_t width, int64_t heads_) : heads(heads_) {
   TORCH_CHECK(heads >= 1 && width % heads == 0, "ViT attention: width ", width,
               " is not a multiple of the heads (", heads, ")");
@@ -81,13 +150,10 @@ ViTAttentionImpl::ViTAttentionImpl(int64_t width, int64_t heads_) : heads(heads_
 
 torch::Tensor ViTAttentionImpl::forward(const torch::Tensor& x) {
   const int64_t b = x.size(0), n = x.size(1), d = x.size(2);
-  // [B, N, 3D] -> three [B, H, N, d/H] views
+  // [B, N, 3D] viewed as [B, N, 3, H, d/H]
   const torch::Tensor qkv =
       torch::linear(x, in_proj_weight, in_proj_bias).view({b, n, 3, heads, d / heads});
-  const torch::Tensor qkvt = qkv.permute({2, 0, 3, 1, 4});
-  const double scale = 1.0 / std::sqrt(static_cast<double>(d / heads));
-  const torch::Tensor out = attention(qkvt[0], qkvt[1], qkvt[2], scale);
-  return out_proj(out.transpose(1, 2).reshape({b, n, d}));
+  return out_proj(packed_attention(qkv, 1.0 / std::sqrt(static_cast<double>(d / heads))));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -117,10 +183,14 @@ ViTBlockImpl::ViTBlockImpl(int64_t width, int64_t heads, int64_t mlp_dim, double
 }
 
 torch::Tensor ViTBlockImpl::forward(torch::Tensor x) {
-  x = x + vicreg::drop_path(self_attention(layer_norm(x, ln_1->weight, ln_1->bias, 1e-6)),
-                            drop_path, is_training());
-  return x + vicreg::drop_path(mlp(layer_norm(x, ln_2->weight, ln_2->bias, 1e-6)), drop_path,
-                               is_training());
+  // Under autocast the residual stream is fp32 (the position embeddings promote it) and the
+  // branches bf16: each branch is cast before the sum, which ATen's CPU add of mixed dtypes
+  // does several times slower than a cast and a plain add.
+  const auto residual = [&](const torch::Tensor& branch) {
+    return x + vicreg::drop_path(branch, drop_path, is_training()).to(x.scalar_type());
+  };
+  x = residual(self_attention(layer_norm(x, ln_1->weight, ln_1->bias, 1e-6)));
+  return residual(mlp(layer_norm(x, ln_2->weight, ln_2->bias, 1e-6)));
 }
 
 ViTImpl::ViTImpl(const ViTOptions& options_) : options(options_) {

@@ -55,6 +55,10 @@ TORCH_MODULE(ViTAttention);
 /// at::scaled_dot_product_attention instead (flash and memory-efficient kernels on CUDA).
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                         double scale);
+/// attention() on packed projections, as the in_proj writes them: qkv [B, N, 3, H, d] (any
+/// strides; q, k, v of each head) -> the heads' outputs concatenated, [B, N, H d]. On LibTorch
+/// 1.13 its backward writes qkv's gradient as one tensor of qkv's shape.
+torch::Tensor packed_attention(const torch::Tensor& qkv, double scale);
 
 /// Linear ("0"), GELU, Linear ("3"): torchvision's MLPBlock names (timm's mlp.fc1, mlp.fc2).
 class ViTMLPImpl : public torch::nn::Module {
