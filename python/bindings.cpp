@@ -6,6 +6,7 @@
 #include "vicreg/loss.h"
 #include "vicreg/models/registry.h"
 #include "vicreg/run/artifacts.h"
+#include "vicreg/version.h"
 
 #include <torch/extension.h>
 
@@ -69,6 +70,7 @@ struct PyBackbone {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "vicreg's C++ core (use the vicreg package, not this module)";
+  m.attr("__version__") = vicreg::version();
   // vicreg's errors as Python's: bad input (UsageError) is a ValueError; the others, bad files
   // included, are RuntimeErrors (pybind11's translation of std::runtime_error).
   py::register_exception_translator([](std::exception_ptr p) {

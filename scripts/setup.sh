@@ -7,6 +7,9 @@ set -euo pipefail
 packages=(
   # toolchain, and the formatter the test suite checks with
   build-essential cmake ninja-build ccache clang-format
+  # the install checks: pkg-config reads the installed vicreg.pc (dpkg-dev, for CPack's .deb and
+  # dpkg-shlibdeps, comes with build-essential)
+  pkg-config
   # the sanitizer and fuzzing build (scripts/sanitize.sh, scripts/fuzz.sh): clang with its
   # sanitizer and libFuzzer runtimes
   clang-14 libclang-rt-14-dev

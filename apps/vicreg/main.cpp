@@ -5,6 +5,7 @@
 
 #include "vicreg/error.h"
 #include "vicreg/run/config.h"
+#include "vicreg/version.h"
 
 #include <c10/util/Exception.h>
 #include <torch/version.h>
@@ -112,8 +113,8 @@ int main(int argc, char** argv) {
       "LeCun, 2022), on LibTorch"};
   app.formatter(std::make_shared<Formatter>());
   app.require_subcommand(1);
-  app.set_version_flag(
-      "--version", std::string("vicreg ") + VICREG_VERSION + " (LibTorch " + TORCH_VERSION + ")");
+  app.set_version_flag("--version", std::string("vicreg ") + vicreg::version() + " (LibTorch " +
+                                        TORCH_VERSION + ")");
   const std::vector<std::string> args(argv, argv + argc);
   std::vector<std::pair<CLI::App*, vicreg::cli::Run>> table;
   try {

@@ -23,6 +23,7 @@ from torch import nn
 
 from . import _C
 
+__version__: str = _C.__version__  # the C++ library's, from CMake's project() call
 __all__ = ["VICRegLossTerms", "vicreg_loss", "vicreg_loss_reference", "VICRegLoss",
            "Backbone", "load_backbone", "backbone_names", "build_backbone", "save_safetensors",
            "load_weights"]
