@@ -35,6 +35,11 @@ leaked=$(cd "$prefix" && find . \( -name 'test_*' -o -name '*_bench' -o -name '*
 loaded=$(ldd "$prefix/bin/vicreg" | awk '$1 ~ /^libvicreg/ {print $3}')
 [ -n "$loaded" ] && [ "$(realpath "$loaded")" = "$(realpath "$prefix/$libdir/libvicreg.so.$version")" ] ||
   fail "bin/vicreg loads libvicreg from '$loaded', not from $prefix/$libdir"
+# ... and with the OpenMP OpenBLAS the build linked against, whose RPATH the install keeps.
+if compgen -G "/usr/lib/*/openblas-openmp/libblas.so.3" >/dev/null; then
+  ldd "$prefix/bin/vicreg" | grep -q "libblas.so.3 => .*/openblas-openmp/" ||
+    fail "bin/vicreg does not load the OpenMP OpenBLAS: $(ldd "$prefix/bin/vicreg" | grep blas)"
+fi
 grep -q "vicreg $version" "$src/README.md" || fail "README.md does not say vicreg $version"
 
 # find_package(vicreg VERSION) from a separate project; a newer minor version must be refused.
