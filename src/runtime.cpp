@@ -117,9 +117,12 @@ void keep_freed_memory() {
     // glibc hands blocks above its mmap threshold back to the OS when they are freed (and trims
     // the heap top above 128 KiB), so every training step page-faults its activations in
     // again: the default loop ran at 320-520 images/s instead of 745-1,376 (docs/decisions.md).
-    // Blocks up to 32 MiB now come from the heap, which is trimmed only above 1 GiB free.
+    // Blocks up to 32 MiB (glibc's largest threshold) now come from the heap, which is trimmed
+    // only above 1 GiB free; larger ones too unless MALLOC_MMAP_MAX_ is set (ConvNeXt's first
+    // stage: hundreds of MB per activation, 2.2x on its step, docs/decisions.md).
     mallopt(M_MMAP_THRESHOLD, 32 << 20);
     mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    if (std::getenv("MALLOC_MMAP_MAX_") == nullptr) mallopt(M_MMAP_MAX, 0);
     return true;
   }();
   (void)done;

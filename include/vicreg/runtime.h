@@ -14,10 +14,11 @@ namespace vicreg {
 /// keep_freed_memory() and select_blas_kernels().
 int set_threads(int threads);
 
-/// Keeps glibc's malloc from returning freed blocks of up to 32 MiB to the operating system
-/// (mallopt: mmap threshold 32 MiB, trim threshold 1 GiB), so that a training step reuses the
-/// memory of the previous one instead of page-faulting it in again (2.3x on the default loop).
-/// Once per process; what LibTorch allocates is unchanged.
+/// Keeps glibc's malloc from returning freed blocks to the operating system (mallopt: mmap
+/// threshold 32 MiB, trim threshold 1 GiB, and no mmap at all for larger blocks unless the
+/// environment sets MALLOC_MMAP_MAX_), so that a training step reuses the memory of the previous
+/// one instead of page-faulting it in again. Once per process; what LibTorch allocates is
+/// unchanged.
 void keep_freed_memory();
 
 /// OpenBLAS's kernels: the ones it chose when it was loaded, and the ones it uses now.
