@@ -22,14 +22,14 @@ depends=$(field "$deb" Depends)
 for dep in 'libtorch1\.13|libtorch2' 'libopencv-core4' 'libopencv-imgcodecs4' 'libjpeg62-turbo' \
            'libprotobuf' 'libtorch-dev' 'libopencv-core-dev' 'nlohmann-json3-dev' \
            'libopenblas0-openmp' 'libstdc\+\+6'; do
-  echo "$depends" | grep -Eq "(^|, )($dep)" || fail "Depends lacks $dep: $depends"
+  echo "$depends" | grep -E "(^|, )($dep)" >/dev/null || fail "Depends lacks $dep: $depends"
 done
 contents=$(dpkg-deb --contents "$deb" | awk '{print $6}')
 for f in ./usr/lib/libvicreg.so."$version" ./usr/lib/libvicreg.so ./usr/bin/vicreg \
          ./usr/include/vicreg/loss.h ./usr/include/vicreg/version.h \
          ./usr/lib/cmake/vicreg/vicregConfig.cmake ./usr/lib/cmake/vicreg/vicregTargets.cmake \
          ./usr/lib/pkgconfig/vicreg.pc ./usr/share/doc/vicreg/README.md; do
-  echo "$contents" | grep -qxF "$f" || echo "$contents" | grep -qF "$f ->" ||
+  echo "$contents" | grep -xF "$f" >/dev/null || echo "$contents" | grep -F "$f ->" >/dev/null ||
     fail "$deb lacks $f"
 done
 if echo "$contents" | grep -E '/(test_[a-z_]+|[a-z_]+_bench|[^/]+\.a)$'; then
@@ -40,9 +40,9 @@ if [ "$with_python" = 1 ]; then
   pydeb="$out/python3-vicreg_${version}-1_$(dpkg --print-architecture).deb"
   [ -f "$pydeb" ] || fail "no $pydeb"
   pydepends=$(field "$pydeb" Depends)
-  echo "$pydepends" | grep -q "vicreg (= $version" || fail "python3-vicreg Depends: $pydepends"
-  echo "$pydepends" | grep -q "python3-torch" || fail "python3-vicreg Depends: $pydepends"
-  dpkg-deb --contents "$pydeb" | grep -q "/usr/lib/python3/dist-packages/vicreg/__init__.py" ||
+  echo "$pydepends" | grep "vicreg (= $version" >/dev/null || fail "python3-vicreg Depends: $pydepends"
+  echo "$pydepends" | grep "python3-torch" >/dev/null || fail "python3-vicreg Depends: $pydepends"
+  dpkg-deb --contents "$pydeb" | grep "/usr/lib/python3/dist-packages/vicreg/__init__.py" >/dev/null ||
     fail "$pydeb lacks the package"
   debs+=("$pydeb")
 fi

@@ -5,6 +5,7 @@
 #   check_install.sh BUILD_DIR SOURCE_DIR VERSION PYTHON_DIR PYTHON CXX
 # PYTHON_DIR: the Python package's directory relative to the prefix ("" when it is not built).
 set -euo pipefail
+# (Piped greps read all their input: with pipefail, grep -q could fail a pipeline by SIGPIPE.)
 build=$1 src=$2 version=$3 pydir=$4 python=$5 cxx=$6
 work="$build/install-check"
 prefix="$work/prefix"
@@ -30,14 +31,14 @@ leaked=$(cd "$prefix" && find . \( -name 'test_*' -o -name '*_bench' -o -name '*
 [ -z "$leaked" ] || fail "installed build-only files: $leaked"
 
 # The CLI from the prefix, with the prefix's library (RPATH $ORIGIN/../lib).
-"$prefix/bin/vicreg" --version | grep -qx "vicreg $version (LibTorch .*)" ||
+"$prefix/bin/vicreg" --version | grep -x "vicreg $version (LibTorch .*)" >/dev/null ||
   fail "bin/vicreg --version: $("$prefix/bin/vicreg" --version)"
 loaded=$(ldd "$prefix/bin/vicreg" | awk '$1 ~ /^libvicreg/ {print $3}')
 [ -n "$loaded" ] && [ "$(realpath "$loaded")" = "$(realpath "$prefix/$libdir/libvicreg.so.$version")" ] ||
   fail "bin/vicreg loads libvicreg from '$loaded', not from $prefix/$libdir"
 # ... and with the OpenMP OpenBLAS the build linked against, whose RPATH the install keeps.
 if compgen -G "/usr/lib/*/openblas-openmp/libblas.so.3" >/dev/null; then
-  ldd "$prefix/bin/vicreg" | grep -q "libblas.so.3 => .*/openblas-openmp/" ||
+  ldd "$prefix/bin/vicreg" | grep "libblas.so.3 => .*/openblas-openmp/" >/dev/null ||
     fail "bin/vicreg does not load the OpenMP OpenBLAS: $(ldd "$prefix/bin/vicreg" | grep blas)"
 fi
 grep -q "vicreg $version" "$src/README.md" || fail "README.md does not say vicreg $version"
