@@ -119,7 +119,7 @@ void keep_freed_memory() {
     // again: the default loop ran at 320-520 images/s instead of 745-1,376 (docs/decisions.md).
     // Blocks up to 32 MiB (glibc's largest threshold) now come from the heap, which is trimmed
     // only above 1 GiB free; larger ones too unless MALLOC_MMAP_MAX_ is set (ConvNeXt's first
-    // stage: hundreds of MB per activation, 2.2x on its step, docs/decisions.md).
+    // stage holds activations of hundreds of MB: docs/decisions.md).
     mallopt(M_MMAP_THRESHOLD, 32 << 20);
     mallopt(M_TRIM_THRESHOLD, 1 << 30);
     if (std::getenv("MALLOC_MMAP_MAX_") == nullptr) mallopt(M_MMAP_MAX, 0);

@@ -57,7 +57,7 @@ torch::Tensor ConvNeXtBlockImpl::forward(const torch::Tensor& x) {
   const torch::Tensor s = layer_scale.view({-1});
   y = torch::linear(y, pwconv2->weight * s.unsqueeze(1), pwconv2->bias * s);
   // Under autocast the first stage's stream is fp32 (the stem's LayerNorm), the branch bf16: cast
-  // it before the sum, as the ViT does (LibTorch 1.13's mixed-dtype add is the slow path).
+  // it before the sum, as the ViT does (ATen's mixed-dtype add is the slower path).
   return x +
          vicreg::drop_path(y.permute({0, 3, 1, 2}), drop_path, is_training()).to(x.scalar_type());
 }
